@@ -1,0 +1,26 @@
+"""phasedlstm: the LSTM family written from its equations, with torch.nn.LSTM's API.
+
+- :mod:`phasedlstm.cells`: the equations, one time step each (``LSTMCell``,
+  ``PeepholeLSTMCell``, ``PhasedLSTMCell``, ``LayerNormLSTMCell``, ``time_gate``).
+- :mod:`phasedlstm.layers`: the loop over time (``LSTM``, ``PeepholeLSTM``,
+  ``PhasedLSTM``, ``LayerNormLSTM``), drop-ins for ``torch.nn.LSTM``.
+"""
+
+from phasedlstm.cells import LayerNormLSTMCell, LSTMCell, PeepholeLSTMCell, PhasedLSTMCell, phase, time_gate
+from phasedlstm.layers import LSTM, LayerNormLSTM, PeepholeLSTM, PhasedLSTM, RecurrentLayer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LSTM",
+    "PeepholeLSTM",
+    "PhasedLSTM",
+    "LayerNormLSTM",
+    "RecurrentLayer",
+    "LSTMCell",
+    "PeepholeLSTMCell",
+    "PhasedLSTMCell",
+    "LayerNormLSTMCell",
+    "time_gate",
+    "phase",
+]

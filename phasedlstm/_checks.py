@@ -1,0 +1,248 @@
+"""Argument checks: every error says what was expected and what came.
+
+All checks run eagerly, before any computation, and raise ``ValueError`` (a value
+is out of range or of the wrong shape) or ``TypeError`` (the wrong kind of object or
+dtype), so a user never has to decode a shape error from deep inside torch.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+
+import torch
+from torch import Tensor
+
+# float32 represents every integer exactly only up to 2**24; beyond that, timestamps
+# have already lost precision before the time gate sees them.
+_FLOAT32_EXACT = 2.0**24
+
+
+def _shape(t) -> tuple:
+    return tuple(t.shape)
+
+
+def check_int(name: str, value, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
+
+def check_sizes(input_size, hidden_size) -> None:
+    check_int("input_size", input_size, 1)
+    check_int("hidden_size", hidden_size, 1)
+
+
+def check_layer_options(num_layers, dropout, bidirectional, batch_first) -> None:
+    check_int("num_layers", num_layers, 1)
+    if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real):
+        raise TypeError(f"dropout must be a number in [0, 1], got {type(dropout).__name__} {dropout!r}")
+    if not 0.0 <= dropout <= 1.0:
+        raise ValueError(f"dropout must be in [0, 1], got {dropout}")
+    for name, v in (("bidirectional", bidirectional), ("batch_first", batch_first)):
+        if not isinstance(v, bool):
+            raise TypeError(f"{name} must be a bool, got {type(v).__name__} {v!r}")
+    if dropout > 0 and num_layers == 1:
+        warnings.warn(
+            f"dropout={dropout} has no effect with num_layers=1: dropout acts between layers",
+            stacklevel=3,
+        )
+
+
+def check_time_options(period_init, r_on, leak) -> None:
+    try:
+        a, b = (float(v) for v in period_init)
+    except (TypeError, ValueError):
+        raise TypeError(f"period_init must be a pair (a, b) of numbers, got {period_init!r}") from None
+    if not (math.isfinite(a) and math.isfinite(b)) or not a < b:
+        raise ValueError(f"period_init must be finite and increasing, (a, b) with a < b, got ({a}, {b})")
+    if isinstance(r_on, bool) or not isinstance(r_on, numbers.Real):
+        raise TypeError(f"r_on must be a number in (0, 1], got {type(r_on).__name__} {r_on!r}")
+    if not 0.0 < r_on <= 1.0:
+        raise ValueError(f"r_on must be in (0, 1], got {r_on}")
+    if isinstance(leak, bool) or not isinstance(leak, numbers.Real) or not 0.0 <= leak < 1.0:
+        raise ValueError(f"leak must be a number in [0, 1), got {leak!r}")
+
+
+def _check_tensor(name: str, value) -> Tensor:
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    return value
+
+
+def _check_like_params(module, name: str, t: Tensor) -> None:
+    """Same dtype and device as the module's parameters."""
+    ref = module.weight_ih if hasattr(module, "weight_ih") else module.weight_ih_l0
+    if not t.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+    if t.dtype != ref.dtype:
+        raise TypeError(
+            f"{name} has dtype {t.dtype} but the module's parameters have dtype {ref.dtype}; "
+            f"convert one of them (e.g. module.to({t.dtype}))"
+        )
+    if t.device != ref.device:
+        raise ValueError(f"{name} is on device {t.device} but the module's parameters are on {ref.device}")
+
+
+def check_state(module, hx, expected: tuple, like: Tensor):
+    """hx must be a pair (h, c) of tensors of shape ``expected``; returns it."""
+    if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+        raise TypeError(f"hx must be a tuple (h_0, c_0) of two tensors, got {type(hx).__name__}")
+    for name, t in zip(("h_0", "c_0"), hx):
+        _check_tensor(name, t)
+        if _shape(t) != expected:
+            raise ValueError(f"Expected {name} of shape {expected}, got {_shape(t)}")
+        if t.dtype != like.dtype:
+            raise TypeError(f"{name} has dtype {t.dtype} but input has dtype {like.dtype}")
+        if t.device != like.device:
+            raise ValueError(f"{name} is on device {t.device} but input is on {like.device}")
+    return hx[0], hx[1]
+
+
+def check_cell_input(cell, input, hx):
+    """-> (x (B, I), h (B, H), c (B, H), batched)."""
+    _check_tensor("input", input)
+    _check_like_params(cell, "input", input)
+    if input.dim() not in (1, 2):
+        raise ValueError(f"Expected input of shape (batch, {cell.input_size}) or ({cell.input_size},), "
+                         f"got {_shape(input)}")
+    if input.shape[-1] != cell.input_size:
+        raise ValueError(f"Expected input with {cell.input_size} features (last dimension), "
+                         f"got {_shape(input)}")
+    batched = input.dim() == 2
+    x = input if batched else input.unsqueeze(0)
+    B, H = x.shape[0], cell.hidden_size
+    if hx is None:
+        z = x.new_zeros(B, H)
+        return x, z, z, batched
+    h, c = check_state(cell, hx, (B, H) if batched else (H,), input)
+    if not batched:
+        h, c = h.unsqueeze(0), c.unsqueeze(0)
+    return x, h, c, batched
+
+
+def unbatch(h: Tensor, c: Tensor, batched: bool):
+    return (h, c) if batched else (h.squeeze(0), c.squeeze(0))
+
+
+def _check_times_values(times: Tensor, valid: Tensor | None) -> None:
+    """times (B, T) float64: finite everywhere, non-decreasing within valid steps."""
+    if not torch.isfinite(times).all():
+        b, t = (~torch.isfinite(times)).nonzero()[0].tolist()
+        raise ValueError(f"times must be finite (padding included), got {times[b, t].item()} "
+                         f"at sample {b}, step {t}")
+    if times.shape[1] > 1:
+        decreasing = times[:, 1:] < times[:, :-1]
+        if valid is not None:
+            decreasing &= valid[:, 1:]
+        if decreasing.any():
+            b, t = decreasing.nonzero()[0].tolist()
+            raise ValueError(
+                f"times must be non-decreasing within each sequence's valid steps, but sample {b} "
+                f"goes from {times[b, t].item()} at step {t} to {times[b, t + 1].item()} at step {t + 1}"
+            )
+
+
+def _warn_float32_times(times: Tensor) -> None:
+    if times.dtype == torch.float32 and times.numel() and times.abs().max().item() > _FLOAT32_EXACT:
+        warnings.warn(
+            f"times are float32 with magnitudes up to {times.abs().max().item():.3g}; float32 cannot "
+            f"resolve such timestamps (spacing > 1), so phases are already imprecise. Pass float64 times.",
+            stacklevel=4,
+        )
+
+
+def check_cell_time(time, x: Tensor) -> Tensor:
+    """A step's timestamp: a number or a tensor of shape () or (B,) -> float64 (B,)."""
+    B = x.shape[0]
+    if isinstance(time, numbers.Real) and not isinstance(time, bool):
+        t = torch.full((B,), float(time), dtype=torch.float64, device=x.device)
+    else:
+        _check_tensor("time", time)
+        if time.dtype == torch.bool or time.is_complex():
+            raise TypeError(f"time must be a real number or a float/int tensor, got dtype {time.dtype}")
+        if time.dim() > 1 or (time.dim() == 1 and time.shape[0] != B):
+            raise ValueError(f"Expected time as a number or a tensor of shape () or ({B},), got {_shape(time)}")
+        if time.device != x.device:
+            raise ValueError(f"time is on device {time.device} but input is on {x.device}")
+        _warn_float32_times(time)
+        t = time.to(torch.float64).expand(B)
+    if not torch.isfinite(t).all():
+        raise ValueError("time must be finite")
+    return t
+
+
+def check_layer_input(module, input, hx, times, lengths):
+    """Validate a layer's forward arguments.
+
+    Returns (x (B, T, I) batch-first, times (B, T) float64, lengths (B,) int64 or None,
+    hx (h_0, c_0) each (L*D, B, H) or None, batched).
+    """
+    _check_tensor("input", input)
+    _check_like_params(module, "input", input)
+    I, H = module.input_size, module.hidden_size
+    if input.dim() not in (2, 3):
+        want = "(batch, seq, features)" if module.batch_first else "(seq, batch, features)"
+        raise ValueError(f"Expected input of 3 dimensions {want} or 2 dimensions (seq, features), "
+                         f"got {input.dim()} dimensions of shape {_shape(input)}")
+    if input.shape[-1] != I:
+        raise ValueError(f"Expected input with {I} features (last dimension), got shape {_shape(input)}")
+    batched = input.dim() == 3
+    if not batched:
+        x = input.unsqueeze(0)
+    elif module.batch_first:
+        x = input
+    else:
+        x = input.transpose(0, 1)
+    B, T = x.shape[0], x.shape[1]
+    if T < 1:
+        raise ValueError(f"Expected a sequence of at least one step, got shape {_shape(input)}")
+
+    # lengths
+    valid = None
+    if lengths is not None:
+        if not batched:
+            raise ValueError("lengths is only accepted for batched input; slice an unbatched sequence instead")
+        if not isinstance(lengths, Tensor):
+            try:
+                lengths = torch.as_tensor(lengths)
+            except (TypeError, ValueError, RuntimeError):
+                raise TypeError(f"lengths must be a tensor of {B} integers, got {type(lengths).__name__}") from None
+        if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
+            raise TypeError(f"lengths must be an integer tensor, got dtype {lengths.dtype}")
+        if _shape(lengths) != (B,):
+            raise ValueError(f"Expected lengths of shape ({B},) (one per sequence), got {_shape(lengths)}")
+        lo, hi = int(lengths.min()), int(lengths.max())
+        if lo < 1 or hi > T:
+            raise ValueError(f"lengths must be in [1, {T}] (the padded sequence length), got values in [{lo}, {hi}]")
+        lengths = lengths.to(device=x.device, dtype=torch.int64)
+        valid = torch.arange(T, device=x.device).unsqueeze(0) < lengths.unsqueeze(1)  # (B, T)
+
+    # times
+    if times is None:
+        times = torch.arange(T, dtype=torch.float64, device=x.device).expand(B, T)
+    else:
+        _check_tensor("times", times)
+        if times.dtype == torch.bool or times.is_complex():
+            raise TypeError(f"times must be a float32, float64 or integer tensor, got dtype {times.dtype}")
+        if times.device != x.device:
+            raise ValueError(f"times is on device {times.device} but input is on {x.device}")
+        if _shape(times) == (T,):
+            times = times.unsqueeze(0).expand(B, T)
+        elif batched and _shape(times) == (B, T):
+            pass
+        else:
+            want = f"({B}, {T}) or ({T},)" if batched else f"({T},)"
+            raise ValueError(f"Expected times of shape {want} (batch, seq) or (seq,), got {_shape(times)}")
+        _warn_float32_times(times)
+        times = times.to(torch.float64)
+        _check_times_values(times, valid)
+
+    # hx
+    LD = module.num_layers * (2 if module.bidirectional else 1)
+    if hx is not None:
+        h0, c0 = check_state(module, hx, (LD, B, H) if batched else (LD, H), input)
+        hx = (h0, c0) if batched else (h0.unsqueeze(1), c0.unsqueeze(1))
+    return x, times, lengths, hx, batched

@@ -1,0 +1,399 @@
+"""The loop over time: multi-layer, bidirectional sequence layers with torch.nn.LSTM's API.
+
+One base class, :class:`RecurrentLayer`, owns everything the four layers share:
+parameter naming (``weight_ih_l{k}``, ``..._reverse``), argument checks, the loop
+over time with ``lengths`` masking, reversal for the backward direction, dropout
+between layers and the initial state. Each layer adds only
+
+- ``_param_shapes``: its extra per-layer parameters,
+- ``_precompute``: the state-free work of all steps at once (the input projection
+  in one matrix product; for the Phased LSTM also the time gate of every step),
+- ``_step``: one step, which is a function from :mod:`phasedlstm.cells`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from phasedlstm import _checks
+from phasedlstm.cells import (
+    DEFAULT_LEAK,
+    init_layernorm_,
+    init_time_parameters_,
+    init_uniform_,
+    layernorm_input,
+    layernorm_step,
+    lstm_step,
+    peephole_step,
+    phased_step,
+    time_gate,
+)
+
+__all__ = ["RecurrentLayer", "LSTM", "PeepholeLSTM", "PhasedLSTM", "LayerNormLSTM"]
+
+
+def reverse_padded(x: Tensor, lengths: Tensor | None) -> Tensor:
+    """Reverse each sequence of ``x`` (B, T, ...) within its own length; padding stays put.
+
+    Applying it twice gives ``x`` back, so the same call also un-reverses an output.
+    """
+    if lengths is None:
+        return x.flip(1)
+    T = x.shape[1]
+    steps = torch.arange(T, device=x.device).unsqueeze(0)  # (1, T)
+    idx = torch.where(steps < lengths.unsqueeze(1), lengths.unsqueeze(1) - 1 - steps, steps)  # (B, T)
+    idx = idx.view(idx.shape + (1,) * (x.dim() - 2)).expand_as(x)
+    return x.gather(1, idx)
+
+
+class RecurrentLayer(nn.Module):
+    """Base of the sequence layers; see :class:`LSTM` for the arguments, inputs and outputs."""
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, *,
+                 forget_bias: float = 1.0, learn_initial_state: bool = False, device=None, dtype=None):
+        super().__init__()
+        _checks.check_sizes(input_size, hidden_size)
+        _checks.check_layer_options(num_layers, dropout, bidirectional, batch_first)
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.bias = bias
+        self.batch_first = batch_first
+        self.dropout = float(dropout)
+        self.bidirectional = bidirectional
+        self.forget_bias = float(forget_bias)
+        self.learn_initial_state = learn_initial_state
+        fk = {"device": device, "dtype": dtype}
+        H, D = hidden_size, 2 if bidirectional else 1
+        # self._names[layer][direction]: {"weight_ih": "weight_ih_l0", ...}
+        self._names: list[list[dict[str, str]]] = []
+        for layer in range(num_layers):
+            layer_in = input_size if layer == 0 else H * D
+            per_dir = []
+            for direction in range(D):
+                suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
+                names = {}
+                for base, shape in self._param_shapes(layer_in).items():
+                    names[base] = base + suffix
+                    if shape is None:
+                        self.register_parameter(base + suffix, None)
+                    else:
+                        self.register_parameter(base + suffix, nn.Parameter(torch.empty(shape, **fk)))
+                per_dir.append(names)
+            self._names.append(per_dir)
+        if learn_initial_state:
+            self.h0 = nn.Parameter(torch.zeros(num_layers * D, H, **fk))
+            self.c0 = nn.Parameter(torch.zeros(num_layers * D, H, **fk))
+        else:
+            self.register_parameter("h0", None)
+            self.register_parameter("c0", None)
+        self.reset_parameters()
+
+    # -- what a subclass defines ---------------------------------------------------------
+
+    def _param_shapes(self, layer_input_size: int) -> dict:
+        """Base name -> shape (or None for an absent parameter) of one layer and direction."""
+        H, b = self.hidden_size, self.bias
+        return {
+            "weight_ih": (4 * H, layer_input_size),
+            "weight_hh": (4 * H, H),
+            "bias_ih": (4 * H,) if b else None,
+            "bias_hh": (4 * H,) if b else None,
+        }
+
+    def _reset_direction(self, p: dict) -> None:
+        """Initialise one layer and direction's parameters (``p``: base name -> Parameter)."""
+        init_uniform_([v for v in p.values() if v is not None], self.hidden_size)
+        if self.bias:
+            H = self.hidden_size
+            with torch.no_grad():
+                p["bias_ih"][H : 2 * H] += self.forget_bias
+
+    def _precompute(self, x: Tensor, times: Tensor, p: dict) -> tuple:
+        """State-free work of all steps: x (B, T, I), times (B, T) float64 -> tensors (B, T, ...)."""
+        return (F.linear(x, p["weight_ih"], p["bias_ih"]),)  # (B, T, 4H)
+
+    def _step(self, pre: tuple, h: Tensor, c: Tensor, p: dict):
+        return lstm_step(pre[0], h, c, p["weight_hh"], p["bias_hh"])
+
+    # -- shared machinery ----------------------------------------------------------------
+
+    def reset_parameters(self) -> None:
+        for layer in range(self.num_layers):
+            for direction in range(len(self._names[layer])):
+                self._reset_direction(self.params(layer, direction))
+        if self.h0 is not None:
+            with torch.no_grad():
+                self.h0.zero_()
+                self.c0.zero_()
+
+    def params(self, layer: int, direction: int = 0) -> dict:
+        """The parameters of one layer and direction, by base name (``weight_ih``, ``period``, ...)."""
+        return {base: getattr(self, full) for base, full in self._names[layer][direction].items()}
+
+    def _run_direction(self, x, times, lengths, h, c, p):
+        """Run one direction over x (B, T, I): -> output (B, T, H), h_n (B, H), c_n (B, H)."""
+        pre = self._precompute(x, times, p)
+        B, T = x.shape[0], x.shape[1]
+        # Steps beyond every sequence's length change nothing: stop there, output zeros.
+        T_run = T if lengths is None else int(lengths.max())
+        t_full = T if lengths is None else int(lengths.min())  # steps valid for every sequence
+        outputs = []
+        for t in range(T_run):
+            h_new, c_new = self._step([q[:, t] for q in pre], h, c, p)
+            if t < t_full:
+                h, c = h_new, c_new
+                outputs.append(h)
+            else:  # some sequences have ended: keep their state, output zeros
+                valid = (t < lengths).unsqueeze(1)  # (B, 1)
+                h = torch.where(valid, h_new, h)
+                c = torch.where(valid, c_new, c)
+                outputs.append(torch.where(valid, h_new, torch.zeros_like(h_new)))
+        out = torch.stack(outputs, dim=1)  # (B, T_run, H)
+        if T_run < T:
+            out = torch.cat([out, out.new_zeros(B, T - T_run, out.shape[2])], dim=1)
+        return out, h, c
+
+    def forward(self, input: Tensor, hx=None, *, times: Tensor | None = None, lengths: Tensor | None = None):
+        x, times, lengths, hx, batched = _checks.check_layer_input(self, input, hx, times, lengths)
+        B, H = x.shape[0], self.hidden_size
+        D = 2 if self.bidirectional else 1
+        if hx is not None:
+            h0, c0 = hx
+        elif self.h0 is not None:
+            h0 = self.h0.unsqueeze(1).expand(-1, B, -1)
+            c0 = self.c0.unsqueeze(1).expand(-1, B, -1)
+        else:
+            h0 = c0 = x.new_zeros(self.num_layers * D, B, H)
+
+        layer_input = x
+        h_n, c_n = [], []
+        for layer in range(self.num_layers):
+            outs = []
+            for direction in range(D):
+                i = layer * D + direction
+                p = self.params(layer, direction)
+                if direction == 0:
+                    out, h, c = self._run_direction(layer_input, times, lengths, h0[i], c0[i], p)
+                else:  # the backward direction starts at each sequence's last valid step
+                    out, h, c = self._run_direction(reverse_padded(layer_input, lengths),
+                                                    reverse_padded(times, lengths), lengths, h0[i], c0[i], p)
+                    out = reverse_padded(out, lengths)
+                outs.append(out)
+                h_n.append(h)
+                c_n.append(c)
+            layer_input = outs[0] if D == 1 else torch.cat(outs, dim=2)  # (B, T, D*H)
+            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
+                layer_input = F.dropout(layer_input, self.dropout, training=True)
+
+        output = layer_input
+        h_n, c_n = torch.stack(h_n), torch.stack(c_n)  # (L*D, B, H)
+        if not batched:
+            return output.squeeze(0), (h_n.squeeze(1), c_n.squeeze(1))
+        if not self.batch_first:
+            output = output.transpose(0, 1)
+        return output, (h_n, c_n)
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}"
+        defaults = {"num_layers": 1, "bias": True, "batch_first": False, "dropout": 0.0,
+                    "bidirectional": False, "forget_bias": 1.0, "learn_initial_state": False}
+        for name, default in defaults.items():
+            if getattr(self, name) != default:
+                s += f", {name}={getattr(self, name)}"
+        return s
+
+
+_LAYER_DOC = """
+    Args:
+        input_size: features of each step of ``input``.
+        hidden_size: H, units per layer and direction.
+        num_layers: stacked layers (default 1).
+        bias: use ``bias_ih_l{k}`` and ``bias_hh_l{k}`` (default True).
+        batch_first: input and output are (B, T, *) instead of (T, B, *) (default False).
+        dropout: dropout on the output of every layer but the last, in training mode.
+        bidirectional: add a backward direction (parameters suffixed ``_reverse``).
+        forget_bias: added to the forget-gate part of ``bias_ih_l{k}`` at initialisation
+            (default 1.0; 0 gives torch.nn.LSTM's initialisation).
+        learn_initial_state: learn h0 and c0 (parameters ``h0``, ``c0`` of shape
+            (num_layers * D, H), zeros at init) used when ``hx`` is None.
+
+    Inputs: ``input, hx=None, *, times=None, lengths=None``
+        - input: (T, B, I), (B, T, I) if batch_first, or unbatched (T, I).
+        - hx: (h_0, c_0), each (num_layers * D, B, H) or (num_layers * D, H) unbatched;
+          zeros (or the learned initial state) if None.
+        - times: timestamps (B, T) or (T,) shared by the batch, float32, float64 or int;
+          default the step index 0..T-1. Non-decreasing within each sequence's valid
+          steps and finite everywhere. Every layer of the stack gets the same timestamps.
+        - lengths: (B,) integers in [1, T] for a batch padded at the end. Steps beyond a
+          sequence's length leave its state unchanged and give zero output.
+
+    Outputs: ``output, (h_n, c_n)``
+        - output: (T, B, D * H), (B, T, D * H) if batch_first, or (T, D * H) unbatched.
+        - h_n, c_n: (num_layers * D, B, H), the state at each sequence's last valid step
+          (for the backward direction: after its last step, which is step 0).
+"""
+
+
+class LSTM(RecurrentLayer):
+    __doc__ = r"""LSTM over sequences, a drop-in for :class:`torch.nn.LSTM`.
+
+    .. math::
+        \begin{aligned}
+        [a_i, a_f, a_g, a_o] &= W_{ih} x_t + b_{ih} + W_{hh} h_{t-1} + b_{hh} \\
+        c_t &= \sigma(a_f) \odot c_{t-1} + \sigma(a_i) \odot \tanh(a_g) \\
+        h_t &= \sigma(a_o) \odot \tanh(c_t)
+        \end{aligned}
+
+    Parameters have torch.nn.LSTM's names, shapes and gate order, so a torch.nn.LSTM
+    ``state_dict`` loads unchanged and then gives the same outputs and gradients. The one
+    difference is the default ``forget_bias=1.0`` at initialisation. ``times`` is accepted
+    and checked (so layers can be swapped) but does not enter the equations.
+    """ + _LAYER_DOC
+
+
+class PeepholeLSTM(RecurrentLayer):
+    __doc__ = r"""Peephole LSTM over sequences (diagonal peepholes, Graves' form).
+
+    .. math::
+        \begin{aligned}
+        i &= \sigma(a_i + w_{ci} \odot c_{t-1}), \quad f = \sigma(a_f + w_{cf} \odot c_{t-1}) \\
+        c_t &= f \odot c_{t-1} + i \odot \tanh(a_g) \\
+        h_t &= \sigma(a_o + w_{co} \odot c_t) \odot \tanh(c_t)
+        \end{aligned}
+
+    with :math:`a` as in :class:`LSTM`. Peephole weights ``weight_ci_l{k}``,
+    ``weight_cf_l{k}``, ``weight_co_l{k}``, each (H,). ``times`` does not enter the equations.
+    See :class:`phasedlstm.PeepholeLSTMCell`.
+    """ + _LAYER_DOC
+
+    def _param_shapes(self, layer_input_size):
+        H = self.hidden_size
+        return {**super()._param_shapes(layer_input_size), "weight_ci": (H,), "weight_cf": (H,), "weight_co": (H,)}
+
+    def _step(self, pre, h, c, p):
+        return peephole_step(pre[0], h, c, p["weight_hh"], p["bias_hh"], p["weight_ci"], p["weight_cf"],
+                             p["weight_co"])
+
+
+class PhasedLSTM(RecurrentLayer):
+    __doc__ = r"""Phased LSTM over sequences with real timestamps (Neil, Pfeiffer & Liu, 2016).
+
+    .. math::
+        \begin{aligned}
+        \phi_t &= ((t - s) \bmod \tau) / \tau, \qquad
+        k_t = \begin{cases} 2\phi_t / r_{on} & \phi_t < r_{on}/2 \\
+                            2 - 2\phi_t / r_{on} & \phi_t < r_{on} \\
+                            \alpha \phi_t & \text{otherwise} \end{cases} \\
+        \tilde c_t &= f \odot c_{t-1} + i \odot g, \qquad
+        \tilde h_t = o \odot \tanh(\tilde c_t) \quad
+            (\text{peephole LSTM; } o \text{ peeks at } \tilde c_t) \\
+        c_t &= k_t \odot \tilde c_t + (1 - k_t) \odot c_{t-1}, \qquad
+        h_t = k_t \odot \tilde h_t + (1 - k_t) \odot h_{t-1}
+        \end{aligned}
+
+    Time parameters per layer and direction, each (H,), stored as themselves in time units:
+    ``period_l{k}`` (tau), ``shift_l{k}`` (s), ``r_on_l{k}``. Initialisation: tau ~ exp(U(a, b))
+    with ``period_init=(a, b)`` (default (1, 6)), s ~ U(0, tau), r_on = ``r_on`` (default 0.05).
+    Keeping them valid: like the authors' code, the gate uses |tau| and |r_on| (bounded below
+    by 1e-6, r_on above by 1), so any value an optimiser writes gives a valid gate; the stored
+    values are never rewritten behind the user's back.
+
+    The time gate of all steps is computed before the loop (it depends only on t). The phase
+    is computed in float64, so it stays exact for timestamps up to ~1e9 (seconds since the
+    epoch) — provided they arrive as float64 or int: float32 cannot hold such timestamps, and
+    a warning says so. The leak alpha is ``leak`` (default 1e-3) in training mode, 0 in eval.
+    For streaming in chunks, pass timestamps that continue (the default restarts at 0).
+
+    Extra args: ``period_init``, ``r_on``, ``leak``, ``peepholes`` (default True),
+    ``learn_period``, ``learn_shift``, ``learn_r_on`` (default True; False freezes it).
+    """ + _LAYER_DOC
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
+                 bidirectional=False, *, period_init=(1.0, 6.0), r_on=0.05, leak=DEFAULT_LEAK, peepholes=True,
+                 learn_period=True, learn_shift=True, learn_r_on=True, **kwargs):
+        _checks.check_time_options(period_init, r_on, leak)
+        # set before the base constructor, which creates and initialises the parameters
+        self.period_init = tuple(float(v) for v in period_init)
+        self.r_on_init = float(r_on)
+        self.leak = float(leak)
+        self.peepholes = peepholes
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, **kwargs)
+        for layer in range(num_layers):
+            for p in (self.params(layer, d) for d in range(len(self._names[layer]))):
+                p["period"].requires_grad_(learn_period)
+                p["shift"].requires_grad_(learn_shift)
+                p["r_on"].requires_grad_(learn_r_on)
+
+    def _param_shapes(self, layer_input_size):
+        H = self.hidden_size
+        peep = (H,) if self.peepholes else None
+        return {**super()._param_shapes(layer_input_size), "weight_ci": peep, "weight_cf": peep,
+                "weight_co": peep, "period": (H,), "shift": (H,), "r_on": (H,)}
+
+    def _reset_direction(self, p):
+        super()._reset_direction({k: v for k, v in p.items() if k not in ("period", "shift", "r_on")})
+        init_time_parameters_(p["period"], p["shift"], p["r_on"], self.period_init, self.r_on_init)
+
+    def _precompute(self, x, times, p):
+        k = time_gate(times, p["period"], p["shift"], p["r_on"], self.leak if self.training else 0.0)  # (B, T, H)
+        return super()._precompute(x, times, p) + (k,)
+
+    def _step(self, pre, h, c, p):
+        return phased_step(pre[0], pre[1], h, c, p["weight_hh"], p["bias_hh"], p["weight_ci"], p["weight_cf"],
+                           p["weight_co"])
+
+    def time_gates(self, times: Tensor, layer: int = 0, direction: int = 0) -> Tensor:
+        """Openness k_t of one layer's time gates at ``times`` (...) -> (..., H), in this mode."""
+        p = self.params(layer, direction)
+        return time_gate(times, p["period"], p["shift"], p["r_on"], self.leak if self.training else 0.0)
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        if self.period_init != (1.0, 6.0):
+            s += f", period_init={self.period_init}"
+        if self.r_on_init != 0.05:
+            s += f", r_on={self.r_on_init}"
+        if self.leak != DEFAULT_LEAK:
+            s += f", leak={self.leak}"
+        if not self.peepholes:
+            s += ", peepholes=False"
+        return s
+
+
+class LayerNormLSTM(RecurrentLayer):
+    __doc__ = r"""Layer-normalised LSTM over sequences (Ba, Kiros & Hinton, 2016).
+
+    .. math::
+        \begin{aligned}
+        [a_i, a_f, a_g, a_o] &= \mathrm{LN}_{ih}(W_{ih} x_t) + \mathrm{LN}_{hh}(W_{hh} h_{t-1}) \\
+        c_t &= \sigma(a_f) \odot c_{t-1} + \sigma(a_i) \odot \tanh(a_g) \\
+        h_t &= \sigma(a_o) \odot \tanh(\mathrm{LN}_c(c_t))
+        \end{aligned}
+
+    Each normalisation has its own gain and shift: gains ``ln_ih_weight_l{k}``,
+    ``ln_hh_weight_l{k}`` (4H,) with shifts ``bias_ih_l{k}``, ``bias_hh_l{k}``, and
+    ``ln_c_weight_l{k}``, ``ln_c_bias_l{k}`` (H,). The normalised input term of all steps is
+    computed before the loop. See :class:`phasedlstm.LayerNormLSTMCell`.
+    """ + _LAYER_DOC
+
+    def _param_shapes(self, layer_input_size):
+        H = self.hidden_size
+        return {**super()._param_shapes(layer_input_size), "ln_ih_weight": (4 * H,), "ln_hh_weight": (4 * H,),
+                "ln_c_weight": (H,), "ln_c_bias": (H,) if self.bias else None}
+
+    def _reset_direction(self, p):
+        lstm_names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+        super()._reset_direction({k: p[k] for k in lstm_names})
+        init_layernorm_(p["ln_ih_weight"], p["ln_hh_weight"], p["ln_c_weight"], p["ln_c_bias"])
+
+    def _precompute(self, x, times, p):
+        return (layernorm_input(x, p["weight_ih"], p["ln_ih_weight"], p["bias_ih"]),)  # (B, T, 4H)
+
+    def _step(self, pre, h, c, p):
+        return layernorm_step(pre[0], h, c, p["weight_hh"], p["ln_hh_weight"], p["bias_hh"], p["ln_c_weight"],
+                              p["ln_c_bias"])
+
