@@ -1,0 +1,110 @@
+"""Tasks from real and generated data, by name.
+
+``get_task(name, **options)`` builds a :class:`Task` whose splits yield batches
+``(x, times, lengths, y)``; see :data:`TASKS` for the names and :func:`task_options` for
+what each accepts.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+from phasedlstm._files import data_dir as _resolve
+from phasedlstm.data.adding import adding_task
+from phasedlstm.data.base import Batch, SequenceDataset, Task
+from phasedlstm.data.frequency import frequency_task
+from phasedlstm.data.images import image_task, load_images
+from phasedlstm.data.motion import basic_motions_task, load_watch_npz, watch_task
+
+__all__ = ["Batch", "SequenceDataset", "Task", "TASKS", "get_task", "task_options"]
+
+
+def _missing(dataset: str, where: Path) -> FileNotFoundError:
+    return FileNotFoundError(
+        f"{dataset} not found in {where}. Fetch it with `phasedlstm data fetch {dataset}` "
+        f"(or pass --data-dir to where it is)"
+        + (", or pass --data-path to a folder with the four IDX files" if "mnist" in dataset else "")
+    )
+
+
+def _image_folder(dataset: str, data_dir_, data_path) -> Path:
+    if data_path is not None:
+        return Path(data_path)
+    folder = _resolve(data_dir_) / dataset
+    if not folder.is_dir():
+        raise _missing(dataset, folder)
+    return folder
+
+
+def _images(dataset, view):
+    def build(seed: int = 0, classes=None, val_fraction: float = 0.1, small: bool = False, perm_seed: int = 0,
+              data_dir=None, data_path=None, prefix: str = "") -> Task:
+        arrays = load_images(_image_folder(dataset, data_dir, data_path), prefix)
+        name = {"mnist": "smnist", "fashion-mnist": "fashion"}[dataset]
+        name = "psmnist" if view == "permuted" else f"{name}-{view}"
+        return image_task(name, arrays, view, classes, val_fraction, small, seed, perm_seed)
+
+    return build
+
+
+def _frequency(condition):
+    def build(seed: int = 0, n_train: int = 5000, n_val: int = 500, n_test: int = 500,
+              time_feature: bool = False) -> Task:
+        return frequency_task(condition, seed, n_train, n_val, n_test, time_feature)
+
+    return build
+
+
+def _adding(seed: int = 0, length: int = 200, n_train: int = 10000, n_val: int = 1000, n_test: int = 1000) -> Task:
+    return adding_task(length, seed, n_train, n_val, n_test)
+
+
+def _watch(seed: int = 0, downsample: int = 1, crop=None, test_subjects=None, val_subjects=None,
+           data_dir=None) -> Task:
+    path = _resolve(data_dir) / "watch" / "watch.npz"
+    if not path.is_file():
+        raise _missing("watch", path.parent)
+    return watch_task(load_watch_npz(path), seed, test_subjects, val_subjects, downsample, crop)
+
+
+def _basic_motions(seed: int = 0, val_fraction: float = 0.2, data_dir=None) -> Task:
+    folder = _resolve(data_dir) / "basic-motions"
+    files = [folder / "BasicMotions_TRAIN.ts", folder / "BasicMotions_TEST.ts"]
+    if not all(f.is_file() for f in files):
+        raise _missing("basic-motions", folder)
+    return basic_motions_task(*files, seed=seed, val_fraction=val_fraction)
+
+
+#: task name -> (builder, one-line description)
+TASKS = {
+    "smnist-rows": (_images("mnist", "rows"), "MNIST, 28 steps of 28 (one row per step)"),
+    "smnist-pixels": (_images("mnist", "pixels"), "MNIST, 784 steps of 1 (one pixel per step)"),
+    "psmnist": (_images("mnist", "permuted"), "MNIST, 784 steps of 1 in a fixed seeded permutation"),
+    "fashion-rows": (_images("fashion-mnist", "rows"), "Fashion-MNIST, 28 steps of 28"),
+    "fashion-pixels": (_images("fashion-mnist", "pixels"), "Fashion-MNIST, 784 steps of 1"),
+    "freq-standard": (_frequency("standard"), "frequency discrimination, sampled every 1 ms (15-125 steps)"),
+    "freq-highres": (_frequency("highres"), "frequency discrimination, sampled every 0.1 ms (150-1250 steps)"),
+    "freq-async": (_frequency("async"), "frequency discrimination, 15-125 random sample times"),
+    "freq-combo": (_frequency("combo"), "two superimposed frequencies, 100-1000 random sample times"),
+    "adding": (_adding, "the adding problem, regression over T steps of 2 (T = --length)"),
+    "watch": (_watch, "smartwatch IMU exercises, 6 channels at 50 Hz, 7 classes, split by subject"),
+    "basic-motions": (_basic_motions, "BasicMotions, 6 channels x 100 at 10 Hz, 4 classes"),
+}
+
+
+def task_options(name: str) -> dict:
+    """The options task ``name`` accepts, with their defaults."""
+    builder = TASKS[name][0]
+    return {k: p.default for k, p in inspect.signature(builder).parameters.items()}
+
+
+def get_task(name: str, **options) -> Task:
+    """Build task ``name``; unknown names and options are errors that list the valid ones."""
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; choose from {', '.join(TASKS)}")
+    valid = task_options(name)
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise TypeError(f"task {name!r} does not take {', '.join(unknown)}; it takes {', '.join(valid)}")
+    return TASKS[name][0](**options)
