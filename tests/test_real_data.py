@@ -1,0 +1,55 @@
+"""Against the real files, where `phasedlstm data fetch NAME` has put them (skipped otherwise).
+
+CI fetches them first (see .ci/run); locally run `phasedlstm data fetch mnist` etc.
+"""
+
+import numpy as np
+import pytest
+
+from phasedlstm._files import data_dir
+from phasedlstm.data import get_task
+
+MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+def _need(name, marker):
+    if not (data_dir() / name / marker).exists():
+        pytest.skip(f"{name} not fetched into {data_dir()} (run `phasedlstm data fetch {name}`)")
+
+
+def test_mnist():
+    _need("mnist", "t10k-labels-idx1-ubyte")
+    task = get_task("smnist-rows", val_fraction=0.0)
+    assert task.train.x.shape == (60000, 28, 28) and task.test.x.shape == (10000, 28, 28)
+    assert np.bincount(task.train.y.numpy()).tolist() == MNIST_TRAIN_COUNTS
+    assert np.bincount(task.test.y.numpy()).tolist() == MNIST_TEST_COUNTS
+    assert task.info["scaling"] == {"min": 0.0, "max": 255.0}
+    assert float(task.train.x.min()) == 0.0 and float(task.train.x.max()) == 1.0
+
+
+def test_fashion_mnist():
+    _need("fashion-mnist", "t10k-labels-idx1-ubyte.gz")
+    task = get_task("fashion-pixels", val_fraction=0.0)
+    assert task.train.x.shape == (60000, 784, 1) and task.test.x.shape == (10000, 784, 1)
+    assert np.bincount(task.train.y.numpy()).tolist() == [6000] * 10
+    assert np.bincount(task.test.y.numpy()).tolist() == [1000] * 10
+
+
+def test_watch():
+    _need("watch", "watch.npz")
+    task = get_task("watch")
+    n = len(task.train) + len(task.val) + len(task.test)
+    assert n == 140 and task.num_classes == 7 and task.input_size == 6
+    lengths = np.concatenate([s.lengths.numpy() for s in (task.train, task.val, task.test)])
+    assert lengths.min() == 947 and lengths.max() == 2618
+    s = task.info["subjects"]
+    assert not set(s["train"]) & set(s["test"])
+
+
+def test_basic_motions():
+    _need("basic-motions", "BasicMotions_TEST.ts")
+    task = get_task("basic-motions", val_fraction=0.0)
+    assert len(task.train) == 40 and len(task.test) == 40
+    assert task.train.x.shape == (40, 100, 6) and task.num_classes == 4
+    assert np.bincount(task.test.y.numpy()).tolist() == [10, 10, 10, 10]

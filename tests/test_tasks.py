@@ -1,0 +1,258 @@
+"""Tasks: the frequency generator's specification, image views and scaling, splits, batches."""
+
+import numpy as np
+import pytest
+import torch
+
+from phasedlstm.data import TASKS, get_task
+from phasedlstm.data.adding import TRIVIAL_MSE, generate_adding
+from phasedlstm.data.base import SequenceDataset
+from phasedlstm.data.frequency import generate_combo, generate_single
+from phasedlstm.data.idx import write_idx
+from phasedlstm.data.images import image_task
+from phasedlstm.data.motion import read_ts, watch_task
+
+
+def _valid(lengths, T):
+    return np.arange(T)[None, :] < lengths[:, None]
+
+
+# -- frequency tasks ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sampling, dt, lo, hi", [("standard", 1.0, 15, 125), ("highres", 0.1, 150, 1250)])
+def test_regular_sampling(sampling, dt, lo, hi):
+    x, times, lengths, y, special, period = generate_single(2000, sampling, np.random.default_rng(0))
+    assert lengths.min() >= lo and lengths.max() <= hi
+    assert lengths.min() < lo + 10 and lengths.max() > hi - 10 * (hi // 125)  # the whole range is used
+    for i in range(50):
+        n = lengths[i]
+        np.testing.assert_allclose(np.diff(times[i, :n]), dt, rtol=1e-9, atol=1e-9)
+    # padding repeats the last timestamp, and x is zero there
+    i = int(np.argmin(lengths))
+    assert (times[i, lengths[i]:] == times[i, lengths[i] - 1]).all()
+    assert (x[i, lengths[i]:] == 0).all()
+
+
+def test_async_sampling_sorted_in_window():
+    rng = np.random.default_rng(1)
+    x, times, lengths, y, special, period = generate_single(3000, "async", rng)
+    assert lengths.min() == 15 and lengths.max() == 125
+    valid = _valid(lengths, times.shape[1])
+    assert (np.diff(times, axis=1)[valid[:, 1:]] >= 0).all()
+    assert times.min() >= 0 and times.max() <= 125
+    spans = times[np.arange(len(times)), lengths - 1] - times[:, 0]
+    assert spans.max() <= 125 and spans.max() > 100  # windows up to 125 ms long
+
+
+def test_periods_labels_and_special_half():
+    x, times, lengths, y, special, period = generate_single(4000, "async", np.random.default_rng(2))
+    assert special.sum() == 2000
+    assert ((period[special] >= 5) & (period[special] <= 6)).all()
+    assert period.min() >= 1 and period.max() <= 100
+    np.testing.assert_array_equal(y, (period >= 5) & (period <= 6))
+    # the general class is log-uniform: about half its periods below 10 ms
+    assert 0.4 < np.mean(period[~special] < 10) < 0.6
+    # the signal is the sine at the sampled times
+    i = 7
+    n = lengths[i]
+    assert np.all(np.abs(x[i, :n, 0]) <= 1)
+
+
+def test_combo_label_rule():
+    x, times, lengths, y, special, periods = generate_combo(3000, np.random.default_rng(3))
+    p1, p2 = periods[:, 0], periods[:, 1]
+    np.testing.assert_array_equal(y, (p1 >= 5) & (p1 <= 6) & (p2 >= 13) & (p2 <= 15))
+    assert y[special].all()
+    assert lengths.min() >= 100 and lengths.max() <= 1000
+    # negatives include samples with exactly one period in range, so both must be checked
+    only1 = ~special & (p1 >= 5) & (p1 <= 6)
+    only2 = ~special & (p2 >= 13) & (p2 <= 15)
+    assert only1.sum() > 300 and only2.sum() > 300
+
+
+def test_frequency_task_reproducible_and_test_set_fixed():
+    a = get_task("freq-async", seed=3, n_train=100)
+    b = get_task("freq-async", seed=3, n_train=300)
+    c = get_task("freq-async", seed=4, n_train=100)
+    torch.testing.assert_close(a.test.x, b.test.x)  # the test set does not depend on the training size
+    torch.testing.assert_close(a.test.times, b.test.times)
+    assert not torch.equal(a.test.x[:, :10], c.test.x[:, :10])
+    d = get_task("freq-async", seed=3, n_train=100)
+    torch.testing.assert_close(a.train.x, d.train.x)
+
+
+def test_balanced_batches_at_least_half_special():
+    task = get_task("freq-standard", n_train=400)
+    g = torch.Generator().manual_seed(0)
+    batches = list(task.train.batches(32, shuffle=True, generator=g, balanced=True))
+    special = task.train.special
+    assert len(batches) >= 12
+    for index in task.train.epoch_order(32, shuffle=True, generator=torch.Generator().manual_seed(0), balanced=True):
+        assert special[index].sum() >= 16
+
+
+def test_time_feature():
+    task = get_task("freq-async", n_train=50, time_feature=True)
+    assert task.input_size == 2
+    b = task.train[torch.arange(10)]
+    valid = torch.arange(b.x.shape[1])[None] < b.lengths[:, None]
+    torch.testing.assert_close(b.x[..., 1][valid], (b.times / 100.0).float()[valid])
+
+
+# -- adding -----------------------------------------------------------------------------------
+
+
+def test_adding_problem():
+    x, y = generate_adding(2000, 50, np.random.default_rng(0))
+    assert x.shape == (2000, 50, 2)
+    assert (x[..., 1].sum(1) == 2).all()
+    first = x[..., 1].argmax(1)
+    assert (first < 25).all()
+    np.testing.assert_allclose(y, (x[..., 0] * x[..., 1]).sum(1), rtol=1e-6)
+    assert abs(np.mean((y - 1.0) ** 2) - TRIVIAL_MSE) < 0.02
+    task = get_task("adding", length=30, n_train=20, n_val=5, n_test=5)
+    assert task.metric == "mse" and task.baseline == pytest.approx(0.1667, abs=1e-3)
+
+
+# -- image views on tiny IDX files --------------------------------------------------------------
+
+
+def _tiny_mnist(n_train=60, n_test=20, seed=0):
+    rng = np.random.default_rng(seed)
+    tr = rng.integers(0, 101, (n_train, 28, 28), dtype=np.uint8)  # training pixels in [0, 100]
+    te = rng.integers(0, 201, (n_test, 28, 28), dtype=np.uint8)  # test pixels up to 200
+    tr[0, 0, 0], tr[1, 0, 0] = 0, 100
+    return tr, np.arange(n_train, dtype=np.uint8) % 10, te, np.arange(n_test, dtype=np.uint8) % 10
+
+
+def test_views_and_permutation():
+    arrays = _tiny_mnist()
+    rows = image_task("smnist-rows", arrays, "rows", val_fraction=0.0)
+    pixels = image_task("smnist-pixels", arrays, "pixels", val_fraction=0.0)
+    perm = image_task("psmnist", arrays, "permuted", val_fraction=0.0, perm_seed=5)
+    assert rows.train.x.shape == (60, 28, 28) and pixels.train.x.shape == (60, 784, 1)
+    torch.testing.assert_close(pixels.train.x[:, :, 0], rows.train.x.reshape(60, 784))
+    p = torch.tensor(perm.info["permutation"])
+    assert sorted(p.tolist()) == list(range(784))
+    for split in ("train", "test"):  # the same permutation for both splits
+        torch.testing.assert_close(getattr(perm, split).x[:, :, 0], getattr(pixels, split).x[:, p, 0])
+    again = image_task("psmnist", arrays, "permuted", val_fraction=0.0, perm_seed=5)
+    assert again.info["permutation"] == perm.info["permutation"]
+    b = rows.train[torch.arange(4)]
+    torch.testing.assert_close(b.times, torch.arange(28, dtype=torch.float64).expand(4, 28))
+
+
+def test_scaling_fitted_on_train_only():
+    task = image_task("smnist-rows", _tiny_mnist(), "rows", val_fraction=0.0)
+    assert task.info["scaling"] == {"min": 0.0, "max": 100.0}
+    assert task.train.x.max() == 1.0
+    assert task.test.x.max() == 2.0  # test pixels of 200 scale with the training range: not refitted
+
+
+def test_class_subset_relabelled():
+    task = image_task("smnist-rows", _tiny_mnist(), "rows", classes=[7, 0, 2], val_fraction=0.0)
+    assert task.num_classes == 3
+    assert sorted(set(task.train.y.tolist())) == [0, 1, 2]
+    arrays = _tiny_mnist()
+    sevens = (arrays[1] == 7).sum()
+    assert (task.train.y == 2).sum() == sevens  # 7 -> 2 (sorted order 0, 2, 7)
+    with pytest.raises(ValueError, match=r"classes \[11\] are not in the data"):
+        image_task("smnist-rows", _tiny_mnist(), "rows", classes=[1, 11])
+
+
+def test_validation_split_seeded_and_disjoint():
+    arrays = _tiny_mnist()
+    a = image_task("smnist-rows", arrays, "rows", val_fraction=0.25, seed=1)
+    b = image_task("smnist-rows", arrays, "rows", val_fraction=0.25, seed=1)
+    c = image_task("smnist-rows", arrays, "rows", val_fraction=0.25, seed=2)
+    assert len(a.train) == 45 and len(a.val) == 15
+    torch.testing.assert_close(a.val.x, b.val.x)
+    assert not torch.equal(a.val.x, c.val.x)
+    flat_train = {bytes(v.numpy()) for v in a.train.x.reshape(45, -1)}
+    assert not any(bytes(v.numpy()) in flat_train for v in a.val.x.reshape(15, -1))
+
+
+def test_image_task_from_user_folder(tmp_path):
+    tr, tr_y, te, te_y = _tiny_mnist()
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    write_idx(raw / "train-images-idx3-ubyte.gz", tr)
+    write_idx(raw / "train-labels-idx1-ubyte.gz", tr_y)
+    write_idx(raw / "t10k-images-idx3-ubyte.gz", te)
+    write_idx(raw / "t10k-labels-idx1-ubyte.gz", te_y)
+    task = get_task("smnist-pixels", data_path=tmp_path, val_fraction=0.0)
+    assert task.train.x.shape == (60, 784, 1) and len(task.test) == 20
+
+
+def test_missing_data_says_how_to_fetch(tmp_path):
+    with pytest.raises(FileNotFoundError, match="phasedlstm data fetch mnist"):
+        get_task("smnist-rows", data_dir=tmp_path)
+    with pytest.raises(FileNotFoundError, match="phasedlstm data fetch watch"):
+        get_task("watch", data_dir=tmp_path)
+
+
+def test_unknown_task_and_option():
+    with pytest.raises(ValueError, match="unknown task 'mnist'; choose from smnist-rows"):
+        get_task("mnist")
+    with pytest.raises(TypeError, match="task 'adding' does not take classes; it takes seed, length"):
+        get_task("adding", classes=[1])
+
+
+def test_task_names():
+    assert set(TASKS) == {"smnist-rows", "smnist-pixels", "psmnist", "fashion-rows", "fashion-pixels",
+                          "freq-standard", "freq-highres", "freq-async", "freq-combo", "adding", "watch",
+                          "basic-motions"}
+
+
+# -- accelerometer data ----------------------------------------------------------------------------
+
+
+def _fake_watch(seed=0):
+    rng = np.random.default_rng(seed)
+    subjects = np.repeat(np.arange(1, 11), 14)
+    recs = [rng.normal(size=(rng.integers(947, 2619), 6)) for _ in subjects]
+    return {"recordings": recs, "subject": subjects, "y": np.tile(np.arange(7), 20),
+            "y_labels": np.array(["PEN", "ABD", "FEL", "IR", "ER", "TRAP", "ROW"]),
+            "X_labels": np.array(["ax", "ay", "az", "wx", "wy", "wz"])}
+
+
+def test_watch_split_by_subject():
+    data = _fake_watch()
+    task = watch_task(data, seed=3)
+    s = task.info["subjects"]
+    assert len(s["test"]) == 3 and len(s["val"]) == 1 and len(s["train"]) == 6
+    assert not (set(s["train"]) & set(s["test"])) and not (set(s["val"]) & set(s["test"]))
+    assert len(task.train) == 6 * 14 and len(task.test) == 3 * 14
+    fixed = watch_task(data, test_subjects=[1, 2], val_subjects=[3])
+    assert fixed.info["subjects"]["test"] == [1, 2] and 1 not in fixed.info["subjects"]["train"]
+    with pytest.raises(ValueError, match="both test"):
+        watch_task(data, test_subjects=[1], val_subjects=[1])
+
+
+def test_watch_timestamps_downsample_crop():
+    task = watch_task(_fake_watch(), downsample=5, crop=100)
+    b = task.train[torch.arange(3)]
+    assert b.x.shape[1] == 100 and (b.lengths == 100).all()
+    torch.testing.assert_close(b.times[0, :3], torch.tensor([0.0, 0.1, 0.2], dtype=torch.float64))
+    full = watch_task(_fake_watch())
+    assert full.train.lengths.min() >= 947 and full.train.lengths.max() <= 2618
+    torch.testing.assert_close(full.train.times[0, 1] - full.train.times[0, 0], torch.tensor(0.02, dtype=torch.float64))
+
+
+def test_read_ts(tmp_path):
+    f = tmp_path / "T.ts"
+    f.write_text("# comment\n@problemName T\n@classLabel true A B\n@data\n"
+                 "1,2,3:4,5,6:A\n7,8,9:1,1,1:B\n")
+    x, labels, classes = read_ts(f)
+    assert x.shape == (2, 3, 2) and classes == ["A", "B"] and list(labels) == ["A", "B"]
+    np.testing.assert_array_equal(x[0, :, 1], [4, 5, 6])
+
+
+def test_batches_cut_to_longest_and_sharded():
+    ds = SequenceDataset(np.ones((10, 8, 1)), np.tile(np.arange(8.0), (10, 1)), np.arange(1, 11) % 8 + 1,
+                         np.zeros(10, dtype=np.int64))
+    b = ds[torch.tensor([0, 1])]
+    assert b.x.shape[1] == int(max(ds.lengths[0], ds.lengths[1]))
+    shards = [torch.cat(ds.epoch_order(3, shard=(r, 2))) for r in range(2)]
+    assert len(shards[0]) == len(shards[1]) == 5 and not set(shards[0].tolist()) & set(shards[1].tolist())
