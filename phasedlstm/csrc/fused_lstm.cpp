@@ -1,0 +1,509 @@
+// Fused CPU loop of the LSTM family: forward and hand-written backward.
+//
+// One native loop over time per layer and direction. Per step: one GEMM (the recurrent
+// product, written straight into the gate buffer that already holds the input projection)
+// and one fused element-wise pass over (B, H), parallel over the batch. The backward runs
+// the loop in reverse with one GEMM per step (dh_{t-1} += dG_t W_hh) and does the weight
+// gradient in one GEMM over all steps afterwards. The equations are those of
+// phasedlstm/cells.py (lstm_step, peephole_step, phased_step, layernorm_step); tests prove
+// outputs and gradients equal to that reference.
+//
+// Layout: time-major. xw (T, B, 4H) = W_ih x_t + b_ih + b_hh (gate order i, f, g, o),
+// w_hh (4H, H), h0 and c0 (B, H), peep (3, H) = [w_ci; w_cf; w_co] or empty,
+// k (T, B, H) time-gate openness or empty, lengths (B,) int64 or empty.
+// Steps t >= lengths[b] keep the state of sequence b and output zero.
+//
+// Layer norm (ln_forward / ln_backward): xw holds LN_ih(W_ih x_t) + bias_ih (the input
+// half, normalised outside); inside the loop a = xw + LN_hh(h W_hh^T) with gain g_hh and
+// shift bias_hh, and h = o * tanh(LN_c(c)) with gain g_c and shift b_c.
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <vector>
+
+using at::Tensor;
+
+namespace {
+
+constexpr double kLnEps = 1e-5;
+
+template <typename T>
+inline T sigm(T x) {
+  return T(1) / (T(1) + std::exp(-x));
+}
+
+inline bool present(const Tensor& t) { return t.defined() && t.numel() > 0; }
+
+inline int64_t grain_for(int64_t H) { return std::max<int64_t>(1, 2048 / std::max<int64_t>(H, 1)); }
+
+// ---------------------------------------------------------------------------------------------
+// LSTM, peephole LSTM and Phased LSTM
+// ---------------------------------------------------------------------------------------------
+
+template <typename scalar_t, bool PEEP, bool PHASED>
+void forward_loop(const Tensor& xw, const Tensor& w_hh, const Tensor& peep, const Tensor& k, const int64_t* len,
+                  Tensor& acts, Tensor& hs, Tensor& cs, Tensor& ctil, Tensor& out) {
+  const int64_t T = xw.size(0), B = xw.size(1), H = w_hh.size(1);
+  const Tensor w_hh_t = w_hh.t();
+  const scalar_t* wci = PEEP ? peep.data_ptr<scalar_t>() : nullptr;
+  const scalar_t* wcf = PEEP ? wci + H : nullptr;
+  const scalar_t* wco = PEEP ? wci + 2 * H : nullptr;
+  for (int64_t t = 0; t < T; ++t) {
+    Tensor gates = acts[t];  // (B, 4H): xw[t] + h_{t-1} W_hh^T
+    at::addmm_out(gates, xw[t], hs[t], w_hh_t);
+    scalar_t* G = gates.data_ptr<scalar_t>();
+    const scalar_t* hp_all = hs[t].data_ptr<scalar_t>();
+    const scalar_t* cp_all = cs[t].data_ptr<scalar_t>();
+    scalar_t* hn_all = hs[t + 1].data_ptr<scalar_t>();
+    scalar_t* cn_all = cs[t + 1].data_ptr<scalar_t>();
+    scalar_t* o_all = out[t].data_ptr<scalar_t>();
+    const scalar_t* k_all = PHASED ? k[t].data_ptr<scalar_t>() : nullptr;
+    scalar_t* ct_all = PHASED ? ctil[t].data_ptr<scalar_t>() : nullptr;
+    at::parallel_for(0, B, grain_for(H), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        scalar_t* __restrict g4 = G + b * 4 * H;
+        const scalar_t* __restrict hp = hp_all + b * H;
+        const scalar_t* __restrict cp = cp_all + b * H;
+        scalar_t* __restrict hn = hn_all + b * H;
+        scalar_t* __restrict cn = cn_all + b * H;
+        scalar_t* __restrict ob = o_all + b * H;
+        const bool valid = len == nullptr || t < len[b];
+        if (!valid) {  // past the end: state unchanged, output zero
+          for (int64_t j = 0; j < H; ++j) {
+            hn[j] = hp[j];
+            cn[j] = cp[j];
+            ob[j] = 0;
+          }
+          continue;
+        }
+        for (int64_t j = 0; j < H; ++j) {
+          scalar_t ai = g4[j], af = g4[H + j], ag = g4[2 * H + j], ao = g4[3 * H + j];
+          const scalar_t c_prev = cp[j];
+          if (PEEP) {
+            ai += wci[j] * c_prev;
+            af += wcf[j] * c_prev;
+          }
+          const scalar_t i = sigm(ai), f = sigm(af), g = std::tanh(ag);
+          const scalar_t c = f * c_prev + i * g;  // c~_t for the Phased LSTM
+          if (PEEP) ao += wco[j] * c;
+          const scalar_t o = sigm(ao);
+          const scalar_t h = o * std::tanh(c);
+          g4[j] = i;
+          g4[H + j] = f;
+          g4[2 * H + j] = g;
+          g4[3 * H + j] = o;
+          if (PHASED) {
+            const scalar_t kk = k_all[b * H + j];
+            ct_all[b * H + j] = c;
+            cn[j] = kk * c + (1 - kk) * c_prev;
+            hn[j] = kk * h + (1 - kk) * hp[j];
+          } else {
+            cn[j] = c;
+            hn[j] = h;
+          }
+          ob[j] = hn[j];
+        }
+      }
+    });
+  }
+}
+
+std::vector<Tensor> lstm_forward(const Tensor& xw, const Tensor& w_hh, const Tensor& h0, const Tensor& c0,
+                                 const Tensor& peep, const Tensor& k, const Tensor& lengths) {
+  TORCH_CHECK(xw.dim() == 3 && xw.is_contiguous(), "xw must be a contiguous (T, B, 4H) tensor");
+  const int64_t T = xw.size(0), B = xw.size(1), H = w_hh.size(1);
+  TORCH_CHECK(xw.size(2) == 4 * H && w_hh.size(0) == 4 * H, "xw and w_hh do not fit");
+  auto opts = xw.options();
+  Tensor acts = at::empty({T, B, 4 * H}, opts);
+  Tensor hs = at::empty({T + 1, B, H}, opts);
+  Tensor cs = at::empty({T + 1, B, H}, opts);
+  Tensor out = at::empty({T, B, H}, opts);
+  hs[0].copy_(h0);
+  cs[0].copy_(c0);
+  const bool peephole = present(peep), phased = present(k);
+  Tensor ctil = phased ? at::empty({T, B, H}, opts) : at::empty({0}, opts);
+  const Tensor w = w_hh.contiguous();
+  const Tensor pp = peephole ? peep.contiguous() : peep;
+  const Tensor kk = phased ? k.contiguous() : k;
+  const int64_t* len = present(lengths) ? lengths.data_ptr<int64_t>() : nullptr;
+  AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "lstm_forward", [&] {
+    if (phased && peephole) forward_loop<scalar_t, true, true>(xw, w, pp, kk, len, acts, hs, cs, ctil, out);
+    else if (phased) forward_loop<scalar_t, false, true>(xw, w, pp, kk, len, acts, hs, cs, ctil, out);
+    else if (peephole) forward_loop<scalar_t, true, false>(xw, w, pp, kk, len, acts, hs, cs, ctil, out);
+    else forward_loop<scalar_t, false, false>(xw, w, pp, kk, len, acts, hs, cs, ctil, out);
+  });
+  return {out, hs[T], cs[T], acts, hs, cs, ctil};
+}
+
+template <typename scalar_t, bool PEEP, bool PHASED>
+void backward_loop(const Tensor& grad_out, const Tensor& w_hh, const Tensor& peep, const Tensor& k,
+                   const int64_t* len, const Tensor& acts, const Tensor& hs, const Tensor& cs, const Tensor& ctil,
+                   Tensor& dG, Tensor& dh, Tensor& dc, Tensor& dpeep_parts, Tensor& dk) {
+  const int64_t T = acts.size(0), B = acts.size(1), H = w_hh.size(1);
+  const scalar_t* wci = PEEP ? peep.data_ptr<scalar_t>() : nullptr;
+  const scalar_t* wcf = PEEP ? wci + H : nullptr;
+  const scalar_t* wco = PEEP ? wci + 2 * H : nullptr;
+  Tensor dh_prev = at::empty_like(dh), dc_prev = at::empty_like(dc);
+  const bool has_gout = present(grad_out);
+  for (int64_t t = T - 1; t >= 0; --t) {
+    const scalar_t* G_all = acts[t].data_ptr<scalar_t>();
+    const scalar_t* hp_all = hs[t].data_ptr<scalar_t>();
+    const scalar_t* cp_all = cs[t].data_ptr<scalar_t>();
+    const scalar_t* cn_all = cs[t + 1].data_ptr<scalar_t>();
+    const scalar_t* ct_all = PHASED ? ctil[t].data_ptr<scalar_t>() : nullptr;
+    const scalar_t* k_all = PHASED ? k[t].data_ptr<scalar_t>() : nullptr;
+    const scalar_t* go_all = has_gout ? grad_out[t].data_ptr<scalar_t>() : nullptr;
+    scalar_t* dG_all = dG[t].data_ptr<scalar_t>();
+    scalar_t* dk_all = PHASED ? dk[t].data_ptr<scalar_t>() : nullptr;
+    const scalar_t* dh_all = dh.data_ptr<scalar_t>();
+    const scalar_t* dc_all = dc.data_ptr<scalar_t>();
+    scalar_t* dhp_all = dh_prev.data_ptr<scalar_t>();
+    scalar_t* dcp_all = dc_prev.data_ptr<scalar_t>();
+    at::parallel_for(0, B, grain_for(H), [&](int64_t b0, int64_t b1) {
+      scalar_t* acc = PEEP ? dpeep_parts[at::get_thread_num()].data_ptr<scalar_t>() : nullptr;
+      for (int64_t b = b0; b < b1; ++b) {
+        const scalar_t* __restrict g4 = G_all + b * 4 * H;
+        const scalar_t* __restrict dhb = dh_all + b * H;
+        const scalar_t* __restrict dcb = dc_all + b * H;
+        scalar_t* __restrict dg4 = dG_all + b * 4 * H;
+        scalar_t* __restrict dhp = dhp_all + b * H;
+        scalar_t* __restrict dcp = dcp_all + b * H;
+        const bool valid = len == nullptr || t < len[b];
+        if (!valid) {  // the state passed through unchanged; the zero output has no gradient path
+          for (int64_t j = 0; j < 4 * H; ++j) dg4[j] = 0;
+          for (int64_t j = 0; j < H; ++j) {
+            dhp[j] = dhb[j];
+            dcp[j] = dcb[j];
+          }
+          if (PHASED)
+            for (int64_t j = 0; j < H; ++j) dk_all[b * H + j] = 0;
+          continue;
+        }
+        const scalar_t* __restrict go = has_gout ? go_all + b * H : nullptr;
+        const scalar_t* __restrict hp = hp_all + b * H;
+        const scalar_t* __restrict cp = cp_all + b * H;
+        const scalar_t* __restrict cn = cn_all + b * H;
+        for (int64_t j = 0; j < H; ++j) {
+          const scalar_t dht = dhb[j] + (has_gout ? go[j] : scalar_t(0));
+          const scalar_t dct = dcb[j];
+          const scalar_t i = g4[j], f = g4[H + j], g = g4[2 * H + j], o = g4[3 * H + j];
+          const scalar_t c_prev = cp[j];
+          const scalar_t c = PHASED ? ct_all[b * H + j] : cn[j];  // c~_t
+          const scalar_t tc = std::tanh(c);
+          scalar_t dh_til, dc_til, dh_p, dc_p;
+          if (PHASED) {
+            const scalar_t kk = k_all[b * H + j];
+            dk_all[b * H + j] = dht * (o * tc - hp[j]) + dct * (c - c_prev);
+            dh_til = kk * dht;
+            dc_til = kk * dct;
+            dh_p = (1 - kk) * dht;
+            dc_p = (1 - kk) * dct;
+          } else {
+            dh_til = dht;
+            dc_til = dct;
+            dh_p = 0;
+            dc_p = 0;
+          }
+          const scalar_t dao = dh_til * tc * o * (1 - o);
+          dc_til += dh_til * o * (1 - tc * tc);
+          if (PEEP) dc_til += dao * wco[j];
+          const scalar_t dai = dc_til * g * i * (1 - i);
+          const scalar_t daf = dc_til * c_prev * f * (1 - f);
+          const scalar_t dag = dc_til * i * (1 - g * g);
+          dc_p += dc_til * f;
+          if (PEEP) {
+            dc_p += dai * wci[j] + daf * wcf[j];
+            acc[j] += dai * c_prev;
+            acc[H + j] += daf * c_prev;
+            acc[2 * H + j] += dao * c;
+          }
+          dg4[j] = dai;
+          dg4[H + j] = daf;
+          dg4[2 * H + j] = dag;
+          dg4[3 * H + j] = dao;
+          dhp[j] = dh_p;
+          dcp[j] = dc_p;
+        }
+      }
+    });
+    dh_prev.addmm_(dG[t], w_hh);  // dh_{t-1} += dG_t W_hh
+    std::swap(dh, dh_prev);
+    std::swap(dc, dc_prev);
+  }
+}
+
+std::vector<Tensor> lstm_backward(const Tensor& grad_out, const Tensor& grad_hn, const Tensor& grad_cn,
+                                  const Tensor& w_hh, const Tensor& peep, const Tensor& k, const Tensor& lengths,
+                                  const Tensor& acts, const Tensor& hs, const Tensor& cs, const Tensor& ctil) {
+  const int64_t T = acts.size(0), B = acts.size(1), H = w_hh.size(1);
+  auto opts = acts.options();
+  const bool peephole = present(peep), phased = present(k);
+  Tensor dG = at::empty({T, B, 4 * H}, opts);
+  Tensor dh = present(grad_hn) ? grad_hn.contiguous().clone() : at::zeros({B, H}, opts);
+  Tensor dc = present(grad_cn) ? grad_cn.contiguous().clone() : at::zeros({B, H}, opts);
+  Tensor dk = phased ? at::empty({T, B, H}, opts) : at::empty({0}, opts);
+  Tensor dpeep_parts = peephole ? at::zeros({at::get_num_threads(), 3, H}, opts) : at::empty({0}, opts);
+  const Tensor go = present(grad_out) ? grad_out.contiguous() : grad_out;
+  const Tensor w = w_hh.contiguous();
+  const int64_t* len = present(lengths) ? lengths.data_ptr<int64_t>() : nullptr;
+  AT_DISPATCH_FLOATING_TYPES(acts.scalar_type(), "lstm_backward", [&] {
+    if (phased && peephole)
+      backward_loop<scalar_t, true, true>(go, w, peep, k, len, acts, hs, cs, ctil, dG, dh, dc, dpeep_parts, dk);
+    else if (phased)
+      backward_loop<scalar_t, false, true>(go, w, peep, k, len, acts, hs, cs, ctil, dG, dh, dc, dpeep_parts, dk);
+    else if (peephole)
+      backward_loop<scalar_t, true, false>(go, w, peep, k, len, acts, hs, cs, ctil, dG, dh, dc, dpeep_parts, dk);
+    else
+      backward_loop<scalar_t, false, false>(go, w, peep, k, len, acts, hs, cs, ctil, dG, dh, dc, dpeep_parts, dk);
+  });
+  // dW_hh = sum_t dG_t^T h_{t-1}: one GEMM over all steps
+  Tensor dw_hh = at::mm(dG.view({T * B, 4 * H}).t(), hs.narrow(0, 0, T).reshape({T * B, H}));
+  Tensor dpeep = peephole ? dpeep_parts.sum(0) : at::empty({0}, opts);
+  return {dG, dw_hh, dh, dc, dpeep, dk};
+}
+
+// ---------------------------------------------------------------------------------------------
+// Layer-normalised LSTM
+// ---------------------------------------------------------------------------------------------
+
+// Normalise x[0:n] in place to z = (x - mean) / sqrt(var + eps); returns 1 / sqrt(var + eps).
+template <typename scalar_t>
+inline scalar_t normalise(scalar_t* __restrict x, int64_t n) {
+  scalar_t mean = 0;
+  for (int64_t j = 0; j < n; ++j) mean += x[j];
+  mean /= n;
+  scalar_t var = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    const scalar_t d = x[j] - mean;
+    var += d * d;
+  }
+  var /= n;
+  const scalar_t rstd = scalar_t(1) / std::sqrt(var + scalar_t(kLnEps));
+  for (int64_t j = 0; j < n; ++j) x[j] = (x[j] - mean) * rstd;
+  return rstd;
+}
+
+// Backward of y = gain * z + shift with z = normalise(x): dx from dz = dy * gain.
+template <typename scalar_t>
+inline void normalise_backward(const scalar_t* __restrict z, const scalar_t* __restrict dz, scalar_t rstd,
+                               int64_t n, scalar_t* __restrict dx) {
+  scalar_t mean_dz = 0, mean_dzz = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    mean_dz += dz[j];
+    mean_dzz += dz[j] * z[j];
+  }
+  mean_dz /= n;
+  mean_dzz /= n;
+  for (int64_t j = 0; j < n; ++j) dx[j] = rstd * (dz[j] - mean_dz - z[j] * mean_dzz);
+}
+
+template <typename scalar_t>
+void ln_forward_loop(const Tensor& xw, const Tensor& w_hh, const scalar_t* g_hh, const scalar_t* b_hh,
+                     const scalar_t* g_c, const scalar_t* b_c, const int64_t* len, Tensor& acts, Tensor& zhh,
+                     Tensor& rhh, Tensor& zc, Tensor& rc, Tensor& hs, Tensor& cs, Tensor& out) {
+  const int64_t T = xw.size(0), B = xw.size(1), H = w_hh.size(1);
+  const Tensor w_hh_t = w_hh.t();
+  for (int64_t t = 0; t < T; ++t) {
+    Tensor z = zhh[t];  // (B, 4H): h_{t-1} W_hh^T, normalised in place below
+    at::mm_out(z, hs[t], w_hh_t);
+    scalar_t* Z = z.data_ptr<scalar_t>();
+    scalar_t* G = acts[t].data_ptr<scalar_t>();
+    const scalar_t* X = xw[t].data_ptr<scalar_t>();
+    scalar_t* R = rhh[t].data_ptr<scalar_t>();
+    scalar_t* ZC = zc[t].data_ptr<scalar_t>();
+    scalar_t* RC = rc[t].data_ptr<scalar_t>();
+    const scalar_t* hp_all = hs[t].data_ptr<scalar_t>();
+    const scalar_t* cp_all = cs[t].data_ptr<scalar_t>();
+    scalar_t* hn_all = hs[t + 1].data_ptr<scalar_t>();
+    scalar_t* cn_all = cs[t + 1].data_ptr<scalar_t>();
+    scalar_t* o_all = out[t].data_ptr<scalar_t>();
+    at::parallel_for(0, B, grain_for(H), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        scalar_t* __restrict zb = Z + b * 4 * H;
+        scalar_t* __restrict g4 = G + b * 4 * H;
+        const scalar_t* __restrict xb = X + b * 4 * H;
+        const scalar_t* __restrict hp = hp_all + b * H;
+        const scalar_t* __restrict cp = cp_all + b * H;
+        scalar_t* __restrict hn = hn_all + b * H;
+        scalar_t* __restrict cn = cn_all + b * H;
+        scalar_t* __restrict ob = o_all + b * H;
+        scalar_t* __restrict zcb = ZC + b * H;
+        R[b] = normalise(zb, 4 * H);
+        for (int64_t j = 0; j < 4 * H; ++j) g4[j] = xb[j] + g_hh[j] * zb[j] + (b_hh ? b_hh[j] : scalar_t(0));
+        for (int64_t j = 0; j < H; ++j) {
+          const scalar_t i = sigm(g4[j]), f = sigm(g4[H + j]), g = std::tanh(g4[2 * H + j]);
+          const scalar_t o = sigm(g4[3 * H + j]);
+          g4[j] = i;
+          g4[H + j] = f;
+          g4[2 * H + j] = g;
+          g4[3 * H + j] = o;
+          zcb[j] = f * cp[j] + i * g;  // c_t, normalised in place below
+        }
+        const bool valid = len == nullptr || t < len[b];
+        for (int64_t j = 0; j < H; ++j) cn[j] = valid ? zcb[j] : cp[j];
+        RC[b] = normalise(zcb, H);
+        for (int64_t j = 0; j < H; ++j) {
+          const scalar_t h = g4[3 * H + j] * std::tanh(g_c[j] * zcb[j] + (b_c ? b_c[j] : scalar_t(0)));
+          hn[j] = valid ? h : hp[j];
+          ob[j] = valid ? h : scalar_t(0);
+        }
+      }
+    });
+  }
+}
+
+std::vector<Tensor> ln_forward(const Tensor& xw, const Tensor& w_hh, const Tensor& h0, const Tensor& c0,
+                               const Tensor& g_hh, const Tensor& b_hh, const Tensor& g_c, const Tensor& b_c,
+                               const Tensor& lengths) {
+  TORCH_CHECK(xw.dim() == 3 && xw.is_contiguous(), "xw must be a contiguous (T, B, 4H) tensor");
+  const int64_t T = xw.size(0), B = xw.size(1), H = w_hh.size(1);
+  auto opts = xw.options();
+  Tensor acts = at::empty({T, B, 4 * H}, opts), zhh = at::empty({T, B, 4 * H}, opts);
+  Tensor rhh = at::empty({T, B}, opts), zc = at::empty({T, B, H}, opts), rc = at::empty({T, B}, opts);
+  Tensor hs = at::empty({T + 1, B, H}, opts), cs = at::empty({T + 1, B, H}, opts), out = at::empty({T, B, H}, opts);
+  hs[0].copy_(h0);
+  cs[0].copy_(c0);
+  const Tensor w = w_hh.contiguous(), ghh = g_hh.contiguous(), gc = g_c.contiguous();
+  const Tensor bhh = present(b_hh) ? b_hh.contiguous() : b_hh, bc = present(b_c) ? b_c.contiguous() : b_c;
+  const int64_t* len = present(lengths) ? lengths.data_ptr<int64_t>() : nullptr;
+  AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "ln_forward", [&] {
+    ln_forward_loop<scalar_t>(xw, w, ghh.data_ptr<scalar_t>(), present(bhh) ? bhh.data_ptr<scalar_t>() : nullptr,
+                              gc.data_ptr<scalar_t>(), present(bc) ? bc.data_ptr<scalar_t>() : nullptr, len, acts,
+                              zhh, rhh, zc, rc, hs, cs, out);
+  });
+  return {out, hs[T], cs[T], acts, zhh, rhh, zc, rc, hs, cs};
+}
+
+template <typename scalar_t>
+void ln_backward_loop(const Tensor& grad_out, const Tensor& w_hh, const scalar_t* g_hh, const scalar_t* g_c,
+                      const scalar_t* b_c, const int64_t* len, const Tensor& acts, const Tensor& zhh,
+                      const Tensor& rhh, const Tensor& zc, const Tensor& rc, const Tensor& cs, Tensor& dG, Tensor& dZ,
+                      Tensor& dh, Tensor& dc, Tensor& parts) {
+  const int64_t T = acts.size(0), B = acts.size(1), H = w_hh.size(1);
+  Tensor dh_prev = at::empty_like(dh), dc_prev = at::empty_like(dc);
+  const bool has_gout = present(grad_out);
+  for (int64_t t = T - 1; t >= 0; --t) {
+    const scalar_t* G_all = acts[t].data_ptr<scalar_t>();
+    const scalar_t* Z_all = zhh[t].data_ptr<scalar_t>();
+    const scalar_t* R = rhh[t].data_ptr<scalar_t>();
+    const scalar_t* ZC_all = zc[t].data_ptr<scalar_t>();
+    const scalar_t* RC = rc[t].data_ptr<scalar_t>();
+    const scalar_t* cp_all = cs[t].data_ptr<scalar_t>();
+    const scalar_t* go_all = has_gout ? grad_out[t].data_ptr<scalar_t>() : nullptr;
+    scalar_t* dG_all = dG[t].data_ptr<scalar_t>();
+    scalar_t* dZ_all = dZ[t].data_ptr<scalar_t>();
+    const scalar_t* dh_all = dh.data_ptr<scalar_t>();
+    const scalar_t* dc_all = dc.data_ptr<scalar_t>();
+    scalar_t* dhp_all = dh_prev.data_ptr<scalar_t>();
+    scalar_t* dcp_all = dc_prev.data_ptr<scalar_t>();
+    at::parallel_for(0, B, grain_for(H), [&](int64_t b0, int64_t b1) {
+      // per-thread sums: [d g_hh (4H) | d b_hh (4H) | d g_c (H) | d b_c (H)]
+      scalar_t* acc = parts[at::get_thread_num()].data_ptr<scalar_t>();
+      std::vector<scalar_t> dzc(H), dx(4 * H), dzn(4 * H);
+      for (int64_t b = b0; b < b1; ++b) {
+        scalar_t* __restrict dg4 = dG_all + b * 4 * H;
+        scalar_t* __restrict dz4 = dZ_all + b * 4 * H;
+        const scalar_t* __restrict dhb = dh_all + b * H;
+        const scalar_t* __restrict dcb = dc_all + b * H;
+        scalar_t* __restrict dhp = dhp_all + b * H;
+        scalar_t* __restrict dcp = dcp_all + b * H;
+        const bool valid = len == nullptr || t < len[b];
+        if (!valid) {
+          for (int64_t j = 0; j < 4 * H; ++j) {
+            dg4[j] = 0;
+            dz4[j] = 0;
+          }
+          for (int64_t j = 0; j < H; ++j) {
+            dhp[j] = dhb[j];
+            dcp[j] = dcb[j];
+          }
+          continue;
+        }
+        const scalar_t* __restrict g4 = G_all + b * 4 * H;
+        const scalar_t* __restrict zb = Z_all + b * 4 * H;
+        const scalar_t* __restrict zcb = ZC_all + b * H;
+        const scalar_t* __restrict cp = cp_all + b * H;
+        const scalar_t* __restrict go = has_gout ? go_all + b * H : nullptr;
+        // h = o * tanh(y), y = g_c * zc + b_c
+        for (int64_t j = 0; j < H; ++j) {
+          const scalar_t dht = dhb[j] + (has_gout ? go[j] : scalar_t(0));
+          const scalar_t o = g4[3 * H + j];
+          const scalar_t ty = std::tanh(g_c[j] * zcb[j] + (b_c ? b_c[j] : scalar_t(0)));
+          dg4[3 * H + j] = dht * ty * o * (1 - o);
+          const scalar_t dy = dht * o * (1 - ty * ty);
+          acc[8 * H + j] += dy * zcb[j];
+          acc[9 * H + j] += dy;
+          dzc[j] = dy * g_c[j];
+        }
+        normalise_backward(zcb, dzc.data(), RC[b], H, dx.data());
+        for (int64_t j = 0; j < H; ++j) {
+          const scalar_t i = g4[j], f = g4[H + j], g = g4[2 * H + j];
+          const scalar_t dct = dcb[j] + dx[j];
+          dg4[j] = dct * g * i * (1 - i);
+          dg4[H + j] = dct * cp[j] * f * (1 - f);
+          dg4[2 * H + j] = dct * i * (1 - g * g);
+          dcp[j] = dct * f;
+        }
+        // a = xw + g_hh * z + b_hh, z = normalise(h W_hh^T)
+        for (int64_t j = 0; j < 4 * H; ++j) {
+          acc[j] += dg4[j] * zb[j];
+          acc[4 * H + j] += dg4[j];
+          dzn[j] = dg4[j] * g_hh[j];
+        }
+        normalise_backward(zb, dzn.data(), R[b], 4 * H, dz4);
+        for (int64_t j = 0; j < H; ++j) dhp[j] = 0;
+      }
+    });
+    dh_prev.addmm_(dZ[t], w_hh);  // dh_{t-1} = dZ_t W_hh (+ pass-through of finished sequences)
+    std::swap(dh, dh_prev);
+    std::swap(dc, dc_prev);
+  }
+}
+
+std::vector<Tensor> ln_backward(const Tensor& grad_out, const Tensor& grad_hn, const Tensor& grad_cn,
+                                const Tensor& w_hh, const Tensor& g_hh, const Tensor& g_c, const Tensor& b_c,
+                                const Tensor& lengths, const Tensor& acts, const Tensor& zhh, const Tensor& rhh,
+                                const Tensor& zc, const Tensor& rc, const Tensor& hs, const Tensor& cs) {
+  const int64_t T = acts.size(0), B = acts.size(1), H = w_hh.size(1);
+  auto opts = acts.options();
+  Tensor dG = at::empty({T, B, 4 * H}, opts), dZ = at::empty({T, B, 4 * H}, opts);
+  Tensor dh = present(grad_hn) ? grad_hn.contiguous().clone() : at::zeros({B, H}, opts);
+  Tensor dc = present(grad_cn) ? grad_cn.contiguous().clone() : at::zeros({B, H}, opts);
+  Tensor parts = at::zeros({at::get_num_threads(), 10 * H}, opts);
+  const Tensor go = present(grad_out) ? grad_out.contiguous() : grad_out;
+  const Tensor w = w_hh.contiguous(), ghh = g_hh.contiguous(), gc = g_c.contiguous();
+  const Tensor bc = present(b_c) ? b_c.contiguous() : b_c;
+  const int64_t* len = present(lengths) ? lengths.data_ptr<int64_t>() : nullptr;
+  AT_DISPATCH_FLOATING_TYPES(acts.scalar_type(), "ln_backward", [&] {
+    ln_backward_loop<scalar_t>(go, w, ghh.data_ptr<scalar_t>(), gc.data_ptr<scalar_t>(),
+                               present(bc) ? bc.data_ptr<scalar_t>() : nullptr, len, acts, zhh, rhh, zc, rc, cs, dG,
+                               dZ, dh, dc, parts);
+  });
+  Tensor dw_hh = at::mm(dZ.view({T * B, 4 * H}).t(), hs.narrow(0, 0, T).reshape({T * B, H}));
+  Tensor sums = parts.sum(0);
+  return {dG, dw_hh, dh, dc, sums.narrow(0, 0, 4 * H), sums.narrow(0, 4 * H, 4 * H), sums.narrow(0, 8 * H, H),
+          sums.narrow(0, 9 * H, H)};
+}
+
+}  // namespace
+
+TORCH_LIBRARY(phasedlstm_fused, m) {
+  m.def("lstm_forward(Tensor xw, Tensor w_hh, Tensor h0, Tensor c0, Tensor peep, Tensor k, Tensor lengths) -> Tensor[]");
+  m.def("lstm_backward(Tensor grad_out, Tensor grad_hn, Tensor grad_cn, Tensor w_hh, Tensor peep, Tensor k, "
+        "Tensor lengths, Tensor acts, Tensor hs, Tensor cs, Tensor ctil) -> Tensor[]");
+  m.def("ln_forward(Tensor xw, Tensor w_hh, Tensor h0, Tensor c0, Tensor g_hh, Tensor b_hh, Tensor g_c, "
+        "Tensor b_c, Tensor lengths) -> Tensor[]");
+  m.def("ln_backward(Tensor grad_out, Tensor grad_hn, Tensor grad_cn, Tensor w_hh, Tensor g_hh, Tensor g_c, "
+        "Tensor b_c, Tensor lengths, Tensor acts, Tensor zhh, Tensor rhh, Tensor zc, Tensor rc, Tensor hs, "
+        "Tensor cs) -> Tensor[]");
+}
+
+TORCH_LIBRARY_IMPL(phasedlstm_fused, CPU, m) {
+  m.impl("lstm_forward", &lstm_forward);
+  m.impl("lstm_backward", &lstm_backward);
+  m.impl("ln_forward", &ln_forward);
+  m.impl("ln_backward", &ln_backward);
+}

@@ -1,0 +1,206 @@
+"""Tables and plots from run folders (config.json + metrics.csv, and last.pt for the gate plots).
+
+- ``summary.md`` / ``summary.csv``: per model, the final test metric (mean ± s.d. over
+  seeds, from each run's last epoch) and the training time per epoch;
+- ``curves.png``: learning curves of all models on one figure (mean over seeds, band = s.d.);
+- ``final.png``: final-metric bars with the spread over seeds;
+- ``gates-<run>.png``: for a Phased LSTM, a raster of time-gate openness k_t (units x time)
+  over one test sequence, and the distribution of learned periods against their initial range.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no screen needed
+import matplotlib.ticker  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+MODEL_ORDER = ["lstm", "torch-lstm", "peephole", "layernorm", "phased"]
+
+
+def read_run(run_dir) -> dict:
+    run_dir = Path(run_dir)
+    cfg_path, metrics_path = run_dir / "config.json", run_dir / "metrics.csv"
+    if not cfg_path.is_file() or not metrics_path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run folder (it needs config.json and metrics.csv)")
+    cfg = json.loads(cfg_path.read_text())
+    with open(metrics_path, newline="") as f:
+        rows = [{k: (float(v) if v not in ("", None) else None) for k, v in r.items()} for r in csv.DictReader(f)]
+    return {"dir": run_dir, "config": cfg, "history": rows}
+
+
+def find_runs(paths) -> list[dict]:
+    """Run folders among ``paths`` and their direct sub-folders."""
+    runs = []
+    for p in map(Path, paths):
+        if (p / "metrics.csv").is_file():
+            runs.append(read_run(p))
+        elif p.is_dir():
+            runs.extend(read_run(q) for q in sorted(p.iterdir()) if (q / "metrics.csv").is_file())
+        else:
+            raise FileNotFoundError(f"{p}: no such folder")
+    runs = [r for r in runs if r["history"]]
+    if not runs:
+        raise FileNotFoundError(f"no run folders with finished epochs in {', '.join(map(str, paths))}")
+    return runs
+
+
+def _metric(run) -> tuple[str, str]:
+    """(column, label) of the headline metric: test accuracy, or test loss (MSE) for regression."""
+    if run["history"][-1].get("test_acc") is not None:
+        return "test_acc", "test accuracy"
+    return "test_loss", "test MSE"
+
+
+def _sd(values):
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _grouped(runs) -> dict[str, list[dict]]:
+    groups: dict[str, list[dict]] = {}
+    for r in runs:
+        groups.setdefault(r["config"]["model"], []).append(r)
+    return dict(sorted(groups.items(), key=lambda kv: (MODEL_ORDER.index(kv[0]) if kv[0] in MODEL_ORDER else 99)))
+
+
+def summarise(runs) -> list[dict]:
+    rows = []
+    for model, rs in _grouped(runs).items():
+        col, label = _metric(rs[0])
+        finals = [r["history"][-1][col] for r in rs]
+        secs = [statistics.median(h["seconds"] for h in r["history"]) for r in rs]
+        scale = 100.0 if col == "test_acc" else 1.0
+        rows.append({"model": model, "task": rs[0]["config"]["task"], "metric": label, "seeds": len(rs),
+                     "epochs": int(statistics.median(r["history"][-1]["epoch"] for r in rs)),
+                     "mean": scale * statistics.mean(finals), "sd": scale * _sd(finals),
+                     "seconds_per_epoch": statistics.median(secs)})
+    return rows
+
+
+def format_table(rows) -> str:
+    unit = "%" if rows and rows[0]["metric"] == "test accuracy" else ""
+    lines = ["| model | task | seeds | epochs | final " + rows[0]["metric"] + " (mean ± s.d.) | s / epoch |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['task']} | {r['seeds']} | {r['epochs']} | "
+                     f"{r['mean']:.2f}{unit} ± {r['sd']:.2f} | {r['seconds_per_epoch']:.1f} |")
+    return "\n".join(lines)
+
+
+def plot_curves(runs, path: Path) -> None:
+    col, label = _metric(runs[0])
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for model, rs in _grouped(runs).items():
+        for ax, key in ((axes[0], "train_loss"), (axes[1], col)):
+            n = min(len(r["history"]) for r in rs)
+            epochs = list(range(1, n + 1))
+            scale = 100.0 if key.endswith("acc") else 1.0
+            vals = [[scale * r["history"][i][key] for r in rs] for i in range(n)]
+            mean = [statistics.mean(v) for v in vals]
+            sd = [_sd(v) for v in vals]
+            ax.plot(epochs, mean, label=f"{model} ({len(rs)} seed{'s' if len(rs) > 1 else ''})")
+            ax.fill_between(epochs, [m - s for m, s in zip(mean, sd)], [m + s for m, s in zip(mean, sd)], alpha=0.2)
+    axes[0].set(xlabel="epoch", ylabel="training loss", title="training loss")
+    axes[1].set(xlabel="epoch", ylabel=label + (" (%)" if col == "test_acc" else ""), title=label)
+    if col == "test_loss" and runs[0]["config"]["task"] == "adding":
+        axes[1].axhline(2 / 12, color="grey", ls="--", label="trivial baseline 0.167")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(runs[0]["config"]["task"])
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_final(rows, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(1.6 * len(rows) + 2, 4))
+    ax.bar([r["model"] for r in rows], [r["mean"] for r in rows], yerr=[r["sd"] for r in rows], capsize=6,
+           color="#4c72b0")
+    for i, r in enumerate(rows):
+        ax.text(i, r["mean"], f"{r['mean']:.1f}", ha="center", va="bottom")
+    unit = " (%)" if rows[0]["metric"] == "test accuracy" else ""
+    ax.set(ylabel="final " + rows[0]["metric"] + unit, title=f"{rows[0]['task']}: mean ± s.d. over seeds")
+    if unit:
+        lo = min(r["mean"] - r["sd"] for r in rows)
+        ax.set_ylim(max(0, lo - 10), 100)
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_gates(run: dict, path: Path) -> bool:
+    """Gate raster and period distribution of a Phased LSTM run; False if the run has none."""
+    from phasedlstm.layers import PhasedLSTM
+    from phasedlstm.train import build_task, load_run_model
+
+    if run["config"]["model"] != "phased":
+        return False
+    cfg, model, _ = load_run_model(run["dir"] / "last.pt")
+    if not isinstance(model.rnn, PhasedLSTM):
+        return False
+    task = build_task(cfg)
+    rnn = model.rnn.eval()
+    b = task.test[torch.tensor([0])]
+    n = int(b.lengths[0])
+    with torch.no_grad():
+        k = rnn.time_gates(b.times[0, :n])  # (T, H)
+        period = rnn.period_l0.detach().abs()
+        order = torch.argsort(period)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [2.2, 1]})
+    t = b.times[0, :n].numpy()
+    im = axes[0].imshow(k[:, order].T.numpy(), aspect="auto", origin="lower", cmap="magma", vmin=0, vmax=1,
+                        extent=[t[0], t[-1], 0, k.shape[1]], interpolation="nearest")
+    axes[0].set(xlabel=f"time ({task.time_unit})", ylabel="unit (sorted by period)",
+                title=f"time-gate openness k_t over test sequence 0 ({n} samples)")
+    fig.colorbar(im, ax=axes[0], label="k_t")
+    lo, hi = cfg.rnn_options.get("period_init", (1.0, 6.0))
+    bins = torch.logspace(math.log10(max(period.min().item(), 1e-3)), math.log10(period.max().item() + 1e-9), 25)
+    axes[1].hist(period.numpy(), bins=bins.numpy(), color="#4c72b0")
+    axes[1].set_xscale("log")
+    axes[1].xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    axes[1].xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    axes[1].axvspan(math.exp(lo), math.exp(hi), color="grey", alpha=0.2, label=f"initial range exp(U({lo:g}, {hi:g}))")
+    axes[1].set(xlabel=f"learned period tau ({task.time_unit})", ylabel="units", title="learned periods")
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def report(paths, out_dir=None, log=print, gates: bool = True) -> dict:
+    """Tables and plots for the runs in ``paths``; written to ``out_dir`` (default: the first path)."""
+    runs = find_runs(paths)
+    tasks = sorted({r["config"]["task"] for r in runs})
+    if len(tasks) > 1:
+        raise ValueError(f"the runs are of several tasks ({', '.join(tasks)}); report one task at a time")
+    out = Path(out_dir or paths[0])
+    out.mkdir(parents=True, exist_ok=True)
+    rows = summarise(runs)
+    table = format_table(rows)
+    (out / "summary.md").write_text(table + "\n")
+    with open(out / "summary.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    plot_curves(runs, out / "curves.png")
+    plot_final(rows, out / "final.png")
+    written = [out / "summary.md", out / "summary.csv", out / "curves.png", out / "final.png"]
+    if gates:  # one raster per Phased LSTM configuration: its first run
+        for r in _grouped(runs).get("phased", [])[:1]:
+            p = out / f"gates-{r['dir'].name}.png"
+            if (r["dir"] / "last.pt").exists() and plot_gates(r, p):
+                written.append(p)
+    log(table)
+    log("written: " + ", ".join(str(p) for p in written))
+    return {"rows": rows, "table": table, "files": written}
