@@ -177,7 +177,7 @@ def check_cell_time(time, x: Tensor) -> Tensor:
 def check_layer_input(module, input, hx, times, lengths):
     """Validate a layer's forward arguments.
 
-    Returns (x (B, T, I) batch-first, times (B, T) float64, lengths (B,) int64 or None,
+    Returns (x (T, B, I) time-major, times (T, B) float64, lengths (B,) int64 or None,
     hx (h_0, c_0) each (L*D, B, H) or None, batched).
     """
     _check_tensor("input", input)
@@ -191,12 +191,12 @@ def check_layer_input(module, input, hx, times, lengths):
         raise ValueError(f"Expected input with {I} features (last dimension), got shape {_shape(input)}")
     batched = input.dim() == 3
     if not batched:
-        x = input.unsqueeze(0)
+        x = input.unsqueeze(1)
     elif module.batch_first:
-        x = input
-    else:
         x = input.transpose(0, 1)
-    B, T = x.shape[0], x.shape[1]
+    else:
+        x = input
+    T, B = x.shape[0], x.shape[1]
     if T < 1:
         raise ValueError(f"Expected a sequence of at least one step, got shape {_shape(input)}")
 
@@ -222,7 +222,7 @@ def check_layer_input(module, input, hx, times, lengths):
 
     # times
     if times is None:
-        times = torch.arange(T, dtype=torch.float64, device=x.device).expand(B, T)
+        times = torch.arange(T, dtype=torch.float64, device=x.device).unsqueeze(1).expand(T, B)
     else:
         _check_tensor("times", times)
         if times.dtype == torch.bool or times.is_complex():
@@ -239,6 +239,7 @@ def check_layer_input(module, input, hx, times, lengths):
         _warn_float32_times(times)
         times = times.to(torch.float64)
         _check_times_values(times, valid)
+        times = times.t()  # (T, B)
 
     # hx
     LD = module.num_layers * (2 if module.bidirectional else 1)

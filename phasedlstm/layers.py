@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from phasedlstm import _checks
+from phasedlstm import _checks, fast
 from phasedlstm.cells import (
     DEFAULT_LEAK,
     init_layernorm_,
@@ -33,19 +33,23 @@ from phasedlstm.cells import (
 
 __all__ = ["RecurrentLayer", "LSTM", "PeepholeLSTM", "PhasedLSTM", "LayerNormLSTM"]
 
+#: "auto": the fused native loop where it can run (CPU, float32/float64, kernels built), else
+#: the reference; "reference": always the step-by-step reference; "fast": the fused loop or an error.
+IMPLS = ("auto", "reference", "fast")
+
 
 def reverse_padded(x: Tensor, lengths: Tensor | None) -> Tensor:
-    """Reverse each sequence of ``x`` (B, T, ...) within its own length; padding stays put.
+    """Reverse each sequence of ``x`` (T, B, ...) within its own length; padding stays put.
 
     Applying it twice gives ``x`` back, so the same call also un-reverses an output.
     """
     if lengths is None:
-        return x.flip(1)
-    T = x.shape[1]
-    steps = torch.arange(T, device=x.device).unsqueeze(0)  # (1, T)
-    idx = torch.where(steps < lengths.unsqueeze(1), lengths.unsqueeze(1) - 1 - steps, steps)  # (B, T)
+        return x.flip(0)
+    T = x.shape[0]
+    steps = torch.arange(T, device=x.device).unsqueeze(1)  # (T, 1)
+    idx = torch.where(steps < lengths.unsqueeze(0), lengths.unsqueeze(0) - 1 - steps, steps)  # (T, B)
     idx = idx.view(idx.shape + (1,) * (x.dim() - 2)).expand_as(x)
-    return x.gather(1, idx)
+    return x.gather(0, idx)
 
 
 class RecurrentLayer(nn.Module):
@@ -53,8 +57,12 @@ class RecurrentLayer(nn.Module):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, *,
-                 forget_bias: float = 1.0, learn_initial_state: bool = False, device=None, dtype=None):
+                 forget_bias: float = 1.0, learn_initial_state: bool = False, impl: str = "auto", device=None,
+                 dtype=None):
         super().__init__()
+        if impl not in IMPLS:
+            raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+        self.impl = impl
         _checks.check_sizes(input_size, hidden_size)
         _checks.check_layer_options(num_layers, dropout, bidirectional, batch_first)
         self.input_size = input_size
@@ -113,8 +121,8 @@ class RecurrentLayer(nn.Module):
                 p["bias_ih"][H : 2 * H] += self.forget_bias
 
     def _precompute(self, x: Tensor, times: Tensor, p: dict) -> tuple:
-        """State-free work of all steps: x (B, T, I), times (B, T) float64 -> tensors (B, T, ...)."""
-        return (F.linear(x, p["weight_ih"], p["bias_ih"]),)  # (B, T, 4H)
+        """State-free work of all steps: x (T, B, I), times (T, B) float64 -> tensors (T, B, ...)."""
+        return (F.linear(x, p["weight_ih"], p["bias_ih"]),)  # (T, B, 4H)
 
     def _step(self, pre: tuple, h: Tensor, c: Tensor, p: dict):
         return lstm_step(pre[0], h, c, p["weight_hh"], p["bias_hh"])
@@ -135,15 +143,21 @@ class RecurrentLayer(nn.Module):
         return {base: getattr(self, full) for base, full in self._names[layer][direction].items()}
 
     def _run_direction(self, x, times, lengths, h, c, p):
-        """Run one direction over x (B, T, I): -> output (B, T, H), h_n (B, H), c_n (B, H)."""
+        """Run one direction over x (T, B, I): -> output (T, B, H), h_n (B, H), c_n (B, H)."""
+        if self._fast_path(x):
+            return self._run_fast(x, times, lengths, h, c, p)
+        return self._run_reference(x, times, lengths, h, c, p)
+
+    def _run_reference(self, x, times, lengths, h, c, p):
+        """The reference loop: the step function of :mod:`phasedlstm.cells`, once per time step."""
         pre = self._precompute(x, times, p)
-        B, T = x.shape[0], x.shape[1]
+        T, B = x.shape[0], x.shape[1]
         # Steps beyond every sequence's length change nothing: stop there, output zeros.
         T_run = T if lengths is None else int(lengths.max())
         t_full = T if lengths is None else int(lengths.min())  # steps valid for every sequence
         outputs = []
         for t in range(T_run):
-            h_new, c_new = self._step([q[:, t] for q in pre], h, c, p)
+            h_new, c_new = self._step([q[t] for q in pre], h, c, p)
             if t < t_full:
                 h, c = h_new, c_new
                 outputs.append(h)
@@ -152,14 +166,31 @@ class RecurrentLayer(nn.Module):
                 h = torch.where(valid, h_new, h)
                 c = torch.where(valid, c_new, c)
                 outputs.append(torch.where(valid, h_new, torch.zeros_like(h_new)))
-        out = torch.stack(outputs, dim=1)  # (B, T_run, H)
+        out = torch.stack(outputs)  # (T_run, B, H)
         if T_run < T:
-            out = torch.cat([out, out.new_zeros(B, T - T_run, out.shape[2])], dim=1)
+            out = torch.cat([out, out.new_zeros(T - T_run, B, out.shape[2])])
         return out, h, c
+
+    def _fast_path(self, x: Tensor) -> bool:
+        """Whether this call takes the fused native loop (see :mod:`phasedlstm.fast`)."""
+        if self.impl == "reference":
+            return False
+        ok, why = fast.usable(x)
+        if self.impl == "fast" and not ok:
+            raise RuntimeError(f"impl='fast' was asked for, but the fused kernels cannot run here: {why}")
+        return ok
+
+    def _run_fast(self, x, times, lengths, h, c, p):
+        xw = F.linear(x, p["weight_ih"], p["bias_ih"])  # (T, B, 4H)
+        if p["bias_hh"] is not None:
+            xw = xw + p["bias_hh"]
+        peep = torch.stack([p["weight_ci"], p["weight_cf"], p["weight_co"]]) if p.get("weight_ci") is not None else None
+        k = self._gate(times, p) if "period" in p else None
+        return fast.lstm(xw, p["weight_hh"], h, c, peep, k, lengths)
 
     def forward(self, input: Tensor, hx=None, *, times: Tensor | None = None, lengths: Tensor | None = None):
         x, times, lengths, hx, batched = _checks.check_layer_input(self, input, hx, times, lengths)
-        B, H = x.shape[0], self.hidden_size
+        B, H = x.shape[1], self.hidden_size
         D = 2 if self.bidirectional else 1
         if hx is not None:
             h0, c0 = hx
@@ -169,7 +200,7 @@ class RecurrentLayer(nn.Module):
         else:
             h0 = c0 = x.new_zeros(self.num_layers * D, B, H)
 
-        layer_input = x
+        layer_input = x  # (T, B, I): time-major inside
         h_n, c_n = [], []
         for layer in range(self.num_layers):
             outs = []
@@ -185,22 +216,22 @@ class RecurrentLayer(nn.Module):
                 outs.append(out)
                 h_n.append(h)
                 c_n.append(c)
-            layer_input = outs[0] if D == 1 else torch.cat(outs, dim=2)  # (B, T, D*H)
+            layer_input = outs[0] if D == 1 else torch.cat(outs, dim=2)  # (T, B, D*H)
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
                 layer_input = F.dropout(layer_input, self.dropout, training=True)
 
         output = layer_input
         h_n, c_n = torch.stack(h_n), torch.stack(c_n)  # (L*D, B, H)
         if not batched:
-            return output.squeeze(0), (h_n.squeeze(1), c_n.squeeze(1))
-        if not self.batch_first:
+            return output.squeeze(1), (h_n.squeeze(1), c_n.squeeze(1))
+        if self.batch_first:
             output = output.transpose(0, 1)
         return output, (h_n, c_n)
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
         defaults = {"num_layers": 1, "bias": True, "batch_first": False, "dropout": 0.0,
-                    "bidirectional": False, "forget_bias": 1.0, "learn_initial_state": False}
+                    "bidirectional": False, "forget_bias": 1.0, "learn_initial_state": False, "impl": "auto"}
         for name, default in defaults.items():
             if getattr(self, name) != default:
                 s += f", {name}={getattr(self, name)}"
@@ -220,6 +251,9 @@ _LAYER_DOC = """
             (default 1.0; 0 gives torch.nn.LSTM's initialisation).
         learn_initial_state: learn h0 and c0 (parameters ``h0``, ``c0`` of shape
             (num_layers * D, H), zeros at init) used when ``hx`` is None.
+        impl: "auto" (default) runs the fused native loop of :mod:`phasedlstm.fast` where it
+            can (CPU tensors, float32/float64, kernels compiled) and the reference loop
+            otherwise; "reference" always runs the step-by-step reference; "fast" insists.
 
     Inputs: ``input, hx=None, *, times=None, lengths=None``
         - input: (T, B, I), (B, T, I) if batch_first, or unbatched (T, I).
@@ -338,9 +372,11 @@ class PhasedLSTM(RecurrentLayer):
         super()._reset_direction({k: v for k, v in p.items() if k not in ("period", "shift", "r_on")})
         init_time_parameters_(p["period"], p["shift"], p["r_on"], self.period_init, self.r_on_init)
 
+    def _gate(self, times, p):
+        return time_gate(times, p["period"], p["shift"], p["r_on"], self.leak if self.training else 0.0)
+
     def _precompute(self, x, times, p):
-        k = time_gate(times, p["period"], p["shift"], p["r_on"], self.leak if self.training else 0.0)  # (B, T, H)
-        return super()._precompute(x, times, p) + (k,)
+        return super()._precompute(x, times, p) + (self._gate(times, p),)  # k: (T, B, H)
 
     def _step(self, pre, h, c, p):
         return phased_step(pre[0], pre[1], h, c, p["weight_hh"], p["bias_hh"], p["weight_ci"], p["weight_cf"],
@@ -391,7 +427,12 @@ class LayerNormLSTM(RecurrentLayer):
         init_layernorm_(p["ln_ih_weight"], p["ln_hh_weight"], p["ln_c_weight"], p["ln_c_bias"])
 
     def _precompute(self, x, times, p):
-        return (layernorm_input(x, p["weight_ih"], p["ln_ih_weight"], p["bias_ih"]),)  # (B, T, 4H)
+        return (layernorm_input(x, p["weight_ih"], p["ln_ih_weight"], p["bias_ih"]),)  # (T, B, 4H)
+
+    def _run_fast(self, x, times, lengths, h, c, p):
+        xw = layernorm_input(x, p["weight_ih"], p["ln_ih_weight"], p["bias_ih"])  # (T, B, 4H)
+        return fast.layernorm_lstm(xw, p["weight_hh"], h, c, p["ln_hh_weight"], p["bias_hh"], p["ln_c_weight"],
+                                   p["ln_c_bias"], lengths)
 
     def _step(self, pre, h, c, p):
         return layernorm_step(pre[0], h, c, p["weight_hh"], p["ln_hh_weight"], p["bias_hh"], p["ln_c_weight"],

@@ -1,0 +1,193 @@
+"""The fast path: a fused native loop over time with a hand-written backward (csrc/fused_lstm.cpp).
+
+Why native code: a Python loop pays interpreter and autograd overhead at every step, and
+stays 1.1-2.1x behind torch.nn.LSTM however it is written (TorchScript and torch.compile
+included). The kernels here do, per step, one GEMM and one fused element-wise pass; the
+backward does one GEMM per step plus one GEMM for the recurrent weight gradient over all
+steps. The input projection of all steps and the time gate of all steps are computed
+before the loop, in PyTorch, so autograd takes care of W_ih, b_ih, x and tau, s, r_on.
+
+Building: compiled with ``torch.utils.cpp_extension.load`` against the installed torch on
+first use (about a minute) and cached under ``$PHASEDLSTM_EXT_DIR`` or
+``~/.cache/phasedlstm/ext``; later processes load the cached library in milliseconds. It
+is built on the user's machine for its CPU (``-march=native``; the cache key includes the
+CPU's features). Nothing is built at install time, so pip's build isolation never pulls a
+second torch. Where no compiler is available (or the build fails) the reference loop runs,
+and a warning says so once. CUDA tensors take the reference path.
+
+The reference implementation stays in :mod:`phasedlstm.layers` (``impl="reference"``); the
+tests prove both give the same outputs and gradients.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import shutil
+import sys
+import threading
+import warnings
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+_SOURCE = Path(__file__).parent / "csrc" / "fused_lstm.cpp"
+_lock = threading.Lock()
+_state: dict = {"loaded": False, "error": None, "warned": False}
+
+
+def _cpu_tag() -> str:
+    """A short key of the CPU's instruction-set flags, so a cached -march=native build is never
+    loaded on a different CPU."""
+    flags = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    flags = line
+                    break
+    except OSError:
+        pass
+    return hashlib.sha1((platform.machine() + flags).encode()).hexdigest()[:8]
+
+
+def build_dir() -> Path:
+    d = os.environ.get("PHASEDLSTM_EXT_DIR")
+    if d:
+        return Path(d)
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "phasedlstm" / "ext"
+
+
+def _build() -> None:
+    from torch.utils import cpp_extension
+
+    if shutil.which(os.environ.get("CXX", "c++")) is None:
+        raise RuntimeError("no C++ compiler found (install g++, or set CXX)")
+    venv_bin = str(Path(sys.executable).parent)  # where pip's ninja lives
+    if venv_bin not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = venv_bin + os.pathsep + os.environ.get("PATH", "")
+    machine = platform.machine()
+    # -ffast-math lets GCC vectorise exp and tanh through glibc's libmvec; it is a compile flag only
+    # (never at link time, where it would switch the whole process to flush-to-zero)
+    cflags = ["-O3", "-ffast-math"]
+    ldflags = []
+    if machine in ("x86_64", "AMD64", "aarch64", "arm64"):
+        cflags.append("-march=native" if machine in ("x86_64", "AMD64") else "-mcpu=native")
+    if sys.platform.startswith("linux") and machine == "x86_64":
+        ldflags.append("-lmvec")  # glibc's vector exp/tanh, which -ffast-math lets GCC call
+    directory = build_dir() / f"torch{torch.__version__.split('+')[0]}-{_cpu_tag()}"
+    directory.mkdir(parents=True, exist_ok=True)
+    cpp_extension.load(name="phasedlstm_fused", sources=[str(_SOURCE)], extra_cflags=cflags,
+                       extra_ldflags=ldflags, build_directory=str(directory), is_python_module=False,
+                       verbose=os.environ.get("PHASEDLSTM_EXT_VERBOSE") == "1")
+
+
+def load() -> bool:
+    """Build (first time) or load the kernels; True if they are usable. Never raises."""
+    if _state["loaded"] or _state["error"] is not None:
+        return _state["loaded"]
+    with _lock:
+        if not (_state["loaded"] or _state["error"] is not None):
+            if os.environ.get("PHASEDLSTM_NO_EXT") == "1":
+                _state["error"] = "disabled by PHASEDLSTM_NO_EXT=1"
+            else:
+                try:
+                    _build()
+                    _state["loaded"] = True
+                except Exception as e:  # no compiler, failed build, ...
+                    _state["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
+    return _state["loaded"]
+
+
+def available() -> bool:
+    return load()
+
+
+def unavailable_reason() -> str | None:
+    load()
+    return _state["error"]
+
+
+def usable(x: Tensor) -> tuple[bool, str]:
+    """(can the fused loop run on this input, why not)."""
+    if x.device.type != "cpu":
+        return False, f"the fused kernels are CPU-only; input is on {x.device}"
+    if x.dtype not in (torch.float32, torch.float64):
+        return False, f"the fused kernels take float32 or float64, input is {x.dtype}"
+    if not load():
+        if not _state["warned"]:
+            _state["warned"] = True
+            warnings.warn(f"phasedlstm: the fused CPU kernels are not available ({_state['error']}); "
+                          f"running the reference implementation", RuntimeWarning, stacklevel=4)
+        return False, _state["error"]
+    return True, ""
+
+
+def _empty(like: Tensor) -> Tensor:
+    return like.new_empty(0)
+
+
+class _FusedLSTM(torch.autograd.Function):
+    """LSTM / peephole / Phased LSTM over all steps of one direction (time-major)."""
+
+    @staticmethod
+    def forward(ctx, xw, w_hh, h0, c0, peep, k, lengths):
+        out, hn, cn, acts, hs, cs, ctil = torch.ops.phasedlstm_fused.lstm_forward(
+            xw.contiguous(), w_hh, h0.contiguous(), c0.contiguous(), peep, k, lengths)
+        ctx.save_for_backward(w_hh, peep, k, lengths, acts, hs, cs, ctil)
+        return out, hn.clone(), cn.clone()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g_out, g_hn, g_cn):
+        w_hh, peep, k, lengths, acts, hs, cs, ctil = ctx.saved_tensors
+        e = _empty(acts)
+        d_xw, d_w, d_h0, d_c0, d_peep, d_k = torch.ops.phasedlstm_fused.lstm_backward(
+            e if g_out is None else g_out, e if g_hn is None else g_hn, e if g_cn is None else g_cn,
+            w_hh, peep, k, lengths, acts, hs, cs, ctil)
+        return (d_xw, d_w, d_h0, d_c0, d_peep if peep.numel() else None, d_k if k.numel() else None, None)
+
+
+class _FusedLayerNormLSTM(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, xw, w_hh, h0, c0, g_hh, b_hh, g_c, b_c, lengths):
+        out, hn, cn, acts, zhh, rhh, zc, rc, hs, cs = torch.ops.phasedlstm_fused.ln_forward(
+            xw.contiguous(), w_hh, h0.contiguous(), c0.contiguous(), g_hh, b_hh, g_c, b_c, lengths)
+        ctx.save_for_backward(w_hh, g_hh, g_c, b_c, lengths, acts, zhh, rhh, zc, rc, hs, cs)
+        ctx.has_b_hh, ctx.has_b_c = b_hh.numel() > 0, b_c.numel() > 0
+        return out, hn.clone(), cn.clone()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g_out, g_hn, g_cn):
+        w_hh, g_hh, g_c, b_c, lengths, acts, zhh, rhh, zc, rc, hs, cs = ctx.saved_tensors
+        e = _empty(acts)
+        d_xw, d_w, d_h0, d_c0, d_ghh, d_bhh, d_gc, d_bc = torch.ops.phasedlstm_fused.ln_backward(
+            e if g_out is None else g_out, e if g_hn is None else g_hn, e if g_cn is None else g_cn,
+            w_hh, g_hh, g_c, b_c, lengths, acts, zhh, rhh, zc, rc, hs, cs)
+        return (d_xw, d_w, d_h0, d_c0, d_ghh, d_bhh if ctx.has_b_hh else None, d_gc,
+                d_bc if ctx.has_b_c else None, None)
+
+
+def lstm(xw: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, peep: Tensor | None, k: Tensor | None,
+         lengths: Tensor | None):
+    """Run one direction. xw (T, B, 4H) = W_ih x + b_ih + b_hh; peep (3, H) or None; k (T, B, H)
+    or None; lengths (B,) or None. -> (output (T, B, H), h_n (B, H), c_n (B, H))."""
+    e = _empty(xw)
+    lens = lengths.to(torch.int64).contiguous() if lengths is not None else torch.empty(0, dtype=torch.int64)
+    # the kernels index raw memory: every tensor they read must be contiguous
+    return _FusedLSTM.apply(xw.contiguous(), w_hh.contiguous(), h0, c0, e if peep is None else peep.contiguous(),
+                            e if k is None else k.contiguous(), lens)
+
+
+def layernorm_lstm(xw, w_hh, h0, c0, g_hh, b_hh, g_c, b_c, lengths):
+    """Run one direction of the LN-LSTM; xw (T, B, 4H) = LN_ih(W_ih x) (with its gain and shift)."""
+    e = _empty(xw)
+    lens = lengths.to(torch.int64).contiguous() if lengths is not None else torch.empty(0, dtype=torch.int64)
+    return _FusedLayerNormLSTM.apply(xw.contiguous(), w_hh.contiguous(), h0, c0, g_hh.contiguous(),
+                                     e if b_hh is None else b_hh.contiguous(), g_c.contiguous(),
+                                     e if b_c is None else b_c.contiguous(), lens)

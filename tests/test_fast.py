@@ -1,0 +1,139 @@
+"""The fused native loop equals the reference loop: outputs, final state and every gradient."""
+
+import copy
+
+import pytest
+import torch
+
+from phasedlstm import LSTM, LayerNormLSTM, PeepholeLSTM, PhasedLSTM, fast
+
+pytestmark = pytest.mark.skipif(not fast.available(), reason=f"fused kernels unavailable: {fast.unavailable_reason()}")
+
+LAYERS = {"lstm": LSTM, "peephole": PeepholeLSTM, "phased": PhasedLSTM, "layernorm": LayerNormLSTM}
+# float32: the two paths sum in different orders and the kernels use vectorised exp/tanh;
+# tolerances relative to the size of each tensor (rtol 1e-4, atol 1e-4 x its largest value)
+TOL = {torch.float64: dict(rtol=1e-9, atol=1e-11), torch.float32: dict(rtol=1e-4, atol=1e-4)}
+
+
+def _pair(kind, dtype, **kw):
+    if kind == "phased":
+        kw = {"r_on": 0.4, "period_init": (0.5, 2.0), **kw}
+    ref = LAYERS[kind](3, 6, batch_first=True, impl="reference", dtype=dtype, **kw)
+    with torch.no_grad():  # non-trivial peepholes, gains and biases
+        for name, p in ref.named_parameters():
+            if name.startswith(("weight_c", "ln_")):
+                p.add_(torch.randn_like(p) * 0.3)
+    fst = copy.deepcopy(ref)
+    fst.impl = "fast"
+    return ref, fst
+
+
+def _run(m, x, h0, c0, **kw):
+    for t in (x, h0, c0):
+        t.grad = None
+    m.zero_grad()
+    out, (h, c) = m(x, (h0, c0), **kw)
+    (out.sin().sum() + (h * h).sum() + c.cos().sum()).backward()
+    grads = {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+    return {"output": out.detach(), "h_n": h.detach(), "c_n": c.detach(), "d_input": x.grad.clone(),
+            "d_h0": h0.grad.clone(), "d_c0": c0.grad.clone(), **grads}
+
+
+def _assert_same(a, b, dtype):
+    assert a.keys() == b.keys()
+    for k in a:
+        scale = float(a[k].abs().max()) or 1.0
+        tol = TOL[dtype]
+        torch.testing.assert_close(b[k], a[k], rtol=tol["rtol"], atol=tol["atol"] * scale, msg=lambda m: f"{k}: {m}")
+
+
+@pytest.mark.parametrize("kind", list(LAYERS))
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_fast_equals_reference(kind, dtype, bidirectional):
+    torch.manual_seed(0)
+    ref, fst = _pair(kind, dtype, num_layers=2, bidirectional=bidirectional)
+    D = 2 if bidirectional else 1
+    x = torch.randn(5, 11, 3, dtype=dtype, requires_grad=True)
+    h0 = torch.randn(2 * D, 5, 6, dtype=dtype, requires_grad=True)
+    c0 = torch.randn(2 * D, 5, 6, dtype=dtype, requires_grad=True)
+    times = torch.rand(5, 11, dtype=torch.float64).mul(0.9).add(0.05).cumsum(1)
+    lengths = torch.tensor([11, 4, 7, 1, 11])
+    for kw in ({}, {"times": times}, {"times": times, "lengths": lengths}):
+        a, b = _run(ref, x, h0, c0, **kw), _run(fst, x, h0, c0, **kw)
+        if kind == "phased":
+            assert {"period_l0", "shift_l0", "r_on_l0", "weight_ci_l1"} <= a.keys()
+        _assert_same(a, b, dtype)
+
+
+@pytest.mark.parametrize("kind", list(LAYERS))
+def test_fast_streaming_equals_one_call(kind):
+    torch.manual_seed(1)
+    _, fst = _pair(kind, torch.float64, num_layers=2)
+    x = torch.randn(3, 12, 3, dtype=torch.float64)
+    times = torch.rand(3, 12, dtype=torch.float64).cumsum(1)
+    full, (h, c) = fst(x, times=times)
+    a, hx = fst(x[:, :5], times=times[:, :5])
+    b, (h2, c2) = fst(x[:, 5:], hx, times=times[:, 5:])
+    torch.testing.assert_close(torch.cat([a, b], 1), full)
+    torch.testing.assert_close(h2, h)
+    torch.testing.assert_close(c2, c)
+
+
+@pytest.mark.parametrize("kind", list(LAYERS))
+def test_fast_gradcheck(kind):
+    torch.manual_seed(2)
+    _, fst = _pair(kind, torch.float64)
+    x = torch.randn(2, 4, 3, dtype=torch.float64, requires_grad=True)
+    times = torch.tensor([[0.1, 0.7, 1.3, 2.2], [0.2, 0.5, 0.9, 1.1]], dtype=torch.float64)
+    names = [n for n, _ in fst.named_parameters()]
+    params = [p.detach().clone().requires_grad_(True) for p in fst.parameters()]
+
+    def f(x, *ps):
+        out, (h, c) = torch.func.functional_call(fst, dict(zip(names, ps)), (x,),
+                                                 {"times": times, "lengths": torch.tensor([4, 3])})
+        return out, h, c
+
+    assert torch.autograd.gradcheck(f, (x, *params))
+
+
+def test_fast_without_bias_and_peepholes():
+    torch.manual_seed(3)
+    for kind, kw in (("lstm", {"bias": False}), ("phased", {"peepholes": False}), ("layernorm", {"bias": False})):
+        ref, fst = _pair(kind, torch.float64, **kw)
+        x = torch.randn(3, 6, 3, dtype=torch.float64, requires_grad=True)
+        h0 = torch.zeros(1, 3, 6, dtype=torch.float64, requires_grad=True)
+        c0 = torch.zeros(1, 3, 6, dtype=torch.float64, requires_grad=True)
+        _assert_same(_run(ref, x, h0, c0), _run(fst, x, h0, c0), torch.float64)
+
+
+def test_impl_fast_refuses_what_it_cannot_run():
+    layer = LSTM(3, 4, impl="fast").to(torch.float16)
+    with pytest.raises(RuntimeError, match="impl='fast' was asked for.*float16"):
+        layer(torch.randn(5, 2, 3, dtype=torch.float16))
+    with pytest.raises(ValueError, match="impl must be one of"):
+        LSTM(3, 4, impl="cuda")
+
+
+def test_auto_takes_fast_path_on_cpu():
+    layer = PhasedLSTM(3, 4)
+    assert layer._fast_path(torch.randn(5, 2, 3))
+    assert not LSTM(3, 4, impl="reference")._fast_path(torch.randn(5, 2, 3))
+
+
+def test_without_kernels_the_reference_runs_and_says_so_once():
+    import subprocess
+    import sys
+
+    code = ("import warnings, torch, phasedlstm\n"
+            "warnings.simplefilter('always')\n"
+            "m = phasedlstm.PhasedLSTM(3, 4)\n"
+            "with warnings.catch_warnings(record=True) as w:\n"
+            "    warnings.simplefilter('always')\n"
+            "    m(torch.randn(5, 2, 3)); m(torch.randn(5, 2, 3))\n"
+            "print(sum('fused CPU kernels are not available' in str(x.message) for x in w))\n"
+            "print(m._fast_path(torch.randn(5, 2, 3)))\n")
+    env = {**__import__("os").environ, "PHASEDLSTM_NO_EXT": "1"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["1", "False"]
