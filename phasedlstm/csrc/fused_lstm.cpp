@@ -43,6 +43,53 @@ inline int64_t grain_for(int64_t H) { return std::max<int64_t>(1, 2048 / std::ma
 // LSTM, peephole LSTM and Phased LSTM
 // ---------------------------------------------------------------------------------------------
 
+// One sequence's element-wise work of one step. Separate functions with __restrict
+// parameters, so that GCC vectorises the loops (inside the parallel_for lambda it does not).
+template <typename scalar_t, bool PEEP, bool PHASED>
+static inline void forward_row(scalar_t* __restrict gi, scalar_t* __restrict gf, scalar_t* __restrict gg,
+                               scalar_t* __restrict go, const scalar_t* __restrict hp, const scalar_t* __restrict cp,
+                               scalar_t* __restrict hn, scalar_t* __restrict cn, scalar_t* __restrict ob,
+                               const scalar_t* __restrict wci, const scalar_t* __restrict wcf,
+                               const scalar_t* __restrict wco, const scalar_t* __restrict kk,
+                               scalar_t* __restrict ct, int64_t H) {
+  for (int64_t j = 0; j < H; ++j) {
+    scalar_t ai = gi[j], af = gf[j], ao = go[j];
+    const scalar_t c_prev = cp[j];
+    if (PEEP) {
+      ai += wci[j] * c_prev;
+      af += wcf[j] * c_prev;
+    }
+    const scalar_t i = sigm(ai), f = sigm(af), g = std::tanh(gg[j]);
+    const scalar_t c = f * c_prev + i * g;  // c~_t for the Phased LSTM
+    if (PEEP) ao += wco[j] * c;
+    const scalar_t o = sigm(ao);
+    const scalar_t h = o * std::tanh(c);
+    gi[j] = i;
+    gf[j] = f;
+    gg[j] = g;
+    go[j] = o;
+    scalar_t h_new = h, c_new = c;
+    if (PHASED) {
+      ct[j] = c;
+      c_new = kk[j] * c + (1 - kk[j]) * c_prev;
+      h_new = kk[j] * h + (1 - kk[j]) * hp[j];
+    }
+    cn[j] = c_new;
+    hn[j] = h_new;
+    ob[j] = h_new;
+  }
+}
+
+template <typename scalar_t>
+static inline void hold_row(const scalar_t* __restrict hp, const scalar_t* __restrict cp, scalar_t* __restrict hn,
+                            scalar_t* __restrict cn, scalar_t* __restrict ob, int64_t H) {
+  for (int64_t j = 0; j < H; ++j) {
+    hn[j] = hp[j];
+    cn[j] = cp[j];
+    ob[j] = 0;
+  }
+}
+
 template <typename scalar_t, bool PEEP, bool PHASED>
 void forward_loop(const Tensor& xw, const Tensor& w_hh, const Tensor& peep, const Tensor& k, const int64_t* len,
                   Tensor& acts, Tensor& hs, Tensor& cs, Tensor& ctil, Tensor& out) {
@@ -51,61 +98,26 @@ void forward_loop(const Tensor& xw, const Tensor& w_hh, const Tensor& peep, cons
   const scalar_t* wci = PEEP ? peep.data_ptr<scalar_t>() : nullptr;
   const scalar_t* wcf = PEEP ? wci + H : nullptr;
   const scalar_t* wco = PEEP ? wci + 2 * H : nullptr;
+  scalar_t* A = acts.data_ptr<scalar_t>();
+  scalar_t* HS = hs.data_ptr<scalar_t>();
+  scalar_t* CS = cs.data_ptr<scalar_t>();
+  scalar_t* O = out.data_ptr<scalar_t>();
+  const scalar_t* K = PHASED ? k.data_ptr<scalar_t>() : nullptr;
+  scalar_t* CT = PHASED ? ctil.data_ptr<scalar_t>() : nullptr;
+  const int64_t BH = B * H;
   for (int64_t t = 0; t < T; ++t) {
     Tensor gates = acts[t];  // (B, 4H): xw[t] + h_{t-1} W_hh^T
     at::addmm_out(gates, xw[t], hs[t], w_hh_t);
-    scalar_t* G = gates.data_ptr<scalar_t>();
-    const scalar_t* hp_all = hs[t].data_ptr<scalar_t>();
-    const scalar_t* cp_all = cs[t].data_ptr<scalar_t>();
-    scalar_t* hn_all = hs[t + 1].data_ptr<scalar_t>();
-    scalar_t* cn_all = cs[t + 1].data_ptr<scalar_t>();
-    scalar_t* o_all = out[t].data_ptr<scalar_t>();
-    const scalar_t* k_all = PHASED ? k[t].data_ptr<scalar_t>() : nullptr;
-    scalar_t* ct_all = PHASED ? ctil[t].data_ptr<scalar_t>() : nullptr;
     at::parallel_for(0, B, grain_for(H), [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
-        scalar_t* __restrict g4 = G + b * 4 * H;
-        const scalar_t* __restrict hp = hp_all + b * H;
-        const scalar_t* __restrict cp = cp_all + b * H;
-        scalar_t* __restrict hn = hn_all + b * H;
-        scalar_t* __restrict cn = cn_all + b * H;
-        scalar_t* __restrict ob = o_all + b * H;
-        const bool valid = len == nullptr || t < len[b];
-        if (!valid) {  // past the end: state unchanged, output zero
-          for (int64_t j = 0; j < H; ++j) {
-            hn[j] = hp[j];
-            cn[j] = cp[j];
-            ob[j] = 0;
-          }
+        scalar_t* g = A + t * 4 * BH + b * 4 * H;
+        const int64_t p = t * BH + b * H, n = (t + 1) * BH + b * H;
+        if (len != nullptr && t >= len[b]) {  // past the end: state unchanged, output zero
+          hold_row(HS + p, CS + p, HS + n, CS + n, O + p, H);
           continue;
         }
-        for (int64_t j = 0; j < H; ++j) {
-          scalar_t ai = g4[j], af = g4[H + j], ag = g4[2 * H + j], ao = g4[3 * H + j];
-          const scalar_t c_prev = cp[j];
-          if (PEEP) {
-            ai += wci[j] * c_prev;
-            af += wcf[j] * c_prev;
-          }
-          const scalar_t i = sigm(ai), f = sigm(af), g = std::tanh(ag);
-          const scalar_t c = f * c_prev + i * g;  // c~_t for the Phased LSTM
-          if (PEEP) ao += wco[j] * c;
-          const scalar_t o = sigm(ao);
-          const scalar_t h = o * std::tanh(c);
-          g4[j] = i;
-          g4[H + j] = f;
-          g4[2 * H + j] = g;
-          g4[3 * H + j] = o;
-          if (PHASED) {
-            const scalar_t kk = k_all[b * H + j];
-            ct_all[b * H + j] = c;
-            cn[j] = kk * c + (1 - kk) * c_prev;
-            hn[j] = kk * h + (1 - kk) * hp[j];
-          } else {
-            cn[j] = c;
-            hn[j] = h;
-          }
-          ob[j] = hn[j];
-        }
+        forward_row<scalar_t, PEEP, PHASED>(g, g + H, g + 2 * H, g + 3 * H, HS + p, CS + p, HS + n, CS + n, O + p,
+                                            wci, wcf, wco, PHASED ? K + p : nullptr, PHASED ? CT + p : nullptr, H);
       }
     });
   }
@@ -139,94 +151,104 @@ std::vector<Tensor> lstm_forward(const Tensor& xw, const Tensor& w_hh, const Ten
 }
 
 template <typename scalar_t, bool PEEP, bool PHASED>
+static inline void backward_row(const scalar_t* __restrict gi, const scalar_t* __restrict gf,
+                                const scalar_t* __restrict gg, const scalar_t* __restrict go,
+                                const scalar_t* __restrict dh, const scalar_t* __restrict dc,
+                                const scalar_t* __restrict gout, const scalar_t* __restrict hp,
+                                const scalar_t* __restrict cp, const scalar_t* __restrict cn,
+                                const scalar_t* __restrict ct, const scalar_t* __restrict kk,
+                                const scalar_t* __restrict wci, const scalar_t* __restrict wcf,
+                                const scalar_t* __restrict wco, scalar_t* __restrict dai_, scalar_t* __restrict daf_,
+                                scalar_t* __restrict dag_, scalar_t* __restrict dao_, scalar_t* __restrict dhp,
+                                scalar_t* __restrict dcp, scalar_t* __restrict dk, scalar_t* __restrict acc_i,
+                                scalar_t* __restrict acc_f, scalar_t* __restrict acc_o, int64_t H) {
+  for (int64_t j = 0; j < H; ++j) {
+    const scalar_t dht = dh[j] + gout[j];
+    const scalar_t dct = dc[j];
+    const scalar_t i = gi[j], f = gf[j], g = gg[j], o = go[j];
+    const scalar_t c_prev = cp[j];
+    const scalar_t c = PHASED ? ct[j] : cn[j];  // c~_t
+    const scalar_t tc = std::tanh(c);
+    scalar_t dh_til = dht, dc_til = dct, dh_p = 0, dc_p = 0;
+    if (PHASED) {
+      dk[j] = dht * (o * tc - hp[j]) + dct * (c - c_prev);
+      dh_til = kk[j] * dht;
+      dc_til = kk[j] * dct;
+      dh_p = (1 - kk[j]) * dht;
+      dc_p = (1 - kk[j]) * dct;
+    }
+    const scalar_t dao = dh_til * tc * o * (1 - o);
+    dc_til += dh_til * o * (1 - tc * tc);
+    if (PEEP) dc_til += dao * wco[j];
+    const scalar_t dai = dc_til * g * i * (1 - i);
+    const scalar_t daf = dc_til * c_prev * f * (1 - f);
+    const scalar_t dag = dc_til * i * (1 - g * g);
+    dc_p += dc_til * f;
+    if (PEEP) {
+      dc_p += dai * wci[j] + daf * wcf[j];
+      acc_i[j] += dai * c_prev;
+      acc_f[j] += daf * c_prev;
+      acc_o[j] += dao * c;
+    }
+    dai_[j] = dai;
+    daf_[j] = daf;
+    dag_[j] = dag;
+    dao_[j] = dao;
+    dhp[j] = dh_p;
+    dcp[j] = dc_p;
+  }
+}
+
+// past the end: the state passed through unchanged; the zero output has no gradient path
+template <typename scalar_t>
+static inline void pass_row(const scalar_t* __restrict dh, const scalar_t* __restrict dc, scalar_t* __restrict dg,
+                            scalar_t* __restrict dhp, scalar_t* __restrict dcp, scalar_t* __restrict dk, int64_t H) {
+  for (int64_t j = 0; j < 4 * H; ++j) dg[j] = 0;
+  for (int64_t j = 0; j < H; ++j) {
+    dhp[j] = dh[j];
+    dcp[j] = dc[j];
+  }
+  if (dk != nullptr)
+    for (int64_t j = 0; j < H; ++j) dk[j] = 0;
+}
+
+template <typename scalar_t, bool PEEP, bool PHASED>
 void backward_loop(const Tensor& grad_out, const Tensor& w_hh, const Tensor& peep, const Tensor& k,
                    const int64_t* len, const Tensor& acts, const Tensor& hs, const Tensor& cs, const Tensor& ctil,
                    Tensor& dG, Tensor& dh, Tensor& dc, Tensor& dpeep_parts, Tensor& dk) {
-  const int64_t T = acts.size(0), B = acts.size(1), H = w_hh.size(1);
+  const int64_t T = acts.size(0), B = acts.size(1), H = w_hh.size(1), BH = B * H;
   const scalar_t* wci = PEEP ? peep.data_ptr<scalar_t>() : nullptr;
   const scalar_t* wcf = PEEP ? wci + H : nullptr;
   const scalar_t* wco = PEEP ? wci + 2 * H : nullptr;
   Tensor dh_prev = at::empty_like(dh), dc_prev = at::empty_like(dc);
-  const bool has_gout = present(grad_out);
+  const scalar_t* A = acts.data_ptr<scalar_t>();
+  const scalar_t* HS = hs.data_ptr<scalar_t>();
+  const scalar_t* CS = cs.data_ptr<scalar_t>();
+  const scalar_t* CT = PHASED ? ctil.data_ptr<scalar_t>() : nullptr;
+  const scalar_t* K = PHASED ? k.data_ptr<scalar_t>() : nullptr;
+  const scalar_t* GO = grad_out.data_ptr<scalar_t>();
+  scalar_t* DG = dG.data_ptr<scalar_t>();
+  scalar_t* DK = PHASED ? dk.data_ptr<scalar_t>() : nullptr;
   for (int64_t t = T - 1; t >= 0; --t) {
-    const scalar_t* G_all = acts[t].data_ptr<scalar_t>();
-    const scalar_t* hp_all = hs[t].data_ptr<scalar_t>();
-    const scalar_t* cp_all = cs[t].data_ptr<scalar_t>();
-    const scalar_t* cn_all = cs[t + 1].data_ptr<scalar_t>();
-    const scalar_t* ct_all = PHASED ? ctil[t].data_ptr<scalar_t>() : nullptr;
-    const scalar_t* k_all = PHASED ? k[t].data_ptr<scalar_t>() : nullptr;
-    const scalar_t* go_all = has_gout ? grad_out[t].data_ptr<scalar_t>() : nullptr;
-    scalar_t* dG_all = dG[t].data_ptr<scalar_t>();
-    scalar_t* dk_all = PHASED ? dk[t].data_ptr<scalar_t>() : nullptr;
-    const scalar_t* dh_all = dh.data_ptr<scalar_t>();
-    const scalar_t* dc_all = dc.data_ptr<scalar_t>();
-    scalar_t* dhp_all = dh_prev.data_ptr<scalar_t>();
-    scalar_t* dcp_all = dc_prev.data_ptr<scalar_t>();
+    const scalar_t* DH = dh.data_ptr<scalar_t>();
+    const scalar_t* DC = dc.data_ptr<scalar_t>();
+    scalar_t* DHP = dh_prev.data_ptr<scalar_t>();
+    scalar_t* DCP = dc_prev.data_ptr<scalar_t>();
     at::parallel_for(0, B, grain_for(H), [&](int64_t b0, int64_t b1) {
       scalar_t* acc = PEEP ? dpeep_parts[at::get_thread_num()].data_ptr<scalar_t>() : nullptr;
       for (int64_t b = b0; b < b1; ++b) {
-        const scalar_t* __restrict g4 = G_all + b * 4 * H;
-        const scalar_t* __restrict dhb = dh_all + b * H;
-        const scalar_t* __restrict dcb = dc_all + b * H;
-        scalar_t* __restrict dg4 = dG_all + b * 4 * H;
-        scalar_t* __restrict dhp = dhp_all + b * H;
-        scalar_t* __restrict dcp = dcp_all + b * H;
-        const bool valid = len == nullptr || t < len[b];
-        if (!valid) {  // the state passed through unchanged; the zero output has no gradient path
-          for (int64_t j = 0; j < 4 * H; ++j) dg4[j] = 0;
-          for (int64_t j = 0; j < H; ++j) {
-            dhp[j] = dhb[j];
-            dcp[j] = dcb[j];
-          }
-          if (PHASED)
-            for (int64_t j = 0; j < H; ++j) dk_all[b * H + j] = 0;
+        const int64_t r = b * H, p = t * BH + r, n = (t + 1) * BH + r, g4 = t * 4 * BH + 4 * r;
+        if (len != nullptr && t >= len[b]) {
+          pass_row(DH + r, DC + r, DG + g4, DHP + r, DCP + r, PHASED ? DK + p : static_cast<scalar_t*>(nullptr), H);
           continue;
         }
-        const scalar_t* __restrict go = has_gout ? go_all + b * H : nullptr;
-        const scalar_t* __restrict hp = hp_all + b * H;
-        const scalar_t* __restrict cp = cp_all + b * H;
-        const scalar_t* __restrict cn = cn_all + b * H;
-        for (int64_t j = 0; j < H; ++j) {
-          const scalar_t dht = dhb[j] + (has_gout ? go[j] : scalar_t(0));
-          const scalar_t dct = dcb[j];
-          const scalar_t i = g4[j], f = g4[H + j], g = g4[2 * H + j], o = g4[3 * H + j];
-          const scalar_t c_prev = cp[j];
-          const scalar_t c = PHASED ? ct_all[b * H + j] : cn[j];  // c~_t
-          const scalar_t tc = std::tanh(c);
-          scalar_t dh_til, dc_til, dh_p, dc_p;
-          if (PHASED) {
-            const scalar_t kk = k_all[b * H + j];
-            dk_all[b * H + j] = dht * (o * tc - hp[j]) + dct * (c - c_prev);
-            dh_til = kk * dht;
-            dc_til = kk * dct;
-            dh_p = (1 - kk) * dht;
-            dc_p = (1 - kk) * dct;
-          } else {
-            dh_til = dht;
-            dc_til = dct;
-            dh_p = 0;
-            dc_p = 0;
-          }
-          const scalar_t dao = dh_til * tc * o * (1 - o);
-          dc_til += dh_til * o * (1 - tc * tc);
-          if (PEEP) dc_til += dao * wco[j];
-          const scalar_t dai = dc_til * g * i * (1 - i);
-          const scalar_t daf = dc_til * c_prev * f * (1 - f);
-          const scalar_t dag = dc_til * i * (1 - g * g);
-          dc_p += dc_til * f;
-          if (PEEP) {
-            dc_p += dai * wci[j] + daf * wcf[j];
-            acc[j] += dai * c_prev;
-            acc[H + j] += daf * c_prev;
-            acc[2 * H + j] += dao * c;
-          }
-          dg4[j] = dai;
-          dg4[H + j] = daf;
-          dg4[2 * H + j] = dag;
-          dg4[3 * H + j] = dao;
-          dhp[j] = dh_p;
-          dcp[j] = dc_p;
-        }
+        const scalar_t* g = A + g4;
+        scalar_t* d = DG + g4;
+        backward_row<scalar_t, PEEP, PHASED>(g, g + H, g + 2 * H, g + 3 * H, DH + r, DC + r, GO + p, HS + p, CS + p,
+                                             CS + n, PHASED ? CT + p : nullptr, PHASED ? K + p : nullptr, wci, wcf,
+                                             wco, d, d + H, d + 2 * H, d + 3 * H, DHP + r, DCP + r,
+                                             PHASED ? DK + p : nullptr, PEEP ? acc : nullptr,
+                                             PEEP ? acc + H : nullptr, PEEP ? acc + 2 * H : nullptr, H);
       }
     });
     dh_prev.addmm_(dG[t], w_hh);  // dh_{t-1} += dG_t W_hh
@@ -246,7 +268,7 @@ std::vector<Tensor> lstm_backward(const Tensor& grad_out, const Tensor& grad_hn,
   Tensor dc = present(grad_cn) ? grad_cn.contiguous().clone() : at::zeros({B, H}, opts);
   Tensor dk = phased ? at::empty({T, B, H}, opts) : at::empty({0}, opts);
   Tensor dpeep_parts = peephole ? at::zeros({at::get_num_threads(), 3, H}, opts) : at::empty({0}, opts);
-  const Tensor go = present(grad_out) ? grad_out.contiguous() : grad_out;
+  const Tensor go = present(grad_out) ? grad_out.contiguous() : at::zeros({T, B, H}, opts);
   const Tensor w = w_hh.contiguous();
   const int64_t* len = present(lengths) ? lengths.data_ptr<int64_t>() : nullptr;
   AT_DISPATCH_FLOATING_TYPES(acts.scalar_type(), "lstm_backward", [&] {
