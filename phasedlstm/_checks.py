@@ -128,7 +128,7 @@ def unbatch(h: Tensor, c: Tensor, batched: bool):
 
 
 def _check_times_values(times: Tensor, valid: Tensor | None) -> None:
-    """times (B, T) float64: finite everywhere, non-decreasing within valid steps."""
+    """times (B, T) or (1, T) (shared) float64: finite everywhere, non-decreasing within valid steps."""
     if not torch.isfinite(times).all():
         b, t = (~torch.isfinite(times)).nonzero()[0].tolist()
         raise ValueError(f"times must be finite (padding included), got {times[b, t].item()} "
@@ -136,12 +136,13 @@ def _check_times_values(times: Tensor, valid: Tensor | None) -> None:
     if times.shape[1] > 1:
         decreasing = times[:, 1:] < times[:, :-1]
         if valid is not None:
-            decreasing &= valid[:, 1:]
+            decreasing = decreasing & valid[:, 1:]
         if decreasing.any():
             b, t = decreasing.nonzero()[0].tolist()
+            row = times[b if times.shape[0] > 1 else 0]
             raise ValueError(
                 f"times must be non-decreasing within each sequence's valid steps, but sample {b} "
-                f"goes from {times[b, t].item()} at step {t} to {times[b, t + 1].item()} at step {t + 1}"
+                f"goes from {row[t].item()} at step {t} to {row[t + 1].item()} at step {t + 1}"
             )
 
 
@@ -229,17 +230,19 @@ def check_layer_input(module, input, hx, times, lengths):
             raise TypeError(f"times must be a float32, float64 or integer tensor, got dtype {times.dtype}")
         if times.device != x.device:
             raise ValueError(f"times is on device {times.device} but input is on {x.device}")
-        if _shape(times) == (T,):
-            times = times.unsqueeze(0).expand(B, T)
+        if _shape(times) == (T,):  # shared by the batch: kept as an expanded view (the fast path uses that)
+            _warn_float32_times(times)
+            t64 = times.to(torch.float64)
+            _check_times_values(t64.unsqueeze(0), valid)
+            times = t64.unsqueeze(1).expand(T, B)
         elif batched and _shape(times) == (B, T):
-            pass
+            _warn_float32_times(times)
+            times = times.to(torch.float64)
+            _check_times_values(times, valid)
+            times = times.t()  # (T, B)
         else:
             want = f"({B}, {T}) or ({T},)" if batched else f"({T},)"
             raise ValueError(f"Expected times of shape {want} (batch, seq) or (seq,), got {_shape(times)}")
-        _warn_float32_times(times)
-        times = times.to(torch.float64)
-        _check_times_values(times, valid)
-        times = times.t()  # (T, B)
 
     # hx
     LD = module.num_layers * (2 if module.bidirectional else 1)

@@ -131,25 +131,63 @@ def _empty(like: Tensor) -> Tensor:
     return like.new_empty(0)
 
 
+def _needs_grad(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 class _FusedLSTM(torch.autograd.Function):
     """LSTM / peephole / Phased LSTM over all steps of one direction (time-major)."""
 
     @staticmethod
-    def forward(ctx, xw, w_hh, h0, c0, peep, k, lengths):
+    def forward(ctx, x, w_ih, bias, w_hh, h0, c0, peep, k, lengths):
         out, hn, cn, acts, hs, cs, ctil = torch.ops.phasedlstm_fused.lstm_forward(
-            xw.contiguous(), w_hh, h0.contiguous(), c0.contiguous(), peep, k, lengths)
-        ctx.save_for_backward(w_hh, peep, k, lengths, acts, hs, cs, ctil)
-        return out, hn.clone(), cn.clone()
+            x, w_ih, bias, w_hh, h0, c0, peep, k, lengths, True)
+        ctx.save_for_backward(x, w_ih, w_hh, peep, k, lengths, acts, hs, cs, ctil)
+        ctx.has_bias = bias.numel() > 0
+        return out, hn, cn
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g_out, g_hn, g_cn):
-        w_hh, peep, k, lengths, acts, hs, cs, ctil = ctx.saved_tensors
+        x, w_ih, w_hh, peep, k, lengths, acts, hs, cs, ctil = ctx.saved_tensors
         e = _empty(acts)
-        d_xw, d_w, d_h0, d_c0, d_peep, d_k = torch.ops.phasedlstm_fused.lstm_backward(
-            e if g_out is None else g_out, e if g_hn is None else g_hn, e if g_cn is None else g_cn,
+        d_g, d_w_hh, d_h0, d_c0, d_peep, d_k = torch.ops.phasedlstm_fused.lstm_backward(
+            e if g_out is None else g_out.contiguous(), e if g_hn is None else g_hn, e if g_cn is None else g_cn,
             w_hh, peep, k, lengths, acts, hs, cs, ctil)
-        return (d_xw, d_w, d_h0, d_c0, d_peep if peep.numel() else None, d_k if k.numel() else None, None)
+        T, B, I = x.shape
+        d_g2 = d_g.view(T * B, -1)  # (T*B, 4H): the gradient of the gate pre-activations
+        need = ctx.needs_input_grad
+        d_x = torch.mm(d_g2, w_ih).view(T, B, I) if need[0] else None
+        d_w_ih = torch.mm(d_g2.t(), x.reshape(T * B, I)) if need[1] else None
+        d_bias = d_g2.sum(0) if ctx.has_bias and need[2] else None
+        return (d_x, d_w_ih, d_bias, d_w_hh, d_h0, d_c0, d_peep if peep.numel() else None,
+                d_k if k.numel() else None, None)
+
+
+class _FusedTimeGate(torch.autograd.Function):
+    """k (T, kB, H) from times (T, kB) float64 and tau, s, r_on (H,), in one pass each way."""
+
+    @staticmethod
+    def forward(ctx, times, period, shift, r_on, leak):
+        ctx.save_for_backward(times, period, shift, r_on)
+        ctx.leak = leak
+        return torch.ops.phasedlstm_fused.time_gate_forward(times, period, shift, r_on, leak)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, d_k):
+        times, period, shift, r_on = ctx.saved_tensors
+        d_tau, d_s, d_r = torch.ops.phasedlstm_fused.time_gate_backward(d_k, times, period, shift, r_on, ctx.leak)
+        need = ctx.needs_input_grad
+        return None, d_tau if need[1] else None, d_s if need[2] else None, d_r if need[3] else None, None
+
+
+def time_gate(times: Tensor, period: Tensor, shift: Tensor, r_on: Tensor, leak: float) -> Tensor:
+    """The fused equivalent of :func:`phasedlstm.cells.time_gate` for times (T, kB) -> (T, kB, H)."""
+    args = (times.to(torch.float64).contiguous(), period.contiguous(), shift.contiguous(), r_on.contiguous())
+    if _needs_grad(period, shift, r_on):
+        return _FusedTimeGate.apply(*args, float(leak))
+    return torch.ops.phasedlstm_fused.time_gate_forward(*args, float(leak))
 
 
 class _FusedLayerNormLSTM(torch.autograd.Function):
@@ -173,15 +211,22 @@ class _FusedLayerNormLSTM(torch.autograd.Function):
                 d_bc if ctx.has_b_c else None, None)
 
 
-def lstm(xw: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, peep: Tensor | None, k: Tensor | None,
-         lengths: Tensor | None):
-    """Run one direction. xw (T, B, 4H) = W_ih x + b_ih + b_hh; peep (3, H) or None; k (T, B, H)
-    or None; lengths (B,) or None. -> (output (T, B, H), h_n (B, H), c_n (B, H))."""
-    e = _empty(xw)
+def lstm(x: Tensor, w_ih: Tensor, bias: Tensor | None, w_hh: Tensor, h0: Tensor, c0: Tensor,
+         peep: Tensor | None, k: Tensor | None, lengths: Tensor | None):
+    """Run one direction over x (T, B, I). bias (4H,) = b_ih + b_hh or None; peep (3, H) or None;
+    k (T, B or 1, H) or None; lengths (B,) or None. -> (output (T, B, H), h_n (B, H), c_n (B, H)).
+
+    Without gradients to compute (inference), nothing is kept for backward."""
+    e = _empty(x)
     lens = lengths.to(torch.int64).contiguous() if lengths is not None else torch.empty(0, dtype=torch.int64)
     # the kernels index raw memory: every tensor they read must be contiguous
-    return _FusedLSTM.apply(xw.contiguous(), w_hh.contiguous(), h0, c0, e if peep is None else peep.contiguous(),
-                            e if k is None else k.contiguous(), lens)
+    args = (x.contiguous(), w_ih.contiguous(), e if bias is None else bias.contiguous(), w_hh.contiguous(),
+            h0.contiguous(), c0.contiguous(), e if peep is None else peep.contiguous(),
+            e if k is None else k.contiguous(), lens)
+    if _needs_grad(x, w_ih, bias, w_hh, h0, c0, peep, k):
+        return _FusedLSTM.apply(*args)
+    out, hn, cn = torch.ops.phasedlstm_fused.lstm_forward(*args, False)[:3]
+    return out, hn, cn
 
 
 def layernorm_lstm(xw, w_hh, h0, c0, g_hh, b_hh, g_c, b_c, lengths):

@@ -44,6 +44,8 @@ def reverse_padded(x: Tensor, lengths: Tensor | None) -> Tensor:
     Applying it twice gives ``x`` back, so the same call also un-reverses an output.
     """
     if lengths is None:
+        if x.dim() == 2 and x.shape[1] > 1 and x.stride(1) == 0:  # timestamps shared by the batch
+            return x[:, :1].flip(0).expand_as(x)
         return x.flip(0)
     T = x.shape[0]
     steps = torch.arange(T, device=x.device).unsqueeze(1)  # (T, 1)
@@ -181,12 +183,10 @@ class RecurrentLayer(nn.Module):
         return ok
 
     def _run_fast(self, x, times, lengths, h, c, p):
-        xw = F.linear(x, p["weight_ih"], p["bias_ih"])  # (T, B, 4H)
-        if p["bias_hh"] is not None:
-            xw = xw + p["bias_hh"]
+        bias = None if p["bias_ih"] is None else p["bias_ih"] + p["bias_hh"]
         peep = torch.stack([p["weight_ci"], p["weight_cf"], p["weight_co"]]) if p.get("weight_ci") is not None else None
-        k = self._gate(times, p) if "period" in p else None
-        return fast.lstm(xw, p["weight_hh"], h, c, peep, k, lengths)
+        k = self._fast_gate(times, p) if "period" in p else None
+        return fast.lstm(x, p["weight_ih"], bias, p["weight_hh"], h, c, peep, k, lengths)
 
     def forward(self, input: Tensor, hx=None, *, times: Tensor | None = None, lengths: Tensor | None = None):
         x, times, lengths, hx, batched = _checks.check_layer_input(self, input, hx, times, lengths)
@@ -374,6 +374,12 @@ class PhasedLSTM(RecurrentLayer):
 
     def _gate(self, times, p):
         return time_gate(times, p["period"], p["shift"], p["r_on"], self.leak if self.training else 0.0)
+
+    def _fast_gate(self, times, p):
+        """k (T, 1, H) when the batch shares its timestamps (an expanded view), else (T, B, H)."""
+        shared = times.shape[1] > 1 and times.stride(1) == 0
+        return fast.time_gate(times[:, :1] if shared else times, p["period"], p["shift"], p["r_on"],
+                              self.leak if self.training else 0.0)
 
     def _precompute(self, x, times, p):
         return super()._precompute(x, times, p) + (self._gate(times, p),)  # k: (T, B, H)

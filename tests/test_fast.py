@@ -59,11 +59,33 @@ def test_fast_equals_reference(kind, dtype, bidirectional):
     c0 = torch.randn(2 * D, 5, 6, dtype=dtype, requires_grad=True)
     times = torch.rand(5, 11, dtype=torch.float64).mul(0.9).add(0.05).cumsum(1)
     lengths = torch.tensor([11, 4, 7, 1, 11])
-    for kw in ({}, {"times": times}, {"times": times, "lengths": lengths}):
+    for kw in ({}, {"times": times}, {"lengths": lengths}, {"times": times, "lengths": lengths}):
         a, b = _run(ref, x, h0, c0, **kw), _run(fst, x, h0, c0, **kw)
         if kind == "phased":
             assert {"period_l0", "shift_l0", "r_on_l0", "weight_ci_l1"} <= a.keys()
         _assert_same(a, b, dtype)
+
+
+@pytest.mark.parametrize("kind", list(LAYERS))
+def test_fast_inference_equals_reference(kind):
+    """Without gradients the fused loop keeps nothing for backward and works a few steps at a time
+    (this shape spans several chunks): the numbers must not change."""
+    torch.manual_seed(4)
+    ref, fst = _pair(kind, torch.float64, bidirectional=True)
+    ref.eval()
+    fst.eval()
+    x = torch.randn(48, 12, 3, dtype=torch.float64)
+    times = torch.rand(48, 12, dtype=torch.float64).cumsum(1)
+    lengths = torch.randint(1, 13, (48,))
+    big_ref = LAYERS[kind](3, 300, impl="reference", dtype=torch.float64, batch_first=True)
+    big_fst = copy.deepcopy(big_ref)
+    big_fst.impl = "fast"
+    with torch.no_grad():
+        for a, b in ((ref, fst), (big_ref, big_fst)):
+            for kw in ({}, {"times": times, "lengths": lengths}):
+                (o1, (h1, c1)), (o2, (h2, c2)) = a(x, **kw), b(x, **kw)
+                for u, v in ((o1, o2), (h1, h2), (c1, c2)):
+                    torch.testing.assert_close(v, u, **TOL[torch.float64])
 
 
 @pytest.mark.parametrize("kind", list(LAYERS))

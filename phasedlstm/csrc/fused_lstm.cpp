@@ -8,10 +8,14 @@
 // phasedlstm/cells.py (lstm_step, peephole_step, phased_step, layernorm_step); tests prove
 // outputs and gradients equal to that reference.
 //
-// Layout: time-major. xw (T, B, 4H) = W_ih x_t + b_ih + b_hh (gate order i, f, g, o),
-// w_hh (4H, H), h0 and c0 (B, H), peep (3, H) = [w_ci; w_cf; w_co] or empty,
-// k (T, B, H) time-gate openness or empty, lengths (B,) int64 or empty.
-// Steps t >= lengths[b] keep the state of sequence b and output zero.
+// Layout: time-major. x (T, B, I); the input projection of all steps is one GEMM written
+// straight into the gate buffer (T, B, 4H) (gate order i, f, g, o); w_ih (4H, I),
+// bias (4H,) = b_ih + b_hh or empty, w_hh (4H, H), h0 and c0 (B, H),
+// peep (3, H) = [w_ci; w_cf; w_co] or empty, k (T, kB, H) time-gate openness (kB = B, or 1
+// when all sequences share their timestamps) or empty, lengths (B,) int64 or empty.
+// Steps t >= lengths[b] keep the state of sequence b and output zero. With save = false
+// (inference) nothing is kept for backward: the gates of a few steps at a time and two
+// state rows are all the memory it needs.
 //
 // Layer norm (ln_forward / ln_backward): xw holds LN_ih(W_ih x_t) + bias_ih (the input
 // half, normalised outside); inside the loop a = xw + LN_hh(h W_hh^T) with gain g_hh and
@@ -22,6 +26,7 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 using at::Tensor;
@@ -91,63 +96,102 @@ static inline void hold_row(const scalar_t* __restrict hp, const scalar_t* __res
 }
 
 template <typename scalar_t, bool PEEP, bool PHASED>
-void forward_loop(const Tensor& xw, const Tensor& w_hh, const Tensor& peep, const Tensor& k, const int64_t* len,
+void forward_loop(const Tensor& x, const Tensor& w_ih, const Tensor& bias, const Tensor& w_hh, const Tensor& h0,
+                  const Tensor& c0, const Tensor& peep, const Tensor& k, const int64_t* len, bool save,
                   Tensor& acts, Tensor& hs, Tensor& cs, Tensor& ctil, Tensor& out) {
-  const int64_t T = xw.size(0), B = xw.size(1), H = w_hh.size(1);
-  const Tensor w_hh_t = w_hh.t();
+  const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = w_hh.size(1), BH = B * H;
+  const int64_t kB = PHASED ? k.size(1) : 0;
+  const Tensor w_hh_t = w_hh.t(), w_ih_t = w_ih.t();
   const scalar_t* wci = PEEP ? peep.data_ptr<scalar_t>() : nullptr;
   const scalar_t* wcf = PEEP ? wci + H : nullptr;
   const scalar_t* wco = PEEP ? wci + 2 * H : nullptr;
-  scalar_t* A = acts.data_ptr<scalar_t>();
-  scalar_t* HS = hs.data_ptr<scalar_t>();
-  scalar_t* CS = cs.data_ptr<scalar_t>();
-  scalar_t* O = out.data_ptr<scalar_t>();
   const scalar_t* K = PHASED ? k.data_ptr<scalar_t>() : nullptr;
-  scalar_t* CT = PHASED ? ctil.data_ptr<scalar_t>() : nullptr;
-  const int64_t BH = B * H;
-  for (int64_t t = 0; t < T; ++t) {
-    Tensor gates = acts[t];  // (B, 4H): xw[t] + h_{t-1} W_hh^T
-    at::addmm_out(gates, xw[t], hs[t], w_hh_t);
-    at::parallel_for(0, B, grain_for(H), [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        scalar_t* g = A + t * 4 * BH + b * 4 * H;
-        const int64_t p = t * BH + b * H, n = (t + 1) * BH + b * H;
-        if (len != nullptr && t >= len[b]) {  // past the end: state unchanged, output zero
-          hold_row(HS + p, CS + p, HS + n, CS + n, O + p, H);
-          continue;
+  scalar_t* O = out.data_ptr<scalar_t>();
+  // training: gates of every step in acts; inference: a chunk of steps at a time
+  const int64_t chunk = save ? T : std::max<int64_t>(1, std::min<int64_t>(T, (1 << 18) / (4 * BH) + 1));
+  Tensor gbuf = save ? acts : at::empty({chunk, B, 4 * H}, x.options());
+  Tensor ct_scratch = PHASED && !save ? at::empty({B, H}, x.options()) : Tensor();  // c~_t, not kept
+  Tensor states = save ? Tensor() : at::empty({2, 2, B, H}, x.options());  // [h|c][ping|pong]
+  if (!save) {
+    states[0][0].copy_(h0);
+    states[1][0].copy_(c0);
+  }
+  for (int64_t t0 = 0; t0 < T; t0 += chunk) {
+    const int64_t n = std::min(chunk, T - t0);
+    // input projection of steps t0 .. t0+n-1 in one GEMM
+    Tensor g2 = gbuf.narrow(0, save ? t0 : 0, n).view({n * B, 4 * H});
+    const Tensor x2 = x.narrow(0, t0, n).reshape({n * B, I});
+    if (bias.numel() > 0) at::addmm_out(g2, bias, x2, w_ih_t);
+    else at::mm_out(g2, x2, w_ih_t);
+    for (int64_t t = t0; t < t0 + n; ++t) {
+      const int64_t slot = save ? t : t - t0;
+      Tensor gates = gbuf[slot];
+      const Tensor h_prev = save ? hs[t] : states[0][t % 2];
+      gates.addmm_(h_prev, w_hh_t);  // + h_{t-1} W_hh^T
+      scalar_t* G = gates.data_ptr<scalar_t>();
+      const scalar_t* HP = h_prev.data_ptr<scalar_t>();
+      const scalar_t* CP = (save ? cs[t] : states[1][t % 2]).data_ptr<scalar_t>();
+      scalar_t* HN = (save ? hs[t + 1] : states[0][(t + 1) % 2]).data_ptr<scalar_t>();
+      scalar_t* CN = (save ? cs[t + 1] : states[1][(t + 1) % 2]).data_ptr<scalar_t>();
+      scalar_t* CT = PHASED ? (save ? ctil[t] : ct_scratch).data_ptr<scalar_t>() : nullptr;
+      at::parallel_for(0, B, grain_for(H), [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) {
+          const int64_t r = b * H;
+          scalar_t* g = G + 4 * r;
+          if (len != nullptr && t >= len[b]) {  // past the end: state unchanged, output zero
+            hold_row(HP + r, CP + r, HN + r, CN + r, O + t * BH + r, H);
+            continue;
+          }
+          const scalar_t* kk = PHASED ? K + t * kB * H + (kB == 1 ? 0 : r) : nullptr;
+          scalar_t* ct = PHASED ? CT + r : nullptr;
+          forward_row<scalar_t, PEEP, PHASED>(g, g + H, g + 2 * H, g + 3 * H, HP + r, CP + r, HN + r, CN + r,
+                                              O + t * BH + r, wci, wcf, wco, kk, ct, H);
         }
-        forward_row<scalar_t, PEEP, PHASED>(g, g + H, g + 2 * H, g + 3 * H, HS + p, CS + p, HS + n, CS + n, O + p,
-                                            wci, wcf, wco, PHASED ? K + p : nullptr, PHASED ? CT + p : nullptr, H);
-      }
-    });
+      });
+    }
+  }
+  if (!save) {  // the final state, where the caller expects it
+    hs.copy_(states[0][T % 2]);
+    cs.copy_(states[1][T % 2]);
   }
 }
 
-std::vector<Tensor> lstm_forward(const Tensor& xw, const Tensor& w_hh, const Tensor& h0, const Tensor& c0,
-                                 const Tensor& peep, const Tensor& k, const Tensor& lengths) {
-  TORCH_CHECK(xw.dim() == 3 && xw.is_contiguous(), "xw must be a contiguous (T, B, 4H) tensor");
-  const int64_t T = xw.size(0), B = xw.size(1), H = w_hh.size(1);
-  TORCH_CHECK(xw.size(2) == 4 * H && w_hh.size(0) == 4 * H, "xw and w_hh do not fit");
-  auto opts = xw.options();
-  Tensor acts = at::empty({T, B, 4 * H}, opts);
-  Tensor hs = at::empty({T + 1, B, H}, opts);
-  Tensor cs = at::empty({T + 1, B, H}, opts);
-  Tensor out = at::empty({T, B, H}, opts);
-  hs[0].copy_(h0);
-  cs[0].copy_(c0);
+std::vector<Tensor> lstm_forward(const Tensor& x, const Tensor& w_ih, const Tensor& bias, const Tensor& w_hh,
+                                 const Tensor& h0, const Tensor& c0, const Tensor& peep, const Tensor& k,
+                                 const Tensor& lengths, bool save) {
+  TORCH_CHECK(x.dim() == 3, "x must be (T, B, I)");
+  const int64_t T = x.size(0), B = x.size(1), H = w_hh.size(1);
+  TORCH_CHECK(w_ih.size(0) == 4 * H && w_hh.size(0) == 4 * H && w_ih.size(1) == x.size(2), "weights do not fit");
+  auto opts = x.options();
   const bool peephole = present(peep), phased = present(k);
-  Tensor ctil = phased ? at::empty({T, B, H}, opts) : at::empty({0}, opts);
-  const Tensor w = w_hh.contiguous();
+  Tensor acts = save ? at::empty({T, B, 4 * H}, opts) : at::empty({0}, opts);
+  // saved states: hs[0] = h0, hs[t + 1] = h_t; in inference only the final state (B, H)
+  Tensor hs = save ? at::empty({T + 1, B, H}, opts) : at::empty({B, H}, opts);
+  Tensor cs = save ? at::empty({T + 1, B, H}, opts) : at::empty({B, H}, opts);
+  Tensor ctil = phased && save ? at::empty({T, B, H}, opts) : at::empty({0}, opts);
+  Tensor out = at::empty({T, B, H}, opts);
+  if (save) {
+    hs[0].copy_(h0);
+    cs[0].copy_(c0);
+  }
+  const Tensor xc = x.contiguous(), wi = w_ih.contiguous(), w = w_hh.contiguous();
   const Tensor pp = peephole ? peep.contiguous() : peep;
   const Tensor kk = phased ? k.contiguous() : k;
   const int64_t* len = present(lengths) ? lengths.data_ptr<int64_t>() : nullptr;
-  AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "lstm_forward", [&] {
-    if (phased && peephole) forward_loop<scalar_t, true, true>(xw, w, pp, kk, len, acts, hs, cs, ctil, out);
-    else if (phased) forward_loop<scalar_t, false, true>(xw, w, pp, kk, len, acts, hs, cs, ctil, out);
-    else if (peephole) forward_loop<scalar_t, true, false>(xw, w, pp, kk, len, acts, hs, cs, ctil, out);
-    else forward_loop<scalar_t, false, false>(xw, w, pp, kk, len, acts, hs, cs, ctil, out);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lstm_forward", [&] {
+    auto run = [&](auto peep_flag, auto phased_flag) {
+      forward_loop<scalar_t, decltype(peep_flag)::value, decltype(phased_flag)::value>(
+          xc, wi, bias, w, h0, c0, pp, kk, len, save, acts, hs, cs, ctil, out);
+    };
+    using Y = std::true_type;
+    using N = std::false_type;
+    if (phased && peephole) run(Y{}, Y{});
+    else if (phased) run(N{}, Y{});
+    else if (peephole) run(Y{}, N{});
+    else run(N{}, N{});
   });
-  return {out, hs[T], cs[T], acts, hs, cs, ctil};
+  Tensor hn = save ? hs[T].clone() : hs, cn = save ? cs[T].clone() : cs;
+  return {out, hn, cn, acts, hs, cs, ctil};
 }
 
 template <typename scalar_t, bool PEEP, bool PHASED>
@@ -226,6 +270,7 @@ void backward_loop(const Tensor& grad_out, const Tensor& w_hh, const Tensor& pee
   const scalar_t* CS = cs.data_ptr<scalar_t>();
   const scalar_t* CT = PHASED ? ctil.data_ptr<scalar_t>() : nullptr;
   const scalar_t* K = PHASED ? k.data_ptr<scalar_t>() : nullptr;
+  const int64_t kB = PHASED ? k.size(1) : 0;
   const scalar_t* GO = grad_out.data_ptr<scalar_t>();
   scalar_t* DG = dG.data_ptr<scalar_t>();
   scalar_t* DK = PHASED ? dk.data_ptr<scalar_t>() : nullptr;
@@ -245,7 +290,8 @@ void backward_loop(const Tensor& grad_out, const Tensor& w_hh, const Tensor& pee
         const scalar_t* g = A + g4;
         scalar_t* d = DG + g4;
         backward_row<scalar_t, PEEP, PHASED>(g, g + H, g + 2 * H, g + 3 * H, DH + r, DC + r, GO + p, HS + p, CS + p,
-                                             CS + n, PHASED ? CT + p : nullptr, PHASED ? K + p : nullptr, wci, wcf,
+                                             CS + n, PHASED ? CT + p : nullptr,
+                                             PHASED ? K + t * kB * H + (kB == 1 ? 0 : r) : nullptr, wci, wcf,
                                              wco, d, d + H, d + 2 * H, d + 3 * H, DHP + r, DCP + r,
                                              PHASED ? DK + p : nullptr, PEEP ? acc : nullptr,
                                              PEEP ? acc + H : nullptr, PEEP ? acc + 2 * H : nullptr, H);
@@ -266,16 +312,17 @@ std::vector<Tensor> lstm_backward(const Tensor& grad_out, const Tensor& grad_hn,
   Tensor dG = at::empty({T, B, 4 * H}, opts);
   Tensor dh = present(grad_hn) ? grad_hn.contiguous().clone() : at::zeros({B, H}, opts);
   Tensor dc = present(grad_cn) ? grad_cn.contiguous().clone() : at::zeros({B, H}, opts);
-  Tensor dk = phased ? at::empty({T, B, H}, opts) : at::empty({0}, opts);
+  Tensor dk = phased ? at::empty({T, B, H}, opts) : at::empty({0}, opts);  // summed to (T, 1, H) below if shared
   Tensor dpeep_parts = peephole ? at::zeros({at::get_num_threads(), 3, H}, opts) : at::empty({0}, opts);
   const Tensor go = present(grad_out) ? grad_out.contiguous() : at::zeros({T, B, H}, opts);
   const Tensor w = w_hh.contiguous();
+  const Tensor kc = phased ? k.contiguous() : k;
   const int64_t* len = present(lengths) ? lengths.data_ptr<int64_t>() : nullptr;
   AT_DISPATCH_FLOATING_TYPES(acts.scalar_type(), "lstm_backward", [&] {
     if (phased && peephole)
-      backward_loop<scalar_t, true, true>(go, w, peep, k, len, acts, hs, cs, ctil, dG, dh, dc, dpeep_parts, dk);
+      backward_loop<scalar_t, true, true>(go, w, peep, kc, len, acts, hs, cs, ctil, dG, dh, dc, dpeep_parts, dk);
     else if (phased)
-      backward_loop<scalar_t, false, true>(go, w, peep, k, len, acts, hs, cs, ctil, dG, dh, dc, dpeep_parts, dk);
+      backward_loop<scalar_t, false, true>(go, w, peep, kc, len, acts, hs, cs, ctil, dG, dh, dc, dpeep_parts, dk);
     else if (peephole)
       backward_loop<scalar_t, true, false>(go, w, peep, k, len, acts, hs, cs, ctil, dG, dh, dc, dpeep_parts, dk);
     else
@@ -284,6 +331,7 @@ std::vector<Tensor> lstm_backward(const Tensor& grad_out, const Tensor& grad_hn,
   // dW_hh = sum_t dG_t^T h_{t-1}: one GEMM over all steps
   Tensor dw_hh = at::mm(dG.view({T * B, 4 * H}).t(), hs.narrow(0, 0, T).reshape({T * B, H}));
   Tensor dpeep = peephole ? dpeep_parts.sum(0) : at::empty({0}, opts);
+  if (phased && k.size(1) == 1 && B > 1) dk = dk.sum(1, /*keepdim=*/true);
   return {dG, dw_hh, dh, dc, dpeep, dk};
 }
 
@@ -510,10 +558,115 @@ std::vector<Tensor> ln_backward(const Tensor& grad_out, const Tensor& grad_hn, c
           sums.narrow(0, 9 * H, H)};
 }
 
+// ---------------------------------------------------------------------------------------------
+// The time gate of all steps (before the loop): k = piecewise(phi), phi = ((t - s) mod tau) / tau
+// ---------------------------------------------------------------------------------------------
+// Phase arithmetic in float64 and without -ffast-math's reassociation, so timestamps as large
+// as 1e9 keep their phase. Like phasedlstm.cells.time_gate: tau_e = max(|tau|, 1e-6),
+// r = clamp(|r_on|, 1e-6, 1), a true modulo (the result is in [0, tau_e) also for t < s).
+
+#pragma GCC push_options
+#pragma GCC optimize("no-fast-math")
+
+constexpr double kTimeEps = 1e-6;
+
+struct GatePoint {
+  double u, te, phi, r;
+};
+
+inline GatePoint gate_point(double t, double tau, double s, double r_on) {
+  GatePoint p;
+  p.te = std::max(std::fabs(tau), kTimeEps);
+  p.u = t - s;
+  double m = std::fmod(p.u, p.te);
+  if (m < 0) m += p.te;
+  p.phi = m / p.te;
+  p.r = std::min(std::max(std::fabs(r_on), kTimeEps), 1.0);
+  return p;
+}
+
+template <typename scalar_t>
+void gate_forward_impl(const double* times, int64_t R, const scalar_t* tau, const scalar_t* s, const scalar_t* r_on,
+                       double leak, int64_t H, scalar_t* k) {
+  at::parallel_for(0, R, std::max<int64_t>(1, 4096 / H), [&](int64_t r0, int64_t r1) {
+    for (int64_t row = r0; row < r1; ++row)
+      for (int64_t j = 0; j < H; ++j) {
+        const GatePoint p = gate_point(times[row], tau[j], s[j], r_on[j]);
+        const double kk = p.phi < p.r / 2 ? 2 * p.phi / p.r : (p.phi < p.r ? 2 - 2 * p.phi / p.r : leak * p.phi);
+        k[row * H + j] = static_cast<scalar_t>(kk);
+      }
+  });
+}
+
+template <typename scalar_t>
+void gate_backward_impl(const scalar_t* dk, const double* times, int64_t R, const scalar_t* tau, const scalar_t* s,
+                        const scalar_t* r_on, double leak, int64_t H, double* parts) {
+  at::parallel_for(0, R, std::max<int64_t>(1, 4096 / H), [&](int64_t r0, int64_t r1) {
+    double* acc = parts + at::get_thread_num() * 3 * H;  // [d tau | d s | d r_on]
+    for (int64_t row = r0; row < r1; ++row)
+      for (int64_t j = 0; j < H; ++j) {
+        const double g = dk[row * H + j];
+        if (g == 0) continue;
+        const GatePoint p = gate_point(times[row], tau[j], s[j], r_on[j]);
+        double dphi, dr;
+        if (p.phi < p.r / 2) {
+          dphi = 2 / p.r;
+          dr = -2 * p.phi / (p.r * p.r);
+        } else if (p.phi < p.r) {
+          dphi = -2 / p.r;
+          dr = 2 * p.phi / (p.r * p.r);
+        } else {
+          dphi = leak;
+          dr = 0;
+        }
+        const double t_abs = std::fabs(static_cast<double>(tau[j])), r_abs = std::fabs(static_cast<double>(r_on[j]));
+        const double sign_tau = tau[j] > 0 ? 1.0 : (tau[j] < 0 ? -1.0 : 0.0);
+        const double sign_r = r_on[j] > 0 ? 1.0 : (r_on[j] < 0 ? -1.0 : 0.0);
+        acc[j] += t_abs >= kTimeEps ? g * dphi * (-p.u / (p.te * p.te)) * sign_tau : 0.0;  // d phi / d tau_e = -u / tau_e^2
+        acc[H + j] += g * dphi * (-1.0 / p.te);
+        acc[2 * H + j] += (r_abs >= kTimeEps && r_abs <= 1.0) ? g * dr * sign_r : 0.0;
+      }
+  });
+}
+
+#pragma GCC pop_options
+
+Tensor time_gate_forward(const Tensor& times, const Tensor& tau, const Tensor& s, const Tensor& r_on, double leak) {
+  TORCH_CHECK(times.scalar_type() == at::kDouble, "times must be float64");
+  const int64_t H = tau.size(0);
+  const Tensor tc = times.contiguous(), ta = tau.contiguous(), sc = s.contiguous(), rc = r_on.contiguous();
+  std::vector<int64_t> shape(times.sizes().begin(), times.sizes().end());
+  shape.push_back(H);
+  Tensor k = at::empty(shape, tau.options());
+  AT_DISPATCH_FLOATING_TYPES(tau.scalar_type(), "time_gate_forward", [&] {
+    gate_forward_impl<scalar_t>(tc.data_ptr<double>(), tc.numel(), ta.data_ptr<scalar_t>(), sc.data_ptr<scalar_t>(),
+                                rc.data_ptr<scalar_t>(), leak, H, k.data_ptr<scalar_t>());
+  });
+  return k;
+}
+
+std::vector<Tensor> time_gate_backward(const Tensor& dk, const Tensor& times, const Tensor& tau, const Tensor& s,
+                                       const Tensor& r_on, double leak) {
+  const int64_t H = tau.size(0);
+  const Tensor dkc = dk.contiguous(), tc = times.contiguous(), ta = tau.contiguous(), sc = s.contiguous(),
+               rc = r_on.contiguous();
+  Tensor parts = at::zeros({at::get_num_threads(), 3, H}, tau.options().dtype(at::kDouble));
+  AT_DISPATCH_FLOATING_TYPES(tau.scalar_type(), "time_gate_backward", [&] {
+    gate_backward_impl<scalar_t>(dkc.data_ptr<scalar_t>(), tc.data_ptr<double>(), tc.numel(), ta.data_ptr<scalar_t>(),
+                                 sc.data_ptr<scalar_t>(), rc.data_ptr<scalar_t>(), leak, H, parts.data_ptr<double>());
+  });
+  Tensor sums = parts.sum(0).to(tau.scalar_type());
+  return {sums[0], sums[1], sums[2]};
+}
+
 }  // namespace
 
+
 TORCH_LIBRARY(phasedlstm_fused, m) {
-  m.def("lstm_forward(Tensor xw, Tensor w_hh, Tensor h0, Tensor c0, Tensor peep, Tensor k, Tensor lengths) -> Tensor[]");
+  m.def("time_gate_forward(Tensor times, Tensor tau, Tensor s, Tensor r_on, float leak) -> Tensor");
+  m.def("time_gate_backward(Tensor dk, Tensor times, Tensor tau, Tensor s, Tensor r_on, float leak) -> Tensor[]");
+  m.def("lstm_forward(Tensor x, Tensor w_ih, Tensor bias, Tensor w_hh, Tensor h0, Tensor c0, Tensor peep, Tensor k, "
+        "Tensor lengths, bool save) -> Tensor[]");
   m.def("lstm_backward(Tensor grad_out, Tensor grad_hn, Tensor grad_cn, Tensor w_hh, Tensor peep, Tensor k, "
         "Tensor lengths, Tensor acts, Tensor hs, Tensor cs, Tensor ctil) -> Tensor[]");
   m.def("ln_forward(Tensor xw, Tensor w_hh, Tensor h0, Tensor c0, Tensor g_hh, Tensor b_hh, Tensor g_c, "
@@ -524,6 +677,8 @@ TORCH_LIBRARY(phasedlstm_fused, m) {
 }
 
 TORCH_LIBRARY_IMPL(phasedlstm_fused, CPU, m) {
+  m.impl("time_gate_forward", &time_gate_forward);
+  m.impl("time_gate_backward", &time_gate_backward);
   m.impl("lstm_forward", &lstm_forward);
   m.impl("lstm_backward", &lstm_backward);
   m.impl("ln_forward", &ln_forward);
