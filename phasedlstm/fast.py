@@ -131,6 +131,28 @@ def _empty(like: Tensor) -> Tensor:
     return like.new_empty(0)
 
 
+_local = threading.local()
+
+
+def workspace(numel: int, dtype: torch.dtype) -> Tensor:
+    """A per-thread scratch buffer for the backward's gate gradients, kept between calls.
+
+    The backward of a long sequence needs T*B*4H numbers of scratch (100 MB at B=64, T=784,
+    H=128). Allocating that afresh each step costs more in page faults than all the
+    element-wise work of the backward, so the buffer is kept (per thread, the largest seen)
+    until :func:`release_workspace`."""
+    buf = getattr(_local, "workspace", None)
+    if buf is None or buf.dtype != dtype or buf.numel() < numel:
+        buf = torch.empty(numel, dtype=dtype)
+        _local.workspace = buf
+    return buf[:numel]
+
+
+def release_workspace() -> None:
+    """Free this thread's backward scratch buffer (see :func:`workspace`)."""
+    _local.workspace = None
+
+
 def _needs_grad(*tensors) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
@@ -140,20 +162,21 @@ class _FusedLSTM(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, w_ih, bias, w_hh, h0, c0, peep, k, lengths):
-        out, hn, cn, acts, hs, cs, ctil = torch.ops.phasedlstm_fused.lstm_forward(
+        out, hn, cn, acts, hs, cs = torch.ops.phasedlstm_fused.lstm_forward(
             x, w_ih, bias, w_hh, h0, c0, peep, k, lengths, True)
-        ctx.save_for_backward(x, w_ih, w_hh, peep, k, lengths, acts, hs, cs, ctil)
+        ctx.save_for_backward(x, w_ih, w_hh, peep, k, lengths, acts, hs, cs)
         ctx.has_bias = bias.numel() > 0
         return out, hn, cn
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g_out, g_hn, g_cn):
-        x, w_ih, w_hh, peep, k, lengths, acts, hs, cs, ctil = ctx.saved_tensors
+        x, w_ih, w_hh, peep, k, lengths, acts, hs, cs = ctx.saved_tensors
         e = _empty(acts)
-        d_g, d_w_hh, d_h0, d_c0, d_peep, d_k = torch.ops.phasedlstm_fused.lstm_backward(
+        d_g = workspace(acts.numel(), acts.dtype)  # the gate gradients, (T, B, 4H)
+        d_w_hh, d_h0, d_c0, d_peep, d_k = torch.ops.phasedlstm_fused.lstm_backward(
             e if g_out is None else g_out.contiguous(), e if g_hn is None else g_hn, e if g_cn is None else g_cn,
-            w_hh, peep, k, lengths, acts, hs, cs, ctil)
+            w_hh, peep, k, lengths, acts, hs, cs, d_g)
         T, B, I = x.shape
         d_g2 = d_g.view(T * B, -1)  # (T*B, 4H): the gradient of the gate pre-activations
         need = ctx.needs_input_grad

@@ -50,13 +50,12 @@ inline int64_t grain_for(int64_t H) { return std::max<int64_t>(1, 2048 / std::ma
 
 // One sequence's element-wise work of one step. Separate functions with __restrict
 // parameters, so that GCC vectorises the loops (inside the parallel_for lambda it does not).
-template <typename scalar_t, bool PEEP, bool PHASED>
+template <typename scalar_t, bool PEEP, bool PHASED, bool OUT>
 static inline void forward_row(scalar_t* __restrict gi, scalar_t* __restrict gf, scalar_t* __restrict gg,
                                scalar_t* __restrict go, const scalar_t* __restrict hp, const scalar_t* __restrict cp,
                                scalar_t* __restrict hn, scalar_t* __restrict cn, scalar_t* __restrict ob,
                                const scalar_t* __restrict wci, const scalar_t* __restrict wcf,
-                               const scalar_t* __restrict wco, const scalar_t* __restrict kk,
-                               scalar_t* __restrict ct, int64_t H) {
+                               const scalar_t* __restrict wco, const scalar_t* __restrict kk, int64_t H) {
   for (int64_t j = 0; j < H; ++j) {
     scalar_t ai = gi[j], af = gf[j], ao = go[j];
     const scalar_t c_prev = cp[j];
@@ -74,14 +73,13 @@ static inline void forward_row(scalar_t* __restrict gi, scalar_t* __restrict gf,
     gg[j] = g;
     go[j] = o;
     scalar_t h_new = h, c_new = c;
-    if (PHASED) {
-      ct[j] = c;
+    if (PHASED) {  // (c~_t is not kept: the backward recomputes it from the saved gates)
       c_new = kk[j] * c + (1 - kk[j]) * c_prev;
       h_new = kk[j] * h + (1 - kk[j]) * hp[j];
     }
     cn[j] = c_new;
     hn[j] = h_new;
-    ob[j] = h_new;
+    if (OUT) ob[j] = h_new;  // (without OUT the output is the saved state itself)
   }
 }
 
@@ -95,10 +93,18 @@ static inline void hold_row(const scalar_t* __restrict hp, const scalar_t* __res
   }
 }
 
-template <typename scalar_t, bool PEEP, bool PHASED>
+// Parallel over the batch, serial over time: each thread runs the whole time loop for its own
+// block of sequences (rows never interact), so there is no fork/join per step. Inside, the
+// per-step GEMM runs single-threaded on the thread's rows.
+inline int64_t batch_grain(int64_t B) {
+  const int64_t n = std::max<int64_t>(1, at::get_num_threads());
+  return std::max<int64_t>(1, (B + n - 1) / n);
+}
+
+template <typename scalar_t, bool PEEP, bool PHASED, bool OUT>
 void forward_loop(const Tensor& x, const Tensor& w_ih, const Tensor& bias, const Tensor& w_hh, const Tensor& h0,
                   const Tensor& c0, const Tensor& peep, const Tensor& k, const int64_t* len, bool save,
-                  Tensor& acts, Tensor& hs, Tensor& cs, Tensor& ctil, Tensor& out) {
+                  Tensor& acts, Tensor& hs, Tensor& cs, Tensor& out) {
   const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = w_hh.size(1), BH = B * H;
   const int64_t kB = PHASED ? k.size(1) : 0;
   const Tensor w_hh_t = w_hh.t(), w_ih_t = w_ih.t();
@@ -106,53 +112,50 @@ void forward_loop(const Tensor& x, const Tensor& w_ih, const Tensor& bias, const
   const scalar_t* wcf = PEEP ? wci + H : nullptr;
   const scalar_t* wco = PEEP ? wci + 2 * H : nullptr;
   const scalar_t* K = PHASED ? k.data_ptr<scalar_t>() : nullptr;
-  scalar_t* O = out.data_ptr<scalar_t>();
-  // training: gates of every step in acts; inference: a chunk of steps at a time
+  scalar_t* O = OUT ? out.data_ptr<scalar_t>() : nullptr;
+  // training: gates and states of every step are kept; inference: the gates of a chunk of
+  // steps, and two state rows (ping-pong) per sequence
   const int64_t chunk = save ? T : std::max<int64_t>(1, std::min<int64_t>(T, (1 << 18) / (4 * BH) + 1));
   Tensor gbuf = save ? acts : at::empty({chunk, B, 4 * H}, x.options());
-  Tensor ct_scratch = PHASED && !save ? at::empty({B, H}, x.options()) : Tensor();  // c~_t, not kept
-  Tensor states = save ? Tensor() : at::empty({2, 2, B, H}, x.options());  // [h|c][ping|pong]
-  if (!save) {
-    states[0][0].copy_(h0);
-    states[1][0].copy_(c0);
-  }
+  Tensor hbuf = save ? hs : at::empty({2, B, H}, x.options());
+  Tensor cbuf = save ? cs : at::empty({2, B, H}, x.options());
+  hbuf[0].copy_(h0);
+  cbuf[0].copy_(c0);
+  scalar_t* HS = hbuf.data_ptr<scalar_t>();
+  scalar_t* CS = cbuf.data_ptr<scalar_t>();
   for (int64_t t0 = 0; t0 < T; t0 += chunk) {
     const int64_t n = std::min(chunk, T - t0);
-    // input projection of steps t0 .. t0+n-1 in one GEMM
+    // input projection of steps t0 .. t0+n-1 in one (multi-threaded) GEMM
     Tensor g2 = gbuf.narrow(0, save ? t0 : 0, n).view({n * B, 4 * H});
     const Tensor x2 = x.narrow(0, t0, n).reshape({n * B, I});
     if (bias.numel() > 0) at::addmm_out(g2, bias, x2, w_ih_t);
     else at::mm_out(g2, x2, w_ih_t);
-    for (int64_t t = t0; t < t0 + n; ++t) {
-      const int64_t slot = save ? t : t - t0;
-      Tensor gates = gbuf[slot];
-      const Tensor h_prev = save ? hs[t] : states[0][t % 2];
-      gates.addmm_(h_prev, w_hh_t);  // + h_{t-1} W_hh^T
-      scalar_t* G = gates.data_ptr<scalar_t>();
-      const scalar_t* HP = h_prev.data_ptr<scalar_t>();
-      const scalar_t* CP = (save ? cs[t] : states[1][t % 2]).data_ptr<scalar_t>();
-      scalar_t* HN = (save ? hs[t + 1] : states[0][(t + 1) % 2]).data_ptr<scalar_t>();
-      scalar_t* CN = (save ? cs[t + 1] : states[1][(t + 1) % 2]).data_ptr<scalar_t>();
-      scalar_t* CT = PHASED ? (save ? ctil[t] : ct_scratch).data_ptr<scalar_t>() : nullptr;
-      at::parallel_for(0, B, grain_for(H), [&](int64_t b0, int64_t b1) {
+    at::parallel_for(0, B, batch_grain(B), [&](int64_t b0, int64_t b1) {
+      const int64_t Bt = b1 - b0;
+      for (int64_t t = t0; t < t0 + n; ++t) {
+        const int64_t slot = save ? t : t - t0;
+        const int64_t sp = save ? t : t % 2, sn = save ? t + 1 : (t + 1) % 2;  // state rows: previous, next
+        Tensor gates = gbuf[slot].narrow(0, b0, Bt);
+        gates.addmm_(hbuf[sp].narrow(0, b0, Bt), w_hh_t);  // + h_{t-1} W_hh^T, this thread's rows
+        scalar_t* G = gates.data_ptr<scalar_t>();
         for (int64_t b = b0; b < b1; ++b) {
           const int64_t r = b * H;
-          scalar_t* g = G + 4 * r;
+          scalar_t* g = G + 4 * (b - b0) * H;
+          scalar_t *hp = HS + sp * BH + r, *cp = CS + sp * BH + r, *hn = HS + sn * BH + r, *cn = CS + sn * BH + r;
           if (len != nullptr && t >= len[b]) {  // past the end: state unchanged, output zero
-            hold_row(HP + r, CP + r, HN + r, CN + r, O + t * BH + r, H);
+            hold_row(hp, cp, hn, cn, O + t * BH + r, H);
             continue;
           }
           const scalar_t* kk = PHASED ? K + t * kB * H + (kB == 1 ? 0 : r) : nullptr;
-          scalar_t* ct = PHASED ? CT + r : nullptr;
-          forward_row<scalar_t, PEEP, PHASED>(g, g + H, g + 2 * H, g + 3 * H, HP + r, CP + r, HN + r, CN + r,
-                                              O + t * BH + r, wci, wcf, wco, kk, ct, H);
+          forward_row<scalar_t, PEEP, PHASED, OUT>(g, g + H, g + 2 * H, g + 3 * H, hp, cp, hn, cn,
+                                                   OUT ? O + t * BH + r : nullptr, wci, wcf, wco, kk, H);
         }
-      });
-    }
+      }
+    });
   }
   if (!save) {  // the final state, where the caller expects it
-    hs.copy_(states[0][T % 2]);
-    cs.copy_(states[1][T % 2]);
+    hs.copy_(hbuf[T % 2]);
+    cs.copy_(cbuf[T % 2]);
   }
 }
 
@@ -168,20 +171,18 @@ std::vector<Tensor> lstm_forward(const Tensor& x, const Tensor& w_ih, const Tens
   // saved states: hs[0] = h0, hs[t + 1] = h_t; in inference only the final state (B, H)
   Tensor hs = save ? at::empty({T + 1, B, H}, opts) : at::empty({B, H}, opts);
   Tensor cs = save ? at::empty({T + 1, B, H}, opts) : at::empty({B, H}, opts);
-  Tensor ctil = phased && save ? at::empty({T, B, H}, opts) : at::empty({0}, opts);
-  Tensor out = at::empty({T, B, H}, opts);
-  if (save) {
-    hs[0].copy_(h0);
-    cs[0].copy_(c0);
-  }
+  // training without lengths: the output is the saved states h_1..h_T themselves
+  const bool own_out = !save || present(lengths);
+  Tensor out = own_out ? at::empty({T, B, H}, opts) : hs.narrow(0, 1, T);
   const Tensor xc = x.contiguous(), wi = w_ih.contiguous(), w = w_hh.contiguous();
   const Tensor pp = peephole ? peep.contiguous() : peep;
   const Tensor kk = phased ? k.contiguous() : k;
   const int64_t* len = present(lengths) ? lengths.data_ptr<int64_t>() : nullptr;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lstm_forward", [&] {
     auto run = [&](auto peep_flag, auto phased_flag) {
-      forward_loop<scalar_t, decltype(peep_flag)::value, decltype(phased_flag)::value>(
-          xc, wi, bias, w, h0, c0, pp, kk, len, save, acts, hs, cs, ctil, out);
+      constexpr bool P = decltype(peep_flag)::value, Q = decltype(phased_flag)::value;
+      if (own_out) forward_loop<scalar_t, P, Q, true>(xc, wi, bias, w, h0, c0, pp, kk, len, save, acts, hs, cs, out);
+      else forward_loop<scalar_t, P, Q, false>(xc, wi, bias, w, h0, c0, pp, kk, len, save, acts, hs, cs, out);
     };
     using Y = std::true_type;
     using N = std::false_type;
@@ -191,7 +192,7 @@ std::vector<Tensor> lstm_forward(const Tensor& x, const Tensor& w_ih, const Tens
     else run(N{}, N{});
   });
   Tensor hn = save ? hs[T].clone() : hs, cn = save ? cs[T].clone() : cs;
-  return {out, hn, cn, acts, hs, cs, ctil};
+  return {out, hn, cn, acts, hs, cs};
 }
 
 template <typename scalar_t, bool PEEP, bool PHASED>
@@ -200,7 +201,7 @@ static inline void backward_row(const scalar_t* __restrict gi, const scalar_t* _
                                 const scalar_t* __restrict dh, const scalar_t* __restrict dc,
                                 const scalar_t* __restrict gout, const scalar_t* __restrict hp,
                                 const scalar_t* __restrict cp, const scalar_t* __restrict cn,
-                                const scalar_t* __restrict ct, const scalar_t* __restrict kk,
+                                const scalar_t* __restrict kk,
                                 const scalar_t* __restrict wci, const scalar_t* __restrict wcf,
                                 const scalar_t* __restrict wco, scalar_t* __restrict dai_, scalar_t* __restrict daf_,
                                 scalar_t* __restrict dag_, scalar_t* __restrict dao_, scalar_t* __restrict dhp,
@@ -211,11 +212,11 @@ static inline void backward_row(const scalar_t* __restrict gi, const scalar_t* _
     const scalar_t dct = dc[j];
     const scalar_t i = gi[j], f = gf[j], g = gg[j], o = go[j];
     const scalar_t c_prev = cp[j];
-    const scalar_t c = PHASED ? ct[j] : cn[j];  // c~_t
+    const scalar_t c = PHASED ? f * c_prev + i * g : cn[j];  // c~_t (recomputed for the Phased LSTM)
     const scalar_t tc = std::tanh(c);
     scalar_t dh_til = dht, dc_til = dct, dh_p = 0, dc_p = 0;
     if (PHASED) {
-      dk[j] = dht * (o * tc - hp[j]) + dct * (c - c_prev);
+      dk[j] += dht * (o * tc - hp[j]) + dct * (c - c_prev);  // accumulates: dk is shared when kB == 1
       dh_til = kk[j] * dht;
       dc_til = kk[j] * dct;
       dh_p = (1 - kk[j]) * dht;
@@ -246,73 +247,85 @@ static inline void backward_row(const scalar_t* __restrict gi, const scalar_t* _
 // past the end: the state passed through unchanged; the zero output has no gradient path
 template <typename scalar_t>
 static inline void pass_row(const scalar_t* __restrict dh, const scalar_t* __restrict dc, scalar_t* __restrict dg,
-                            scalar_t* __restrict dhp, scalar_t* __restrict dcp, scalar_t* __restrict dk, int64_t H) {
+                            scalar_t* __restrict dhp, scalar_t* __restrict dcp, int64_t H) {
   for (int64_t j = 0; j < 4 * H; ++j) dg[j] = 0;
   for (int64_t j = 0; j < H; ++j) {
     dhp[j] = dh[j];
     dcp[j] = dc[j];
   }
-  if (dk != nullptr)
-    for (int64_t j = 0; j < H; ++j) dk[j] = 0;
 }
 
 template <typename scalar_t, bool PEEP, bool PHASED>
 void backward_loop(const Tensor& grad_out, const Tensor& w_hh, const Tensor& peep, const Tensor& k,
-                   const int64_t* len, const Tensor& acts, const Tensor& hs, const Tensor& cs, const Tensor& ctil,
-                   Tensor& dG, Tensor& dh, Tensor& dc, Tensor& dpeep_parts, Tensor& dk) {
+                   const int64_t* len, const Tensor& acts, const Tensor& hs, const Tensor& cs, Tensor& dG, Tensor& dh, Tensor& dc, Tensor& dpeep_parts, Tensor& dk) {
   const int64_t T = acts.size(0), B = acts.size(1), H = w_hh.size(1), BH = B * H;
   const scalar_t* wci = PEEP ? peep.data_ptr<scalar_t>() : nullptr;
   const scalar_t* wcf = PEEP ? wci + H : nullptr;
   const scalar_t* wco = PEEP ? wci + 2 * H : nullptr;
-  Tensor dh_prev = at::empty_like(dh), dc_prev = at::empty_like(dc);
+  // dh and dc ping-pong: [0] holds the gradient wrt the state after step t, [1] before it
+  Tensor dhb = at::empty({2, B, H}, dh.options()), dcb = at::empty({2, B, H}, dc.options());
+  dhb[T % 2].copy_(dh);
+  dcb[T % 2].copy_(dc);
+  scalar_t* DHB = dhb.data_ptr<scalar_t>();
+  scalar_t* DCB = dcb.data_ptr<scalar_t>();
   const scalar_t* A = acts.data_ptr<scalar_t>();
   const scalar_t* HS = hs.data_ptr<scalar_t>();
   const scalar_t* CS = cs.data_ptr<scalar_t>();
-  const scalar_t* CT = PHASED ? ctil.data_ptr<scalar_t>() : nullptr;
   const scalar_t* K = PHASED ? k.data_ptr<scalar_t>() : nullptr;
   const int64_t kB = PHASED ? k.size(1) : 0;
   const scalar_t* GO = grad_out.data_ptr<scalar_t>();
   scalar_t* DG = dG.data_ptr<scalar_t>();
   scalar_t* DK = PHASED ? dk.data_ptr<scalar_t>() : nullptr;
-  for (int64_t t = T - 1; t >= 0; --t) {
-    const scalar_t* DH = dh.data_ptr<scalar_t>();
-    const scalar_t* DC = dc.data_ptr<scalar_t>();
-    scalar_t* DHP = dh_prev.data_ptr<scalar_t>();
-    scalar_t* DCP = dc_prev.data_ptr<scalar_t>();
-    at::parallel_for(0, B, grain_for(H), [&](int64_t b0, int64_t b1) {
-      scalar_t* acc = PEEP ? dpeep_parts[at::get_thread_num()].data_ptr<scalar_t>() : nullptr;
+  at::parallel_for(0, B, batch_grain(B), [&](int64_t b0, int64_t b1) {
+    const int64_t Bt = b1 - b0;
+    scalar_t* acc = PEEP ? dpeep_parts[at::get_thread_num()].data_ptr<scalar_t>() : nullptr;
+    // dk: (T, B, H) per sequence, or with shared timestamps (kB == 1) this thread's sum (T, H)
+    scalar_t* dk_base = PHASED ? (kB == 1 ? DK + at::get_thread_num() * T * H : DK) : nullptr;
+    for (int64_t t = T - 1; t >= 0; --t) {
+      const int64_t cur = (t + 1) % 2, prv = t % 2;  // gradient slots: after step t, before it
       for (int64_t b = b0; b < b1; ++b) {
         const int64_t r = b * H, p = t * BH + r, n = (t + 1) * BH + r, g4 = t * 4 * BH + 4 * r;
+        const scalar_t *dh = DHB + cur * BH + r, *dc = DCB + cur * BH + r;
+        scalar_t *dhp = DHB + prv * BH + r, *dcp = DCB + prv * BH + r;
         if (len != nullptr && t >= len[b]) {
-          pass_row(DH + r, DC + r, DG + g4, DHP + r, DCP + r, PHASED ? DK + p : static_cast<scalar_t*>(nullptr), H);
+          pass_row(dh, dc, DG + g4, dhp, dcp, H);
           continue;
         }
         const scalar_t* g = A + g4;
         scalar_t* d = DG + g4;
-        backward_row<scalar_t, PEEP, PHASED>(g, g + H, g + 2 * H, g + 3 * H, DH + r, DC + r, GO + p, HS + p, CS + p,
-                                             CS + n, PHASED ? CT + p : nullptr,
-                                             PHASED ? K + t * kB * H + (kB == 1 ? 0 : r) : nullptr, wci, wcf,
-                                             wco, d, d + H, d + 2 * H, d + 3 * H, DHP + r, DCP + r,
-                                             PHASED ? DK + p : nullptr, PEEP ? acc : nullptr,
-                                             PEEP ? acc + H : nullptr, PEEP ? acc + 2 * H : nullptr, H);
+        backward_row<scalar_t, PEEP, PHASED>(g, g + H, g + 2 * H, g + 3 * H, dh, dc, GO + p, HS + p, CS + p, CS + n,
+                                             PHASED ? K + t * kB * H + (kB == 1 ? 0 : r) : nullptr, wci, wcf, wco, d,
+                                             d + H, d + 2 * H, d + 3 * H, dhp, dcp,
+                                             PHASED ? dk_base + (kB == 1 ? t * H : p) : nullptr,
+                                             PEEP ? acc : nullptr, PEEP ? acc + H : nullptr,
+                                             PEEP ? acc + 2 * H : nullptr, H);
       }
-    });
-    dh_prev.addmm_(dG[t], w_hh);  // dh_{t-1} += dG_t W_hh
-    std::swap(dh, dh_prev);
-    std::swap(dc, dc_prev);
-  }
+      // dh_{t-1} += dG_t W_hh, this thread's rows
+      dhb[prv].narrow(0, b0, Bt).addmm_(dG[t].narrow(0, b0, Bt), w_hh);
+    }
+  });
+  dh.copy_(dhb[0]);
+  dc.copy_(dcb[0]);
 }
 
 std::vector<Tensor> lstm_backward(const Tensor& grad_out, const Tensor& grad_hn, const Tensor& grad_cn,
                                   const Tensor& w_hh, const Tensor& peep, const Tensor& k, const Tensor& lengths,
-                                  const Tensor& acts, const Tensor& hs, const Tensor& cs, const Tensor& ctil) {
+                                  const Tensor& acts, const Tensor& hs, const Tensor& cs, const Tensor& workspace) {
+  // The gate gradients dG (T, B, 4H) go into `workspace` (at least T*B*4H elements), which the
+  // caller reuses across calls: a fresh buffer of this size costs more in page faults than the
+  // element-wise work of the whole backward.
   const int64_t T = acts.size(0), B = acts.size(1), H = w_hh.size(1);
   auto opts = acts.options();
   const bool peephole = present(peep), phased = present(k);
-  Tensor dG = at::empty({T, B, 4 * H}, opts);
+  TORCH_CHECK(workspace.numel() >= T * B * 4 * H && workspace.is_contiguous() &&
+                  workspace.scalar_type() == acts.scalar_type(), "workspace too small");
+  Tensor dG = workspace.narrow(0, 0, T * B * 4 * H).view({T, B, 4 * H});
   Tensor dh = present(grad_hn) ? grad_hn.contiguous().clone() : at::zeros({B, H}, opts);
   Tensor dc = present(grad_cn) ? grad_cn.contiguous().clone() : at::zeros({B, H}, opts);
-  Tensor dk = phased ? at::empty({T, B, H}, opts) : at::empty({0}, opts);  // summed to (T, 1, H) below if shared
+  const bool shared_k = phased && k.size(1) == 1;
+  // dk accumulates: zeros, per sequence (T, B, H), or per thread (threads, T, H) when shared
+  Tensor dk = !phased ? at::empty({0}, opts)
+                      : (shared_k ? at::zeros({at::get_num_threads(), T, H}, opts) : at::zeros({T, B, H}, opts));
   Tensor dpeep_parts = peephole ? at::zeros({at::get_num_threads(), 3, H}, opts) : at::empty({0}, opts);
   const Tensor go = present(grad_out) ? grad_out.contiguous() : at::zeros({T, B, H}, opts);
   const Tensor w = w_hh.contiguous();
@@ -320,19 +333,19 @@ std::vector<Tensor> lstm_backward(const Tensor& grad_out, const Tensor& grad_hn,
   const int64_t* len = present(lengths) ? lengths.data_ptr<int64_t>() : nullptr;
   AT_DISPATCH_FLOATING_TYPES(acts.scalar_type(), "lstm_backward", [&] {
     if (phased && peephole)
-      backward_loop<scalar_t, true, true>(go, w, peep, kc, len, acts, hs, cs, ctil, dG, dh, dc, dpeep_parts, dk);
+      backward_loop<scalar_t, true, true>(go, w, peep, kc, len, acts, hs, cs, dG, dh, dc, dpeep_parts, dk);
     else if (phased)
-      backward_loop<scalar_t, false, true>(go, w, peep, kc, len, acts, hs, cs, ctil, dG, dh, dc, dpeep_parts, dk);
+      backward_loop<scalar_t, false, true>(go, w, peep, kc, len, acts, hs, cs, dG, dh, dc, dpeep_parts, dk);
     else if (peephole)
-      backward_loop<scalar_t, true, false>(go, w, peep, k, len, acts, hs, cs, ctil, dG, dh, dc, dpeep_parts, dk);
+      backward_loop<scalar_t, true, false>(go, w, peep, k, len, acts, hs, cs, dG, dh, dc, dpeep_parts, dk);
     else
-      backward_loop<scalar_t, false, false>(go, w, peep, k, len, acts, hs, cs, ctil, dG, dh, dc, dpeep_parts, dk);
+      backward_loop<scalar_t, false, false>(go, w, peep, k, len, acts, hs, cs, dG, dh, dc, dpeep_parts, dk);
   });
-  // dW_hh = sum_t dG_t^T h_{t-1}: one GEMM over all steps
+  // dW_hh = sum_t dG_t^T h_{t-1}: one (multi-threaded) GEMM over all steps
   Tensor dw_hh = at::mm(dG.view({T * B, 4 * H}).t(), hs.narrow(0, 0, T).reshape({T * B, H}));
   Tensor dpeep = peephole ? dpeep_parts.sum(0) : at::empty({0}, opts);
-  if (phased && k.size(1) == 1 && B > 1) dk = dk.sum(1, /*keepdim=*/true);
-  return {dG, dw_hh, dh, dc, dpeep, dk};
+  if (shared_k) dk = dk.sum(0).unsqueeze(1);  // (T, 1, H)
+  return {dw_hh, dh, dc, dpeep, dk};
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -668,7 +681,7 @@ TORCH_LIBRARY(phasedlstm_fused, m) {
   m.def("lstm_forward(Tensor x, Tensor w_ih, Tensor bias, Tensor w_hh, Tensor h0, Tensor c0, Tensor peep, Tensor k, "
         "Tensor lengths, bool save) -> Tensor[]");
   m.def("lstm_backward(Tensor grad_out, Tensor grad_hn, Tensor grad_cn, Tensor w_hh, Tensor peep, Tensor k, "
-        "Tensor lengths, Tensor acts, Tensor hs, Tensor cs, Tensor ctil) -> Tensor[]");
+        "Tensor lengths, Tensor acts, Tensor hs, Tensor cs, Tensor workspace) -> Tensor[]");
   m.def("ln_forward(Tensor xw, Tensor w_hh, Tensor h0, Tensor c0, Tensor g_hh, Tensor b_hh, Tensor g_c, "
         "Tensor b_c, Tensor lengths) -> Tensor[]");
   m.def("ln_backward(Tensor grad_out, Tensor grad_hn, Tensor grad_cn, Tensor w_hh, Tensor g_hh, Tensor g_c, "
