@@ -229,7 +229,7 @@ class _FusedLayerNormLSTM(torch.autograd.Function):
         e = _empty(acts)
         d_xw, d_w, d_h0, d_c0, d_ghh, d_bhh, d_gc, d_bc = torch.ops.phasedlstm_fused.ln_backward(
             e if g_out is None else g_out, e if g_hn is None else g_hn, e if g_cn is None else g_cn,
-            w_hh, g_hh, g_c, b_c, lengths, acts, zhh, rhh, zc, rc, hs, cs)
+            w_hh, g_hh, g_c, b_c, lengths, acts, zhh, rhh, zc, rc, hs, cs, workspace(acts.numel(), acts.dtype))
         return (d_xw, d_w, d_h0, d_c0, d_ghh, d_bhh if ctx.has_b_hh else None, d_gc,
                 d_bc if ctx.has_b_c else None, None)
 

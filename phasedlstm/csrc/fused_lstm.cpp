@@ -354,7 +354,7 @@ std::vector<Tensor> lstm_backward(const Tensor& grad_out, const Tensor& grad_hn,
 
 // Normalise x[0:n] in place to z = (x - mean) / sqrt(var + eps); returns 1 / sqrt(var + eps).
 template <typename scalar_t>
-inline scalar_t normalise(scalar_t* __restrict x, int64_t n) {
+static inline scalar_t normalise(scalar_t* __restrict x, int64_t n) {
   scalar_t mean = 0;
   for (int64_t j = 0; j < n; ++j) mean += x[j];
   mean /= n;
@@ -369,10 +369,10 @@ inline scalar_t normalise(scalar_t* __restrict x, int64_t n) {
   return rstd;
 }
 
-// Backward of y = gain * z + shift with z = normalise(x): dx from dz = dy * gain.
+// Backward of z = normalise(x): dx from dz (the gradient wrt z).
 template <typename scalar_t>
-inline void normalise_backward(const scalar_t* __restrict z, const scalar_t* __restrict dz, scalar_t rstd,
-                               int64_t n, scalar_t* __restrict dx) {
+static inline void normalise_backward(const scalar_t* __restrict z, const scalar_t* __restrict dz, scalar_t rstd,
+                                      int64_t n, scalar_t* __restrict dx) {
   scalar_t mean_dz = 0, mean_dzz = 0;
   for (int64_t j = 0; j < n; ++j) {
     mean_dz += dz[j];
@@ -383,59 +383,75 @@ inline void normalise_backward(const scalar_t* __restrict z, const scalar_t* __r
   for (int64_t j = 0; j < n; ++j) dx[j] = rstd * (dz[j] - mean_dz - z[j] * mean_dzz);
 }
 
+// a = xw + g_hh * z + b_hh (4H), then the gate activations in place and the new cell state.
+template <typename scalar_t>
+static inline void ln_gates_row(scalar_t* __restrict a, const scalar_t* __restrict xw, const scalar_t* __restrict z,
+                                const scalar_t* __restrict g_hh, const scalar_t* __restrict b_hh,
+                                const scalar_t* __restrict cp, scalar_t* __restrict c, int64_t H) {
+  for (int64_t j = 0; j < 4 * H; ++j) a[j] = xw[j] + g_hh[j] * z[j] + b_hh[j];
+  scalar_t *ai = a, *af = a + H, *ag = a + 2 * H, *ao = a + 3 * H;
+  for (int64_t j = 0; j < H; ++j) {
+    const scalar_t i = sigm(ai[j]), f = sigm(af[j]), g = std::tanh(ag[j]), o = sigm(ao[j]);
+    ai[j] = i;
+    af[j] = f;
+    ag[j] = g;
+    ao[j] = o;
+    c[j] = f * cp[j] + i * g;
+  }
+}
+
+// h = o * tanh(g_c * zc + b_c)
+template <typename scalar_t>
+static inline void ln_out_row(const scalar_t* __restrict o, const scalar_t* __restrict zc,
+                              const scalar_t* __restrict g_c, const scalar_t* __restrict b_c, scalar_t* __restrict h,
+                              scalar_t* __restrict ob, int64_t H) {
+  for (int64_t j = 0; j < H; ++j) {
+    const scalar_t v = o[j] * std::tanh(g_c[j] * zc[j] + b_c[j]);
+    h[j] = v;
+    ob[j] = v;
+  }
+}
+
+template <typename scalar_t>
+static inline void copy_row(const scalar_t* __restrict a, scalar_t* __restrict b, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) b[j] = a[j];
+}
+
 template <typename scalar_t>
 void ln_forward_loop(const Tensor& xw, const Tensor& w_hh, const scalar_t* g_hh, const scalar_t* b_hh,
                      const scalar_t* g_c, const scalar_t* b_c, const int64_t* len, Tensor& acts, Tensor& zhh,
                      Tensor& rhh, Tensor& zc, Tensor& rc, Tensor& hs, Tensor& cs, Tensor& out) {
-  const int64_t T = xw.size(0), B = xw.size(1), H = w_hh.size(1);
+  const int64_t T = xw.size(0), B = xw.size(1), H = w_hh.size(1), BH = B * H;
   const Tensor w_hh_t = w_hh.t();
-  for (int64_t t = 0; t < T; ++t) {
-    Tensor z = zhh[t];  // (B, 4H): h_{t-1} W_hh^T, normalised in place below
-    at::mm_out(z, hs[t], w_hh_t);
-    scalar_t* Z = z.data_ptr<scalar_t>();
-    scalar_t* G = acts[t].data_ptr<scalar_t>();
-    const scalar_t* X = xw[t].data_ptr<scalar_t>();
-    scalar_t* R = rhh[t].data_ptr<scalar_t>();
-    scalar_t* ZC = zc[t].data_ptr<scalar_t>();
-    scalar_t* RC = rc[t].data_ptr<scalar_t>();
-    const scalar_t* hp_all = hs[t].data_ptr<scalar_t>();
-    const scalar_t* cp_all = cs[t].data_ptr<scalar_t>();
-    scalar_t* hn_all = hs[t + 1].data_ptr<scalar_t>();
-    scalar_t* cn_all = cs[t + 1].data_ptr<scalar_t>();
-    scalar_t* o_all = out[t].data_ptr<scalar_t>();
-    at::parallel_for(0, B, grain_for(H), [&](int64_t b0, int64_t b1) {
+  const scalar_t* X = xw.data_ptr<scalar_t>();
+  scalar_t* A = acts.data_ptr<scalar_t>();
+  scalar_t* Z = zhh.data_ptr<scalar_t>();
+  scalar_t* R = rhh.data_ptr<scalar_t>();
+  scalar_t* ZC = zc.data_ptr<scalar_t>();
+  scalar_t* RC = rc.data_ptr<scalar_t>();
+  scalar_t* HS = hs.data_ptr<scalar_t>();
+  scalar_t* CS = cs.data_ptr<scalar_t>();
+  scalar_t* O = out.data_ptr<scalar_t>();
+  at::parallel_for(0, B, batch_grain(B), [&](int64_t b0, int64_t b1) {
+    const int64_t Bt = b1 - b0;
+    for (int64_t t = 0; t < T; ++t) {
+      // z = h_{t-1} W_hh^T for this thread's rows, normalised in place below
+      Tensor z_rows = zhh[t].narrow(0, b0, Bt);
+      at::mm_out(z_rows, hs[t].narrow(0, b0, Bt), w_hh_t);
       for (int64_t b = b0; b < b1; ++b) {
-        scalar_t* __restrict zb = Z + b * 4 * H;
-        scalar_t* __restrict g4 = G + b * 4 * H;
-        const scalar_t* __restrict xb = X + b * 4 * H;
-        const scalar_t* __restrict hp = hp_all + b * H;
-        const scalar_t* __restrict cp = cp_all + b * H;
-        scalar_t* __restrict hn = hn_all + b * H;
-        scalar_t* __restrict cn = cn_all + b * H;
-        scalar_t* __restrict ob = o_all + b * H;
-        scalar_t* __restrict zcb = ZC + b * H;
-        R[b] = normalise(zb, 4 * H);
-        for (int64_t j = 0; j < 4 * H; ++j) g4[j] = xb[j] + g_hh[j] * zb[j] + (b_hh ? b_hh[j] : scalar_t(0));
-        for (int64_t j = 0; j < H; ++j) {
-          const scalar_t i = sigm(g4[j]), f = sigm(g4[H + j]), g = std::tanh(g4[2 * H + j]);
-          const scalar_t o = sigm(g4[3 * H + j]);
-          g4[j] = i;
-          g4[H + j] = f;
-          g4[2 * H + j] = g;
-          g4[3 * H + j] = o;
-          zcb[j] = f * cp[j] + i * g;  // c_t, normalised in place below
+        const int64_t r = b * H, p = t * BH + r, n = (t + 1) * BH + r, g4 = 4 * p;
+        if (len != nullptr && t >= len[b]) {  // past the end: state unchanged, output zero
+          hold_row(HS + p, CS + p, HS + n, CS + n, O + p, H);
+          continue;
         }
-        const bool valid = len == nullptr || t < len[b];
-        for (int64_t j = 0; j < H; ++j) cn[j] = valid ? zcb[j] : cp[j];
-        RC[b] = normalise(zcb, H);
-        for (int64_t j = 0; j < H; ++j) {
-          const scalar_t h = g4[3 * H + j] * std::tanh(g_c[j] * zcb[j] + (b_c ? b_c[j] : scalar_t(0)));
-          hn[j] = valid ? h : hp[j];
-          ob[j] = valid ? h : scalar_t(0);
-        }
+        R[t * B + b] = normalise(Z + g4, 4 * H);
+        ln_gates_row(A + g4, X + g4, Z + g4, g_hh, b_hh, CS + p, ZC + p, H);
+        copy_row(ZC + p, CS + n, H);  // c_t, before its normalisation
+        RC[t * B + b] = normalise(ZC + p, H);
+        ln_out_row(A + g4 + 3 * H, ZC + p, g_c, b_c, HS + n, O + p, H);
       }
-    });
-  }
+    }
+  });
 }
 
 std::vector<Tensor> ln_forward(const Tensor& xw, const Tensor& w_hh, const Tensor& h0, const Tensor& c0,
@@ -450,14 +466,66 @@ std::vector<Tensor> ln_forward(const Tensor& xw, const Tensor& w_hh, const Tenso
   hs[0].copy_(h0);
   cs[0].copy_(c0);
   const Tensor w = w_hh.contiguous(), ghh = g_hh.contiguous(), gc = g_c.contiguous();
-  const Tensor bhh = present(b_hh) ? b_hh.contiguous() : b_hh, bc = present(b_c) ? b_c.contiguous() : b_c;
+  // absent shifts (bias=False) are zeros here, so the rows need no branch
+  const Tensor bhh = present(b_hh) ? b_hh.contiguous() : at::zeros({4 * H}, opts);
+  const Tensor bc = present(b_c) ? b_c.contiguous() : at::zeros({H}, opts);
   const int64_t* len = present(lengths) ? lengths.data_ptr<int64_t>() : nullptr;
   AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "ln_forward", [&] {
-    ln_forward_loop<scalar_t>(xw, w, ghh.data_ptr<scalar_t>(), present(bhh) ? bhh.data_ptr<scalar_t>() : nullptr,
-                              gc.data_ptr<scalar_t>(), present(bc) ? bc.data_ptr<scalar_t>() : nullptr, len, acts,
-                              zhh, rhh, zc, rc, hs, cs, out);
+    ln_forward_loop<scalar_t>(xw, w, ghh.data_ptr<scalar_t>(), bhh.data_ptr<scalar_t>(), gc.data_ptr<scalar_t>(),
+                              bc.data_ptr<scalar_t>(), len, acts, zhh, rhh, zc, rc, hs, cs, out);
   });
-  return {out, hs[T], cs[T], acts, zhh, rhh, zc, rc, hs, cs};
+  return {out, hs[T].clone(), cs[T].clone(), acts, zhh, rhh, zc, rc, hs, cs};
+}
+
+// From dh_t (incl. the output's gradient) back to the gradient of the gate pre-activations dA
+// (4H, = d xw) and of z (the normalised recurrent term), with the LN parameter sums.
+template <typename scalar_t>
+static inline void ln_backward_out_row(const scalar_t* __restrict dh, const scalar_t* __restrict gout,
+                                       const scalar_t* __restrict o, const scalar_t* __restrict zc,
+                                       const scalar_t* __restrict g_c, const scalar_t* __restrict b_c,
+                                       scalar_t* __restrict dao, scalar_t* __restrict dzc,
+                                       scalar_t* __restrict acc_gc, scalar_t* __restrict acc_bc, int64_t H) {
+  for (int64_t j = 0; j < H; ++j) {
+    const scalar_t dht = dh[j] + gout[j];
+    const scalar_t ty = std::tanh(g_c[j] * zc[j] + b_c[j]);
+    dao[j] = dht * ty * o[j] * (1 - o[j]);
+    const scalar_t dy = dht * o[j] * (1 - ty * ty);
+    acc_gc[j] += dy * zc[j];
+    acc_bc[j] += dy;
+    dzc[j] = dy * g_c[j];
+  }
+}
+
+template <typename scalar_t>
+static inline void ln_backward_cell_row(const scalar_t* __restrict a, const scalar_t* __restrict dc,
+                                        const scalar_t* __restrict dx, const scalar_t* __restrict cp,
+                                        scalar_t* __restrict dai, scalar_t* __restrict daf, scalar_t* __restrict dag,
+                                        scalar_t* __restrict dcp, int64_t H) {
+  const scalar_t *ai = a, *af = a + H, *ag = a + 2 * H;
+  for (int64_t j = 0; j < H; ++j) {
+    const scalar_t i = ai[j], f = af[j], g = ag[j];
+    const scalar_t dct = dc[j] + dx[j];
+    dai[j] = dct * g * i * (1 - i);
+    daf[j] = dct * cp[j] * f * (1 - f);
+    dag[j] = dct * i * (1 - g * g);
+    dcp[j] = dct * f;
+  }
+}
+
+template <typename scalar_t>
+static inline void ln_backward_z_row(const scalar_t* __restrict da, const scalar_t* __restrict z,
+                                     const scalar_t* __restrict g_hh, scalar_t* __restrict acc_g,
+                                     scalar_t* __restrict acc_b, scalar_t* __restrict dzn, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) {
+    acc_g[j] += da[j] * z[j];
+    acc_b[j] += da[j];
+    dzn[j] = da[j] * g_hh[j];
+  }
+}
+
+template <typename scalar_t>
+static inline void zero_row(scalar_t* __restrict a, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) a[j] = 0;
 }
 
 template <typename scalar_t>
@@ -465,105 +533,79 @@ void ln_backward_loop(const Tensor& grad_out, const Tensor& w_hh, const scalar_t
                       const scalar_t* b_c, const int64_t* len, const Tensor& acts, const Tensor& zhh,
                       const Tensor& rhh, const Tensor& zc, const Tensor& rc, const Tensor& cs, Tensor& dG, Tensor& dZ,
                       Tensor& dh, Tensor& dc, Tensor& parts) {
-  const int64_t T = acts.size(0), B = acts.size(1), H = w_hh.size(1);
-  Tensor dh_prev = at::empty_like(dh), dc_prev = at::empty_like(dc);
-  const bool has_gout = present(grad_out);
-  for (int64_t t = T - 1; t >= 0; --t) {
-    const scalar_t* G_all = acts[t].data_ptr<scalar_t>();
-    const scalar_t* Z_all = zhh[t].data_ptr<scalar_t>();
-    const scalar_t* R = rhh[t].data_ptr<scalar_t>();
-    const scalar_t* ZC_all = zc[t].data_ptr<scalar_t>();
-    const scalar_t* RC = rc[t].data_ptr<scalar_t>();
-    const scalar_t* cp_all = cs[t].data_ptr<scalar_t>();
-    const scalar_t* go_all = has_gout ? grad_out[t].data_ptr<scalar_t>() : nullptr;
-    scalar_t* dG_all = dG[t].data_ptr<scalar_t>();
-    scalar_t* dZ_all = dZ[t].data_ptr<scalar_t>();
-    const scalar_t* dh_all = dh.data_ptr<scalar_t>();
-    const scalar_t* dc_all = dc.data_ptr<scalar_t>();
-    scalar_t* dhp_all = dh_prev.data_ptr<scalar_t>();
-    scalar_t* dcp_all = dc_prev.data_ptr<scalar_t>();
-    at::parallel_for(0, B, grain_for(H), [&](int64_t b0, int64_t b1) {
-      // per-thread sums: [d g_hh (4H) | d b_hh (4H) | d g_c (H) | d b_c (H)]
-      scalar_t* acc = parts[at::get_thread_num()].data_ptr<scalar_t>();
-      std::vector<scalar_t> dzc(H), dx(4 * H), dzn(4 * H);
+  const int64_t T = acts.size(0), B = acts.size(1), H = w_hh.size(1), BH = B * H;
+  Tensor dhb = at::empty({2, B, H}, dh.options()), dcb = at::empty({2, B, H}, dc.options());
+  dhb[T % 2].copy_(dh);
+  dcb[T % 2].copy_(dc);
+  scalar_t* DHB = dhb.data_ptr<scalar_t>();
+  scalar_t* DCB = dcb.data_ptr<scalar_t>();
+  const scalar_t* A = acts.data_ptr<scalar_t>();
+  const scalar_t* Z = zhh.data_ptr<scalar_t>();
+  const scalar_t* R = rhh.data_ptr<scalar_t>();
+  const scalar_t* ZC = zc.data_ptr<scalar_t>();
+  const scalar_t* RC = rc.data_ptr<scalar_t>();
+  const scalar_t* CS = cs.data_ptr<scalar_t>();
+  const scalar_t* GO = grad_out.data_ptr<scalar_t>();
+  scalar_t* DG = dG.data_ptr<scalar_t>();
+  scalar_t* DZ = dZ.data_ptr<scalar_t>();
+  at::parallel_for(0, B, batch_grain(B), [&](int64_t b0, int64_t b1) {
+    const int64_t Bt = b1 - b0;
+    // per-thread sums: [d g_hh (4H) | d b_hh (4H) | d g_c (H) | d b_c (H)]
+    scalar_t* acc = parts[at::get_thread_num()].data_ptr<scalar_t>();
+    std::vector<scalar_t> dzc(H), dx(H), dzn(4 * H);
+    for (int64_t t = T - 1; t >= 0; --t) {
+      const int64_t cur = (t + 1) % 2, prv = t % 2;
       for (int64_t b = b0; b < b1; ++b) {
-        scalar_t* __restrict dg4 = dG_all + b * 4 * H;
-        scalar_t* __restrict dz4 = dZ_all + b * 4 * H;
-        const scalar_t* __restrict dhb = dh_all + b * H;
-        const scalar_t* __restrict dcb = dc_all + b * H;
-        scalar_t* __restrict dhp = dhp_all + b * H;
-        scalar_t* __restrict dcp = dcp_all + b * H;
-        const bool valid = len == nullptr || t < len[b];
-        if (!valid) {
-          for (int64_t j = 0; j < 4 * H; ++j) {
-            dg4[j] = 0;
-            dz4[j] = 0;
-          }
-          for (int64_t j = 0; j < H; ++j) {
-            dhp[j] = dhb[j];
-            dcp[j] = dcb[j];
-          }
+        const int64_t r = b * H, p = t * BH + r, g4 = 4 * p;
+        const scalar_t *dh = DHB + cur * BH + r, *dc = DCB + cur * BH + r;
+        scalar_t *dhp = DHB + prv * BH + r, *dcp = DCB + prv * BH + r;
+        scalar_t *dg = DG + g4, *dz = DZ + g4;
+        if (len != nullptr && t >= len[b]) {
+          zero_row(dg, 4 * H);
+          zero_row(dz, 4 * H);
+          copy_row(dh, dhp, H);
+          copy_row(dc, dcp, H);
           continue;
         }
-        const scalar_t* __restrict g4 = G_all + b * 4 * H;
-        const scalar_t* __restrict zb = Z_all + b * 4 * H;
-        const scalar_t* __restrict zcb = ZC_all + b * H;
-        const scalar_t* __restrict cp = cp_all + b * H;
-        const scalar_t* __restrict go = has_gout ? go_all + b * H : nullptr;
-        // h = o * tanh(y), y = g_c * zc + b_c
-        for (int64_t j = 0; j < H; ++j) {
-          const scalar_t dht = dhb[j] + (has_gout ? go[j] : scalar_t(0));
-          const scalar_t o = g4[3 * H + j];
-          const scalar_t ty = std::tanh(g_c[j] * zcb[j] + (b_c ? b_c[j] : scalar_t(0)));
-          dg4[3 * H + j] = dht * ty * o * (1 - o);
-          const scalar_t dy = dht * o * (1 - ty * ty);
-          acc[8 * H + j] += dy * zcb[j];
-          acc[9 * H + j] += dy;
-          dzc[j] = dy * g_c[j];
-        }
-        normalise_backward(zcb, dzc.data(), RC[b], H, dx.data());
-        for (int64_t j = 0; j < H; ++j) {
-          const scalar_t i = g4[j], f = g4[H + j], g = g4[2 * H + j];
-          const scalar_t dct = dcb[j] + dx[j];
-          dg4[j] = dct * g * i * (1 - i);
-          dg4[H + j] = dct * cp[j] * f * (1 - f);
-          dg4[2 * H + j] = dct * i * (1 - g * g);
-          dcp[j] = dct * f;
-        }
-        // a = xw + g_hh * z + b_hh, z = normalise(h W_hh^T)
-        for (int64_t j = 0; j < 4 * H; ++j) {
-          acc[j] += dg4[j] * zb[j];
-          acc[4 * H + j] += dg4[j];
-          dzn[j] = dg4[j] * g_hh[j];
-        }
-        normalise_backward(zb, dzn.data(), R[b], 4 * H, dz4);
-        for (int64_t j = 0; j < H; ++j) dhp[j] = 0;
+        ln_backward_out_row(dh, GO + p, A + g4 + 3 * H, ZC + p, g_c, b_c, dg + 3 * H, dzc.data(), acc + 8 * H,
+                            acc + 9 * H, H);
+        normalise_backward(ZC + p, dzc.data(), RC[t * B + b], H, dx.data());
+        ln_backward_cell_row(A + g4, dc, dx.data(), CS + p, dg, dg + H, dg + 2 * H, dcp, H);
+        ln_backward_z_row(dg, Z + g4, g_hh, acc, acc + 4 * H, dzn.data(), 4 * H);
+        normalise_backward(Z + g4, dzn.data(), R[t * B + b], 4 * H, dz);
+        zero_row(dhp, H);
       }
-    });
-    dh_prev.addmm_(dZ[t], w_hh);  // dh_{t-1} = dZ_t W_hh (+ pass-through of finished sequences)
-    std::swap(dh, dh_prev);
-    std::swap(dc, dc_prev);
-  }
+      // dh_{t-1} (= 0, or the pass-through of finished sequences) += dZ_t W_hh, this thread's rows
+      dhb[prv].narrow(0, b0, Bt).addmm_(dZ[t].narrow(0, b0, Bt), w_hh);
+    }
+  });
+  dh.copy_(dhb[0]);
+  dc.copy_(dcb[0]);
 }
 
 std::vector<Tensor> ln_backward(const Tensor& grad_out, const Tensor& grad_hn, const Tensor& grad_cn,
                                 const Tensor& w_hh, const Tensor& g_hh, const Tensor& g_c, const Tensor& b_c,
                                 const Tensor& lengths, const Tensor& acts, const Tensor& zhh, const Tensor& rhh,
-                                const Tensor& zc, const Tensor& rc, const Tensor& hs, const Tensor& cs) {
+                                const Tensor& zc, const Tensor& rc, const Tensor& hs, const Tensor& cs,
+                                const Tensor& workspace) {
+  // dZ (T, B, 4H), internal to this call, goes into the caller's reusable workspace; dG is
+  // returned (it is the gradient of the input term, which autograd carries on with).
   const int64_t T = acts.size(0), B = acts.size(1), H = w_hh.size(1);
   auto opts = acts.options();
-  Tensor dG = at::empty({T, B, 4 * H}, opts), dZ = at::empty({T, B, 4 * H}, opts);
+  TORCH_CHECK(workspace.numel() >= T * B * 4 * H && workspace.is_contiguous() &&
+                  workspace.scalar_type() == acts.scalar_type(), "workspace too small");
+  Tensor dG = at::empty({T, B, 4 * H}, opts);
+  Tensor dZ = workspace.narrow(0, 0, T * B * 4 * H).view({T, B, 4 * H});
   Tensor dh = present(grad_hn) ? grad_hn.contiguous().clone() : at::zeros({B, H}, opts);
   Tensor dc = present(grad_cn) ? grad_cn.contiguous().clone() : at::zeros({B, H}, opts);
   Tensor parts = at::zeros({at::get_num_threads(), 10 * H}, opts);
-  const Tensor go = present(grad_out) ? grad_out.contiguous() : grad_out;
+  const Tensor go = present(grad_out) ? grad_out.contiguous() : at::zeros({T, B, H}, opts);
   const Tensor w = w_hh.contiguous(), ghh = g_hh.contiguous(), gc = g_c.contiguous();
-  const Tensor bc = present(b_c) ? b_c.contiguous() : b_c;
+  const Tensor bc = present(b_c) ? b_c.contiguous() : at::zeros({H}, opts);
   const int64_t* len = present(lengths) ? lengths.data_ptr<int64_t>() : nullptr;
   AT_DISPATCH_FLOATING_TYPES(acts.scalar_type(), "ln_backward", [&] {
-    ln_backward_loop<scalar_t>(go, w, ghh.data_ptr<scalar_t>(), gc.data_ptr<scalar_t>(),
-                               present(bc) ? bc.data_ptr<scalar_t>() : nullptr, len, acts, zhh, rhh, zc, rc, cs, dG,
-                               dZ, dh, dc, parts);
+    ln_backward_loop<scalar_t>(go, w, ghh.data_ptr<scalar_t>(), gc.data_ptr<scalar_t>(), bc.data_ptr<scalar_t>(), len,
+                               acts, zhh, rhh, zc, rc, cs, dG, dZ, dh, dc, parts);
   });
   Tensor dw_hh = at::mm(dZ.view({T * B, 4 * H}).t(), hs.narrow(0, 0, T).reshape({T * B, H}));
   Tensor sums = parts.sum(0);
@@ -686,7 +728,7 @@ TORCH_LIBRARY(phasedlstm_fused, m) {
         "Tensor b_c, Tensor lengths) -> Tensor[]");
   m.def("ln_backward(Tensor grad_out, Tensor grad_hn, Tensor grad_cn, Tensor w_hh, Tensor g_hh, Tensor g_c, "
         "Tensor b_c, Tensor lengths, Tensor acts, Tensor zhh, Tensor rhh, Tensor zc, Tensor rc, Tensor hs, "
-        "Tensor cs) -> Tensor[]");
+        "Tensor cs, Tensor workspace) -> Tensor[]");
 }
 
 TORCH_LIBRARY_IMPL(phasedlstm_fused, CPU, m) {
