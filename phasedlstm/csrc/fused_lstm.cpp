@@ -27,6 +27,9 @@
 
 #include <cmath>
 #include <type_traits>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 #include <vector>
 
 using at::Tensor;
@@ -93,6 +96,122 @@ static inline void hold_row(const scalar_t* __restrict hp, const scalar_t* __res
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// The recurrent product of one thread's rows: C (M x N) += A (M x K) B, with B packed once
+// ---------------------------------------------------------------------------------------------
+// Per step the recurrent GEMM is small (M = the thread's sequences, K = H, N = 4H, or the
+// transpose in the backward) and runs once per step for thousands of steps, on the same B.
+// For float32 with AVX-512 we pack B once per call into 64-column panels and run a register-
+// blocked micro-kernel (6 rows x 64 columns of accumulators); elsewhere (float64, other CPUs)
+// at::addmm_ does it.
+
+constexpr int64_t kNR = 64;  // panel width: 4 zmm registers
+
+struct PackedB {
+  Tensor data;  // (panels, K, 64), zero-padded past N
+  int64_t K = 0, N = 0;
+};
+
+// Pack B (K x N) where B[k][n] = src[n * sn + k * sk].
+inline PackedB pack_b(const Tensor& src, int64_t K, int64_t N, int64_t sk, int64_t sn) {
+  PackedB p;
+  p.K = K;
+  p.N = N;
+  const int64_t panels = (N + kNR - 1) / kNR;
+  p.data = at::zeros({panels, K, kNR}, src.options());
+  const float* s = src.data_ptr<float>();
+  float* d = p.data.data_ptr<float>();
+  for (int64_t q = 0; q < panels; ++q)
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t c = 0; c < kNR && q * kNR + c < N; ++c) d[(q * K + k) * kNR + c] = s[(q * kNR + c) * sn + k * sk];
+  return p;
+}
+
+#if defined(__AVX512F__)
+constexpr bool kHaveAvx512 = true;
+
+template <int MR>
+static inline void micro_tile(int64_t K, const float* __restrict A, int64_t lda, const float* __restrict Bp,
+                              float* __restrict C, int64_t ldc, int64_t ncols) {
+  __m512 acc[MR][4];
+  __mmask16 mask[4];
+  for (int j = 0; j < 4; ++j) {
+    const int64_t left = ncols - 16 * j;
+    mask[j] = left >= 16 ? (__mmask16)0xFFFF : (left <= 0 ? (__mmask16)0 : (__mmask16)((1u << left) - 1));
+  }
+  for (int r = 0; r < MR; ++r)
+    for (int j = 0; j < 4; ++j) acc[r][j] = _mm512_maskz_loadu_ps(mask[j], C + r * ldc + 16 * j);
+  for (int64_t k = 0; k < K; ++k) {
+    const float* b = Bp + k * kNR;
+    const __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16), b2 = _mm512_loadu_ps(b + 32),
+                 b3 = _mm512_loadu_ps(b + 48);
+    for (int r = 0; r < MR; ++r) {
+      const __m512 a = _mm512_set1_ps(A[r * lda + k]);
+      acc[r][0] = _mm512_fmadd_ps(a, b0, acc[r][0]);
+      acc[r][1] = _mm512_fmadd_ps(a, b1, acc[r][1]);
+      acc[r][2] = _mm512_fmadd_ps(a, b2, acc[r][2]);
+      acc[r][3] = _mm512_fmadd_ps(a, b3, acc[r][3]);
+    }
+  }
+  for (int r = 0; r < MR; ++r)
+    for (int j = 0; j < 4; ++j) _mm512_mask_storeu_ps(C + r * ldc + 16 * j, mask[j], acc[r][j]);
+}
+
+// C (M x N, row stride ldc) += A (M x K, row stride lda) B
+inline void gemm_acc(int64_t M, const float* A, int64_t lda, const PackedB& B, float* C, int64_t ldc) {
+  const float* Bp = B.data.data_ptr<float>();
+  const int64_t panels = (B.N + kNR - 1) / kNR;
+  for (int64_t q = 0; q < panels; ++q) {
+    const float* bq = Bp + q * B.K * kNR;
+    const int64_t ncols = std::min(kNR, B.N - q * kNR);
+    float* cq = C + q * kNR;
+    int64_t m = 0;
+    for (; m + 6 <= M; m += 6) micro_tile<6>(B.K, A + m * lda, lda, bq, cq + m * ldc, ldc, ncols);
+    switch (M - m) {
+      case 5: micro_tile<5>(B.K, A + m * lda, lda, bq, cq + m * ldc, ldc, ncols); break;
+      case 4: micro_tile<4>(B.K, A + m * lda, lda, bq, cq + m * ldc, ldc, ncols); break;
+      case 3: micro_tile<3>(B.K, A + m * lda, lda, bq, cq + m * ldc, ldc, ncols); break;
+      case 2: micro_tile<2>(B.K, A + m * lda, lda, bq, cq + m * ldc, ldc, ncols); break;
+      case 1: micro_tile<1>(B.K, A + m * lda, lda, bq, cq + m * ldc, ldc, ncols); break;
+      default: break;
+    }
+  }
+}
+#else
+constexpr bool kHaveAvx512 = false;
+inline void gemm_acc(int64_t, const float*, int64_t, const PackedB&, float*, int64_t) {}
+#endif
+
+// The recurrent product for this thread's rows: out_rows (M x N) += in_rows (M x K) B, where B
+// is W_hh^T (forward: K = H, N = 4H) or W_hh (backward: K = 4H, N = H).
+struct Recurrent {
+  Tensor b_for_aten;  // what at::addmm_ multiplies by
+  PackedB packed;
+  bool use_packed = false;
+
+  Recurrent(const Tensor& w_hh, bool transpose) {
+    b_for_aten = transpose ? w_hh.t() : w_hh;
+    use_packed = kHaveAvx512 && w_hh.scalar_type() == at::kFloat;
+    if (use_packed) {
+      const int64_t R = w_hh.size(0), Cc = w_hh.size(1);  // (4H, H), row-major
+      // transpose: B = W^T, B[k][n] = W[n][k] (K = H, N = 4H); else B = W, B[k][n] = W[k][n]
+      packed = transpose ? pack_b(w_hh, Cc, R, /*sk=*/1, /*sn=*/Cc) : pack_b(w_hh, R, Cc, /*sk=*/Cc, /*sn=*/1);
+    }
+  }
+
+  template <typename scalar_t>
+  void acc(Tensor out_rows, const Tensor& in_rows) const {  // rows are contiguous (row strides K and N)
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      if (use_packed) {
+        gemm_acc(in_rows.size(0), in_rows.data_ptr<float>(), in_rows.stride(0), packed, out_rows.data_ptr<float>(),
+                 out_rows.stride(0));
+        return;
+      }
+    }
+    out_rows.addmm_(in_rows, b_for_aten);
+  }
+};
+
 // Parallel over the batch, serial over time: each thread runs the whole time loop for its own
 // block of sequences (rows never interact), so there is no fork/join per step. Inside, the
 // per-step GEMM runs single-threaded on the thread's rows.
@@ -107,7 +226,8 @@ void forward_loop(const Tensor& x, const Tensor& w_ih, const Tensor& bias, const
                   Tensor& acts, Tensor& hs, Tensor& cs, Tensor& out) {
   const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = w_hh.size(1), BH = B * H;
   const int64_t kB = PHASED ? k.size(1) : 0;
-  const Tensor w_hh_t = w_hh.t(), w_ih_t = w_ih.t();
+  const Tensor w_ih_t = w_ih.t();
+  const Recurrent rec(w_hh, /*transpose=*/true);
   const scalar_t* wci = PEEP ? peep.data_ptr<scalar_t>() : nullptr;
   const scalar_t* wcf = PEEP ? wci + H : nullptr;
   const scalar_t* wco = PEEP ? wci + 2 * H : nullptr;
@@ -115,7 +235,7 @@ void forward_loop(const Tensor& x, const Tensor& w_ih, const Tensor& bias, const
   scalar_t* O = OUT ? out.data_ptr<scalar_t>() : nullptr;
   // training: gates and states of every step are kept; inference: the gates of a chunk of
   // steps, and two state rows (ping-pong) per sequence
-  const int64_t chunk = save ? T : std::max<int64_t>(1, std::min<int64_t>(T, (1 << 18) / (4 * BH) + 1));
+  const int64_t chunk = save ? T : std::max<int64_t>(1, std::min<int64_t>(T, (int64_t(1) << 18) / (4 * BH) + 1));
   Tensor gbuf = save ? acts : at::empty({chunk, B, 4 * H}, x.options());
   Tensor hbuf = save ? hs : at::empty({2, B, H}, x.options());
   Tensor cbuf = save ? cs : at::empty({2, B, H}, x.options());
@@ -136,7 +256,7 @@ void forward_loop(const Tensor& x, const Tensor& w_ih, const Tensor& bias, const
         const int64_t slot = save ? t : t - t0;
         const int64_t sp = save ? t : t % 2, sn = save ? t + 1 : (t + 1) % 2;  // state rows: previous, next
         Tensor gates = gbuf[slot].narrow(0, b0, Bt);
-        gates.addmm_(hbuf[sp].narrow(0, b0, Bt), w_hh_t);  // + h_{t-1} W_hh^T, this thread's rows
+        rec.acc<scalar_t>(gates, hbuf[sp].narrow(0, b0, Bt));  // + h_{t-1} W_hh^T, this thread's rows
         scalar_t* G = gates.data_ptr<scalar_t>();
         for (int64_t b = b0; b < b1; ++b) {
           const int64_t r = b * H;
@@ -262,6 +382,7 @@ void backward_loop(const Tensor& grad_out, const Tensor& w_hh, const Tensor& pee
   const scalar_t* wci = PEEP ? peep.data_ptr<scalar_t>() : nullptr;
   const scalar_t* wcf = PEEP ? wci + H : nullptr;
   const scalar_t* wco = PEEP ? wci + 2 * H : nullptr;
+  const Recurrent rec(w_hh, /*transpose=*/false);
   // dh and dc ping-pong: [0] holds the gradient wrt the state after step t, [1] before it
   Tensor dhb = at::empty({2, B, H}, dh.options()), dcb = at::empty({2, B, H}, dc.options());
   dhb[T % 2].copy_(dh);
@@ -301,7 +422,7 @@ void backward_loop(const Tensor& grad_out, const Tensor& w_hh, const Tensor& pee
                                              PEEP ? acc + 2 * H : nullptr, H);
       }
       // dh_{t-1} += dG_t W_hh, this thread's rows
-      dhb[prv].narrow(0, b0, Bt).addmm_(dG[t].narrow(0, b0, Bt), w_hh);
+      rec.acc<scalar_t>(dhb[prv].narrow(0, b0, Bt), dG[t].narrow(0, b0, Bt));
     }
   });
   dh.copy_(dhb[0]);
@@ -422,7 +543,7 @@ void ln_forward_loop(const Tensor& xw, const Tensor& w_hh, const scalar_t* g_hh,
                      const scalar_t* g_c, const scalar_t* b_c, const int64_t* len, Tensor& acts, Tensor& zhh,
                      Tensor& rhh, Tensor& zc, Tensor& rc, Tensor& hs, Tensor& cs, Tensor& out) {
   const int64_t T = xw.size(0), B = xw.size(1), H = w_hh.size(1), BH = B * H;
-  const Tensor w_hh_t = w_hh.t();
+  const Recurrent rec(w_hh, /*transpose=*/true);
   const scalar_t* X = xw.data_ptr<scalar_t>();
   scalar_t* A = acts.data_ptr<scalar_t>();
   scalar_t* Z = zhh.data_ptr<scalar_t>();
@@ -437,7 +558,8 @@ void ln_forward_loop(const Tensor& xw, const Tensor& w_hh, const scalar_t* g_hh,
     for (int64_t t = 0; t < T; ++t) {
       // z = h_{t-1} W_hh^T for this thread's rows, normalised in place below
       Tensor z_rows = zhh[t].narrow(0, b0, Bt);
-      at::mm_out(z_rows, hs[t].narrow(0, b0, Bt), w_hh_t);
+      z_rows.zero_();
+      rec.acc<scalar_t>(z_rows, hs[t].narrow(0, b0, Bt));
       for (int64_t b = b0; b < b1; ++b) {
         const int64_t r = b * H, p = t * BH + r, n = (t + 1) * BH + r, g4 = 4 * p;
         if (len != nullptr && t >= len[b]) {  // past the end: state unchanged, output zero
@@ -534,6 +656,7 @@ void ln_backward_loop(const Tensor& grad_out, const Tensor& w_hh, const scalar_t
                       const Tensor& rhh, const Tensor& zc, const Tensor& rc, const Tensor& cs, Tensor& dG, Tensor& dZ,
                       Tensor& dh, Tensor& dc, Tensor& parts) {
   const int64_t T = acts.size(0), B = acts.size(1), H = w_hh.size(1), BH = B * H;
+  const Recurrent rec(w_hh, /*transpose=*/false);
   Tensor dhb = at::empty({2, B, H}, dh.options()), dcb = at::empty({2, B, H}, dc.options());
   dhb[T % 2].copy_(dh);
   dcb[T % 2].copy_(dc);
@@ -576,7 +699,7 @@ void ln_backward_loop(const Tensor& grad_out, const Tensor& w_hh, const scalar_t
         zero_row(dhp, H);
       }
       // dh_{t-1} (= 0, or the pass-through of finished sequences) += dZ_t W_hh, this thread's rows
-      dhb[prv].narrow(0, b0, Bt).addmm_(dZ[t].narrow(0, b0, Bt), w_hh);
+      rec.acc<scalar_t>(dhb[prv].narrow(0, b0, Bt), dZ[t].narrow(0, b0, Bt));
     }
   });
   dh.copy_(dhb[0]);
