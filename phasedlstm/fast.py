@@ -73,8 +73,10 @@ def _build() -> None:
     machine = platform.machine()
     # -ffast-math lets GCC vectorise exp and tanh through glibc's libmvec; it is a compile flag only
     # (never at link time, where it would switch the whole process to flush-to-zero)
-    cflags = ["-O3", "-ffast-math"]
-    ldflags = []
+    # -fopenmp: at::parallel_for is an OpenMP construct in the headers; without it the loop runs
+    # serially. The library links libgomp.so.1, which resolves to the copy torch already loaded.
+    cflags = ["-O3", "-ffast-math", "-fopenmp"]
+    ldflags = ["-fopenmp"]
     if machine in ("x86_64", "AMD64", "aarch64", "arm64"):
         cflags.append("-march=native" if machine in ("x86_64", "AMD64") else "-mcpu=native")
     if sys.platform.startswith("linux") and machine == "x86_64":

@@ -87,6 +87,16 @@ static inline void forward_row(scalar_t* __restrict gi, scalar_t* __restrict gf,
 }
 
 template <typename scalar_t>
+static inline void copy_row(const scalar_t* __restrict a, scalar_t* __restrict b, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) b[j] = a[j];
+}
+
+template <typename scalar_t>
+static inline void zero_row(scalar_t* __restrict a, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) a[j] = 0;
+}
+
+template <typename scalar_t>
 static inline void hold_row(const scalar_t* __restrict hp, const scalar_t* __restrict cp, scalar_t* __restrict hn,
                             scalar_t* __restrict cn, scalar_t* __restrict ob, int64_t H) {
   for (int64_t j = 0; j < H; ++j) {
@@ -189,6 +199,7 @@ struct Recurrent {
   PackedB packed;
   bool use_packed = false;
 
+  Recurrent() = default;
   Recurrent(const Tensor& w_hh, bool transpose) {
     b_for_aten = transpose ? w_hh.t() : w_hh;
     use_packed = kHaveAvx512 && w_hh.scalar_type() == at::kFloat;
@@ -228,15 +239,21 @@ void forward_loop(const Tensor& x, const Tensor& w_ih, const Tensor& bias, const
   const int64_t kB = PHASED ? k.size(1) : 0;
   const Tensor w_ih_t = w_ih.t();
   const Recurrent rec(w_hh, /*transpose=*/true);
+  // With the packed kernel the input projection is done per step inside the loop too (W_ih
+  // packed like W_hh): no separate large GEMM, and the gates stay in cache.
+  const bool fused_in = rec.use_packed;
+  const Recurrent rin = fused_in ? Recurrent(w_ih, /*transpose=*/true) : Recurrent();
   const scalar_t* wci = PEEP ? peep.data_ptr<scalar_t>() : nullptr;
   const scalar_t* wcf = PEEP ? wci + H : nullptr;
   const scalar_t* wco = PEEP ? wci + 2 * H : nullptr;
   const scalar_t* K = PHASED ? k.data_ptr<scalar_t>() : nullptr;
+  const scalar_t* BIAS = bias.numel() > 0 ? bias.data_ptr<scalar_t>() : nullptr;
   scalar_t* O = OUT ? out.data_ptr<scalar_t>() : nullptr;
   // training: gates and states of every step are kept; inference: the gates of a chunk of
-  // steps, and two state rows (ping-pong) per sequence
-  const int64_t chunk = save ? T : std::max<int64_t>(1, std::min<int64_t>(T, (int64_t(1) << 18) / (4 * BH) + 1));
-  Tensor gbuf = save ? acts : at::empty({chunk, B, 4 * H}, x.options());
+  // steps (one step's when the projection is fused), and two state rows (ping-pong)
+  const int64_t chunk =
+      save || fused_in ? T : std::max<int64_t>(1, std::min<int64_t>(T, (int64_t(1) << 18) / (4 * BH) + 1));
+  Tensor gbuf = save ? acts : at::empty({fused_in ? 1 : chunk, B, 4 * H}, x.options());
   Tensor hbuf = save ? hs : at::empty({2, B, H}, x.options());
   Tensor cbuf = save ? cs : at::empty({2, B, H}, x.options());
   hbuf[0].copy_(h0);
@@ -245,19 +262,27 @@ void forward_loop(const Tensor& x, const Tensor& w_ih, const Tensor& bias, const
   scalar_t* CS = cbuf.data_ptr<scalar_t>();
   for (int64_t t0 = 0; t0 < T; t0 += chunk) {
     const int64_t n = std::min(chunk, T - t0);
-    // input projection of steps t0 .. t0+n-1 in one (multi-threaded) GEMM
-    Tensor g2 = gbuf.narrow(0, save ? t0 : 0, n).view({n * B, 4 * H});
-    const Tensor x2 = x.narrow(0, t0, n).reshape({n * B, I});
-    if (bias.numel() > 0) at::addmm_out(g2, bias, x2, w_ih_t);
-    else at::mm_out(g2, x2, w_ih_t);
+    if (!fused_in) {  // input projection of steps t0 .. t0+n-1 in one (multi-threaded) GEMM
+      Tensor g2 = gbuf.narrow(0, save ? t0 : 0, n).view({n * B, 4 * H});
+      const Tensor x2 = x.narrow(0, t0, n).reshape({n * B, I});
+      if (bias.numel() > 0) at::addmm_out(g2, bias, x2, w_ih_t);
+      else at::mm_out(g2, x2, w_ih_t);
+    }
     at::parallel_for(0, B, batch_grain(B), [&](int64_t b0, int64_t b1) {
       const int64_t Bt = b1 - b0;
       for (int64_t t = t0; t < t0 + n; ++t) {
-        const int64_t slot = save ? t : t - t0;
+        const int64_t slot = save ? t : (fused_in ? 0 : t - t0);
         const int64_t sp = save ? t : t % 2, sn = save ? t + 1 : (t + 1) % 2;  // state rows: previous, next
         Tensor gates = gbuf[slot].narrow(0, b0, Bt);
-        rec.acc<scalar_t>(gates, hbuf[sp].narrow(0, b0, Bt));  // + h_{t-1} W_hh^T, this thread's rows
         scalar_t* G = gates.data_ptr<scalar_t>();
+        if (fused_in) {  // gates = b + x_t W_ih^T, this thread's rows
+          for (int64_t b = 0; b < Bt; ++b) {
+            if (BIAS != nullptr) copy_row(BIAS, G + 4 * b * H, 4 * H);
+            else zero_row(G + 4 * b * H, 4 * H);
+          }
+          rin.acc<scalar_t>(gates, x[t].narrow(0, b0, Bt));
+        }
+        rec.acc<scalar_t>(gates, hbuf[sp].narrow(0, b0, Bt));  // + h_{t-1} W_hh^T, this thread's rows
         for (int64_t b = b0; b < b1; ++b) {
           const int64_t r = b * H;
           scalar_t* g = G + 4 * (b - b0) * H;
@@ -534,11 +559,6 @@ static inline void ln_out_row(const scalar_t* __restrict o, const scalar_t* __re
 }
 
 template <typename scalar_t>
-static inline void copy_row(const scalar_t* __restrict a, scalar_t* __restrict b, int64_t n) {
-  for (int64_t j = 0; j < n; ++j) b[j] = a[j];
-}
-
-template <typename scalar_t>
 void ln_forward_loop(const Tensor& xw, const Tensor& w_hh, const scalar_t* g_hh, const scalar_t* b_hh,
                      const scalar_t* g_c, const scalar_t* b_c, const int64_t* len, Tensor& acts, Tensor& zhh,
                      Tensor& rhh, Tensor& zc, Tensor& rc, Tensor& hs, Tensor& cs, Tensor& out) {
@@ -646,11 +666,6 @@ static inline void ln_backward_z_row(const scalar_t* __restrict da, const scalar
 }
 
 template <typename scalar_t>
-static inline void zero_row(scalar_t* __restrict a, int64_t n) {
-  for (int64_t j = 0; j < n; ++j) a[j] = 0;
-}
-
-template <typename scalar_t>
 void ln_backward_loop(const Tensor& grad_out, const Tensor& w_hh, const scalar_t* g_hh, const scalar_t* g_c,
                       const scalar_t* b_c, const int64_t* len, const Tensor& acts, const Tensor& zhh,
                       const Tensor& rhh, const Tensor& zc, const Tensor& rc, const Tensor& cs, Tensor& dG, Tensor& dZ,
@@ -748,62 +763,76 @@ std::vector<Tensor> ln_backward(const Tensor& grad_out, const Tensor& grad_hn, c
 
 constexpr double kTimeEps = 1e-6;
 
-struct GatePoint {
-  double u, te, phi, r;
+// Per-unit constants of the gate, in float64: tau_e = max(|tau|, eps), r = clamp(|r_on|, eps, 1),
+// and the derivatives of those two maps (torch's conventions for abs and clamp at the edges).
+struct GateUnits {
+  std::vector<double> te, s, r, dte, dr;
+  template <typename scalar_t>
+  GateUnits(const scalar_t* tau, const scalar_t* shift, const scalar_t* r_on, int64_t H)
+      : te(H), s(H), r(H), dte(H), dr(H) {
+    for (int64_t j = 0; j < H; ++j) {
+      const double t = tau[j], q = r_on[j];
+      te[j] = std::max(std::fabs(t), kTimeEps);
+      s[j] = shift[j];
+      r[j] = std::min(std::max(std::fabs(q), kTimeEps), 1.0);
+      dte[j] = std::fabs(t) >= kTimeEps ? (t > 0 ? 1.0 : (t < 0 ? -1.0 : 0.0)) : 0.0;
+      dr[j] = (std::fabs(q) >= kTimeEps && std::fabs(q) <= 1.0) ? (q > 0 ? 1.0 : (q < 0 ? -1.0 : 0.0)) : 0.0;
+    }
+  }
 };
 
-inline GatePoint gate_point(double t, double tau, double s, double r_on) {
-  GatePoint p;
-  p.te = std::max(std::fabs(tau), kTimeEps);
-  p.u = t - s;
-  double m = std::fmod(p.u, p.te);
-  if (m < 0) m += p.te;
-  p.phi = m / p.te;
-  p.r = std::min(std::max(std::fabs(r_on), kTimeEps), 1.0);
-  return p;
+// phi = ((t - s) mod tau_e) / tau_e with a true modulo (floor-based, so the loop vectorises)
+static inline double phase_of(double u, double te) {
+  double m = u - te * std::floor(u / te);
+  m = m < 0 ? m + te : (m >= te ? m - te : m);  // rounding at the edges
+  return m / te;
+}
+
+template <typename scalar_t>
+static inline void gate_forward_row(double t, const double* __restrict te, const double* __restrict s,
+                                    const double* __restrict r, double leak, scalar_t* __restrict k, int64_t H) {
+  for (int64_t j = 0; j < H; ++j) {
+    const double phi = phase_of(t - s[j], te[j]);
+    k[j] = static_cast<scalar_t>(phi < r[j] / 2 ? 2 * phi / r[j] : (phi < r[j] ? 2 - 2 * phi / r[j] : leak * phi));
+  }
+}
+
+template <typename scalar_t>
+static inline void gate_backward_row(double t, const scalar_t* __restrict dk, const double* __restrict te,
+                                     const double* __restrict s, const double* __restrict r,
+                                     const double* __restrict dte, const double* __restrict dr_on, double leak,
+                                     double* __restrict a_tau, double* __restrict a_s, double* __restrict a_r,
+                                     int64_t H) {
+  for (int64_t j = 0; j < H; ++j) {
+    const double u = t - s[j], phi = phase_of(u, te[j]), g = dk[j];
+    const bool up = phi < r[j] / 2, down = !up && phi < r[j];
+    const double dphi = up ? 2 / r[j] : (down ? -2 / r[j] : leak);  // dk / dphi
+    const double dr = up ? -2 * phi / (r[j] * r[j]) : (down ? 2 * phi / (r[j] * r[j]) : 0.0);  // dk / dr
+    a_tau[j] += g * dphi * (-u / (te[j] * te[j])) * dte[j];  // dphi / dtau_e = -(t - s) / tau_e^2
+    a_s[j] += g * dphi * (-1.0 / te[j]);
+    a_r[j] += g * dr * dr_on[j];
+  }
 }
 
 template <typename scalar_t>
 void gate_forward_impl(const double* times, int64_t R, const scalar_t* tau, const scalar_t* s, const scalar_t* r_on,
                        double leak, int64_t H, scalar_t* k) {
+  const GateUnits u(tau, s, r_on, H);
   at::parallel_for(0, R, std::max<int64_t>(1, 4096 / H), [&](int64_t r0, int64_t r1) {
     for (int64_t row = r0; row < r1; ++row)
-      for (int64_t j = 0; j < H; ++j) {
-        const GatePoint p = gate_point(times[row], tau[j], s[j], r_on[j]);
-        const double kk = p.phi < p.r / 2 ? 2 * p.phi / p.r : (p.phi < p.r ? 2 - 2 * p.phi / p.r : leak * p.phi);
-        k[row * H + j] = static_cast<scalar_t>(kk);
-      }
+      gate_forward_row(times[row], u.te.data(), u.s.data(), u.r.data(), leak, k + row * H, H);
   });
 }
 
 template <typename scalar_t>
 void gate_backward_impl(const scalar_t* dk, const double* times, int64_t R, const scalar_t* tau, const scalar_t* s,
                         const scalar_t* r_on, double leak, int64_t H, double* parts) {
+  const GateUnits u(tau, s, r_on, H);
   at::parallel_for(0, R, std::max<int64_t>(1, 4096 / H), [&](int64_t r0, int64_t r1) {
     double* acc = parts + at::get_thread_num() * 3 * H;  // [d tau | d s | d r_on]
     for (int64_t row = r0; row < r1; ++row)
-      for (int64_t j = 0; j < H; ++j) {
-        const double g = dk[row * H + j];
-        if (g == 0) continue;
-        const GatePoint p = gate_point(times[row], tau[j], s[j], r_on[j]);
-        double dphi, dr;
-        if (p.phi < p.r / 2) {
-          dphi = 2 / p.r;
-          dr = -2 * p.phi / (p.r * p.r);
-        } else if (p.phi < p.r) {
-          dphi = -2 / p.r;
-          dr = 2 * p.phi / (p.r * p.r);
-        } else {
-          dphi = leak;
-          dr = 0;
-        }
-        const double t_abs = std::fabs(static_cast<double>(tau[j])), r_abs = std::fabs(static_cast<double>(r_on[j]));
-        const double sign_tau = tau[j] > 0 ? 1.0 : (tau[j] < 0 ? -1.0 : 0.0);
-        const double sign_r = r_on[j] > 0 ? 1.0 : (r_on[j] < 0 ? -1.0 : 0.0);
-        acc[j] += t_abs >= kTimeEps ? g * dphi * (-p.u / (p.te * p.te)) * sign_tau : 0.0;  // d phi / d tau_e = -u / tau_e^2
-        acc[H + j] += g * dphi * (-1.0 / p.te);
-        acc[2 * H + j] += (r_abs >= kTimeEps && r_abs <= 1.0) ? g * dr * sign_r : 0.0;
-      }
+      gate_backward_row(times[row], dk + row * H, u.te.data(), u.s.data(), u.r.data(), u.dte.data(), u.dr.data(),
+                        leak, acc, acc + H, acc + 2 * H, H);
   });
 }
 
