@@ -136,23 +136,26 @@ def _empty(like: Tensor) -> Tensor:
 _local = threading.local()
 
 
-def workspace(numel: int, dtype: torch.dtype) -> Tensor:
+def workspace(numel: int, dtype: torch.dtype, slot: int = 0) -> Tensor:
     """A per-thread scratch buffer for the backward's gate gradients, kept between calls.
 
     The backward of a long sequence needs T*B*4H numbers of scratch (100 MB at B=64, T=784,
-    H=128). Allocating that afresh each step costs more in page faults than all the
-    element-wise work of the backward, so the buffer is kept (per thread, the largest seen)
-    until :func:`release_workspace`."""
-    buf = getattr(_local, "workspace", None)
+    H=128; the LN-LSTM needs two). Allocating that afresh each step costs more in page faults
+    than all the element-wise work of the backward, so the buffers are kept (per thread, the
+    largest seen) until :func:`release_workspace`."""
+    bufs = getattr(_local, "workspaces", None)
+    if bufs is None:
+        bufs = _local.workspaces = {}
+    buf = bufs.get(slot)
     if buf is None or buf.dtype != dtype or buf.numel() < numel:
-        buf = torch.empty(numel, dtype=dtype)
-        _local.workspace = buf
+        bufs[slot] = buf = None  # free the old one before allocating
+        buf = bufs[slot] = torch.empty(numel, dtype=dtype)
     return buf[:numel]
 
 
 def release_workspace() -> None:
-    """Free this thread's backward scratch buffer (see :func:`workspace`)."""
-    _local.workspace = None
+    """Free this thread's backward scratch buffers (see :func:`workspace`)."""
+    _local.workspaces = None
 
 
 def _needs_grad(*tensors) -> bool:
@@ -216,24 +219,28 @@ def time_gate(times: Tensor, period: Tensor, shift: Tensor, r_on: Tensor, leak: 
 
 
 class _FusedLayerNormLSTM(torch.autograd.Function):
+    """Layer-normalised LSTM over all steps of one direction, both normalisations of the gates inside."""
+
     @staticmethod
-    def forward(ctx, xw, w_hh, h0, c0, g_hh, b_hh, g_c, b_c, lengths):
-        out, hn, cn, acts, zhh, rhh, zc, rc, hs, cs = torch.ops.phasedlstm_fused.ln_forward(
-            xw.contiguous(), w_hh, h0.contiguous(), c0.contiguous(), g_hh, b_hh, g_c, b_c, lengths)
-        ctx.save_for_backward(w_hh, g_hh, g_c, b_c, lengths, acts, zhh, rhh, zc, rc, hs, cs)
-        ctx.has_b_hh, ctx.has_b_c = b_hh.numel() > 0, b_c.numel() > 0
-        return out, hn.clone(), cn.clone()
+    def forward(ctx, x, w_ih, g_ih, b_ih, w_hh, h0, c0, g_hh, b_hh, g_c, b_c, lengths):
+        out, hn, cn, *saved = torch.ops.phasedlstm_fused.ln_forward(
+            x, w_ih, g_ih, b_ih, w_hh, h0, c0, g_hh, b_hh, g_c, b_c, lengths)
+        ctx.save_for_backward(x, w_ih, g_ih, b_ih, w_hh, g_hh, b_hh, g_c, b_c, lengths, *saved)
+        ctx.has_bias = b_ih.numel() > 0, b_hh.numel() > 0, b_c.numel() > 0
+        return out, hn, cn
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g_out, g_hn, g_cn):
-        w_hh, g_hh, g_c, b_c, lengths, acts, zhh, rhh, zc, rc, hs, cs = ctx.saved_tensors
-        e = _empty(acts)
-        d_xw, d_w, d_h0, d_c0, d_ghh, d_bhh, d_gc, d_bc = torch.ops.phasedlstm_fused.ln_backward(
+        x, w_ih, g_ih, b_ih, w_hh, g_hh, b_hh, g_c, b_c, lengths, zih, *rest = ctx.saved_tensors
+        e = _empty(zih)
+        d_x, d_w_ih, d_gih, d_bih, d_w_hh, d_h0, d_c0, d_ghh, d_bhh, d_gc, d_bc = torch.ops.phasedlstm_fused.ln_backward(
             e if g_out is None else g_out, e if g_hn is None else g_hn, e if g_cn is None else g_cn,
-            w_hh, g_hh, g_c, b_c, lengths, acts, zhh, rhh, zc, rc, hs, cs, workspace(acts.numel(), acts.dtype))
-        return (d_xw, d_w, d_h0, d_c0, d_ghh, d_bhh if ctx.has_b_hh else None, d_gc,
-                d_bc if ctx.has_b_c else None, None)
+            x, w_ih, g_ih, b_ih, w_hh, g_hh, b_hh, g_c, b_c, lengths, zih, *rest,
+            workspace(zih.numel(), zih.dtype, 0), workspace(zih.numel(), zih.dtype, 1))
+        bih, bhh, bc = ctx.has_bias
+        return (d_x, d_w_ih, d_gih, d_bih if bih else None, d_w_hh, d_h0, d_c0, d_ghh, d_bhh if bhh else None, d_gc,
+                d_bc if bc else None, None)
 
 
 def lstm(x: Tensor, w_ih: Tensor, bias: Tensor | None, w_hh: Tensor, h0: Tensor, c0: Tensor,
@@ -254,10 +261,10 @@ def lstm(x: Tensor, w_ih: Tensor, bias: Tensor | None, w_hh: Tensor, h0: Tensor,
     return out, hn, cn
 
 
-def layernorm_lstm(xw, w_hh, h0, c0, g_hh, b_hh, g_c, b_c, lengths):
-    """Run one direction of the LN-LSTM; xw (T, B, 4H) = LN_ih(W_ih x) (with its gain and shift)."""
-    e = _empty(xw)
+def layernorm_lstm(x, w_ih, g_ih, b_ih, w_hh, h0, c0, g_hh, b_hh, g_c, b_c, lengths):
+    """Run one direction of the LN-LSTM over x (T, B, I); b_* None when bias=False."""
+    e = _empty(x)
     lens = lengths.to(torch.int64).contiguous() if lengths is not None else torch.empty(0, dtype=torch.int64)
-    return _FusedLayerNormLSTM.apply(xw.contiguous(), w_hh.contiguous(), h0, c0, g_hh.contiguous(),
-                                     e if b_hh is None else b_hh.contiguous(), g_c.contiguous(),
-                                     e if b_c is None else b_c.contiguous(), lens)
+    c = (lambda t: e if t is None else t.contiguous())  # noqa: E731
+    return _FusedLayerNormLSTM.apply(x.contiguous(), c(w_ih), c(g_ih), c(b_ih), c(w_hh), h0.contiguous(),
+                                     c0.contiguous(), c(g_hh), c(b_hh), c(g_c), c(b_c), lens)

@@ -436,9 +436,8 @@ class LayerNormLSTM(RecurrentLayer):
         return (layernorm_input(x, p["weight_ih"], p["ln_ih_weight"], p["bias_ih"]),)  # (T, B, 4H)
 
     def _run_fast(self, x, times, lengths, h, c, p):
-        xw = layernorm_input(x, p["weight_ih"], p["ln_ih_weight"], p["bias_ih"])  # (T, B, 4H)
-        return fast.layernorm_lstm(xw, p["weight_hh"], h, c, p["ln_hh_weight"], p["bias_hh"], p["ln_c_weight"],
-                                   p["ln_c_bias"], lengths)
+        return fast.layernorm_lstm(x, p["weight_ih"], p["ln_ih_weight"], p["bias_ih"], p["weight_hh"], h, c,
+                                   p["ln_hh_weight"], p["bias_hh"], p["ln_c_weight"], p["ln_c_bias"], lengths)
 
     def _step(self, pre, h, c, p):
         return layernorm_step(pre[0], h, c, p["weight_hh"], p["ln_hh_weight"], p["bias_hh"], p["ln_c_weight"],

@@ -17,9 +17,9 @@
 // (inference) nothing is kept for backward: the gates of a few steps at a time and two
 // state rows are all the memory it needs.
 //
-// Layer norm (ln_forward / ln_backward): xw holds LN_ih(W_ih x_t) + bias_ih (the input
-// half, normalised outside); inside the loop a = xw + LN_hh(h W_hh^T) with gain g_hh and
-// shift bias_hh, and h = o * tanh(LN_c(c)) with gain g_c and shift b_c.
+// Layer norm (ln_forward / ln_backward): inside the loop
+// a = LN_ih(x_t W_ih^T) + LN_hh(h_{t-1} W_hh^T) with gains g_ih, g_hh and shifts b_ih, b_hh,
+// and h = o * tanh(LN_c(c)) with gain g_c and shift b_c.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -529,12 +529,14 @@ static inline void normalise_backward(const scalar_t* __restrict z, const scalar
   for (int64_t j = 0; j < n; ++j) dx[j] = rstd * (dz[j] - mean_dz - z[j] * mean_dzz);
 }
 
-// a = xw + g_hh * z + b_hh (4H), then the gate activations in place and the new cell state.
+// a = g_ih * zi + b_ih + g_hh * z + b_hh (4H), then the gate activations in place and the
+// new cell state.
 template <typename scalar_t>
-static inline void ln_gates_row(scalar_t* __restrict a, const scalar_t* __restrict xw, const scalar_t* __restrict z,
+static inline void ln_gates_row(scalar_t* __restrict a, const scalar_t* __restrict zi, const scalar_t* __restrict z,
+                                const scalar_t* __restrict g_ih, const scalar_t* __restrict b_ih,
                                 const scalar_t* __restrict g_hh, const scalar_t* __restrict b_hh,
                                 const scalar_t* __restrict cp, scalar_t* __restrict c, int64_t H) {
-  for (int64_t j = 0; j < 4 * H; ++j) a[j] = xw[j] + g_hh[j] * z[j] + b_hh[j];
+  for (int64_t j = 0; j < 4 * H; ++j) a[j] = g_ih[j] * zi[j] + b_ih[j] + g_hh[j] * z[j] + b_hh[j];
   scalar_t *ai = a, *af = a + H, *ag = a + 2 * H, *ao = a + 3 * H;
   for (int64_t j = 0; j < H; ++j) {
     const scalar_t i = sigm(ai[j]), f = sigm(af[j]), g = std::tanh(ag[j]), o = sigm(ao[j]);
@@ -550,22 +552,24 @@ static inline void ln_gates_row(scalar_t* __restrict a, const scalar_t* __restri
 template <typename scalar_t>
 static inline void ln_out_row(const scalar_t* __restrict o, const scalar_t* __restrict zc,
                               const scalar_t* __restrict g_c, const scalar_t* __restrict b_c, scalar_t* __restrict h,
-                              scalar_t* __restrict ob, int64_t H) {
-  for (int64_t j = 0; j < H; ++j) {
-    const scalar_t v = o[j] * std::tanh(g_c[j] * zc[j] + b_c[j]);
-    h[j] = v;
-    ob[j] = v;
-  }
+                              int64_t H) {
+  for (int64_t j = 0; j < H; ++j) h[j] = o[j] * std::tanh(g_c[j] * zc[j] + b_c[j]);
 }
 
+// The LN parameters of one layer, as raw pointers (absent shifts are zeros).
 template <typename scalar_t>
-void ln_forward_loop(const Tensor& xw, const Tensor& w_hh, const scalar_t* g_hh, const scalar_t* b_hh,
-                     const scalar_t* g_c, const scalar_t* b_c, const int64_t* len, Tensor& acts, Tensor& zhh,
-                     Tensor& rhh, Tensor& zc, Tensor& rc, Tensor& hs, Tensor& cs, Tensor& out) {
-  const int64_t T = xw.size(0), B = xw.size(1), H = w_hh.size(1), BH = B * H;
-  const Recurrent rec(w_hh, /*transpose=*/true);
-  const scalar_t* X = xw.data_ptr<scalar_t>();
-  scalar_t* A = acts.data_ptr<scalar_t>();
+struct LnParams {
+  const scalar_t *g_ih, *b_ih, *g_hh, *b_hh, *g_c, *b_c;
+};
+
+template <typename scalar_t>
+void ln_forward_loop(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, const LnParams<scalar_t>& P,
+                     const int64_t* len, Tensor& zih, Tensor& rih, Tensor& zhh, Tensor& rhh, Tensor& zc, Tensor& rc,
+                     Tensor& hs, Tensor& cs, Tensor& out, bool own_out) {
+  const int64_t T = x.size(0), B = x.size(1), H = w_hh.size(1), BH = B * H;
+  const Recurrent rin(w_ih, /*transpose=*/true), rec(w_hh, /*transpose=*/true);
+  scalar_t* ZI = zih.data_ptr<scalar_t>();
+  scalar_t* RI = rih.data_ptr<scalar_t>();
   scalar_t* Z = zhh.data_ptr<scalar_t>();
   scalar_t* R = rhh.data_ptr<scalar_t>();
   scalar_t* ZC = zc.data_ptr<scalar_t>();
@@ -575,10 +579,13 @@ void ln_forward_loop(const Tensor& xw, const Tensor& w_hh, const scalar_t* g_hh,
   scalar_t* O = out.data_ptr<scalar_t>();
   at::parallel_for(0, B, batch_grain(B), [&](int64_t b0, int64_t b1) {
     const int64_t Bt = b1 - b0;
+    std::vector<scalar_t> act(4 * H);  // the gate activations of one row (the backward recomputes them)
     for (int64_t t = 0; t < T; ++t) {
-      // z = h_{t-1} W_hh^T for this thread's rows, normalised in place below
-      Tensor z_rows = zhh[t].narrow(0, b0, Bt);
+      // zi = x_t W_ih^T and z = h_{t-1} W_hh^T for this thread's rows, normalised in place below
+      Tensor zi_rows = zih[t].narrow(0, b0, Bt), z_rows = zhh[t].narrow(0, b0, Bt);
+      zi_rows.zero_();
       z_rows.zero_();
+      rin.acc<scalar_t>(zi_rows, x[t].narrow(0, b0, Bt));
       rec.acc<scalar_t>(z_rows, hs[t].narrow(0, b0, Bt));
       for (int64_t b = b0; b < b1; ++b) {
         const int64_t r = b * H, p = t * BH + r, n = (t + 1) * BH + r, g4 = 4 * p;
@@ -586,37 +593,46 @@ void ln_forward_loop(const Tensor& xw, const Tensor& w_hh, const scalar_t* g_hh,
           hold_row(HS + p, CS + p, HS + n, CS + n, O + p, H);
           continue;
         }
+        RI[t * B + b] = normalise(ZI + g4, 4 * H);
         R[t * B + b] = normalise(Z + g4, 4 * H);
-        ln_gates_row(A + g4, X + g4, Z + g4, g_hh, b_hh, CS + p, ZC + p, H);
+        ln_gates_row(act.data(), ZI + g4, Z + g4, P.g_ih, P.b_ih, P.g_hh, P.b_hh, CS + p, ZC + p, H);
         copy_row(ZC + p, CS + n, H);  // c_t, before its normalisation
         RC[t * B + b] = normalise(ZC + p, H);
-        ln_out_row(A + g4 + 3 * H, ZC + p, g_c, b_c, HS + n, O + p, H);
+        ln_out_row(act.data() + 3 * H, ZC + p, P.g_c, P.b_c, HS + n, H);
+        if (own_out) copy_row(HS + n, O + p, H);
       }
     }
   });
 }
 
-std::vector<Tensor> ln_forward(const Tensor& xw, const Tensor& w_hh, const Tensor& h0, const Tensor& c0,
-                               const Tensor& g_hh, const Tensor& b_hh, const Tensor& g_c, const Tensor& b_c,
-                               const Tensor& lengths) {
-  TORCH_CHECK(xw.dim() == 3 && xw.is_contiguous(), "xw must be a contiguous (T, B, 4H) tensor");
-  const int64_t T = xw.size(0), B = xw.size(1), H = w_hh.size(1);
-  auto opts = xw.options();
-  Tensor acts = at::empty({T, B, 4 * H}, opts), zhh = at::empty({T, B, 4 * H}, opts);
-  Tensor rhh = at::empty({T, B}, opts), zc = at::empty({T, B, H}, opts), rc = at::empty({T, B}, opts);
-  Tensor hs = at::empty({T + 1, B, H}, opts), cs = at::empty({T + 1, B, H}, opts), out = at::empty({T, B, H}, opts);
+std::vector<Tensor> ln_forward(const Tensor& x, const Tensor& w_ih, const Tensor& g_ih, const Tensor& b_ih,
+                               const Tensor& w_hh, const Tensor& h0, const Tensor& c0, const Tensor& g_hh,
+                               const Tensor& b_hh, const Tensor& g_c, const Tensor& b_c, const Tensor& lengths) {
+  TORCH_CHECK(x.dim() == 3, "x must be (T, B, I)");
+  const int64_t T = x.size(0), B = x.size(1), H = w_hh.size(1);
+  auto opts = x.options();
+  Tensor zih = at::empty({T, B, 4 * H}, opts), zhh = at::empty({T, B, 4 * H}, opts);
+  Tensor rih = at::empty({T, B}, opts), rhh = at::empty({T, B}, opts), zc = at::empty({T, B, H}, opts),
+         rc = at::empty({T, B}, opts);
+  Tensor hs = at::empty({T + 1, B, H}, opts), cs = at::empty({T + 1, B, H}, opts);
+  // without lengths the output is the saved states h_1..h_T themselves
+  const bool own_out = present(lengths);
+  Tensor out = own_out ? at::empty({T, B, H}, opts) : hs.narrow(0, 1, T);
   hs[0].copy_(h0);
   cs[0].copy_(c0);
-  const Tensor w = w_hh.contiguous(), ghh = g_hh.contiguous(), gc = g_c.contiguous();
+  const Tensor xc = x.contiguous(), wi = w_ih.contiguous(), w = w_hh.contiguous();
   // absent shifts (bias=False) are zeros here, so the rows need no branch
+  const Tensor gih = g_ih.contiguous(), ghh = g_hh.contiguous(), gc = g_c.contiguous();
+  const Tensor bih = present(b_ih) ? b_ih.contiguous() : at::zeros({4 * H}, opts);
   const Tensor bhh = present(b_hh) ? b_hh.contiguous() : at::zeros({4 * H}, opts);
   const Tensor bc = present(b_c) ? b_c.contiguous() : at::zeros({H}, opts);
   const int64_t* len = present(lengths) ? lengths.data_ptr<int64_t>() : nullptr;
-  AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "ln_forward", [&] {
-    ln_forward_loop<scalar_t>(xw, w, ghh.data_ptr<scalar_t>(), bhh.data_ptr<scalar_t>(), gc.data_ptr<scalar_t>(),
-                              bc.data_ptr<scalar_t>(), len, acts, zhh, rhh, zc, rc, hs, cs, out);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "ln_forward", [&] {
+    const LnParams<scalar_t> P{gih.data_ptr<scalar_t>(), bih.data_ptr<scalar_t>(), ghh.data_ptr<scalar_t>(),
+                               bhh.data_ptr<scalar_t>(), gc.data_ptr<scalar_t>(), bc.data_ptr<scalar_t>()};
+    ln_forward_loop<scalar_t>(xc, wi, w, P, len, zih, rih, zhh, rhh, zc, rc, hs, cs, out, own_out);
   });
-  return {out, hs[T].clone(), cs[T].clone(), acts, zhh, rhh, zc, rc, hs, cs};
+  return {out, hs[T].clone(), cs[T].clone(), zih, rih, zhh, rhh, zc, rc, hs, cs};
 }
 
 // From dh_t (incl. the output's gradient) back to the gradient of the gate pre-activations dA
@@ -666,51 +682,56 @@ static inline void ln_backward_z_row(const scalar_t* __restrict da, const scalar
 }
 
 template <typename scalar_t>
-void ln_backward_loop(const Tensor& grad_out, const Tensor& w_hh, const scalar_t* g_hh, const scalar_t* g_c,
-                      const scalar_t* b_c, const int64_t* len, const Tensor& acts, const Tensor& zhh,
-                      const Tensor& rhh, const Tensor& zc, const Tensor& rc, const Tensor& cs, Tensor& dG, Tensor& dZ,
-                      Tensor& dh, Tensor& dc, Tensor& parts) {
-  const int64_t T = acts.size(0), B = acts.size(1), H = w_hh.size(1), BH = B * H;
+void ln_backward_loop(const Tensor& grad_out, const Tensor& w_hh, const LnParams<scalar_t>& P, const int64_t* len,
+                      const Tensor& zih, const Tensor& rih, const Tensor& zhh, const Tensor& rhh, const Tensor& zc,
+                      const Tensor& rc, const Tensor& cs, Tensor& dXW, Tensor& dZ, Tensor& dh, Tensor& dc,
+                      Tensor& parts) {
+  const int64_t T = zih.size(0), B = zih.size(1), H = w_hh.size(1), BH = B * H;
   const Recurrent rec(w_hh, /*transpose=*/false);
   Tensor dhb = at::empty({2, B, H}, dh.options()), dcb = at::empty({2, B, H}, dc.options());
   dhb[T % 2].copy_(dh);
   dcb[T % 2].copy_(dc);
   scalar_t* DHB = dhb.data_ptr<scalar_t>();
   scalar_t* DCB = dcb.data_ptr<scalar_t>();
-  const scalar_t* A = acts.data_ptr<scalar_t>();
+  const scalar_t* ZI = zih.data_ptr<scalar_t>();
+  const scalar_t* RI = rih.data_ptr<scalar_t>();
   const scalar_t* Z = zhh.data_ptr<scalar_t>();
   const scalar_t* R = rhh.data_ptr<scalar_t>();
   const scalar_t* ZC = zc.data_ptr<scalar_t>();
   const scalar_t* RC = rc.data_ptr<scalar_t>();
   const scalar_t* CS = cs.data_ptr<scalar_t>();
   const scalar_t* GO = grad_out.data_ptr<scalar_t>();
-  scalar_t* DG = dG.data_ptr<scalar_t>();
+  scalar_t* DX = dXW.data_ptr<scalar_t>();
   scalar_t* DZ = dZ.data_ptr<scalar_t>();
   at::parallel_for(0, B, batch_grain(B), [&](int64_t b0, int64_t b1) {
     const int64_t Bt = b1 - b0;
-    // per-thread sums: [d g_hh (4H) | d b_hh (4H) | d g_c (H) | d b_c (H)]
+    // per-thread sums: [d g_hh | d b_hh | d g_ih | d b_ih (4H each) | d g_c | d b_c (H each)]
     scalar_t* acc = parts[at::get_thread_num()].data_ptr<scalar_t>();
-    std::vector<scalar_t> dzc(H), dx(H), dzn(4 * H);
+    std::vector<scalar_t> act(4 * H), da(4 * H), dzn(4 * H), dzc(H), dx(H), c_scratch(H);
     for (int64_t t = T - 1; t >= 0; --t) {
       const int64_t cur = (t + 1) % 2, prv = t % 2;
       for (int64_t b = b0; b < b1; ++b) {
         const int64_t r = b * H, p = t * BH + r, g4 = 4 * p;
         const scalar_t *dh = DHB + cur * BH + r, *dc = DCB + cur * BH + r;
         scalar_t *dhp = DHB + prv * BH + r, *dcp = DCB + prv * BH + r;
-        scalar_t *dg = DG + g4, *dz = DZ + g4;
         if (len != nullptr && t >= len[b]) {
-          zero_row(dg, 4 * H);
-          zero_row(dz, 4 * H);
+          zero_row(DX + g4, 4 * H);
+          zero_row(DZ + g4, 4 * H);
           copy_row(dh, dhp, H);
           copy_row(dc, dcp, H);
           continue;
         }
-        ln_backward_out_row(dh, GO + p, A + g4 + 3 * H, ZC + p, g_c, b_c, dg + 3 * H, dzc.data(), acc + 8 * H,
-                            acc + 9 * H, H);
+        // the gate activations, recomputed from the saved normalised terms (cheaper than keeping them)
+        ln_gates_row(act.data(), ZI + g4, Z + g4, P.g_ih, P.b_ih, P.g_hh, P.b_hh, CS + p, c_scratch.data(), H);
+        ln_backward_out_row(dh, GO + p, act.data() + 3 * H, ZC + p, P.g_c, P.b_c, da.data() + 3 * H, dzc.data(),
+                            acc + 16 * H, acc + 17 * H, H);
         normalise_backward(ZC + p, dzc.data(), RC[t * B + b], H, dx.data());
-        ln_backward_cell_row(A + g4, dc, dx.data(), CS + p, dg, dg + H, dg + 2 * H, dcp, H);
-        ln_backward_z_row(dg, Z + g4, g_hh, acc, acc + 4 * H, dzn.data(), 4 * H);
-        normalise_backward(Z + g4, dzn.data(), R[t * B + b], 4 * H, dz);
+        ln_backward_cell_row(act.data(), dc, dx.data(), CS + p, da.data(), da.data() + H, da.data() + 2 * H, dcp, H);
+        // da is the gradient of a = LN_ih(x W_ih^T) + LN_hh(h W_hh^T): back through both
+        ln_backward_z_row(da.data(), Z + g4, P.g_hh, acc, acc + 4 * H, dzn.data(), 4 * H);
+        normalise_backward(Z + g4, dzn.data(), R[t * B + b], 4 * H, DZ + g4);
+        ln_backward_z_row(da.data(), ZI + g4, P.g_ih, acc + 8 * H, acc + 12 * H, dzn.data(), 4 * H);
+        normalise_backward(ZI + g4, dzn.data(), RI[t * B + b], 4 * H, DX + g4);
         zero_row(dhp, H);
       }
       // dh_{t-1} (= 0, or the pass-through of finished sequences) += dZ_t W_hh, this thread's rows
@@ -722,33 +743,42 @@ void ln_backward_loop(const Tensor& grad_out, const Tensor& w_hh, const scalar_t
 }
 
 std::vector<Tensor> ln_backward(const Tensor& grad_out, const Tensor& grad_hn, const Tensor& grad_cn,
-                                const Tensor& w_hh, const Tensor& g_hh, const Tensor& g_c, const Tensor& b_c,
-                                const Tensor& lengths, const Tensor& acts, const Tensor& zhh, const Tensor& rhh,
-                                const Tensor& zc, const Tensor& rc, const Tensor& hs, const Tensor& cs,
-                                const Tensor& workspace) {
-  // dZ (T, B, 4H), internal to this call, goes into the caller's reusable workspace; dG is
-  // returned (it is the gradient of the input term, which autograd carries on with).
-  const int64_t T = acts.size(0), B = acts.size(1), H = w_hh.size(1);
-  auto opts = acts.options();
-  TORCH_CHECK(workspace.numel() >= T * B * 4 * H && workspace.is_contiguous() &&
-                  workspace.scalar_type() == acts.scalar_type(), "workspace too small");
-  Tensor dG = at::empty({T, B, 4 * H}, opts);
-  Tensor dZ = workspace.narrow(0, 0, T * B * 4 * H).view({T, B, 4 * H});
+                                const Tensor& x, const Tensor& w_ih, const Tensor& g_ih, const Tensor& b_ih,
+                                const Tensor& w_hh, const Tensor& g_hh, const Tensor& b_hh, const Tensor& g_c,
+                                const Tensor& b_c, const Tensor& lengths, const Tensor& zih, const Tensor& rih, const Tensor& zhh,
+                                const Tensor& rhh, const Tensor& zc, const Tensor& rc, const Tensor& hs,
+                                const Tensor& cs, const Tensor& ws_x, const Tensor& ws_z) {
+  // The gradients wrt x W_ih^T and h W_hh^T of every step (T, B, 4H each) go into the caller's
+  // reusable workspaces; only the weight, input and state gradients made from them are returned.
+  const int64_t T = zih.size(0), B = zih.size(1), I = x.size(2), H = w_hh.size(1);
+  auto opts = zih.options();
+  for (const Tensor* ws : {&ws_x, &ws_z})
+    TORCH_CHECK(ws->numel() >= T * B * 4 * H && ws->is_contiguous() && ws->scalar_type() == zih.scalar_type(),
+                "workspace too small");
+  Tensor dXW = ws_x.narrow(0, 0, T * B * 4 * H).view({T, B, 4 * H});
+  Tensor dZ = ws_z.narrow(0, 0, T * B * 4 * H).view({T, B, 4 * H});
   Tensor dh = present(grad_hn) ? grad_hn.contiguous().clone() : at::zeros({B, H}, opts);
   Tensor dc = present(grad_cn) ? grad_cn.contiguous().clone() : at::zeros({B, H}, opts);
-  Tensor parts = at::zeros({at::get_num_threads(), 10 * H}, opts);
+  Tensor parts = at::zeros({at::get_num_threads(), 18 * H}, opts);
   const Tensor go = present(grad_out) ? grad_out.contiguous() : at::zeros({T, B, H}, opts);
-  const Tensor w = w_hh.contiguous(), ghh = g_hh.contiguous(), gc = g_c.contiguous();
+  const Tensor w = w_hh.contiguous(), gih = g_ih.contiguous(), ghh = g_hh.contiguous(), gc = g_c.contiguous();
+  const Tensor bih = present(b_ih) ? b_ih.contiguous() : at::zeros({4 * H}, opts);
+  const Tensor bhh = present(b_hh) ? b_hh.contiguous() : at::zeros({4 * H}, opts);
   const Tensor bc = present(b_c) ? b_c.contiguous() : at::zeros({H}, opts);
   const int64_t* len = present(lengths) ? lengths.data_ptr<int64_t>() : nullptr;
-  AT_DISPATCH_FLOATING_TYPES(acts.scalar_type(), "ln_backward", [&] {
-    ln_backward_loop<scalar_t>(go, w, ghh.data_ptr<scalar_t>(), gc.data_ptr<scalar_t>(), bc.data_ptr<scalar_t>(), len,
-                               acts, zhh, rhh, zc, rc, cs, dG, dZ, dh, dc, parts);
+  AT_DISPATCH_FLOATING_TYPES(zih.scalar_type(), "ln_backward", [&] {
+    const LnParams<scalar_t> P{gih.data_ptr<scalar_t>(), bih.data_ptr<scalar_t>(), ghh.data_ptr<scalar_t>(),
+                               bhh.data_ptr<scalar_t>(), gc.data_ptr<scalar_t>(), bc.data_ptr<scalar_t>()};
+    ln_backward_loop<scalar_t>(go, w, P, len, zih, rih, zhh, rhh, zc, rc, cs, dXW, dZ, dh, dc, parts);
   });
+  const Tensor dXW2 = dXW.view({T * B, 4 * H});
   Tensor dw_hh = at::mm(dZ.view({T * B, 4 * H}).t(), hs.narrow(0, 0, T).reshape({T * B, H}));
+  Tensor dw_ih = at::mm(dXW2.t(), x.contiguous().view({T * B, I}));
+  Tensor dx = at::mm(dXW2, w_ih.contiguous()).view({T, B, I});
   Tensor sums = parts.sum(0);
-  return {dG, dw_hh, dh, dc, sums.narrow(0, 0, 4 * H), sums.narrow(0, 4 * H, 4 * H), sums.narrow(0, 8 * H, H),
-          sums.narrow(0, 9 * H, H)};
+  // dx, dW_ih, d g_ih, d b_ih, dW_hh, dh0, dc0, d g_hh, d b_hh, d g_c, d b_c
+  return {dx, dw_ih, sums.narrow(0, 8 * H, 4 * H), sums.narrow(0, 12 * H, 4 * H), dw_hh, dh, dc,
+          sums.narrow(0, 0, 4 * H), sums.narrow(0, 4 * H, 4 * H), sums.narrow(0, 16 * H, H), sums.narrow(0, 17 * H, H)};
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -876,11 +906,12 @@ TORCH_LIBRARY(phasedlstm_fused, m) {
         "Tensor lengths, bool save) -> Tensor[]");
   m.def("lstm_backward(Tensor grad_out, Tensor grad_hn, Tensor grad_cn, Tensor w_hh, Tensor peep, Tensor k, "
         "Tensor lengths, Tensor acts, Tensor hs, Tensor cs, Tensor workspace) -> Tensor[]");
-  m.def("ln_forward(Tensor xw, Tensor w_hh, Tensor h0, Tensor c0, Tensor g_hh, Tensor b_hh, Tensor g_c, "
-        "Tensor b_c, Tensor lengths) -> Tensor[]");
-  m.def("ln_backward(Tensor grad_out, Tensor grad_hn, Tensor grad_cn, Tensor w_hh, Tensor g_hh, Tensor g_c, "
-        "Tensor b_c, Tensor lengths, Tensor acts, Tensor zhh, Tensor rhh, Tensor zc, Tensor rc, Tensor hs, "
-        "Tensor cs, Tensor workspace) -> Tensor[]");
+  m.def("ln_forward(Tensor x, Tensor w_ih, Tensor g_ih, Tensor b_ih, Tensor w_hh, Tensor h0, Tensor c0, "
+        "Tensor g_hh, Tensor b_hh, Tensor g_c, Tensor b_c, Tensor lengths) -> Tensor[]");
+  m.def("ln_backward(Tensor grad_out, Tensor grad_hn, Tensor grad_cn, Tensor x, Tensor w_ih, Tensor g_ih, "
+        "Tensor b_ih, Tensor w_hh, Tensor g_hh, Tensor b_hh, Tensor g_c, Tensor b_c, Tensor lengths, Tensor zih, "
+        "Tensor rih, Tensor zhh, Tensor rhh, Tensor zc, Tensor rc, Tensor hs, Tensor cs, Tensor ws_x, "
+        "Tensor ws_z) -> Tensor[]");
 }
 
 TORCH_LIBRARY_IMPL(phasedlstm_fused, CPU, m) {
