@@ -178,18 +178,11 @@ class _FusedLSTM(torch.autograd.Function):
     def backward(ctx, g_out, g_hn, g_cn):
         x, w_ih, w_hh, peep, k, lengths, acts, hs, cs = ctx.saved_tensors
         e = _empty(acts)
-        d_g = workspace(acts.numel(), acts.dtype)  # the gate gradients, (T, B, 4H)
-        d_w_hh, d_h0, d_c0, d_peep, d_k = torch.ops.phasedlstm_fused.lstm_backward(
+        d_x, d_w_ih, d_bias, d_w_hh, d_h0, d_c0, d_peep, d_k = torch.ops.phasedlstm_fused.lstm_backward(
             e if g_out is None else g_out.contiguous(), e if g_hn is None else g_hn, e if g_cn is None else g_cn,
-            w_hh, peep, k, lengths, acts, hs, cs, d_g)
-        T, B, I = x.shape
-        d_g2 = d_g.view(T * B, -1)  # (T*B, 4H): the gradient of the gate pre-activations
-        need = ctx.needs_input_grad
-        d_x = torch.mm(d_g2, w_ih).view(T, B, I) if need[0] else None
-        d_w_ih = torch.mm(d_g2.t(), x.reshape(T * B, I)) if need[1] else None
-        d_bias = d_g2.sum(0) if ctx.has_bias and need[2] else None
-        return (d_x, d_w_ih, d_bias, d_w_hh, d_h0, d_c0, d_peep if peep.numel() else None,
-                d_k if k.numel() else None, None)
+            x, w_ih, w_hh, peep, k, lengths, acts, hs, cs)
+        return (d_x, d_w_ih, d_bias if ctx.has_bias else None, d_w_hh, d_h0, d_c0,
+                d_peep if peep.numel() else None, d_k if k.numel() else None, None)
 
 
 class _FusedTimeGate(torch.autograd.Function):

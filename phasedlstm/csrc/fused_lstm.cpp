@@ -97,6 +97,11 @@ static inline void zero_row(scalar_t* __restrict a, int64_t n) {
 }
 
 template <typename scalar_t>
+static inline void add_row(const scalar_t* __restrict a, scalar_t* __restrict b, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) b[j] += a[j];
+}
+
+template <typename scalar_t>
 static inline void hold_row(const scalar_t* __restrict hp, const scalar_t* __restrict cp, scalar_t* __restrict hn,
                             scalar_t* __restrict cn, scalar_t* __restrict ob, int64_t H) {
   for (int64_t j = 0; j < H; ++j) {
@@ -140,9 +145,11 @@ inline PackedB pack_b(const Tensor& src, int64_t K, int64_t N, int64_t sk, int64
 #if defined(__AVX512F__)
 constexpr bool kHaveAvx512 = true;
 
-template <int MR>
+// FULL: all 64 columns valid (plain loads; masked loads are several times slower on some
+// CPUs, so only the last, partial panel uses them).
+template <int MR, bool FULL>
 static inline void micro_tile(int64_t K, const float* __restrict A, int64_t lda, const float* __restrict Bp,
-                              float* __restrict C, int64_t ldc, int64_t ncols) {
+                              int64_t ldb, float* __restrict C, int64_t ldc, int64_t ncols) {
   __m512 acc[MR][4];
   __mmask16 mask[4];
   for (int j = 0; j < 4; ++j) {
@@ -150,11 +157,22 @@ static inline void micro_tile(int64_t K, const float* __restrict A, int64_t lda,
     mask[j] = left >= 16 ? (__mmask16)0xFFFF : (left <= 0 ? (__mmask16)0 : (__mmask16)((1u << left) - 1));
   }
   for (int r = 0; r < MR; ++r)
-    for (int j = 0; j < 4; ++j) acc[r][j] = _mm512_maskz_loadu_ps(mask[j], C + r * ldc + 16 * j);
+    for (int j = 0; j < 4; ++j)
+      acc[r][j] = FULL ? _mm512_loadu_ps(C + r * ldc + 16 * j) : _mm512_maskz_loadu_ps(mask[j], C + r * ldc + 16 * j);
   for (int64_t k = 0; k < K; ++k) {
-    const float* b = Bp + k * kNR;
-    const __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16), b2 = _mm512_loadu_ps(b + 32),
-                 b3 = _mm512_loadu_ps(b + 48);
+    const float* b = Bp + k * ldb;  // masked in a partial panel: a row-major B may end inside it
+    __m512 b0, b1, b2, b3;
+    if (FULL) {
+      b0 = _mm512_loadu_ps(b);
+      b1 = _mm512_loadu_ps(b + 16);
+      b2 = _mm512_loadu_ps(b + 32);
+      b3 = _mm512_loadu_ps(b + 48);
+    } else {
+      b0 = _mm512_maskz_loadu_ps(mask[0], b);
+      b1 = _mm512_maskz_loadu_ps(mask[1], b + 16);
+      b2 = _mm512_maskz_loadu_ps(mask[2], b + 32);
+      b3 = _mm512_maskz_loadu_ps(mask[3], b + 48);
+    }
     for (int r = 0; r < MR; ++r) {
       const __m512 a = _mm512_set1_ps(A[r * lda + k]);
       acc[r][0] = _mm512_fmadd_ps(a, b0, acc[r][0]);
@@ -164,33 +182,70 @@ static inline void micro_tile(int64_t K, const float* __restrict A, int64_t lda,
     }
   }
   for (int r = 0; r < MR; ++r)
-    for (int j = 0; j < 4; ++j) _mm512_mask_storeu_ps(C + r * ldc + 16 * j, mask[j], acc[r][j]);
+    for (int j = 0; j < 4; ++j) {
+      if (FULL) _mm512_storeu_ps(C + r * ldc + 16 * j, acc[r][j]);
+      else _mm512_mask_storeu_ps(C + r * ldc + 16 * j, mask[j], acc[r][j]);
+    }
 }
 
-// C (M x N, row stride ldc) += A (M x K, row stride lda) B
-inline void gemm_acc(int64_t M, const float* A, int64_t lda, const PackedB& B, float* C, int64_t ldc) {
-  const float* Bp = B.data.data_ptr<float>();
-  const int64_t panels = (B.N + kNR - 1) / kNR;
-  for (int64_t q = 0; q < panels; ++q) {
-    const float* bq = Bp + q * B.K * kNR;
-    const int64_t ncols = std::min(kNR, B.N - q * kNR);
-    float* cq = C + q * kNR;
-    int64_t m = 0;
-    for (; m + 6 <= M; m += 6) micro_tile<6>(B.K, A + m * lda, lda, bq, cq + m * ldc, ldc, ncols);
-    switch (M - m) {
-      case 5: micro_tile<5>(B.K, A + m * lda, lda, bq, cq + m * ldc, ldc, ncols); break;
-      case 4: micro_tile<4>(B.K, A + m * lda, lda, bq, cq + m * ldc, ldc, ncols); break;
-      case 3: micro_tile<3>(B.K, A + m * lda, lda, bq, cq + m * ldc, ldc, ncols); break;
-      case 2: micro_tile<2>(B.K, A + m * lda, lda, bq, cq + m * ldc, ldc, ncols); break;
-      case 1: micro_tile<1>(B.K, A + m * lda, lda, bq, cq + m * ldc, ldc, ncols); break;
-      default: break;
-    }
+template <bool FULL>
+inline void micro_rows(int64_t M, int64_t K, const float* A, int64_t lda, const float* bq, int64_t ldb, float* cq,
+                       int64_t ldc, int64_t ncols) {
+  int64_t m = 0;
+  for (; m + 6 <= M; m += 6) micro_tile<6, FULL>(K, A + m * lda, lda, bq, ldb, cq + m * ldc, ldc, ncols);
+  switch (M - m) {
+    case 5: micro_tile<5, FULL>(K, A + m * lda, lda, bq, ldb, cq + m * ldc, ldc, ncols); break;
+    case 4: micro_tile<4, FULL>(K, A + m * lda, lda, bq, ldb, cq + m * ldc, ldc, ncols); break;
+    case 3: micro_tile<3, FULL>(K, A + m * lda, lda, bq, ldb, cq + m * ldc, ldc, ncols); break;
+    case 2: micro_tile<2, FULL>(K, A + m * lda, lda, bq, ldb, cq + m * ldc, ldc, ncols); break;
+    case 1: micro_tile<1, FULL>(K, A + m * lda, lda, bq, ldb, cq + m * ldc, ldc, ncols); break;
+    default: break;
   }
+}
+
+// C (M x N) += A (M x K) B (K x N); B is packed (panel_stride = K * 64, ldb = 64) or row-major
+// (panel_stride = 64, ldb = its row stride). Rows of A and C have strides lda and ldc.
+inline void gemm_acc_any(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* Bq0,
+                         int64_t panel_stride, int64_t ldb, float* C, int64_t ldc) {
+  const int64_t panels = (N + kNR - 1) / kNR;
+  for (int64_t q = 0; q < panels; ++q) {
+    const float* bq = Bq0 + q * panel_stride;
+    const int64_t ncols = std::min(kNR, N - q * kNR);
+    float* cq = C + q * kNR;
+    if (ncols == kNR) micro_rows<true>(M, K, A, lda, bq, ldb, cq, ldc, ncols);
+    else micro_rows<false>(M, K, A, lda, bq, ldb, cq, ldc, ncols);
+  }
+}
+
+inline void gemm_acc(int64_t M, const float* A, int64_t lda, const PackedB& B, float* C, int64_t ldc) {
+  gemm_acc_any(M, B.N, B.K, A, lda, B.data.data_ptr<float>(), B.K * kNR, kNR, C, ldc);
 }
 #else
 constexpr bool kHaveAvx512 = false;
 inline void gemm_acc(int64_t, const float*, int64_t, const PackedB&, float*, int64_t) {}
+inline void gemm_acc_any(int64_t, int64_t, int64_t, const float*, int64_t, const float*, int64_t, int64_t, float*,
+                         int64_t) {}
 #endif
+
+// C += A B for 2-D tensors whose rows are contiguous (inner stride 1), on this thread.
+template <typename scalar_t>
+inline void acc_ab(Tensor C, const Tensor& A, const Tensor& B) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (kHaveAvx512) {
+      gemm_acc_any(A.size(0), B.size(1), A.size(1), A.data_ptr<float>(), A.stride(0), B.data_ptr<float>(), kNR,
+                   B.stride(0), C.data_ptr<float>(), C.stride(0));
+      return;
+    }
+  }
+  C.addmm_(A, B);
+}
+
+// dst (n x m) = src (m x n)^T, src rows of stride lds
+template <typename scalar_t>
+inline void transpose_into(const scalar_t* src, int64_t m, int64_t n, int64_t lds, scalar_t* dst) {
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < n; ++j) dst[j * m + i] = src[i * lds + j];
+}
 
 // The recurrent product for this thread's rows: out_rows (M x N) += in_rows (M x K) B, where B
 // is W_hh^T (forward: K = H, N = 4H) or W_hh (backward: K = 4H, N = H).
@@ -400,15 +455,22 @@ static inline void pass_row(const scalar_t* __restrict dh, const scalar_t* __res
   }
 }
 
+// The backward, all in one parallel region over the batch. Per step and thread: the
+// element-wise pass gives the gate gradients dG of its rows (kept for this step only), then
+//   dh_{t-1} += dG W_hh,  dx_t = dG W_ih,  and the weight-gradient sums
+//   dW_hh^T += h_{t-1}^T dG,  dW_ih^T += x_t^T dG,  db += sum of dG rows
+// accumulate in per-thread partials, added up at the end.
 template <typename scalar_t, bool PEEP, bool PHASED>
-void backward_loop(const Tensor& grad_out, const Tensor& w_hh, const Tensor& peep, const Tensor& k,
-                   const int64_t* len, const Tensor& acts, const Tensor& hs, const Tensor& cs, Tensor& dG, Tensor& dh, Tensor& dc, Tensor& dpeep_parts, Tensor& dk) {
-  const int64_t T = acts.size(0), B = acts.size(1), H = w_hh.size(1), BH = B * H;
+void backward_loop(const Tensor& grad_out, const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, const Tensor& peep,
+                   const Tensor& k, const int64_t* len, const Tensor& acts, const Tensor& hs, const Tensor& cs,
+                   Tensor& dh, Tensor& dc, Tensor& dx, Tensor& dwhh_t, Tensor& dwih_t, Tensor& dbias,
+                   Tensor& dpeep_parts, Tensor& dk) {
+  const int64_t T = acts.size(0), B = acts.size(1), I = x.size(2), H = w_hh.size(1), BH = B * H;
   const scalar_t* wci = PEEP ? peep.data_ptr<scalar_t>() : nullptr;
   const scalar_t* wcf = PEEP ? wci + H : nullptr;
   const scalar_t* wco = PEEP ? wci + 2 * H : nullptr;
-  const Recurrent rec(w_hh, /*transpose=*/false);
-  // dh and dc ping-pong: [0] holds the gradient wrt the state after step t, [1] before it
+  const Recurrent rec(w_hh, /*transpose=*/false), rin(w_ih, /*transpose=*/false);
+  // dh and dc ping-pong: slot (t + 1) % 2 holds the gradient wrt the state after step t
   Tensor dhb = at::empty({2, B, H}, dh.options()), dcb = at::empty({2, B, H}, dc.options());
   dhb[T % 2].copy_(dh);
   dcb[T % 2].copy_(dc);
@@ -417,37 +479,49 @@ void backward_loop(const Tensor& grad_out, const Tensor& w_hh, const Tensor& pee
   const scalar_t* A = acts.data_ptr<scalar_t>();
   const scalar_t* HS = hs.data_ptr<scalar_t>();
   const scalar_t* CS = cs.data_ptr<scalar_t>();
+  const scalar_t* X = x.data_ptr<scalar_t>();
   const scalar_t* K = PHASED ? k.data_ptr<scalar_t>() : nullptr;
   const int64_t kB = PHASED ? k.size(1) : 0;
   const scalar_t* GO = grad_out.data_ptr<scalar_t>();
-  scalar_t* DG = dG.data_ptr<scalar_t>();
   scalar_t* DK = PHASED ? dk.data_ptr<scalar_t>() : nullptr;
   at::parallel_for(0, B, batch_grain(B), [&](int64_t b0, int64_t b1) {
-    const int64_t Bt = b1 - b0;
-    scalar_t* acc = PEEP ? dpeep_parts[at::get_thread_num()].data_ptr<scalar_t>() : nullptr;
+    const int64_t Bt = b1 - b0, tid = at::get_thread_num();
+    scalar_t* acc = PEEP ? dpeep_parts[tid].data_ptr<scalar_t>() : nullptr;
     // dk: (T, B, H) per sequence, or with shared timestamps (kB == 1) this thread's sum (T, H)
-    scalar_t* dk_base = PHASED ? (kB == 1 ? DK + at::get_thread_num() * T * H : DK) : nullptr;
+    scalar_t* dk_base = PHASED ? (kB == 1 ? DK + tid * T * H : DK) : nullptr;
+    Tensor dg = at::empty({Bt, 4 * H}, acts.options());  // this step's gate gradients, this thread's rows
+    Tensor h_t = at::empty({H, Bt}, acts.options()), x_t = at::empty({I, Bt}, acts.options());
+    Tensor dwhh = dwhh_t[tid], dwih = dwih_t[tid], db = dbias[tid];
+    scalar_t* DG = dg.data_ptr<scalar_t>();
+    scalar_t* DB = db.data_ptr<scalar_t>();
     for (int64_t t = T - 1; t >= 0; --t) {
-      const int64_t cur = (t + 1) % 2, prv = t % 2;  // gradient slots: after step t, before it
+      const int64_t cur = (t + 1) % 2, prv = t % 2;
       for (int64_t b = b0; b < b1; ++b) {
         const int64_t r = b * H, p = t * BH + r, n = (t + 1) * BH + r, g4 = t * 4 * BH + 4 * r;
         const scalar_t *dh = DHB + cur * BH + r, *dc = DCB + cur * BH + r;
         scalar_t *dhp = DHB + prv * BH + r, *dcp = DCB + prv * BH + r;
+        scalar_t* d = DG + (b - b0) * 4 * H;
         if (len != nullptr && t >= len[b]) {
-          pass_row(dh, dc, DG + g4, dhp, dcp, H);
+          pass_row(dh, dc, d, dhp, dcp, H);
           continue;
         }
         const scalar_t* g = A + g4;
-        scalar_t* d = DG + g4;
         backward_row<scalar_t, PEEP, PHASED>(g, g + H, g + 2 * H, g + 3 * H, dh, dc, GO + p, HS + p, CS + p, CS + n,
                                              PHASED ? K + t * kB * H + (kB == 1 ? 0 : r) : nullptr, wci, wcf, wco, d,
                                              d + H, d + 2 * H, d + 3 * H, dhp, dcp,
                                              PHASED ? dk_base + (kB == 1 ? t * H : p) : nullptr,
                                              PEEP ? acc : nullptr, PEEP ? acc + H : nullptr,
                                              PEEP ? acc + 2 * H : nullptr, H);
+        add_row(d, DB, 4 * H);
       }
-      // dh_{t-1} += dG_t W_hh, this thread's rows
-      rec.acc<scalar_t>(dhb[prv].narrow(0, b0, Bt), dG[t].narrow(0, b0, Bt));
+      rec.acc<scalar_t>(dhb[prv].narrow(0, b0, Bt), dg);        // dh_{t-1} += dG W_hh
+      Tensor dx_rows = dx[t].narrow(0, b0, Bt);
+      dx_rows.zero_();
+      rin.acc<scalar_t>(dx_rows, dg);                            // dx_t = dG W_ih
+      transpose_into(HS + t * BH + b0 * H, Bt, H, H, h_t.data_ptr<scalar_t>());
+      acc_ab<scalar_t>(dwhh, h_t, dg);                           // dW_hh^T += h_{t-1}^T dG
+      transpose_into(X + (t * B + b0) * I, Bt, I, I, x_t.data_ptr<scalar_t>());
+      acc_ab<scalar_t>(dwih, x_t, dg);                           // dW_ih^T += x_t^T dG
     }
   });
   dh.copy_(dhb[0]);
@@ -455,43 +529,42 @@ void backward_loop(const Tensor& grad_out, const Tensor& w_hh, const Tensor& pee
 }
 
 std::vector<Tensor> lstm_backward(const Tensor& grad_out, const Tensor& grad_hn, const Tensor& grad_cn,
-                                  const Tensor& w_hh, const Tensor& peep, const Tensor& k, const Tensor& lengths,
-                                  const Tensor& acts, const Tensor& hs, const Tensor& cs, const Tensor& workspace) {
-  // The gate gradients dG (T, B, 4H) go into `workspace` (at least T*B*4H elements), which the
-  // caller reuses across calls: a fresh buffer of this size costs more in page faults than the
-  // element-wise work of the whole backward.
-  const int64_t T = acts.size(0), B = acts.size(1), H = w_hh.size(1);
+                                  const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, const Tensor& peep,
+                                  const Tensor& k, const Tensor& lengths, const Tensor& acts, const Tensor& hs,
+                                  const Tensor& cs) {
+  const int64_t T = acts.size(0), B = acts.size(1), I = x.size(2), H = w_hh.size(1);
+  const int64_t nt = at::get_num_threads();
   auto opts = acts.options();
   const bool peephole = present(peep), phased = present(k);
-  TORCH_CHECK(workspace.numel() >= T * B * 4 * H && workspace.is_contiguous() &&
-                  workspace.scalar_type() == acts.scalar_type(), "workspace too small");
-  Tensor dG = workspace.narrow(0, 0, T * B * 4 * H).view({T, B, 4 * H});
   Tensor dh = present(grad_hn) ? grad_hn.contiguous().clone() : at::zeros({B, H}, opts);
   Tensor dc = present(grad_cn) ? grad_cn.contiguous().clone() : at::zeros({B, H}, opts);
+  Tensor dx = at::empty({T, B, I}, opts);
+  Tensor dwhh_t = at::zeros({nt, H, 4 * H}, opts), dwih_t = at::zeros({nt, I, 4 * H}, opts);
+  Tensor dbias = at::zeros({nt, 4 * H}, opts);
   const bool shared_k = phased && k.size(1) == 1;
   // dk accumulates: zeros, per sequence (T, B, H), or per thread (threads, T, H) when shared
-  Tensor dk = !phased ? at::empty({0}, opts)
-                      : (shared_k ? at::zeros({at::get_num_threads(), T, H}, opts) : at::zeros({T, B, H}, opts));
-  Tensor dpeep_parts = peephole ? at::zeros({at::get_num_threads(), 3, H}, opts) : at::empty({0}, opts);
+  Tensor dk = !phased ? at::empty({0}, opts) : (shared_k ? at::zeros({nt, T, H}, opts) : at::zeros({T, B, H}, opts));
+  Tensor dpeep_parts = peephole ? at::zeros({nt, 3, H}, opts) : at::empty({0}, opts);
   const Tensor go = present(grad_out) ? grad_out.contiguous() : at::zeros({T, B, H}, opts);
-  const Tensor w = w_hh.contiguous();
+  const Tensor xc = x.contiguous(), wi = w_ih.contiguous(), w = w_hh.contiguous();
   const Tensor kc = phased ? k.contiguous() : k;
   const int64_t* len = present(lengths) ? lengths.data_ptr<int64_t>() : nullptr;
   AT_DISPATCH_FLOATING_TYPES(acts.scalar_type(), "lstm_backward", [&] {
-    if (phased && peephole)
-      backward_loop<scalar_t, true, true>(go, w, peep, kc, len, acts, hs, cs, dG, dh, dc, dpeep_parts, dk);
-    else if (phased)
-      backward_loop<scalar_t, false, true>(go, w, peep, kc, len, acts, hs, cs, dG, dh, dc, dpeep_parts, dk);
-    else if (peephole)
-      backward_loop<scalar_t, true, false>(go, w, peep, k, len, acts, hs, cs, dG, dh, dc, dpeep_parts, dk);
-    else
-      backward_loop<scalar_t, false, false>(go, w, peep, k, len, acts, hs, cs, dG, dh, dc, dpeep_parts, dk);
+    auto run = [&](auto peep_flag, auto phased_flag) {
+      backward_loop<scalar_t, decltype(peep_flag)::value, decltype(phased_flag)::value>(
+          go, xc, wi, w, peep, kc, len, acts, hs, cs, dh, dc, dx, dwhh_t, dwih_t, dbias, dpeep_parts, dk);
+    };
+    using Y = std::true_type;
+    using N = std::false_type;
+    if (phased && peephole) run(Y{}, Y{});
+    else if (phased) run(N{}, Y{});
+    else if (peephole) run(Y{}, N{});
+    else run(N{}, N{});
   });
-  // dW_hh = sum_t dG_t^T h_{t-1}: one (multi-threaded) GEMM over all steps
-  Tensor dw_hh = at::mm(dG.view({T * B, 4 * H}).t(), hs.narrow(0, 0, T).reshape({T * B, H}));
+  Tensor dw_hh = dwhh_t.sum(0).t().contiguous(), dw_ih = dwih_t.sum(0).t().contiguous(), db = dbias.sum(0);
   Tensor dpeep = peephole ? dpeep_parts.sum(0) : at::empty({0}, opts);
   if (shared_k) dk = dk.sum(0).unsqueeze(1);  // (T, 1, H)
-  return {dw_hh, dh, dc, dpeep, dk};
+  return {dx, dw_ih, db, dw_hh, dh, dc, dpeep, dk};
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -904,8 +977,8 @@ TORCH_LIBRARY(phasedlstm_fused, m) {
   m.def("time_gate_backward(Tensor dk, Tensor times, Tensor tau, Tensor s, Tensor r_on, float leak) -> Tensor[]");
   m.def("lstm_forward(Tensor x, Tensor w_ih, Tensor bias, Tensor w_hh, Tensor h0, Tensor c0, Tensor peep, Tensor k, "
         "Tensor lengths, bool save) -> Tensor[]");
-  m.def("lstm_backward(Tensor grad_out, Tensor grad_hn, Tensor grad_cn, Tensor w_hh, Tensor peep, Tensor k, "
-        "Tensor lengths, Tensor acts, Tensor hs, Tensor cs, Tensor workspace) -> Tensor[]");
+  m.def("lstm_backward(Tensor grad_out, Tensor grad_hn, Tensor grad_cn, Tensor x, Tensor w_ih, Tensor w_hh, "
+        "Tensor peep, Tensor k, Tensor lengths, Tensor acts, Tensor hs, Tensor cs) -> Tensor[]");
   m.def("ln_forward(Tensor x, Tensor w_ih, Tensor g_ih, Tensor b_ih, Tensor w_hh, Tensor h0, Tensor c0, "
         "Tensor g_hh, Tensor b_hh, Tensor g_c, Tensor b_c, Tensor lengths) -> Tensor[]");
   m.def("ln_backward(Tensor grad_out, Tensor grad_hn, Tensor grad_cn, Tensor x, Tensor w_ih, Tensor g_ih, "
