@@ -257,7 +257,10 @@ struct Recurrent {
   Recurrent() = default;
   Recurrent(const Tensor& w_hh, bool transpose) {
     b_for_aten = transpose ? w_hh.t() : w_hh;
-    use_packed = kHaveAvx512 && w_hh.scalar_type() == at::kFloat;
+    const int64_t n_out = transpose ? w_hh.size(0) : w_hh.size(1);
+    // narrow products (N < 64, e.g. dx = dG W_ih for a few input features) waste most of a
+    // 64-wide panel: those stay with at::addmm_
+    use_packed = kHaveAvx512 && w_hh.scalar_type() == at::kFloat && n_out >= kNR;
     if (use_packed) {
       const int64_t R = w_hh.size(0), Cc = w_hh.size(1);  // (4H, H), row-major
       // transpose: B = W^T, B[k][n] = W[n][k] (K = H, N = 4H); else B = W, B[k][n] = W[k][n]
@@ -294,10 +297,15 @@ void forward_loop(const Tensor& x, const Tensor& w_ih, const Tensor& bias, const
   const int64_t kB = PHASED ? k.size(1) : 0;
   const Tensor w_ih_t = w_ih.t();
   const Recurrent rec(w_hh, /*transpose=*/true);
-  // With the packed kernel the input projection is done per step inside the loop too (W_ih
-  // packed like W_hh): no separate large GEMM, and the gates stay in cache.
+  // With the packed kernel the input projection is done per step inside the loop too, in the
+  // same GEMM as the recurrent product: [x_t | h_{t-1}] (K = I + H) times [W_ih | W_hh]^T packed
+  // together. No separate large GEMM, one pass over the gate rows, and they stay in cache.
   const bool fused_in = rec.use_packed;
-  const Recurrent rin = fused_in ? Recurrent(w_ih, /*transpose=*/true) : Recurrent();
+  PackedB cat;
+  if (fused_in) {
+    const Tensor w_cat = at::cat({w_ih, w_hh}, 1).contiguous();  // (4H, I + H)
+    cat = pack_b(w_cat, I + H, 4 * H, /*sk=*/1, /*sn=*/I + H);
+  }
   const scalar_t* wci = PEEP ? peep.data_ptr<scalar_t>() : nullptr;
   const scalar_t* wcf = PEEP ? wci + H : nullptr;
   const scalar_t* wco = PEEP ? wci + 2 * H : nullptr;
@@ -325,19 +333,25 @@ void forward_loop(const Tensor& x, const Tensor& w_ih, const Tensor& bias, const
     }
     at::parallel_for(0, B, batch_grain(B), [&](int64_t b0, int64_t b1) {
       const int64_t Bt = b1 - b0;
+      std::vector<scalar_t> xh(fused_in ? Bt * (I + H) : 0);  // [x_t | h_{t-1}] of this thread's rows
+      const scalar_t* X = x.data_ptr<scalar_t>();
       for (int64_t t = t0; t < t0 + n; ++t) {
         const int64_t slot = save ? t : (fused_in ? 0 : t - t0);
         const int64_t sp = save ? t : t % 2, sn = save ? t + 1 : (t + 1) % 2;  // state rows: previous, next
         Tensor gates = gbuf[slot].narrow(0, b0, Bt);
         scalar_t* G = gates.data_ptr<scalar_t>();
-        if (fused_in) {  // gates = b + x_t W_ih^T, this thread's rows
-          for (int64_t b = 0; b < Bt; ++b) {
-            if (BIAS != nullptr) copy_row(BIAS, G + 4 * b * H, 4 * H);
-            else zero_row(G + 4 * b * H, 4 * H);
+        if constexpr (std::is_same_v<scalar_t, float>) {
+          if (fused_in) {  // gates = b + [x_t | h_{t-1}] [W_ih | W_hh]^T, this thread's rows
+            for (int64_t b = 0; b < Bt; ++b) {
+              if (BIAS != nullptr) copy_row(BIAS, G + 4 * b * H, 4 * H);
+              else zero_row(G + 4 * b * H, 4 * H);
+              copy_row(X + (t * B + b0 + b) * I, xh.data() + b * (I + H), I);
+              copy_row(HS + sp * BH + (b0 + b) * H, xh.data() + b * (I + H) + I, H);
+            }
+            gemm_acc(Bt, xh.data(), I + H, cat, G, 4 * H);
           }
-          rin.acc<scalar_t>(gates, x[t].narrow(0, b0, Bt));
         }
-        rec.acc<scalar_t>(gates, hbuf[sp].narrow(0, b0, Bt));  // + h_{t-1} W_hh^T, this thread's rows
+        if (!fused_in) rec.acc<scalar_t>(gates, hbuf[sp].narrow(0, b0, Bt));  // + h_{t-1} W_hh^T
         for (int64_t b = b0; b < b1; ++b) {
           const int64_t r = b * H;
           scalar_t* g = G + 4 * (b - b0) * H;
