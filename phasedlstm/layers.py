@@ -152,14 +152,16 @@ class RecurrentLayer(nn.Module):
 
     def _run_reference(self, x, times, lengths, h, c, p):
         """The reference loop: the step function of :mod:`phasedlstm.cells`, once per time step."""
-        pre = self._precompute(x, times, p)
+        # unbind, not pre[t]: the backward of T separate selects would build T full-size zero
+        # tensors (quadratic in T); unbind's backward stacks the step gradients once
+        pre = [q.unbind(0) for q in self._precompute(x, times, p)]
         T, B = x.shape[0], x.shape[1]
         # Steps beyond every sequence's length change nothing: stop there, output zeros.
         T_run = T if lengths is None else int(lengths.max())
         t_full = T if lengths is None else int(lengths.min())  # steps valid for every sequence
         outputs = []
         for t in range(T_run):
-            h_new, c_new = self._step([q[t] for q in pre], h, c, p)
+            h_new, c_new = self._step([q[t] for q in pre], h, c, p)  # q[t]: a tuple item, no autograd op
             if t < t_full:
                 h, c = h_new, c_new
                 outputs.append(h)
