@@ -133,31 +133,6 @@ def _empty(like: Tensor) -> Tensor:
     return like.new_empty(0)
 
 
-_local = threading.local()
-
-
-def workspace(numel: int, dtype: torch.dtype, slot: int = 0) -> Tensor:
-    """A per-thread scratch buffer for the backward's gate gradients, kept between calls.
-
-    The backward of a long sequence needs T*B*4H numbers of scratch (100 MB at B=64, T=784,
-    H=128; the LN-LSTM needs two). Allocating that afresh each step costs more in page faults
-    than all the element-wise work of the backward, so the buffers are kept (per thread, the
-    largest seen) until :func:`release_workspace`."""
-    bufs = getattr(_local, "workspaces", None)
-    if bufs is None:
-        bufs = _local.workspaces = {}
-    buf = bufs.get(slot)
-    if buf is None or buf.dtype != dtype or buf.numel() < numel:
-        bufs[slot] = buf = None  # free the old one before allocating
-        buf = bufs[slot] = torch.empty(numel, dtype=dtype)
-    return buf[:numel]
-
-
-def release_workspace() -> None:
-    """Free this thread's backward scratch buffers (see :func:`workspace`)."""
-    _local.workspaces = None
-
-
 def _needs_grad(*tensors) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
@@ -217,7 +192,7 @@ class _FusedLayerNormLSTM(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w_ih, g_ih, b_ih, w_hh, h0, c0, g_hh, b_hh, g_c, b_c, lengths):
         out, hn, cn, *saved = torch.ops.phasedlstm_fused.ln_forward(
-            x, w_ih, g_ih, b_ih, w_hh, h0, c0, g_hh, b_hh, g_c, b_c, lengths)
+            x, w_ih, g_ih, b_ih, w_hh, h0, c0, g_hh, b_hh, g_c, b_c, lengths, True)
         ctx.save_for_backward(x, w_ih, g_ih, b_ih, w_hh, g_hh, b_hh, g_c, b_c, lengths, *saved)
         ctx.has_bias = b_ih.numel() > 0, b_hh.numel() > 0, b_c.numel() > 0
         return out, hn, cn
@@ -229,8 +204,7 @@ class _FusedLayerNormLSTM(torch.autograd.Function):
         e = _empty(zih)
         d_x, d_w_ih, d_gih, d_bih, d_w_hh, d_h0, d_c0, d_ghh, d_bhh, d_gc, d_bc = torch.ops.phasedlstm_fused.ln_backward(
             e if g_out is None else g_out, e if g_hn is None else g_hn, e if g_cn is None else g_cn,
-            x, w_ih, g_ih, b_ih, w_hh, g_hh, b_hh, g_c, b_c, lengths, zih, *rest,
-            workspace(zih.numel(), zih.dtype, 0), workspace(zih.numel(), zih.dtype, 1))
+            x, w_ih, g_ih, b_ih, w_hh, g_hh, b_hh, g_c, b_c, lengths, zih, *rest)
         bih, bhh, bc = ctx.has_bias
         return (d_x, d_w_ih, d_gih, d_bih if bih else None, d_w_hh, d_h0, d_c0, d_ghh, d_bhh if bhh else None, d_gc,
                 d_bc if bc else None, None)
@@ -259,5 +233,9 @@ def layernorm_lstm(x, w_ih, g_ih, b_ih, w_hh, h0, c0, g_hh, b_hh, g_c, b_c, leng
     e = _empty(x)
     lens = lengths.to(torch.int64).contiguous() if lengths is not None else torch.empty(0, dtype=torch.int64)
     c = (lambda t: e if t is None else t.contiguous())  # noqa: E731
-    return _FusedLayerNormLSTM.apply(x.contiguous(), c(w_ih), c(g_ih), c(b_ih), c(w_hh), h0.contiguous(),
-                                     c0.contiguous(), c(g_hh), c(b_hh), c(g_c), c(b_c), lens)
+    args = (x.contiguous(), c(w_ih), c(g_ih), c(b_ih), c(w_hh), h0.contiguous(), c0.contiguous(), c(g_hh), c(b_hh),
+            c(g_c), c(b_c), lens)
+    if _needs_grad(x, w_ih, g_ih, b_ih, w_hh, h0, c0, g_hh, b_hh, g_c, b_c):
+        return _FusedLayerNormLSTM.apply(*args)
+    out, hn, cn = torch.ops.phasedlstm_fused.ln_forward(*args, False)[:3]
+    return out, hn, cn

@@ -692,12 +692,71 @@ void ln_forward_loop(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, co
   });
 }
 
+// Inference: nothing kept for backward; per thread the normalised terms of one step's rows,
+// and the states in two rows (ping-pong).
+template <typename scalar_t>
+void ln_infer_loop(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, const LnParams<scalar_t>& P,
+                   const int64_t* len, Tensor& hbuf, Tensor& cbuf, Tensor& out) {
+  const int64_t T = x.size(0), B = x.size(1), H = w_hh.size(1), BH = B * H;
+  const Recurrent rin(w_ih, /*transpose=*/true), rec(w_hh, /*transpose=*/true);
+  scalar_t* HS = hbuf.data_ptr<scalar_t>();
+  scalar_t* CS = cbuf.data_ptr<scalar_t>();
+  scalar_t* O = out.data_ptr<scalar_t>();
+  at::parallel_for(0, B, batch_grain(B), [&](int64_t b0, int64_t b1) {
+    const int64_t Bt = b1 - b0;
+    std::vector<scalar_t> act(4 * H), zc(H);
+    Tensor zi_rows = at::empty({Bt, 4 * H}, x.options()), z_rows = at::empty({Bt, 4 * H}, x.options());
+    scalar_t* ZI = zi_rows.data_ptr<scalar_t>();
+    scalar_t* Z = z_rows.data_ptr<scalar_t>();
+    for (int64_t t = 0; t < T; ++t) {
+      const int64_t sp = t % 2, sn = (t + 1) % 2;
+      zi_rows.zero_();
+      z_rows.zero_();
+      rin.acc<scalar_t>(zi_rows, x[t].narrow(0, b0, Bt));
+      rec.acc<scalar_t>(z_rows, hbuf[sp].narrow(0, b0, Bt));
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t r = b * H, o4 = 4 * (b - b0) * H;
+        scalar_t *hp = HS + sp * BH + r, *cp = CS + sp * BH + r, *hn = HS + sn * BH + r, *cn = CS + sn * BH + r;
+        if (len != nullptr && t >= len[b]) {
+          hold_row(hp, cp, hn, cn, O + t * BH + r, H);
+          continue;
+        }
+        normalise(ZI + o4, 4 * H);
+        normalise(Z + o4, 4 * H);
+        ln_gates_row(act.data(), ZI + o4, Z + o4, P.g_ih, P.b_ih, P.g_hh, P.b_hh, cp, zc.data(), H);
+        copy_row(zc.data(), cn, H);
+        normalise(zc.data(), H);
+        ln_out_row(act.data() + 3 * H, zc.data(), P.g_c, P.b_c, hn, H);
+        copy_row(hn, O + t * BH + r, H);
+      }
+    }
+  });
+}
+
 std::vector<Tensor> ln_forward(const Tensor& x, const Tensor& w_ih, const Tensor& g_ih, const Tensor& b_ih,
                                const Tensor& w_hh, const Tensor& h0, const Tensor& c0, const Tensor& g_hh,
-                               const Tensor& b_hh, const Tensor& g_c, const Tensor& b_c, const Tensor& lengths) {
+                               const Tensor& b_hh, const Tensor& g_c, const Tensor& b_c, const Tensor& lengths,
+                               bool save) {
   TORCH_CHECK(x.dim() == 3, "x must be (T, B, I)");
   const int64_t T = x.size(0), B = x.size(1), H = w_hh.size(1);
   auto opts = x.options();
+  if (!save) {
+    const Tensor xc = x.contiguous(), wi = w_ih.contiguous(), w = w_hh.contiguous();
+    const Tensor gih = g_ih.contiguous(), ghh = g_hh.contiguous(), gc = g_c.contiguous();
+    const Tensor bih = present(b_ih) ? b_ih.contiguous() : at::zeros({4 * H}, opts);
+    const Tensor bhh = present(b_hh) ? b_hh.contiguous() : at::zeros({4 * H}, opts);
+    const Tensor bc = present(b_c) ? b_c.contiguous() : at::zeros({H}, opts);
+    const int64_t* len = present(lengths) ? lengths.data_ptr<int64_t>() : nullptr;
+    Tensor hbuf = at::empty({2, B, H}, opts), cbuf = at::empty({2, B, H}, opts), out = at::empty({T, B, H}, opts);
+    hbuf[0].copy_(h0);
+    cbuf[0].copy_(c0);
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "ln_infer", [&] {
+      const LnParams<scalar_t> P{gih.data_ptr<scalar_t>(), bih.data_ptr<scalar_t>(), ghh.data_ptr<scalar_t>(),
+                                 bhh.data_ptr<scalar_t>(), gc.data_ptr<scalar_t>(), bc.data_ptr<scalar_t>()};
+      ln_infer_loop<scalar_t>(xc, wi, w, P, len, hbuf, cbuf, out);
+    });
+    return {out, hbuf[T % 2].clone(), cbuf[T % 2].clone()};
+  }
   Tensor zih = at::empty({T, B, 4 * H}, opts), zhh = at::empty({T, B, 4 * H}, opts);
   Tensor rih = at::empty({T, B}, opts), rhh = at::empty({T, B}, opts), zc = at::empty({T, B, H}, opts),
          rc = at::empty({T, B}, opts);
@@ -768,13 +827,17 @@ static inline void ln_backward_z_row(const scalar_t* __restrict da, const scalar
   }
 }
 
+// As the LSTM's backward: one parallel region over the batch; per step and thread the gradients
+// wrt x_t W_ih^T (dXW) and h_{t-1} W_hh^T (dZ) of its rows, then dh_{t-1} += dZ W_hh,
+// dx_t = dXW W_ih, and per-thread sums dW_hh^T += h_{t-1}^T dZ, dW_ih^T += x_t^T dXW.
 template <typename scalar_t>
-void ln_backward_loop(const Tensor& grad_out, const Tensor& w_hh, const LnParams<scalar_t>& P, const int64_t* len,
-                      const Tensor& zih, const Tensor& rih, const Tensor& zhh, const Tensor& rhh, const Tensor& zc,
-                      const Tensor& rc, const Tensor& cs, Tensor& dXW, Tensor& dZ, Tensor& dh, Tensor& dc,
+void ln_backward_loop(const Tensor& grad_out, const Tensor& x, const Tensor& w_ih, const Tensor& w_hh,
+                      const LnParams<scalar_t>& P, const int64_t* len, const Tensor& zih, const Tensor& rih,
+                      const Tensor& zhh, const Tensor& rhh, const Tensor& zc, const Tensor& rc, const Tensor& hs,
+                      const Tensor& cs, Tensor& dh, Tensor& dc, Tensor& dx, Tensor& dwhh_t, Tensor& dwih_t,
                       Tensor& parts) {
-  const int64_t T = zih.size(0), B = zih.size(1), H = w_hh.size(1), BH = B * H;
-  const Recurrent rec(w_hh, /*transpose=*/false);
+  const int64_t T = zih.size(0), B = zih.size(1), I = x.size(2), H = w_hh.size(1), BH = B * H;
+  const Recurrent rec(w_hh, /*transpose=*/false), rin(w_ih, /*transpose=*/false);
   Tensor dhb = at::empty({2, B, H}, dh.options()), dcb = at::empty({2, B, H}, dc.options());
   dhb[T % 2].copy_(dh);
   dcb[T % 2].copy_(dc);
@@ -786,24 +849,29 @@ void ln_backward_loop(const Tensor& grad_out, const Tensor& w_hh, const LnParams
   const scalar_t* R = rhh.data_ptr<scalar_t>();
   const scalar_t* ZC = zc.data_ptr<scalar_t>();
   const scalar_t* RC = rc.data_ptr<scalar_t>();
+  const scalar_t* HS = hs.data_ptr<scalar_t>();
   const scalar_t* CS = cs.data_ptr<scalar_t>();
+  const scalar_t* X = x.data_ptr<scalar_t>();
   const scalar_t* GO = grad_out.data_ptr<scalar_t>();
-  scalar_t* DX = dXW.data_ptr<scalar_t>();
-  scalar_t* DZ = dZ.data_ptr<scalar_t>();
   at::parallel_for(0, B, batch_grain(B), [&](int64_t b0, int64_t b1) {
-    const int64_t Bt = b1 - b0;
+    const int64_t Bt = b1 - b0, tid = at::get_thread_num();
     // per-thread sums: [d g_hh | d b_hh | d g_ih | d b_ih (4H each) | d g_c | d b_c (H each)]
-    scalar_t* acc = parts[at::get_thread_num()].data_ptr<scalar_t>();
-    std::vector<scalar_t> act(4 * H), da(4 * H), dzn(4 * H), dzc(H), dx(H), c_scratch(H);
+    scalar_t* acc = parts[tid].data_ptr<scalar_t>();
+    std::vector<scalar_t> act(4 * H), da(4 * H), dzn(4 * H), dzc(H), dxc(H), c_scratch(H);
+    Tensor dxw = at::empty({Bt, 4 * H}, zih.options()), dz = at::empty({Bt, 4 * H}, zih.options());
+    Tensor h_t = at::empty({H, Bt}, zih.options()), x_t = at::empty({I, Bt}, zih.options());
+    scalar_t* DX = dxw.data_ptr<scalar_t>();
+    scalar_t* DZ = dz.data_ptr<scalar_t>();
+    Tensor dwhh = dwhh_t[tid], dwih = dwih_t[tid];
     for (int64_t t = T - 1; t >= 0; --t) {
       const int64_t cur = (t + 1) % 2, prv = t % 2;
       for (int64_t b = b0; b < b1; ++b) {
-        const int64_t r = b * H, p = t * BH + r, g4 = 4 * p;
+        const int64_t r = b * H, p = t * BH + r, g4 = 4 * p, o4 = 4 * (b - b0) * H;
         const scalar_t *dh = DHB + cur * BH + r, *dc = DCB + cur * BH + r;
         scalar_t *dhp = DHB + prv * BH + r, *dcp = DCB + prv * BH + r;
         if (len != nullptr && t >= len[b]) {
-          zero_row(DX + g4, 4 * H);
-          zero_row(DZ + g4, 4 * H);
+          zero_row(DX + o4, 4 * H);
+          zero_row(DZ + o4, 4 * H);
           copy_row(dh, dhp, H);
           copy_row(dc, dcp, H);
           continue;
@@ -812,17 +880,25 @@ void ln_backward_loop(const Tensor& grad_out, const Tensor& w_hh, const LnParams
         ln_gates_row(act.data(), ZI + g4, Z + g4, P.g_ih, P.b_ih, P.g_hh, P.b_hh, CS + p, c_scratch.data(), H);
         ln_backward_out_row(dh, GO + p, act.data() + 3 * H, ZC + p, P.g_c, P.b_c, da.data() + 3 * H, dzc.data(),
                             acc + 16 * H, acc + 17 * H, H);
-        normalise_backward(ZC + p, dzc.data(), RC[t * B + b], H, dx.data());
-        ln_backward_cell_row(act.data(), dc, dx.data(), CS + p, da.data(), da.data() + H, da.data() + 2 * H, dcp, H);
+        normalise_backward(ZC + p, dzc.data(), RC[t * B + b], H, dxc.data());
+        ln_backward_cell_row(act.data(), dc, dxc.data(), CS + p, da.data(), da.data() + H, da.data() + 2 * H, dcp,
+                             H);
         // da is the gradient of a = LN_ih(x W_ih^T) + LN_hh(h W_hh^T): back through both
         ln_backward_z_row(da.data(), Z + g4, P.g_hh, acc, acc + 4 * H, dzn.data(), 4 * H);
-        normalise_backward(Z + g4, dzn.data(), R[t * B + b], 4 * H, DZ + g4);
+        normalise_backward(Z + g4, dzn.data(), R[t * B + b], 4 * H, DZ + o4);
         ln_backward_z_row(da.data(), ZI + g4, P.g_ih, acc + 8 * H, acc + 12 * H, dzn.data(), 4 * H);
-        normalise_backward(ZI + g4, dzn.data(), RI[t * B + b], 4 * H, DX + g4);
+        normalise_backward(ZI + g4, dzn.data(), RI[t * B + b], 4 * H, DX + o4);
         zero_row(dhp, H);
       }
-      // dh_{t-1} (= 0, or the pass-through of finished sequences) += dZ_t W_hh, this thread's rows
-      rec.acc<scalar_t>(dhb[prv].narrow(0, b0, Bt), dZ[t].narrow(0, b0, Bt));
+      // dh_{t-1} (= 0, or the pass-through of finished sequences) += dZ W_hh, this thread's rows
+      rec.acc<scalar_t>(dhb[prv].narrow(0, b0, Bt), dz);
+      Tensor dx_rows = dx[t].narrow(0, b0, Bt);
+      dx_rows.zero_();
+      rin.acc<scalar_t>(dx_rows, dxw);                          // dx_t = dXW W_ih
+      transpose_into(HS + t * BH + b0 * H, Bt, H, H, h_t.data_ptr<scalar_t>());
+      acc_ab<scalar_t>(dwhh, h_t, dz);                          // dW_hh^T += h_{t-1}^T dZ
+      transpose_into(X + (t * B + b0) * I, Bt, I, I, x_t.data_ptr<scalar_t>());
+      acc_ab<scalar_t>(dwih, x_t, dxw);                         // dW_ih^T += x_t^T dXW
     }
   });
   dh.copy_(dhb[0]);
@@ -832,23 +908,20 @@ void ln_backward_loop(const Tensor& grad_out, const Tensor& w_hh, const LnParams
 std::vector<Tensor> ln_backward(const Tensor& grad_out, const Tensor& grad_hn, const Tensor& grad_cn,
                                 const Tensor& x, const Tensor& w_ih, const Tensor& g_ih, const Tensor& b_ih,
                                 const Tensor& w_hh, const Tensor& g_hh, const Tensor& b_hh, const Tensor& g_c,
-                                const Tensor& b_c, const Tensor& lengths, const Tensor& zih, const Tensor& rih, const Tensor& zhh,
-                                const Tensor& rhh, const Tensor& zc, const Tensor& rc, const Tensor& hs,
-                                const Tensor& cs, const Tensor& ws_x, const Tensor& ws_z) {
-  // The gradients wrt x W_ih^T and h W_hh^T of every step (T, B, 4H each) go into the caller's
-  // reusable workspaces; only the weight, input and state gradients made from them are returned.
+                                const Tensor& b_c, const Tensor& lengths, const Tensor& zih, const Tensor& rih,
+                                const Tensor& zhh, const Tensor& rhh, const Tensor& zc, const Tensor& rc,
+                                const Tensor& hs, const Tensor& cs) {
   const int64_t T = zih.size(0), B = zih.size(1), I = x.size(2), H = w_hh.size(1);
+  const int64_t nt = at::get_num_threads();
   auto opts = zih.options();
-  for (const Tensor* ws : {&ws_x, &ws_z})
-    TORCH_CHECK(ws->numel() >= T * B * 4 * H && ws->is_contiguous() && ws->scalar_type() == zih.scalar_type(),
-                "workspace too small");
-  Tensor dXW = ws_x.narrow(0, 0, T * B * 4 * H).view({T, B, 4 * H});
-  Tensor dZ = ws_z.narrow(0, 0, T * B * 4 * H).view({T, B, 4 * H});
   Tensor dh = present(grad_hn) ? grad_hn.contiguous().clone() : at::zeros({B, H}, opts);
   Tensor dc = present(grad_cn) ? grad_cn.contiguous().clone() : at::zeros({B, H}, opts);
-  Tensor parts = at::zeros({at::get_num_threads(), 18 * H}, opts);
+  Tensor dx = at::empty({T, B, I}, opts);
+  Tensor dwhh_t = at::zeros({nt, H, 4 * H}, opts), dwih_t = at::zeros({nt, I, 4 * H}, opts);
+  Tensor parts = at::zeros({nt, 18 * H}, opts);
   const Tensor go = present(grad_out) ? grad_out.contiguous() : at::zeros({T, B, H}, opts);
-  const Tensor w = w_hh.contiguous(), gih = g_ih.contiguous(), ghh = g_hh.contiguous(), gc = g_c.contiguous();
+  const Tensor xc = x.contiguous(), wi = w_ih.contiguous(), w = w_hh.contiguous();
+  const Tensor gih = g_ih.contiguous(), ghh = g_hh.contiguous(), gc = g_c.contiguous();
   const Tensor bih = present(b_ih) ? b_ih.contiguous() : at::zeros({4 * H}, opts);
   const Tensor bhh = present(b_hh) ? b_hh.contiguous() : at::zeros({4 * H}, opts);
   const Tensor bc = present(b_c) ? b_c.contiguous() : at::zeros({H}, opts);
@@ -856,12 +929,10 @@ std::vector<Tensor> ln_backward(const Tensor& grad_out, const Tensor& grad_hn, c
   AT_DISPATCH_FLOATING_TYPES(zih.scalar_type(), "ln_backward", [&] {
     const LnParams<scalar_t> P{gih.data_ptr<scalar_t>(), bih.data_ptr<scalar_t>(), ghh.data_ptr<scalar_t>(),
                                bhh.data_ptr<scalar_t>(), gc.data_ptr<scalar_t>(), bc.data_ptr<scalar_t>()};
-    ln_backward_loop<scalar_t>(go, w, P, len, zih, rih, zhh, rhh, zc, rc, cs, dXW, dZ, dh, dc, parts);
+    ln_backward_loop<scalar_t>(go, xc, wi, w, P, len, zih, rih, zhh, rhh, zc, rc, hs, cs, dh, dc, dx, dwhh_t, dwih_t,
+                               parts);
   });
-  const Tensor dXW2 = dXW.view({T * B, 4 * H});
-  Tensor dw_hh = at::mm(dZ.view({T * B, 4 * H}).t(), hs.narrow(0, 0, T).reshape({T * B, H}));
-  Tensor dw_ih = at::mm(dXW2.t(), x.contiguous().view({T * B, I}));
-  Tensor dx = at::mm(dXW2, w_ih.contiguous()).view({T, B, I});
+  Tensor dw_hh = dwhh_t.sum(0).t().contiguous(), dw_ih = dwih_t.sum(0).t().contiguous();
   Tensor sums = parts.sum(0);
   // dx, dW_ih, d g_ih, d b_ih, dW_hh, dh0, dc0, d g_hh, d b_hh, d g_c, d b_c
   return {dx, dw_ih, sums.narrow(0, 8 * H, 4 * H), sums.narrow(0, 12 * H, 4 * H), dw_hh, dh, dc,
@@ -994,11 +1065,10 @@ TORCH_LIBRARY(phasedlstm_fused, m) {
   m.def("lstm_backward(Tensor grad_out, Tensor grad_hn, Tensor grad_cn, Tensor x, Tensor w_ih, Tensor w_hh, "
         "Tensor peep, Tensor k, Tensor lengths, Tensor acts, Tensor hs, Tensor cs) -> Tensor[]");
   m.def("ln_forward(Tensor x, Tensor w_ih, Tensor g_ih, Tensor b_ih, Tensor w_hh, Tensor h0, Tensor c0, "
-        "Tensor g_hh, Tensor b_hh, Tensor g_c, Tensor b_c, Tensor lengths) -> Tensor[]");
+        "Tensor g_hh, Tensor b_hh, Tensor g_c, Tensor b_c, Tensor lengths, bool save) -> Tensor[]");
   m.def("ln_backward(Tensor grad_out, Tensor grad_hn, Tensor grad_cn, Tensor x, Tensor w_ih, Tensor g_ih, "
         "Tensor b_ih, Tensor w_hh, Tensor g_hh, Tensor b_hh, Tensor g_c, Tensor b_c, Tensor lengths, Tensor zih, "
-        "Tensor rih, Tensor zhh, Tensor rhh, Tensor zc, Tensor rc, Tensor hs, Tensor cs, Tensor ws_x, "
-        "Tensor ws_z) -> Tensor[]");
+        "Tensor rih, Tensor zhh, Tensor rhh, Tensor zc, Tensor rc, Tensor hs, Tensor cs) -> Tensor[]");
 }
 
 TORCH_LIBRARY_IMPL(phasedlstm_fused, CPU, m) {
