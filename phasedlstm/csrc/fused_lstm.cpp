@@ -469,6 +469,33 @@ static inline void pass_row(const scalar_t* __restrict dh, const scalar_t* __res
   }
 }
 
+// The matrix products of one backward step on this thread's rows, given the gradients of the
+// input term (d_in, wrt x_t W_ih^T) and of the recurrent term (d_rec, wrt h_{t-1} W_hh^T):
+//   dh_{t-1} += d_rec W_hh,  dx_t = d_in W_ih,  dW_hh^T += h_{t-1}^T d_rec,  dW_ih^T += x_t^T d_in
+// (for the LSTM both are the gate gradients dG).
+template <typename scalar_t>
+struct StepGrads {
+  const Recurrent &rec, &rin;
+  const scalar_t *HS, *X;
+  int64_t B, H, I, b0, Bt;
+  Tensor h_t, x_t;  // scratch: h_{t-1}^T and x_t^T of the rows
+  StepGrads(const Recurrent& rec_, const Recurrent& rin_, const scalar_t* HS_, const scalar_t* X_, int64_t B_,
+            int64_t H_, int64_t I_, int64_t b0_, int64_t Bt_, const at::TensorOptions& opts)
+      : rec(rec_), rin(rin_), HS(HS_), X(X_), B(B_), H(H_), I(I_), b0(b0_), Bt(Bt_),
+        h_t(at::empty({H_, Bt_}, opts)), x_t(at::empty({I_, Bt_}, opts)) {}
+
+  void operator()(int64_t t, const Tensor& d_in, const Tensor& d_rec, Tensor dh_prev_rows, Tensor dx_rows,
+                  Tensor& dwhh, Tensor& dwih) {
+    rec.acc<scalar_t>(dh_prev_rows, d_rec);
+    dx_rows.zero_();
+    rin.acc<scalar_t>(dx_rows, d_in);
+    transpose_into(HS + t * B * H + b0 * H, Bt, H, H, h_t.data_ptr<scalar_t>());
+    acc_ab<scalar_t>(dwhh, h_t, d_rec);
+    transpose_into(X + (t * B + b0) * I, Bt, I, I, x_t.data_ptr<scalar_t>());
+    acc_ab<scalar_t>(dwih, x_t, d_in);
+  }
+};
+
 // The backward, all in one parallel region over the batch. Per step and thread: the
 // element-wise pass gives the gate gradients dG of its rows (kept for this step only), then
 //   dh_{t-1} += dG W_hh,  dx_t = dG W_ih,  and the weight-gradient sums
@@ -504,7 +531,7 @@ void backward_loop(const Tensor& grad_out, const Tensor& x, const Tensor& w_ih, 
     // dk: (T, B, H) per sequence, or with shared timestamps (kB == 1) this thread's sum (T, H)
     scalar_t* dk_base = PHASED ? (kB == 1 ? DK + tid * T * H : DK) : nullptr;
     Tensor dg = at::empty({Bt, 4 * H}, acts.options());  // this step's gate gradients, this thread's rows
-    Tensor h_t = at::empty({H, Bt}, acts.options()), x_t = at::empty({I, Bt}, acts.options());
+    StepGrads<scalar_t> products(rec, rin, HS, X, B, H, I, b0, Bt, acts.options());
     Tensor dwhh = dwhh_t[tid], dwih = dwih_t[tid], db = dbias[tid];
     scalar_t* DG = dg.data_ptr<scalar_t>();
     scalar_t* DB = db.data_ptr<scalar_t>();
@@ -528,14 +555,7 @@ void backward_loop(const Tensor& grad_out, const Tensor& x, const Tensor& w_ih, 
                                              PEEP ? acc + 2 * H : nullptr, H);
         add_row(d, DB, 4 * H);
       }
-      rec.acc<scalar_t>(dhb[prv].narrow(0, b0, Bt), dg);        // dh_{t-1} += dG W_hh
-      Tensor dx_rows = dx[t].narrow(0, b0, Bt);
-      dx_rows.zero_();
-      rin.acc<scalar_t>(dx_rows, dg);                            // dx_t = dG W_ih
-      transpose_into(HS + t * BH + b0 * H, Bt, H, H, h_t.data_ptr<scalar_t>());
-      acc_ab<scalar_t>(dwhh, h_t, dg);                           // dW_hh^T += h_{t-1}^T dG
-      transpose_into(X + (t * B + b0) * I, Bt, I, I, x_t.data_ptr<scalar_t>());
-      acc_ab<scalar_t>(dwih, x_t, dg);                           // dW_ih^T += x_t^T dG
+      products(t, dg, dg, dhb[prv].narrow(0, b0, Bt), dx[t].narrow(0, b0, Bt), dwhh, dwih);
     }
   });
   dh.copy_(dhb[0]);
@@ -649,6 +669,26 @@ struct LnParams {
   const scalar_t *g_ih, *b_ih, *g_hh, *b_hh, *g_c, *b_c;
 };
 
+// The LN parameters as contiguous tensors (absent shifts as zeros, so the rows need no branch).
+struct LnTensors {
+  Tensor g_ih, b_ih, g_hh, b_hh, g_c, b_c;
+  LnTensors(const Tensor& g_ih_, const Tensor& b_ih_, const Tensor& g_hh_, const Tensor& b_hh_, const Tensor& g_c_,
+            const Tensor& b_c_, int64_t H) {
+    auto z = [&](const Tensor& t, int64_t n) { return present(t) ? t.contiguous() : at::zeros({n}, g_ih_.options()); };
+    g_ih = g_ih_.contiguous();
+    g_hh = g_hh_.contiguous();
+    g_c = g_c_.contiguous();
+    b_ih = z(b_ih_, 4 * H);
+    b_hh = z(b_hh_, 4 * H);
+    b_c = z(b_c_, H);
+  }
+  template <typename scalar_t>
+  LnParams<scalar_t> params() const {
+    return {g_ih.data_ptr<scalar_t>(), b_ih.data_ptr<scalar_t>(), g_hh.data_ptr<scalar_t>(),
+            b_hh.data_ptr<scalar_t>(), g_c.data_ptr<scalar_t>(), b_c.data_ptr<scalar_t>()};
+  }
+};
+
 template <typename scalar_t>
 void ln_forward_loop(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, const LnParams<scalar_t>& P,
                      const int64_t* len, Tensor& zih, Tensor& rih, Tensor& zhh, Tensor& rhh, Tensor& zc, Tensor& rc,
@@ -742,18 +782,13 @@ std::vector<Tensor> ln_forward(const Tensor& x, const Tensor& w_ih, const Tensor
   auto opts = x.options();
   if (!save) {
     const Tensor xc = x.contiguous(), wi = w_ih.contiguous(), w = w_hh.contiguous();
-    const Tensor gih = g_ih.contiguous(), ghh = g_hh.contiguous(), gc = g_c.contiguous();
-    const Tensor bih = present(b_ih) ? b_ih.contiguous() : at::zeros({4 * H}, opts);
-    const Tensor bhh = present(b_hh) ? b_hh.contiguous() : at::zeros({4 * H}, opts);
-    const Tensor bc = present(b_c) ? b_c.contiguous() : at::zeros({H}, opts);
+    const LnTensors ln(g_ih, b_ih, g_hh, b_hh, g_c, b_c, H);
     const int64_t* len = present(lengths) ? lengths.data_ptr<int64_t>() : nullptr;
     Tensor hbuf = at::empty({2, B, H}, opts), cbuf = at::empty({2, B, H}, opts), out = at::empty({T, B, H}, opts);
     hbuf[0].copy_(h0);
     cbuf[0].copy_(c0);
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "ln_infer", [&] {
-      const LnParams<scalar_t> P{gih.data_ptr<scalar_t>(), bih.data_ptr<scalar_t>(), ghh.data_ptr<scalar_t>(),
-                                 bhh.data_ptr<scalar_t>(), gc.data_ptr<scalar_t>(), bc.data_ptr<scalar_t>()};
-      ln_infer_loop<scalar_t>(xc, wi, w, P, len, hbuf, cbuf, out);
+      ln_infer_loop<scalar_t>(xc, wi, w, ln.params<scalar_t>(), len, hbuf, cbuf, out);
     });
     return {out, hbuf[T % 2].clone(), cbuf[T % 2].clone()};
   }
@@ -767,16 +802,10 @@ std::vector<Tensor> ln_forward(const Tensor& x, const Tensor& w_ih, const Tensor
   hs[0].copy_(h0);
   cs[0].copy_(c0);
   const Tensor xc = x.contiguous(), wi = w_ih.contiguous(), w = w_hh.contiguous();
-  // absent shifts (bias=False) are zeros here, so the rows need no branch
-  const Tensor gih = g_ih.contiguous(), ghh = g_hh.contiguous(), gc = g_c.contiguous();
-  const Tensor bih = present(b_ih) ? b_ih.contiguous() : at::zeros({4 * H}, opts);
-  const Tensor bhh = present(b_hh) ? b_hh.contiguous() : at::zeros({4 * H}, opts);
-  const Tensor bc = present(b_c) ? b_c.contiguous() : at::zeros({H}, opts);
+  const LnTensors ln(g_ih, b_ih, g_hh, b_hh, g_c, b_c, H);
   const int64_t* len = present(lengths) ? lengths.data_ptr<int64_t>() : nullptr;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "ln_forward", [&] {
-    const LnParams<scalar_t> P{gih.data_ptr<scalar_t>(), bih.data_ptr<scalar_t>(), ghh.data_ptr<scalar_t>(),
-                               bhh.data_ptr<scalar_t>(), gc.data_ptr<scalar_t>(), bc.data_ptr<scalar_t>()};
-    ln_forward_loop<scalar_t>(xc, wi, w, P, len, zih, rih, zhh, rhh, zc, rc, hs, cs, out, own_out);
+    ln_forward_loop<scalar_t>(xc, wi, w, ln.params<scalar_t>(), len, zih, rih, zhh, rhh, zc, rc, hs, cs, out, own_out);
   });
   return {out, hs[T].clone(), cs[T].clone(), zih, rih, zhh, rhh, zc, rc, hs, cs};
 }
@@ -859,7 +888,7 @@ void ln_backward_loop(const Tensor& grad_out, const Tensor& x, const Tensor& w_i
     scalar_t* acc = parts[tid].data_ptr<scalar_t>();
     std::vector<scalar_t> act(4 * H), da(4 * H), dzn(4 * H), dzc(H), dxc(H), c_scratch(H);
     Tensor dxw = at::empty({Bt, 4 * H}, zih.options()), dz = at::empty({Bt, 4 * H}, zih.options());
-    Tensor h_t = at::empty({H, Bt}, zih.options()), x_t = at::empty({I, Bt}, zih.options());
+    StepGrads<scalar_t> products(rec, rin, HS, X, B, H, I, b0, Bt, zih.options());
     scalar_t* DX = dxw.data_ptr<scalar_t>();
     scalar_t* DZ = dz.data_ptr<scalar_t>();
     Tensor dwhh = dwhh_t[tid], dwih = dwih_t[tid];
@@ -890,15 +919,8 @@ void ln_backward_loop(const Tensor& grad_out, const Tensor& x, const Tensor& w_i
         normalise_backward(ZI + g4, dzn.data(), RI[t * B + b], 4 * H, DX + o4);
         zero_row(dhp, H);
       }
-      // dh_{t-1} (= 0, or the pass-through of finished sequences) += dZ W_hh, this thread's rows
-      rec.acc<scalar_t>(dhb[prv].narrow(0, b0, Bt), dz);
-      Tensor dx_rows = dx[t].narrow(0, b0, Bt);
-      dx_rows.zero_();
-      rin.acc<scalar_t>(dx_rows, dxw);                          // dx_t = dXW W_ih
-      transpose_into(HS + t * BH + b0 * H, Bt, H, H, h_t.data_ptr<scalar_t>());
-      acc_ab<scalar_t>(dwhh, h_t, dz);                          // dW_hh^T += h_{t-1}^T dZ
-      transpose_into(X + (t * B + b0) * I, Bt, I, I, x_t.data_ptr<scalar_t>());
-      acc_ab<scalar_t>(dwih, x_t, dxw);                         // dW_ih^T += x_t^T dXW
+      // dh_{t-1} (= 0, or the pass-through of finished sequences) += dZ W_hh; dx_t; weight sums
+      products(t, dxw, dz, dhb[prv].narrow(0, b0, Bt), dx[t].narrow(0, b0, Bt), dwhh, dwih);
     }
   });
   dh.copy_(dhb[0]);
@@ -921,16 +943,11 @@ std::vector<Tensor> ln_backward(const Tensor& grad_out, const Tensor& grad_hn, c
   Tensor parts = at::zeros({nt, 18 * H}, opts);
   const Tensor go = present(grad_out) ? grad_out.contiguous() : at::zeros({T, B, H}, opts);
   const Tensor xc = x.contiguous(), wi = w_ih.contiguous(), w = w_hh.contiguous();
-  const Tensor gih = g_ih.contiguous(), ghh = g_hh.contiguous(), gc = g_c.contiguous();
-  const Tensor bih = present(b_ih) ? b_ih.contiguous() : at::zeros({4 * H}, opts);
-  const Tensor bhh = present(b_hh) ? b_hh.contiguous() : at::zeros({4 * H}, opts);
-  const Tensor bc = present(b_c) ? b_c.contiguous() : at::zeros({H}, opts);
+  const LnTensors ln(g_ih, b_ih, g_hh, b_hh, g_c, b_c, H);
   const int64_t* len = present(lengths) ? lengths.data_ptr<int64_t>() : nullptr;
   AT_DISPATCH_FLOATING_TYPES(zih.scalar_type(), "ln_backward", [&] {
-    const LnParams<scalar_t> P{gih.data_ptr<scalar_t>(), bih.data_ptr<scalar_t>(), ghh.data_ptr<scalar_t>(),
-                               bhh.data_ptr<scalar_t>(), gc.data_ptr<scalar_t>(), bc.data_ptr<scalar_t>()};
-    ln_backward_loop<scalar_t>(go, xc, wi, w, P, len, zih, rih, zhh, rhh, zc, rc, hs, cs, dh, dc, dx, dwhh_t, dwih_t,
-                               parts);
+    ln_backward_loop<scalar_t>(go, xc, wi, w, ln.params<scalar_t>(), len, zih, rih, zhh, rhh, zc, rc, hs, cs, dh, dc,
+                               dx, dwhh_t, dwih_t, parts);
   });
   Tensor dw_hh = dwhh_t.sum(0).t().contiguous(), dw_ih = dwih_t.sum(0).t().contiguous();
   Tensor sums = parts.sum(0);
