@@ -167,6 +167,7 @@ def plot_gates(run: dict, path: Path) -> bool:
     bins = torch.logspace(math.log10(max(period.min().item(), 1e-3)), math.log10(period.max().item() + 1e-9), 25)
     axes[1].hist(period.numpy(), bins=bins.numpy(), color="#4c72b0")
     axes[1].set_xscale("log")
+    axes[1].xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
     axes[1].xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
     axes[1].xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     axes[1].axvspan(math.exp(lo), math.exp(hi), color="grey", alpha=0.2, label=f"initial range exp(U({lo:g}, {hi:g}))")
