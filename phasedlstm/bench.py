@@ -11,9 +11,10 @@ for torch.nn.LSTM, each of our four layers (the path ``impl="auto"`` chooses; ad
 any LSTM must do at that shape (one input projection for all steps, one recurrent product per
 step, and for training their backward products), timed with ``torch.mm`` on ready buffers.
 
-Memory: the bytes each layer saves for backward in one training step (every tensor autograd
-keeps, counted once per storage), at the T = 784 shape — the activation memory that dominates
-a training step's peak.
+Memory, at the T = 784 shape: the peak memory of one training step (the rise of the peak
+resident set size, VmHWM, over the memory held before the step, in a fresh process per layer;
+Linux), and the bytes each layer saves for backward (every tensor autograd keeps, counted once
+per storage) — the activation memory that dominates that peak.
 
 Writes a table to stdout and JSON (``--json``, with torch version, threads and CPU model).
 """
@@ -159,6 +160,44 @@ def saved_bytes(case: _Case) -> int:
     return sum(storages.values())
 
 
+_PEAK_SCRIPT = """
+import sys, torch
+from phasedlstm import bench, fast
+torch.set_num_threads(int(sys.argv[2]))
+fast.load()
+B, T, I, H = bench.MEMORY_SHAPE
+torch.manual_seed(0)
+x = torch.randn(T, B, I, requires_grad=True)
+m = bench._make(sys.argv[1], I, H, "auto")
+grad = torch.randn(T, B, H)
+def status(key):  # kB -> bytes
+    for line in open("/proc/self/status"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+before = status("VmRSS")
+try:  # reset the peak (VmHWM) to the current RSS, so that only the step counts
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+except OSError:
+    pass
+out, _ = m(x) if isinstance(m, torch.nn.LSTM) else m(x, times=torch.arange(T, dtype=torch.float64))
+out.backward(grad)
+print(max(0, status("VmHWM") - before))
+"""
+
+
+def peak_step_bytes(name: str, threads: int) -> int | None:
+    """Peak RSS rise of one training step of layer ``name`` at MEMORY_SHAPE, in a fresh process."""
+    import subprocess
+
+    r = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, name, str(threads)], capture_output=True, text=True,
+                       timeout=600)
+    try:
+        return int(r.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return None
+
+
 def run(shapes, layers, threads=2, repeats=7, warmup=2, reference=False, memory=True, log=print) -> dict:
     from phasedlstm import fast
 
@@ -189,9 +228,10 @@ def run(shapes, layers, threads=2, repeats=7, warmup=2, reference=False, memory=
         B, T, I, H = MEMORY_SHAPE
         x = torch.randn(T, B, I, requires_grad=True)
         times = torch.arange(T, dtype=torch.float64)
-        mem = {"shape": list(MEMORY_SHAPE)}
+        mem = {"shape": list(MEMORY_SHAPE), "saved": {}, "peak": {}}
         for label, name in [("torch.nn.LSTM", "torch")] + [(n, n) for n in layers]:
-            mem[label] = saved_bytes(_Case(label, _make(name, I, H, "auto"), x, times))
+            mem["saved"][label] = saved_bytes(_Case(label, _make(name, I, H, "auto"), x, times))
+            mem["peak"][label] = peak_step_bytes(name, threads)
         log(format_memory(mem))
     return {"config": config, "results": results, "memory": mem}
 
@@ -212,11 +252,13 @@ def format_shape(row) -> str:
 
 def format_memory(mem) -> str:
     B, T, I, H = mem["shape"]
-    base = mem["torch.nn.LSTM"]
-    lines = [f"\nsaved for backward, one training step at B={B} T={T} I={I} H={H}:"]
-    for k, v in mem.items():
-        if k != "shape":
-            lines.append(f"  {k:24s} {v / 2**20:8.1f} MiB  {v / base:5.2f} x torch")
+    lines = [f"\nmemory of one training step at B={B} T={T} I={I} H={H}:",
+             f"  {'layer':24s} {'peak MiB':>9s} {'x torch':>8s}   {'saved MiB':>9s} {'x torch':>8s}"]
+    pb, sb = mem["peak"]["torch.nn.LSTM"], mem["saved"]["torch.nn.LSTM"]
+    for k, saved in mem["saved"].items():
+        peak = mem["peak"][k]
+        p = f"{peak / 2**20:9.1f} {peak / pb:8.2f}" if peak and pb else f"{'n/a':>9s} {'':>8s}"
+        lines.append(f"  {k:24s} {p}   {saved / 2**20:9.1f} {saved / sb:8.2f}")
     return "\n".join(lines)
 
 
