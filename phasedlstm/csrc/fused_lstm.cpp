@@ -147,9 +147,11 @@ constexpr bool kHaveAvx512 = true;
 
 // FULL: all 64 columns valid (plain loads; masked loads are several times slower on some
 // CPUs, so only the last, partial panel uses them).
+// init: if not null, C is not read; every row starts from init (a bias vector) instead.
 template <int MR, bool FULL>
 static inline void micro_tile(int64_t K, const float* __restrict A, int64_t lda, const float* __restrict Bp,
-                              int64_t ldb, float* __restrict C, int64_t ldc, int64_t ncols) {
+                              int64_t ldb, float* __restrict C, int64_t ldc, int64_t ncols,
+                              const float* __restrict init) {
   __m512 acc[MR][4];
   __mmask16 mask[4];
   for (int j = 0; j < 4; ++j) {
@@ -157,8 +159,10 @@ static inline void micro_tile(int64_t K, const float* __restrict A, int64_t lda,
     mask[j] = left >= 16 ? (__mmask16)0xFFFF : (left <= 0 ? (__mmask16)0 : (__mmask16)((1u << left) - 1));
   }
   for (int r = 0; r < MR; ++r)
-    for (int j = 0; j < 4; ++j)
-      acc[r][j] = FULL ? _mm512_loadu_ps(C + r * ldc + 16 * j) : _mm512_maskz_loadu_ps(mask[j], C + r * ldc + 16 * j);
+    for (int j = 0; j < 4; ++j) {
+      const float* src = init != nullptr ? init + 16 * j : C + r * ldc + 16 * j;
+      acc[r][j] = FULL ? _mm512_loadu_ps(src) : _mm512_maskz_loadu_ps(mask[j], src);
+    }
   for (int64_t k = 0; k < K; ++k) {
     const float* b = Bp + k * ldb;  // masked in a partial panel: a row-major B may end inside it
     __m512 b0, b1, b2, b3;
@@ -190,41 +194,44 @@ static inline void micro_tile(int64_t K, const float* __restrict A, int64_t lda,
 
 template <bool FULL>
 inline void micro_rows(int64_t M, int64_t K, const float* A, int64_t lda, const float* bq, int64_t ldb, float* cq,
-                       int64_t ldc, int64_t ncols) {
+                       int64_t ldc, int64_t ncols, const float* init) {
   int64_t m = 0;
-  for (; m + 6 <= M; m += 6) micro_tile<6, FULL>(K, A + m * lda, lda, bq, ldb, cq + m * ldc, ldc, ncols);
+  for (; m + 6 <= M; m += 6) micro_tile<6, FULL>(K, A + m * lda, lda, bq, ldb, cq + m * ldc, ldc, ncols, init);
   switch (M - m) {
-    case 5: micro_tile<5, FULL>(K, A + m * lda, lda, bq, ldb, cq + m * ldc, ldc, ncols); break;
-    case 4: micro_tile<4, FULL>(K, A + m * lda, lda, bq, ldb, cq + m * ldc, ldc, ncols); break;
-    case 3: micro_tile<3, FULL>(K, A + m * lda, lda, bq, ldb, cq + m * ldc, ldc, ncols); break;
-    case 2: micro_tile<2, FULL>(K, A + m * lda, lda, bq, ldb, cq + m * ldc, ldc, ncols); break;
-    case 1: micro_tile<1, FULL>(K, A + m * lda, lda, bq, ldb, cq + m * ldc, ldc, ncols); break;
+    case 5: micro_tile<5, FULL>(K, A + m * lda, lda, bq, ldb, cq + m * ldc, ldc, ncols, init); break;
+    case 4: micro_tile<4, FULL>(K, A + m * lda, lda, bq, ldb, cq + m * ldc, ldc, ncols, init); break;
+    case 3: micro_tile<3, FULL>(K, A + m * lda, lda, bq, ldb, cq + m * ldc, ldc, ncols, init); break;
+    case 2: micro_tile<2, FULL>(K, A + m * lda, lda, bq, ldb, cq + m * ldc, ldc, ncols, init); break;
+    case 1: micro_tile<1, FULL>(K, A + m * lda, lda, bq, ldb, cq + m * ldc, ldc, ncols, init); break;
     default: break;
   }
 }
 
 // C (M x N) += A (M x K) B (K x N); B is packed (panel_stride = K * 64, ldb = 64) or row-major
-// (panel_stride = 64, ldb = its row stride). Rows of A and C have strides lda and ldc.
+// (panel_stride = 64, ldb = its row stride). Rows of A and C have strides lda and ldc. With
+// init (an N-vector), C = init + A B instead: C is written, never read.
 inline void gemm_acc_any(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* Bq0,
-                         int64_t panel_stride, int64_t ldb, float* C, int64_t ldc) {
+                         int64_t panel_stride, int64_t ldb, float* C, int64_t ldc, const float* init = nullptr) {
   const int64_t panels = (N + kNR - 1) / kNR;
   for (int64_t q = 0; q < panels; ++q) {
     const float* bq = Bq0 + q * panel_stride;
     const int64_t ncols = std::min(kNR, N - q * kNR);
     float* cq = C + q * kNR;
-    if (ncols == kNR) micro_rows<true>(M, K, A, lda, bq, ldb, cq, ldc, ncols);
-    else micro_rows<false>(M, K, A, lda, bq, ldb, cq, ldc, ncols);
+    const float* iq = init != nullptr ? init + q * kNR : nullptr;
+    if (ncols == kNR) micro_rows<true>(M, K, A, lda, bq, ldb, cq, ldc, ncols, iq);
+    else micro_rows<false>(M, K, A, lda, bq, ldb, cq, ldc, ncols, iq);
   }
 }
 
-inline void gemm_acc(int64_t M, const float* A, int64_t lda, const PackedB& B, float* C, int64_t ldc) {
-  gemm_acc_any(M, B.N, B.K, A, lda, B.data.data_ptr<float>(), B.K * kNR, kNR, C, ldc);
+inline void gemm_acc(int64_t M, const float* A, int64_t lda, const PackedB& B, float* C, int64_t ldc,
+                     const float* init = nullptr) {
+  gemm_acc_any(M, B.N, B.K, A, lda, B.data.data_ptr<float>(), B.K * kNR, kNR, C, ldc, init);
 }
 #else
 constexpr bool kHaveAvx512 = false;
-inline void gemm_acc(int64_t, const float*, int64_t, const PackedB&, float*, int64_t) {}
+inline void gemm_acc(int64_t, const float*, int64_t, const PackedB&, float*, int64_t, const float* = nullptr) {}
 inline void gemm_acc_any(int64_t, int64_t, int64_t, const float*, int64_t, const float*, int64_t, int64_t, float*,
-                         int64_t) {}
+                         int64_t, const float* = nullptr) {}
 #endif
 
 // C += A B for 2-D tensors whose rows are contiguous (inner stride 1), on this thread.
@@ -310,7 +317,8 @@ void forward_loop(const Tensor& x, const Tensor& w_ih, const Tensor& bias, const
   const scalar_t* wcf = PEEP ? wci + H : nullptr;
   const scalar_t* wco = PEEP ? wci + 2 * H : nullptr;
   const scalar_t* K = PHASED ? k.data_ptr<scalar_t>() : nullptr;
-  const scalar_t* BIAS = bias.numel() > 0 ? bias.data_ptr<scalar_t>() : nullptr;
+  const Tensor bias_vec = fused_in ? (bias.numel() > 0 ? bias.contiguous() : at::zeros({4 * H}, x.options())) : bias;
+  const float* bias_or_zero = fused_in ? reinterpret_cast<const float*>(bias_vec.data_ptr()) : nullptr;
   scalar_t* O = OUT ? out.data_ptr<scalar_t>() : nullptr;
   // training: gates and states of every step are kept; inference: the gates of a chunk of
   // steps (one step's when the projection is fused), and two state rows (ping-pong)
@@ -343,12 +351,10 @@ void forward_loop(const Tensor& x, const Tensor& w_ih, const Tensor& bias, const
         if constexpr (std::is_same_v<scalar_t, float>) {
           if (fused_in) {  // gates = b + [x_t | h_{t-1}] [W_ih | W_hh]^T, this thread's rows
             for (int64_t b = 0; b < Bt; ++b) {
-              if (BIAS != nullptr) copy_row(BIAS, G + 4 * b * H, 4 * H);
-              else zero_row(G + 4 * b * H, 4 * H);
               copy_row(X + (t * B + b0 + b) * I, xh.data() + b * (I + H), I);
               copy_row(HS + sp * BH + (b0 + b) * H, xh.data() + b * (I + H) + I, H);
             }
-            gemm_acc(Bt, xh.data(), I + H, cat, G, 4 * H);
+            gemm_acc(Bt, xh.data(), I + H, cat, G, 4 * H, bias_or_zero);  // the bias starts the sums
           }
         }
         if (!fused_in) rec.acc<scalar_t>(gates, hbuf[sp].narrow(0, b0, Bt));  // + h_{t-1} W_hh^T
