@@ -1,21 +1,23 @@
 // Fused CPU loop of the LSTM family: forward and hand-written backward.
 //
-// One native loop over time per layer and direction. Per step: one GEMM (the recurrent
-// product, written straight into the gate buffer that already holds the input projection)
-// and one fused element-wise pass over (B, H), parallel over the batch. The backward runs
-// the loop in reverse with one GEMM per step (dh_{t-1} += dG_t W_hh) and does the weight
-// gradient in one GEMM over all steps afterwards. The equations are those of
-// phasedlstm/cells.py (lstm_step, peephole_step, phased_step, layernorm_step); tests prove
-// outputs and gradients equal to that reference.
+// One native loop over time per layer and direction, in one parallel region over the batch:
+// each thread runs every step for its own block of sequences (they never interact), so
+// nothing synchronises per step. Per step and thread: the gates of its rows from one GEMM
+// (b + [x_t | h_{t-1}] [W_ih | W_hh]^T; with at::addmm where the micro-kernel below does not
+// apply, after one input-projection GEMM for all steps) and one fused element-wise pass. The
+// backward, by hand, in the same shape: per step the gate gradients of its rows, then
+// dh_{t-1} += dG W_hh, dx_t = dG W_ih and per-thread sums dW_hh^T += h_{t-1}^T dG,
+// dW_ih^T += x_t^T dG, db += dG. The equations are those of phasedlstm/cells.py (lstm_step,
+// peephole_step, phased_step, layernorm_step); tests prove outputs and gradients equal to
+// that reference.
 //
-// Layout: time-major. x (T, B, I); the input projection of all steps is one GEMM written
-// straight into the gate buffer (T, B, 4H) (gate order i, f, g, o); w_ih (4H, I),
+// Layout: time-major. x (T, B, I); gates (T, B, 4H) (gate order i, f, g, o); w_ih (4H, I),
 // bias (4H,) = b_ih + b_hh or empty, w_hh (4H, H), h0 and c0 (B, H),
 // peep (3, H) = [w_ci; w_cf; w_co] or empty, k (T, kB, H) time-gate openness (kB = B, or 1
 // when all sequences share their timestamps) or empty, lengths (B,) int64 or empty.
 // Steps t >= lengths[b] keep the state of sequence b and output zero. With save = false
-// (inference) nothing is kept for backward: the gates of a few steps at a time and two
-// state rows are all the memory it needs.
+// (inference) nothing is kept for backward: one step's gates and two state rows per
+// sequence are all the memory it needs.
 //
 // Layer norm (ln_forward / ln_backward): inside the loop
 // a = LN_ih(x_t W_ih^T) + LN_hh(h_{t-1} W_hh^T) with gains g_ih, g_hh and shifts b_ih, b_hh,
