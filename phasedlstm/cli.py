@@ -34,7 +34,6 @@ def _str_list(s: str) -> list[str]:
 
 
 def _add_training_args(p: argparse.ArgumentParser, with_model: bool = True) -> None:
-    from phasedlstm.data import TASKS
     from phasedlstm.models import MODELS, POOLING
 
     g = p.add_argument_group("model and training")
@@ -81,7 +80,6 @@ def _add_training_args(p: argparse.ArgumentParser, with_model: bool = True) -> N
     d.add_argument("--length", type=int, default=None, help="adding: sequence length T")
     d.add_argument("--downsample", type=int, default=None, help="watch: keep every k-th sample")
     d.add_argument("--crop", type=int, default=None, help="watch: keep the first n samples")
-    _ = TASKS  # (task names are checked by get_task)
 
 
 _TASK_ARGS = ["classes", "small", "val_fraction", "perm_seed", "data_dir", "data_path", "n_train", "n_val",

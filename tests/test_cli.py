@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 
-import pytest
 import torch
 
 TINY = ["--task", "freq-async", "--n-train", "96", "--n-val", "32", "--n-test", "32", "--hidden-size", "8",

@@ -1,7 +1,5 @@
 """The IDX reader on tiny files the tests write: round trips and every promised error."""
 
-import gzip
-import shutil
 import struct
 
 import numpy as np

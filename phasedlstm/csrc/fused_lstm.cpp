@@ -263,7 +263,6 @@ struct Recurrent {
   PackedB packed;
   bool use_packed = false;
 
-  Recurrent() = default;
   Recurrent(const Tensor& w_hh, bool transpose) {
     b_for_aten = transpose ? w_hh.t() : w_hh;
     const int64_t n_out = transpose ? w_hh.size(0) : w_hh.size(1);
