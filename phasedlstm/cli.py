@@ -1,4 +1,4 @@
-"""The ``phasedlstm`` command line: train, compare, demo, evaluate, report, data, tasks, bench.
+"""The phasedlstm command line: train, compare, demo, evaluate, report, data, tasks, bench.
 
 Every option has a default that works; ``phasedlstm COMMAND --help`` lists them.
 """
@@ -74,6 +74,8 @@ def _add_training_args(p: argparse.ArgumentParser, with_model: bool = True) -> N
     d.add_argument("--data-dir", default=None, help="where `data fetch` put the datasets "
                                                     "(default: $PHASEDLSTM_DATA or ~/.cache/phasedlstm)")
     d.add_argument("--data-path", default=None, help="image tasks: a folder with the four IDX files")
+    d.add_argument("--prefix", default=None, help="image tasks: file-name prefix in --data-path (EMNIST: "
+                                                  "emnist-digits-)")
     d.add_argument("--n-train", type=int, default=None, help="generated tasks: training sequences")
     d.add_argument("--n-val", type=int, default=None, help="generated tasks: validation sequences")
     d.add_argument("--n-test", type=int, default=None, help="generated tasks: test sequences")
@@ -82,7 +84,7 @@ def _add_training_args(p: argparse.ArgumentParser, with_model: bool = True) -> N
     d.add_argument("--crop", type=int, default=None, help="watch: keep the first n samples")
 
 
-_TASK_ARGS = ["classes", "small", "val_fraction", "perm_seed", "data_dir", "data_path", "n_train", "n_val",
+_TASK_ARGS = ["classes", "small", "val_fraction", "perm_seed", "data_dir", "data_path", "prefix", "n_train", "n_val",
               "n_test", "length", "downsample", "crop"]
 
 
@@ -313,6 +315,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted; `--resume` continues from the last checkpoint", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":
