@@ -204,11 +204,11 @@ class _FusedLayerNormLSTM(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, g_out, g_hn, g_cn):
-        x, w_ih, g_ih, b_ih, w_hh, g_hh, b_hh, g_c, b_c, lengths, zih, *rest = ctx.saved_tensors
-        e = _empty(zih)
+        x, w_ih, g_ih, b_ih, w_hh, g_hh, b_hh, g_c, b_c, lengths, *rest = ctx.saved_tensors
+        e = _empty(x)
         d_x, d_w_ih, d_gih, d_bih, d_w_hh, d_h0, d_c0, d_ghh, d_bhh, d_gc, d_bc = torch.ops.phasedlstm_fused.ln_backward(
             e if g_out is None else g_out, e if g_hn is None else g_hn, e if g_cn is None else g_cn,
-            x, w_ih, g_ih, b_ih, w_hh, g_hh, b_hh, g_c, b_c, lengths, zih, *rest)
+            x, w_ih, g_ih, b_ih, w_hh, g_hh, b_hh, g_c, b_c, lengths, *rest)
         bih, bhh, bc = ctx.has_bias
         return (d_x, d_w_ih, d_gih, d_bih if bih else None, d_w_hh, d_h0, d_c0, d_ghh, d_bhh if bhh else None, d_gc,
                 d_bc if bc else None, None)

@@ -698,11 +698,10 @@ struct LnTensors {
 
 template <typename scalar_t>
 void ln_forward_loop(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, const LnParams<scalar_t>& P,
-                     const int64_t* len, Tensor& zih, Tensor& rih, Tensor& zhh, Tensor& rhh, Tensor& zc, Tensor& rc,
+                     const int64_t* len, Tensor& rih, Tensor& zhh, Tensor& rhh, Tensor& zc, Tensor& rc,
                      Tensor& hs, Tensor& cs, Tensor& out, bool own_out) {
   const int64_t T = x.size(0), B = x.size(1), H = w_hh.size(1), BH = B * H;
   const Recurrent rin(w_ih, /*transpose=*/true), rec(w_hh, /*transpose=*/true);
-  scalar_t* ZI = zih.data_ptr<scalar_t>();
   scalar_t* RI = rih.data_ptr<scalar_t>();
   scalar_t* Z = zhh.data_ptr<scalar_t>();
   scalar_t* R = rhh.data_ptr<scalar_t>();
@@ -714,9 +713,12 @@ void ln_forward_loop(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, co
   at::parallel_for(0, B, batch_grain(B), [&](int64_t b0, int64_t b1) {
     const int64_t Bt = b1 - b0;
     std::vector<scalar_t> act(4 * H);  // the gate activations of one row (the backward recomputes them)
+    // the normalised input term is not kept either: x_t W_ih^T is cheap to recompute (K = I)
+    Tensor zi_rows = at::empty({Bt, 4 * H}, x.options());
+    scalar_t* ZI = zi_rows.data_ptr<scalar_t>();
     for (int64_t t = 0; t < T; ++t) {
       // zi = x_t W_ih^T and z = h_{t-1} W_hh^T for this thread's rows, normalised in place below
-      Tensor zi_rows = zih[t].narrow(0, b0, Bt), z_rows = zhh[t].narrow(0, b0, Bt);
+      Tensor z_rows = zhh[t].narrow(0, b0, Bt);
       zi_rows.zero_();
       z_rows.zero_();
       rin.acc<scalar_t>(zi_rows, x[t].narrow(0, b0, Bt));
@@ -727,9 +729,10 @@ void ln_forward_loop(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, co
           hold_row(HS + p, CS + p, HS + n, CS + n, O + p, H);
           continue;
         }
-        RI[t * B + b] = normalise(ZI + g4, 4 * H);
+        const int64_t o4 = 4 * (b - b0) * H;
+        RI[t * B + b] = normalise(ZI + o4, 4 * H);
         R[t * B + b] = normalise(Z + g4, 4 * H);
-        ln_gates_row(act.data(), ZI + g4, Z + g4, P.g_ih, P.b_ih, P.g_hh, P.b_hh, CS + p, ZC + p, H);
+        ln_gates_row(act.data(), ZI + o4, Z + g4, P.g_ih, P.b_ih, P.g_hh, P.b_hh, CS + p, ZC + p, H);
         copy_row(ZC + p, CS + n, H);  // c_t, before its normalisation
         RC[t * B + b] = normalise(ZC + p, H);
         ln_out_row(act.data() + 3 * H, ZC + p, P.g_c, P.b_c, HS + n, H);
@@ -799,7 +802,7 @@ std::vector<Tensor> ln_forward(const Tensor& x, const Tensor& w_ih, const Tensor
     });
     return {out, hbuf[T % 2].clone(), cbuf[T % 2].clone()};
   }
-  Tensor zih = at::empty({T, B, 4 * H}, opts), zhh = at::empty({T, B, 4 * H}, opts);
+  Tensor zhh = at::empty({T, B, 4 * H}, opts);
   Tensor rih = at::empty({T, B}, opts), rhh = at::empty({T, B}, opts), zc = at::empty({T, B, H}, opts),
          rc = at::empty({T, B}, opts);
   Tensor hs = at::empty({T + 1, B, H}, opts), cs = at::empty({T + 1, B, H}, opts);
@@ -812,9 +815,9 @@ std::vector<Tensor> ln_forward(const Tensor& x, const Tensor& w_ih, const Tensor
   const LnTensors ln(g_ih, b_ih, g_hh, b_hh, g_c, b_c, H);
   const int64_t* len = present(lengths) ? lengths.data_ptr<int64_t>() : nullptr;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "ln_forward", [&] {
-    ln_forward_loop<scalar_t>(xc, wi, w, ln.params<scalar_t>(), len, zih, rih, zhh, rhh, zc, rc, hs, cs, out, own_out);
+    ln_forward_loop<scalar_t>(xc, wi, w, ln.params<scalar_t>(), len, rih, zhh, rhh, zc, rc, hs, cs, out, own_out);
   });
-  return {out, hs[T].clone(), cs[T].clone(), zih, rih, zhh, rhh, zc, rc, hs, cs};
+  return {out, hs[T].clone(), cs[T].clone(), rih, zhh, rhh, zc, rc, hs, cs};
 }
 
 // From dh_t (incl. the output's gradient) back to the gradient of the gate pre-activations dA
@@ -868,18 +871,18 @@ static inline void ln_backward_z_row(const scalar_t* __restrict da, const scalar
 // dx_t = dXW W_ih, and per-thread sums dW_hh^T += h_{t-1}^T dZ, dW_ih^T += x_t^T dXW.
 template <typename scalar_t>
 void ln_backward_loop(const Tensor& grad_out, const Tensor& x, const Tensor& w_ih, const Tensor& w_hh,
-                      const LnParams<scalar_t>& P, const int64_t* len, const Tensor& zih, const Tensor& rih,
+                      const LnParams<scalar_t>& P, const int64_t* len, const Tensor& rih,
                       const Tensor& zhh, const Tensor& rhh, const Tensor& zc, const Tensor& rc, const Tensor& hs,
                       const Tensor& cs, Tensor& dh, Tensor& dc, Tensor& dx, Tensor& dwhh_t, Tensor& dwih_t,
                       Tensor& parts) {
-  const int64_t T = zih.size(0), B = zih.size(1), I = x.size(2), H = w_hh.size(1), BH = B * H;
+  const int64_t T = zhh.size(0), B = zhh.size(1), I = x.size(2), H = w_hh.size(1), BH = B * H;
   const Recurrent rec(w_hh, /*transpose=*/false), rin(w_ih, /*transpose=*/false);
+  const Recurrent rin_fwd(w_ih, /*transpose=*/true);  // to recompute x_t W_ih^T
   Tensor dhb = at::empty({2, B, H}, dh.options()), dcb = at::empty({2, B, H}, dc.options());
   dhb[T % 2].copy_(dh);
   dcb[T % 2].copy_(dc);
   scalar_t* DHB = dhb.data_ptr<scalar_t>();
   scalar_t* DCB = dcb.data_ptr<scalar_t>();
-  const scalar_t* ZI = zih.data_ptr<scalar_t>();
   const scalar_t* RI = rih.data_ptr<scalar_t>();
   const scalar_t* Z = zhh.data_ptr<scalar_t>();
   const scalar_t* R = rhh.data_ptr<scalar_t>();
@@ -894,13 +897,17 @@ void ln_backward_loop(const Tensor& grad_out, const Tensor& x, const Tensor& w_i
     // per-thread sums: [d g_hh | d b_hh | d g_ih | d b_ih (4H each) | d g_c | d b_c (H each)]
     scalar_t* acc = parts[tid].data_ptr<scalar_t>();
     std::vector<scalar_t> act(4 * H), da(4 * H), dzn(4 * H), dzc(H), dxc(H), c_scratch(H);
-    Tensor dxw = at::empty({Bt, 4 * H}, zih.options()), dz = at::empty({Bt, 4 * H}, zih.options());
-    StepGrads<scalar_t> products(rec, rin, HS, X, B, H, I, b0, Bt, zih.options());
+    Tensor dxw = at::empty({Bt, 4 * H}, zhh.options()), dz = at::empty({Bt, 4 * H}, zhh.options());
+    Tensor zi_rows = at::empty({Bt, 4 * H}, zhh.options());
+    scalar_t* ZI = zi_rows.data_ptr<scalar_t>();
+    StepGrads<scalar_t> products(rec, rin, HS, X, B, H, I, b0, Bt, zhh.options());
     scalar_t* DX = dxw.data_ptr<scalar_t>();
     scalar_t* DZ = dz.data_ptr<scalar_t>();
     Tensor dwhh = dwhh_t[tid], dwih = dwih_t[tid];
     for (int64_t t = T - 1; t >= 0; --t) {
       const int64_t cur = (t + 1) % 2, prv = t % 2;
+      zi_rows.zero_();  // recompute the normalised input term of this step's rows
+      rin_fwd.acc<scalar_t>(zi_rows, x[t].narrow(0, b0, Bt));
       for (int64_t b = b0; b < b1; ++b) {
         const int64_t r = b * H, p = t * BH + r, g4 = 4 * p, o4 = 4 * (b - b0) * H;
         const scalar_t *dh = DHB + cur * BH + r, *dc = DCB + cur * BH + r;
@@ -912,8 +919,9 @@ void ln_backward_loop(const Tensor& grad_out, const Tensor& x, const Tensor& w_i
           copy_row(dc, dcp, H);
           continue;
         }
-        // the gate activations, recomputed from the saved normalised terms (cheaper than keeping them)
-        ln_gates_row(act.data(), ZI + g4, Z + g4, P.g_ih, P.b_ih, P.g_hh, P.b_hh, CS + p, c_scratch.data(), H);
+        normalise(ZI + o4, 4 * H);
+        // the gate activations, recomputed from the normalised terms (cheaper than keeping them)
+        ln_gates_row(act.data(), ZI + o4, Z + g4, P.g_ih, P.b_ih, P.g_hh, P.b_hh, CS + p, c_scratch.data(), H);
         ln_backward_out_row(dh, GO + p, act.data() + 3 * H, ZC + p, P.g_c, P.b_c, da.data() + 3 * H, dzc.data(),
                             acc + 16 * H, acc + 17 * H, H);
         normalise_backward(ZC + p, dzc.data(), RC[t * B + b], H, dxc.data());
@@ -922,8 +930,8 @@ void ln_backward_loop(const Tensor& grad_out, const Tensor& x, const Tensor& w_i
         // da is the gradient of a = LN_ih(x W_ih^T) + LN_hh(h W_hh^T): back through both
         ln_backward_z_row(da.data(), Z + g4, P.g_hh, acc, acc + 4 * H, dzn.data(), 4 * H);
         normalise_backward(Z + g4, dzn.data(), R[t * B + b], 4 * H, DZ + o4);
-        ln_backward_z_row(da.data(), ZI + g4, P.g_ih, acc + 8 * H, acc + 12 * H, dzn.data(), 4 * H);
-        normalise_backward(ZI + g4, dzn.data(), RI[t * B + b], 4 * H, DX + o4);
+        ln_backward_z_row(da.data(), ZI + o4, P.g_ih, acc + 8 * H, acc + 12 * H, dzn.data(), 4 * H);
+        normalise_backward(ZI + o4, dzn.data(), RI[t * B + b], 4 * H, DX + o4);
         zero_row(dhp, H);
       }
       // dh_{t-1} (= 0, or the pass-through of finished sequences) += dZ W_hh; dx_t; weight sums
@@ -937,12 +945,12 @@ void ln_backward_loop(const Tensor& grad_out, const Tensor& x, const Tensor& w_i
 std::vector<Tensor> ln_backward(const Tensor& grad_out, const Tensor& grad_hn, const Tensor& grad_cn,
                                 const Tensor& x, const Tensor& w_ih, const Tensor& g_ih, const Tensor& b_ih,
                                 const Tensor& w_hh, const Tensor& g_hh, const Tensor& b_hh, const Tensor& g_c,
-                                const Tensor& b_c, const Tensor& lengths, const Tensor& zih, const Tensor& rih,
+                                const Tensor& b_c, const Tensor& lengths, const Tensor& rih,
                                 const Tensor& zhh, const Tensor& rhh, const Tensor& zc, const Tensor& rc,
                                 const Tensor& hs, const Tensor& cs) {
-  const int64_t T = zih.size(0), B = zih.size(1), I = x.size(2), H = w_hh.size(1);
+  const int64_t T = zhh.size(0), B = zhh.size(1), I = x.size(2), H = w_hh.size(1);
   const int64_t nt = at::get_num_threads();
-  auto opts = zih.options();
+  auto opts = zhh.options();
   Tensor dh = present(grad_hn) ? grad_hn.contiguous().clone() : at::zeros({B, H}, opts);
   Tensor dc = present(grad_cn) ? grad_cn.contiguous().clone() : at::zeros({B, H}, opts);
   Tensor dx = at::empty({T, B, I}, opts);
@@ -952,8 +960,8 @@ std::vector<Tensor> ln_backward(const Tensor& grad_out, const Tensor& grad_hn, c
   const Tensor xc = x.contiguous(), wi = w_ih.contiguous(), w = w_hh.contiguous();
   const LnTensors ln(g_ih, b_ih, g_hh, b_hh, g_c, b_c, H);
   const int64_t* len = present(lengths) ? lengths.data_ptr<int64_t>() : nullptr;
-  AT_DISPATCH_FLOATING_TYPES(zih.scalar_type(), "ln_backward", [&] {
-    ln_backward_loop<scalar_t>(go, xc, wi, w, ln.params<scalar_t>(), len, zih, rih, zhh, rhh, zc, rc, hs, cs, dh, dc,
+  AT_DISPATCH_FLOATING_TYPES(zhh.scalar_type(), "ln_backward", [&] {
+    ln_backward_loop<scalar_t>(go, xc, wi, w, ln.params<scalar_t>(), len, rih, zhh, rhh, zc, rc, hs, cs, dh, dc,
                                dx, dwhh_t, dwih_t, parts);
   });
   Tensor dw_hh = dwhh_t.sum(0).t().contiguous(), dw_ih = dwih_t.sum(0).t().contiguous();
@@ -1091,7 +1099,7 @@ TORCH_LIBRARY(phasedlstm_fused, m) {
   m.def("ln_forward(Tensor x, Tensor w_ih, Tensor g_ih, Tensor b_ih, Tensor w_hh, Tensor h0, Tensor c0, "
         "Tensor g_hh, Tensor b_hh, Tensor g_c, Tensor b_c, Tensor lengths, bool save) -> Tensor[]");
   m.def("ln_backward(Tensor grad_out, Tensor grad_hn, Tensor grad_cn, Tensor x, Tensor w_ih, Tensor g_ih, "
-        "Tensor b_ih, Tensor w_hh, Tensor g_hh, Tensor b_hh, Tensor g_c, Tensor b_c, Tensor lengths, Tensor zih, "
+        "Tensor b_ih, Tensor w_hh, Tensor g_hh, Tensor b_hh, Tensor g_c, Tensor b_c, Tensor lengths, "
         "Tensor rih, Tensor zhh, Tensor rhh, Tensor zc, Tensor rc, Tensor hs, Tensor cs) -> Tensor[]");
 }
 
