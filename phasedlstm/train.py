@@ -225,8 +225,10 @@ class _Dist:
         torch.distributed.all_gather(out, local)
         return [float(v) for v in out]
 
-    def close(self):
+    def close(self, ok: bool = True):
         if self.active and torch.distributed.is_initialized():
+            if ok:  # every rank reaches shutdown before any tears its connections down (gloo aborts otherwise)
+                torch.distributed.barrier()
             torch.distributed.destroy_process_group()
 
 
@@ -393,6 +395,8 @@ def train(cfg: TrainConfig | None, run_dir, resume: bool = False, progress: bool
                     + ("ranks agree" if agree else "RANKS DISAGREE"))
                 if not agree:
                     raise RuntimeError("distributed replicas diverged")
-    finally:
-        dist.close()
+    except BaseException:
+        dist.close(ok=False)  # a failing rank must not wait in a barrier for the others
+        raise
+    dist.close()
     return last_row
