@@ -1,5 +1,3 @@
-import sys
+from phasedlstm.cli import entry
 
-from phasedlstm.cli import main
-
-sys.exit(main())
+entry()

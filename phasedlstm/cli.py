@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -148,7 +149,8 @@ def cmd_train(args) -> int:
     cfg = _config(args, args.task, args.model, args.seed)
     out = Path(args.out or f"runs/{args.task}-{args.model}-seed{args.seed}")
     train(cfg, out, progress=not args.no_progress)
-    print(f"run folder: {out}")
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"run folder: {out}")
     return 0
 
 
@@ -320,5 +322,18 @@ def main(argv=None) -> int:
         return 0
 
 
+def entry() -> None:
+    """Console entry point. Under torchrun (WORLD_SIZE > 1) the process leaves with os._exit
+    once its work is done and flushed: gloo's threads can abort the interpreter's shutdown
+    ("terminate called without an active exception") after a clean run, which torchrun
+    would report as a failure."""
+    rc = main()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(rc)
+    sys.exit(rc)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
