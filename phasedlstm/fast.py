@@ -137,6 +137,11 @@ def _empty(like: Tensor) -> Tensor:
     return like.new_empty(0)
 
 
+def _lengths(lengths: Tensor | None) -> Tensor:
+    """The kernels' form of lengths: contiguous int64, or empty for "all steps valid"."""
+    return torch.empty(0, dtype=torch.int64) if lengths is None else lengths.to(torch.int64).contiguous()
+
+
 def _needs_grad(*tensors) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
@@ -221,7 +226,7 @@ def lstm(x: Tensor, w_ih: Tensor, bias: Tensor | None, w_hh: Tensor, h0: Tensor,
 
     Without gradients to compute (inference), nothing is kept for backward."""
     e = _empty(x)
-    lens = lengths.to(torch.int64).contiguous() if lengths is not None else torch.empty(0, dtype=torch.int64)
+    lens = _lengths(lengths)
     # the kernels index raw memory: every tensor they read must be contiguous
     args = (x.contiguous(), w_ih.contiguous(), e if bias is None else bias.contiguous(), w_hh.contiguous(),
             h0.contiguous(), c0.contiguous(), e if peep is None else peep.contiguous(),
@@ -235,7 +240,7 @@ def lstm(x: Tensor, w_ih: Tensor, bias: Tensor | None, w_hh: Tensor, h0: Tensor,
 def layernorm_lstm(x, w_ih, g_ih, b_ih, w_hh, h0, c0, g_hh, b_hh, g_c, b_c, lengths):
     """Run one direction of the LN-LSTM over x (T, B, I); b_* None when bias=False."""
     e = _empty(x)
-    lens = lengths.to(torch.int64).contiguous() if lengths is not None else torch.empty(0, dtype=torch.int64)
+    lens = _lengths(lengths)
     c = (lambda t: e if t is None else t.contiguous())  # noqa: E731
     args = (x.contiguous(), c(w_ih), c(g_ih), c(b_ih), c(w_hh), h0.contiguous(), c0.contiguous(), c(g_hh), c(b_hh),
             c(g_c), c(b_c), lens)

@@ -374,14 +374,18 @@ class PhasedLSTM(RecurrentLayer):
         super()._reset_direction({k: v for k, v in p.items() if k not in ("period", "shift", "r_on")})
         init_time_parameters_(p["period"], p["shift"], p["r_on"], self.period_init, self.r_on_init)
 
+    @property
+    def _alpha(self) -> float:
+        """The leak of a closed gate in this mode: ``leak`` in training, 0 at evaluation."""
+        return self.leak if self.training else 0.0
+
     def _gate(self, times, p):
-        return time_gate(times, p["period"], p["shift"], p["r_on"], self.leak if self.training else 0.0)
+        return time_gate(times, p["period"], p["shift"], p["r_on"], self._alpha)
 
     def _fast_gate(self, times, p):
         """k (T, 1, H) when the batch shares its timestamps (an expanded view), else (T, B, H)."""
         shared = times.shape[1] > 1 and times.stride(1) == 0
-        return fast.time_gate(times[:, :1] if shared else times, p["period"], p["shift"], p["r_on"],
-                              self.leak if self.training else 0.0)
+        return fast.time_gate(times[:, :1] if shared else times, p["period"], p["shift"], p["r_on"], self._alpha)
 
     def _precompute(self, x, times, p):
         return super()._precompute(x, times, p) + (self._gate(times, p),)  # k: (T, B, H)
@@ -392,8 +396,7 @@ class PhasedLSTM(RecurrentLayer):
 
     def time_gates(self, times: Tensor, layer: int = 0, direction: int = 0) -> Tensor:
         """Openness k_t of one layer's time gates at ``times`` (...) -> (..., H), in this mode."""
-        p = self.params(layer, direction)
-        return time_gate(times, p["period"], p["shift"], p["r_on"], self.leak if self.training else 0.0)
+        return self._gate(times, self.params(layer, direction))
 
     def extra_repr(self) -> str:
         s = super().extra_repr()

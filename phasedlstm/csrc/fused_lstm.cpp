@@ -263,12 +263,17 @@ struct Recurrent {
   PackedB packed;
   bool use_packed = false;
 
-  Recurrent(const Tensor& w_hh, bool transpose) {
+  // Whether the micro-kernel serves this product: float32 on AVX-512, and N >= 64 (narrow
+  // products, e.g. dx = dG W_ih for a few input features, waste most of a 64-wide panel and
+  // stay with at::addmm_).
+  static bool packable(const Tensor& w, bool transpose) {
+    return kHaveAvx512 && w.scalar_type() == at::kFloat && (transpose ? w.size(0) : w.size(1)) >= kNR;
+  }
+
+  // pack = false: never pack (the caller multiplies by W some other way on the packed path)
+  Recurrent(const Tensor& w_hh, bool transpose, bool pack = true) {
     b_for_aten = transpose ? w_hh.t() : w_hh;
-    const int64_t n_out = transpose ? w_hh.size(0) : w_hh.size(1);
-    // narrow products (N < 64, e.g. dx = dG W_ih for a few input features) waste most of a
-    // 64-wide panel: those stay with at::addmm_
-    use_packed = kHaveAvx512 && w_hh.scalar_type() == at::kFloat && n_out >= kNR;
+    use_packed = pack && packable(w_hh, transpose);
     if (use_packed) {
       const int64_t R = w_hh.size(0), Cc = w_hh.size(1);  // (4H, H), row-major
       // transpose: B = W^T, B[k][n] = W[n][k] (K = H, N = 4H); else B = W, B[k][n] = W[k][n]
@@ -304,11 +309,11 @@ void forward_loop(const Tensor& x, const Tensor& w_ih, const Tensor& bias, const
   const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = w_hh.size(1), BH = B * H;
   const int64_t kB = PHASED ? k.size(1) : 0;
   const Tensor w_ih_t = w_ih.t();
-  const Recurrent rec(w_hh, /*transpose=*/true);
   // With the packed kernel the input projection is done per step inside the loop too, in the
   // same GEMM as the recurrent product: [x_t | h_{t-1}] (K = I + H) times [W_ih | W_hh]^T packed
   // together. No separate large GEMM, one pass over the gate rows, and they stay in cache.
-  const bool fused_in = rec.use_packed;
+  const bool fused_in = Recurrent::packable(w_hh, /*transpose=*/true);
+  const Recurrent rec(w_hh, /*transpose=*/true, /*pack=*/!fused_in);  // used only without fused_in
   PackedB cat;
   if (fused_in) {
     const Tensor w_cat = at::cat({w_ih, w_hh}, 1).contiguous();  // (4H, I + H)
