@@ -194,11 +194,10 @@ def cmd_demo(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from phasedlstm.train import build_task, evaluate, load_run_model, pick_device
+    from phasedlstm.train import evaluate, load_run_model, pick_device
 
     device = pick_device(args.device)
-    cfg, model, ck = load_run_model(args.checkpoint, device)
-    task = build_task(cfg)
+    cfg, task, model, ck = load_run_model(args.checkpoint, device)
     split = getattr(task, args.split)
     loss, acc = evaluate(model, split, device=device)
     result = {"checkpoint": str(args.checkpoint), "task": cfg.task, "model": cfg.model, "split": args.split,

@@ -141,14 +141,13 @@ def plot_final(rows, path: Path) -> None:
 def plot_gates(run: dict, path: Path) -> bool:
     """Gate raster and period distribution of a Phased LSTM run; False if the run has none."""
     from phasedlstm.layers import PhasedLSTM
-    from phasedlstm.train import build_task, load_run_model
+    from phasedlstm.train import load_run_model
 
     if run["config"]["model"] != "phased":
         return False
-    cfg, model, _ = load_run_model(run["dir"] / "last.pt")
+    cfg, task, model, _ = load_run_model(run["dir"] / "last.pt")
     if not isinstance(model.rnn, PhasedLSTM):
         return False
-    task = build_task(cfg)
     rnn = model.rnn.eval()
     b = task.test[torch.tensor([0])]
     n = int(b.lengths[0])

@@ -154,8 +154,8 @@ def load_checkpoint(path) -> dict:
     return ck
 
 
-def load_run_model(path, device="cpu") -> tuple[TrainConfig, SequenceModel, dict]:
-    """(config, model with the checkpoint's weights, checkpoint) from a run folder or a .pt file.
+def load_run_model(path, device="cpu") -> tuple[TrainConfig, Task, SequenceModel, dict]:
+    """(config, task, model with the checkpoint's weights, checkpoint) from a run folder or a .pt file.
 
     A folder loads its ``best.pt`` (or ``last.pt`` if there is no best yet)."""
     path = Path(path)
@@ -169,7 +169,7 @@ def load_run_model(path, device="cpu") -> tuple[TrainConfig, SequenceModel, dict
         model.load_state_dict(ck["model"])
     except RuntimeError as e:
         raise CheckpointError(f"{path}: its weights do not fit the model its configuration builds: {e}") from None
-    return cfg, model.to(device), ck
+    return cfg, task, model.to(device), ck
 
 
 # -- evaluation ------------------------------------------------------------------------------------
