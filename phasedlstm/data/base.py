@@ -30,11 +30,15 @@ class Batch(NamedTuple):
     y: Tensor  # (B,) int64 labels or float32 targets
 
 
+def padding(lengths: np.ndarray, T: int) -> np.ndarray:
+    """(N, T) bool: True at the padded steps (step >= the sequence's length)."""
+    return np.arange(T)[None, :] >= np.asarray(lengths)[:, None]
+
+
 def pad_times(times: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """Repeat each row's last valid timestamp over its padding (in place; returns it)."""
-    T = times.shape[1]
     last = times[np.arange(len(times)), lengths - 1]
-    pad = np.arange(T)[None, :] >= lengths[:, None]
+    pad = padding(lengths, times.shape[1])
     times[pad] = np.broadcast_to(last[:, None], times.shape)[pad]
     return times
 

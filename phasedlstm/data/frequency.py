@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from phasedlstm.data.base import SequenceDataset, Task, pad_times
+from phasedlstm.data.base import SequenceDataset, Task, pad_times, padding
 
 SPECIAL = (5.0, 6.0)
 COMBO_SPECIAL_2 = (13.0, 15.0)
@@ -55,7 +55,7 @@ def _sample_times(rng, n, start, duration, sampling, n_range):
         lengths = rng.integers(n_range[0], n_range[1] + 1, n)
         T = int(lengths.max())
         u = rng.uniform(0.0, 1.0, (n, T))
-        u[np.arange(T)[None, :] >= lengths[:, None]] = np.inf  # sorted to the end
+        u[padding(lengths, T)] = np.inf  # sorted to the end
         u.sort(axis=1)
         times = start[:, None] + duration[:, None] * u
     return pad_times(times, lengths), lengths
@@ -75,7 +75,7 @@ def generate_single(n: int, sampling: str, rng: np.random.Generator):
     shift = rng.uniform(0.0, 1.0, n) * duration
     times, lengths = _sample_times(rng, n, start, duration, sampling, (15, 125))
     x = np.sin(2 * np.pi * times / period[:, None] - shift[:, None])
-    x[np.arange(times.shape[1])[None, :] >= lengths[:, None]] = 0.0
+    x[padding(lengths, times.shape[1])] = 0.0
     y = ((period >= SPECIAL[0]) & (period <= SPECIAL[1])).astype(np.int64)
     return x[..., None], times, lengths, y, special, period
 
@@ -95,7 +95,7 @@ def generate_combo(n: int, rng: np.random.Generator):
     s2 = rng.uniform(0.0, 1.0, n) * duration
     times, lengths = _sample_times(rng, n, start, duration, "async", (100, 1000))
     x = np.sin(times / p1[:, None] - s1[:, None]) + np.sin(times / p2[:, None] - s2[:, None])
-    x[np.arange(times.shape[1])[None, :] >= lengths[:, None]] = 0.0
+    x[padding(lengths, times.shape[1])] = 0.0
     in1 = (p1 >= SPECIAL[0]) & (p1 <= SPECIAL[1])
     in2 = (p2 >= COMBO_SPECIAL_2[0]) & (p2 <= COMBO_SPECIAL_2[1])
     y = (in1 & in2).astype(np.int64)
@@ -106,7 +106,7 @@ def _dataset(parts, time_feature: bool) -> SequenceDataset:
     x, times, lengths, y, special, _ = parts
     if time_feature:
         feat = times / TIME_FEATURE_SCALE
-        feat[np.arange(times.shape[1])[None, :] >= lengths[:, None]] = 0.0
+        feat[padding(lengths, times.shape[1])] = 0.0
         x = np.concatenate([x, feat[..., None]], axis=2)
     return SequenceDataset(x, times, lengths, y, special)
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from phasedlstm.data.base import SequenceDataset, Task, split_off
+from phasedlstm.data.base import SequenceDataset, Task, padding, split_off
 
 WATCH_RATE_HZ = 50.0
 BASIC_MOTIONS_RATE_HZ = 10.0
@@ -53,13 +53,13 @@ def _pad(recordings, rate_hz, downsample, crop):
 
 def _standardise(splits, train_key="train"):
     x, _, lengths, _ = splits[train_key]
-    valid = np.arange(x.shape[1])[None, :] < lengths[:, None]
+    valid = ~padding(lengths, x.shape[1])
     mean = x[valid].mean(0)
     std = x[valid].std(0)
     std[std == 0] = 1.0
     out = {}
     for k, (x, t, n, y) in splits.items():
-        valid = (np.arange(x.shape[1])[None, :] < n[:, None])[..., None]
+        valid = ~padding(n, x.shape[1])[..., None]
         out[k] = SequenceDataset(np.where(valid, (x - mean) / std, 0.0), t, n, y)
     return out, {"mean": mean.tolist(), "std": std.tolist()}
 
