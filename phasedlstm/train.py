@@ -380,11 +380,10 @@ def train(cfg: TrainConfig | None, run_dir, resume: bool = False, progress: bool
                 if improved:
                     save_checkpoint(run_dir / "best.pt", state(epoch + 1, 0, None))
                 _write_metrics(run_dir, history)
-                acc = "" if regression else f" acc {_fmt(row['train_acc'], True)}"
-                vacc = "" if regression else f" acc {_fmt(val_acc, True)}"
-                tacc = "" if regression else f" acc {_fmt(test_acc, True)}"
-                log(f"epoch {epoch + 1}/{cfg.epochs}: train loss {_fmt(row['train_loss'])}{acc} | "
-                    f"val loss {_fmt(val_loss)}{vacc} | test loss {_fmt(test_loss)}{tacc} | {row['seconds']:.1f}s"
+                parts = [f"{split} loss {_fmt(row[split + '_loss'])}"
+                         + ("" if regression else f" acc {_fmt(row[split + '_acc'], True)}")
+                         for split in ("train", "val", "test")]
+                log(f"epoch {epoch + 1}/{cfg.epochs}: {' | '.join(parts)} | {row['seconds']:.1f}s"
                     + (" (best)" if improved else ""))
             epoch_gen_state = None
         if dist.active:  # DDP keeps replicas equal; check it rather than trust it
