@@ -146,13 +146,32 @@ def _check_times_values(times: Tensor, valid: Tensor | None) -> None:
             )
 
 
-def _warn_float32_times(times: Tensor) -> None:
-    if times.dtype == torch.float32 and times.numel() and times.abs().max().item() > _FLOAT32_EXACT:
+#: the largest magnitude up to which each dtype holds every integer (float64 holds integers exactly
+#: only up to 2**53, so int64 timestamps beyond it, such as nanoseconds since the epoch, are rounded)
+_EXACT_UP_TO = {torch.float16: 2.0**11, torch.bfloat16: 2.0**8, torch.float32: _FLOAT32_EXACT,
+                torch.int64: 2.0**53}
+
+
+def _warn_imprecise_times(times: Tensor) -> None:
+    """Warn when timestamps have lost (or will lose, in float64) the resolution of one time unit."""
+    limit = _EXACT_UP_TO.get(times.dtype)
+    if limit is None or not times.numel():
+        return
+    top = times.abs().max().item()
+    if top <= limit:
+        return
+    if times.dtype == torch.int64:
         warnings.warn(
-            f"times are float32 with magnitudes up to {times.abs().max().item():.3g}; float32 cannot "
-            f"resolve such timestamps (spacing > 1), so phases are already imprecise. Pass float64 times.",
-            stacklevel=4,
-        )
+            f"times are int64 with magnitudes up to {top:.3g} (nanoseconds since the epoch?); the phase is "
+            f"computed in float64, which holds integers exactly only up to 2**53 = 9.0e15, so these are "
+            f"rounded (to {2.0 ** (math.floor(math.log2(top)) - 52):.0f} units here). Subtract a common origin "
+            f"in integer arithmetic first (the same for every sequence, e.g. the recording's start), and "
+            f"preferably convert to a unit near your periods (ms or s).", stacklevel=4)
+    else:
+        warnings.warn(
+            f"times are {str(times.dtype).replace('torch.', '')} with magnitudes up to {top:.3g}; that dtype "
+            f"cannot resolve such timestamps (spacing > 1), so phases are already imprecise. Pass float64 "
+            f"(or int64) times.", stacklevel=4)
 
 
 def check_cell_time(time, x: Tensor) -> Tensor:
@@ -168,7 +187,7 @@ def check_cell_time(time, x: Tensor) -> Tensor:
             raise ValueError(f"Expected time as a number or a tensor of shape () or ({B},), got {_shape(time)}")
         if time.device != x.device:
             raise ValueError(f"time is on device {time.device} but input is on {x.device}")
-        _warn_float32_times(time)
+        _warn_imprecise_times(time)
         t = time.to(torch.float64).expand(B)
     if not torch.isfinite(t).all():
         raise ValueError("time must be finite")
@@ -231,12 +250,12 @@ def check_layer_input(module, input, hx, times, lengths):
         if times.device != x.device:
             raise ValueError(f"times is on device {times.device} but input is on {x.device}")
         if _shape(times) == (T,):  # shared by the batch: kept as an expanded view (the fast path uses that)
-            _warn_float32_times(times)
+            _warn_imprecise_times(times)
             t64 = times.to(torch.float64)
             _check_times_values(t64.unsqueeze(0), valid)
             times = t64.unsqueeze(1).expand(T, B)
         elif batched and _shape(times) == (B, T):
-            _warn_float32_times(times)
+            _warn_imprecise_times(times)
             times = times.to(torch.float64)
             _check_times_values(times, valid)
             times = times.t()  # (T, B)
@@ -250,3 +269,13 @@ def check_layer_input(module, input, hx, times, lengths):
         h0, c0 = check_state(module, hx, (LD, B, H) if batched else (LD, H), input)
         hx = (h0, c0) if batched else (h0.unsqueeze(1), c0.unsqueeze(1))
     return x, times, lengths, hx, batched
+
+
+def check_time_parameters(params, names) -> None:
+    """The Phased LSTM's tau, s and r_on must be finite for the time gate to be defined."""
+    for q, name in zip(params, names):
+        if not bool(torch.isfinite(q).all()):
+            bad = q.detach()[~torch.isfinite(q.detach())]
+            raise ValueError(f"{name} must be finite, but {bad.numel()} of its {q.numel()} values are not "
+                             f"(first: {bad[0].item()}); the time gate is undefined. Training diverged, or the "
+                             f"parameter was set by hand: reload a checkpoint or re-initialise it.")

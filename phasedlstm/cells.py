@@ -40,6 +40,8 @@ DEFAULT_LEAK = 1e-3
 _TIME_EPS = 1e-6
 #: Epsilon of every layer normalisation.
 LN_EPS = 1e-5
+#: Rows of a layer normalisation with values beyond this are scaled first (see :func:`layer_norm`).
+_LN_BIG = 2.0**40
 
 
 # --------------------------------------------------------------------------------------
@@ -123,20 +125,40 @@ def layernorm_step(
     ``ln_ih_weight`` and shift ``bias_ih`` applied (shape (B, 4H)).
     """
     four_h = weight_hh.shape[0]
-    a = xw_ln + F.layer_norm(F.linear(h, weight_hh), (four_h,), ln_hh_weight, bias_hh, LN_EPS)
+    a = xw_ln + layer_norm(F.linear(h, weight_hh), ln_hh_weight, bias_hh)
     a_i, a_f, a_g, a_o = a.chunk(4, dim=-1)
     i = torch.sigmoid(a_i)
     f = torch.sigmoid(a_f)
     g = torch.tanh(a_g)
     o = torch.sigmoid(a_o)
     c = f * c + i * g
-    h = o * torch.tanh(F.layer_norm(c, (c.shape[-1],), ln_c_weight, ln_c_bias, LN_EPS))
+    h = o * torch.tanh(layer_norm(c, ln_c_weight, ln_c_bias))
     return h, c
+
+
+def layer_norm(z: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
+    r"""Layer normalisation over the last dimension: :math:`\gamma (z - \mu) / \sqrt{\sigma^2 + \epsilon} + \beta`.
+
+    The same as ``F.layer_norm(z, (n,), weight, bias, LN_EPS)``, but a row with values beyond
+    2^40 is first divided by a power of two ``S`` (exactly) and eps by ``S^2``, which changes no
+    number mathematically, yet keeps the squares of values near float32's limit (3e38) from
+    overflowing: ``F.layer_norm`` returns NaN there. The fused kernel does the same.
+    """
+    big = z.detach().abs().amax(-1, keepdim=True)
+    one = torch.ones_like(big)
+    scale = torch.where(big > _LN_BIG, torch.ldexp(one, torch.frexp(big).exponent - 1), one)  # 2^(e-1) <= big
+    y = z / scale
+    mu = y.mean(-1, keepdim=True)
+    var = (y - mu).square().mean(-1, keepdim=True)
+    out = (y - mu) * torch.rsqrt(var + LN_EPS / scale.square())
+    if weight is not None:
+        out = out * weight
+    return out if bias is None else out + bias
 
 
 def layernorm_input(x: Tensor, weight_ih: Tensor, ln_ih_weight: Tensor, bias_ih: Tensor | None) -> Tensor:
     """``LN_ih(W_ih x)`` for any leading shape: the state-free half of the LN-LSTM gates."""
-    return F.layer_norm(F.linear(x, weight_ih), (weight_ih.shape[0],), ln_ih_weight, bias_ih, LN_EPS)
+    return layer_norm(F.linear(x, weight_ih), ln_ih_weight, bias_ih)
 
 
 def phase(times: Tensor, period: Tensor, shift: Tensor) -> Tensor:

@@ -36,7 +36,6 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 _SOURCE = Path(__file__).parent / "csrc" / "fused_lstm.cpp"
 _lock = threading.Lock()
@@ -66,17 +65,12 @@ def build_dir() -> Path:
     return Path(cache) / "phasedlstm" / "ext"
 
 
-def _build() -> None:
-    from torch.utils import cpp_extension
-
-    if shutil.which(os.environ.get("CXX", "c++")) is None:
-        raise RuntimeError("no C++ compiler found (install g++, or set CXX)")
-    venv_bin = str(Path(sys.executable).parent)  # where pip's ninja lives
-    if venv_bin not in os.environ.get("PATH", "").split(os.pathsep):
-        os.environ["PATH"] = venv_bin + os.pathsep + os.environ.get("PATH", "")
+def _flags() -> tuple[list[str], list[str]]:
+    """The compiler and linker flags of the kernels' build."""
     machine = platform.machine()
     # -ffast-math lets GCC vectorise exp and tanh through glibc's libmvec; it is a compile flag only
-    # (never at link time, where it would switch the whole process to flush-to-zero)
+    # (never at link time, where it would switch the whole process to flush-to-zero). The kernels
+    # clamp every activation's argument so that those vector functions never see an overflow.
     # -fopenmp: at::parallel_for is an OpenMP construct in the headers; without it the loop runs
     # serially. The library links libgomp.so.1, which resolves to the copy torch already loaded.
     cflags = ["-O3", "-ffast-math", "-fopenmp"]
@@ -85,11 +79,77 @@ def _build() -> None:
         cflags.append("-march=native" if machine in ("x86_64", "AMD64") else "-mcpu=native")
     if sys.platform.startswith("linux") and machine == "x86_64":
         ldflags.append("-lmvec")  # glibc's vector exp/tanh, which -ffast-math lets GCC call
-    directory = build_dir() / f"torch{torch.__version__.split('+')[0]}-{_cpu_tag()}"
+    return cflags, ldflags
+
+
+def ext_dir() -> Path:
+    """Where this version of the kernels is built: keyed on torch's version, the CPU's flags and a
+    hash of the kernel source and build flags, so two checkouts or versions never share (and
+    rebuild) one build, and a changed source is never loaded from an old build."""
+    cflags, ldflags = _flags()
+    digest = hashlib.sha1(_SOURCE.read_bytes() + " ".join(cflags + ldflags).encode()).hexdigest()[:10]
+    return build_dir() / f"torch{torch.__version__.split('+')[0]}-{_cpu_tag()}-{digest}"
+
+
+#: how long a process waits for another one that is building the kernels, before it gives up
+#: (and runs the reference loop with a warning)
+BUILD_WAIT_SECONDS = float(os.environ.get("PHASEDLSTM_BUILD_WAIT", "600"))
+
+
+def _say(msg: str) -> None:
+    print(f"phasedlstm: {msg}", file=sys.stderr, flush=True)
+
+
+def _build() -> None:
+    import fcntl
+    import time
+
+    from torch.utils import cpp_extension
+
+    if shutil.which(os.environ.get("CXX", "c++")) is None:
+        raise RuntimeError("no C++ compiler found (install g++, or set CXX)")
+    venv_bin = str(Path(sys.executable).parent)  # where pip's ninja lives
+    if venv_bin not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = venv_bin + os.pathsep + os.environ.get("PATH", "")
+    cflags, ldflags = _flags()
+    directory = ext_dir()
     directory.mkdir(parents=True, exist_ok=True)
-    cpp_extension.load(name="phasedlstm_fused", sources=[str(_SOURCE)], extra_cflags=cflags,
-                       extra_ldflags=ldflags, build_directory=str(directory), is_python_module=False,
-                       verbose=os.environ.get("PHASEDLSTM_EXT_VERBOSE") == "1")
+    # torch's own build lock (a file named "lock" that it creates and deletes) outlives a killed
+    # build and then makes every later process wait forever. Ours is an flock, which the kernel
+    # releases when its holder dies; holding it, no other phasedlstm process is building here, so a
+    # leftover torch lock is stale and is removed.
+    with open(directory / "build.flock", "a+") as lock_file:
+        start = time.monotonic()
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock_file.seek(0)
+            holder = lock_file.read().strip() or "unknown"
+            _say(f"waiting for another process building the fused kernels in {directory} (pid {holder}); "
+                 f"giving up after {BUILD_WAIT_SECONDS:.0f} s")
+            while True:
+                try:
+                    fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() - start > BUILD_WAIT_SECONDS:
+                        raise TimeoutError(f"another process (pid {holder}) held the build lock of {directory} "
+                                           f"for over {BUILD_WAIT_SECONDS:.0f} s") from None
+                    time.sleep(0.2)
+        lock_file.seek(0)
+        lock_file.truncate()
+        lock_file.write(str(os.getpid()))
+        lock_file.flush()
+        (directory / "lock").unlink(missing_ok=True)
+        fresh = not (directory / "phasedlstm_fused.so").exists()
+        if fresh:
+            _say(f"building the fused kernels (~15 s, once per machine and version) in {directory}")
+        t0 = time.monotonic()
+        cpp_extension.load(name="phasedlstm_fused", sources=[str(_SOURCE)], extra_cflags=cflags,
+                           extra_ldflags=ldflags, build_directory=str(directory), is_python_module=False,
+                           verbose=os.environ.get("PHASEDLSTM_EXT_VERBOSE") == "1")
+        if fresh:
+            _say(f"built the fused kernels in {time.monotonic() - t0:.0f} s")
 
 
 def load() -> bool:
@@ -142,6 +202,17 @@ def _lengths(lengths: Tensor | None) -> Tensor:
     return torch.empty(0, dtype=torch.int64) if lengths is None else lengths.to(torch.int64).contiguous()
 
 
+def _first_order_only() -> None:
+    """The kernels' backward computes first derivatives only; a backward asked to build a graph
+    (create_graph=True: double backward, gradient penalties, Hessian-vector products) must not
+    silently return gradients that carry no graph."""
+    if torch.is_grad_enabled():
+        raise RuntimeError(
+            "phasedlstm: the fused kernels compute first derivatives only, and this backward was asked for "
+            "a differentiable graph (create_graph=True). For higher derivatives use the reference "
+            "implementation: construct the layer with impl='reference' (or set layer.impl = 'reference').")
+
+
 def _needs_grad(*tensors) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
@@ -158,8 +229,8 @@ class _FusedLSTM(torch.autograd.Function):
         return out, hn, cn
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, g_out, g_hn, g_cn):
+        _first_order_only()
         x, w_ih, w_hh, peep, k, lengths, acts, hs, cs = ctx.saved_tensors
         e = _empty(acts)
         d_x, d_w_ih, d_bias, d_w_hh, d_h0, d_c0, d_peep, d_k = torch.ops.phasedlstm_fused.lstm_backward(
@@ -179,18 +250,19 @@ class _FusedTimeGate(torch.autograd.Function):
         return torch.ops.phasedlstm_fused.time_gate_forward(times, period, shift, r_on, leak)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, d_k):
+        _first_order_only()
         times, period, shift, r_on = ctx.saved_tensors
-        d_tau, d_s, d_r = torch.ops.phasedlstm_fused.time_gate_backward(d_k, times, period, shift, r_on, ctx.leak)
+        d_tau, d_s, d_r, d_t = torch.ops.phasedlstm_fused.time_gate_backward(d_k, times, period, shift, r_on, ctx.leak)
         need = ctx.needs_input_grad
-        return None, d_tau if need[1] else None, d_s if need[2] else None, d_r if need[3] else None, None
+        return (d_t if need[0] else None, d_tau if need[1] else None, d_s if need[2] else None,
+                d_r if need[3] else None, None)
 
 
 def time_gate(times: Tensor, period: Tensor, shift: Tensor, r_on: Tensor, leak: float) -> Tensor:
     """The fused equivalent of :func:`phasedlstm.cells.time_gate` for times (T, kB) -> (T, kB, H)."""
     args = (times.to(torch.float64).contiguous(), period.contiguous(), shift.contiguous(), r_on.contiguous())
-    if _needs_grad(period, shift, r_on):
+    if _needs_grad(times, period, shift, r_on):
         return _FusedTimeGate.apply(*args, float(leak))
     return torch.ops.phasedlstm_fused.time_gate_forward(*args, float(leak))
 
@@ -207,8 +279,8 @@ class _FusedLayerNormLSTM(torch.autograd.Function):
         return out, hn, cn
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, g_out, g_hn, g_cn):
+        _first_order_only()
         x, w_ih, g_ih, b_ih, w_hh, g_hh, b_hh, g_c, b_c, lengths, *rest = ctx.saved_tensors
         e = _empty(x)
         d_x, d_w_ih, d_gih, d_bih, d_w_hh, d_h0, d_c0, d_ghh, d_bhh, d_gc, d_bc = torch.ops.phasedlstm_fused.ln_backward(

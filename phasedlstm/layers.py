@@ -379,13 +379,23 @@ class PhasedLSTM(RecurrentLayer):
         """The leak of a closed gate in this mode: ``leak`` in training, 0 at evaluation."""
         return self.leak if self.training else 0.0
 
+    def _time_parameters(self, p):
+        """tau, s, r_on of one layer and direction, refused if any is not finite (the gate of a NaN
+        period or open ratio is undefined: an error here, rather than NaN outputs later)."""
+        params = p["period"], p["shift"], p["r_on"]
+        _checks.check_time_parameters(params, [self._name_of(q) for q in params])
+        return params
+
+    def _name_of(self, param) -> str:
+        return next(n for n, q in self.named_parameters() if q is param)
+
     def _gate(self, times, p):
-        return time_gate(times, p["period"], p["shift"], p["r_on"], self._alpha)
+        return time_gate(times, *self._time_parameters(p), self._alpha)
 
     def _fast_gate(self, times, p):
         """k (T, 1, H) when the batch shares its timestamps (an expanded view), else (T, B, H)."""
         shared = times.shape[1] > 1 and times.stride(1) == 0
-        return fast.time_gate(times[:, :1] if shared else times, p["period"], p["shift"], p["r_on"], self._alpha)
+        return fast.time_gate(times[:, :1] if shared else times, *self._time_parameters(p), self._alpha)
 
     def _precompute(self, x, times, p):
         return super()._precompute(x, times, p) + (self._gate(times, p),)  # k: (T, B, H)

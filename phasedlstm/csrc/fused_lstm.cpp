@@ -28,6 +28,9 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
 #include <type_traits>
 #if defined(__AVX512F__)
 #include <immintrin.h>
@@ -39,10 +42,62 @@ using at::Tensor;
 namespace {
 
 constexpr double kLnEps = 1e-5;
+constexpr double kLnBig = 1099511627776.0;  // 2^40: rows beyond are scaled before normalising
+
+// isfinite that -ffast-math cannot fold away (it lets the compiler assume every value is finite)
+template <typename T>
+inline bool is_finite_bits(T v) {
+  if constexpr (std::is_same_v<T, float>) {
+    uint32_t b;
+    std::memcpy(&b, &v, sizeof b);
+    return (b & 0x7f800000u) != 0x7f800000u;
+  } else {
+    uint64_t b;
+    std::memcpy(&b, &v, sizeof b);
+    return (b & 0x7ff0000000000000ull) != 0x7ff0000000000000ull;
+  }
+}
+
+template <typename T>
+inline bool is_nan_bits(T v) {
+  if constexpr (std::is_same_v<T, float>) {
+    uint32_t b;
+    std::memcpy(&b, &v, sizeof b);
+    return (b & 0x7fffffffu) > 0x7f800000u;
+  } else {
+    uint64_t b;
+    std::memcpy(&b, &v, sizeof b);
+    return (b & 0x7fffffffffffffffull) > 0x7ff0000000000000ull;
+  }
+}
+
+// The activations, finite and correct over the whole float range. The vectorised exp and tanh
+// that -ffast-math lets GCC use (glibc's libmvec) assume finite results: exp(-x) overflowing to
+// inf for x < -88 (float) made 1 / (1 + exp(-x)) NaN instead of 0, and tanh of a large argument
+// NaN instead of +-1. So the arguments are clamped first, to where the result has already
+// saturated to the last bit of the type (sigmoid: 0 below -88 in float32 and -708 in float64, as
+// 1 / (1 + inf) is in the reference; 1 above), and tanh(+-20) rounds to +-1 in both. A NaN stays NaN
+// (tested by its bits: -ffast-math would fold an ordinary isnan, and lets the clamp drop it).
+template <typename T>
+inline T clamp_to(T x, T lim) {
+  return x < -lim ? -lim : (x > lim ? lim : x);
+}
 
 template <typename T>
 inline T sigm(T x) {
-  return T(1) / (T(1) + std::exp(-x));
+  // below -lo, exp(-x) overflows and the reference's 1 / (1 + inf) is 0; above hi, sigmoid(x)
+  // rounds to 1 (17.33 in float32, 37.43 in float64), which the vector reciprocal that -ffast-math
+  // allows would miss by one ulp, and s (1 - s) in the backward would turn that ulp into a gradient
+  constexpr bool F = std::is_same_v<T, float>;
+  constexpr T lo = F ? T(88) : T(708), hi = F ? T(17.5) : T(37.5);
+  const T s = T(1) / (T(1) + std::exp(-clamp_to(x, lo)));
+  return is_nan_bits(x) ? x : (x < -lo ? T(0) : (x > hi ? T(1) : s));
+}
+
+template <typename T>
+inline T tanh_(T x) {
+  const T t = std::tanh(clamp_to(x, T(20)));
+  return is_nan_bits(x) ? x : t;
 }
 
 inline bool present(const Tensor& t) { return t.defined() && t.numel() > 0; }
@@ -68,11 +123,11 @@ static inline void forward_row(scalar_t* __restrict gi, scalar_t* __restrict gf,
       ai += wci[j] * c_prev;
       af += wcf[j] * c_prev;
     }
-    const scalar_t i = sigm(ai), f = sigm(af), g = std::tanh(gg[j]);
+    const scalar_t i = sigm(ai), f = sigm(af), g = tanh_(gg[j]);
     const scalar_t c = f * c_prev + i * g;  // c~_t for the Phased LSTM
     if (PEEP) ao += wco[j] * c;
     const scalar_t o = sigm(ao);
-    const scalar_t h = o * std::tanh(c);
+    const scalar_t h = o * tanh_(c);
     gi[j] = i;
     gf[j] = f;
     gg[j] = g;
@@ -439,7 +494,7 @@ static inline void backward_row(const scalar_t* __restrict gi, const scalar_t* _
     const scalar_t i = gi[j], f = gf[j], g = gg[j], o = go[j];
     const scalar_t c_prev = cp[j];
     const scalar_t c = PHASED ? f * c_prev + i * g : cn[j];  // c~_t (recomputed for the Phased LSTM)
-    const scalar_t tc = std::tanh(c);
+    const scalar_t tc = tanh_(c);
     scalar_t dh_til = dht, dc_til = dct, dh_p = 0, dc_p = 0;
     if (PHASED) {
       dk[j] += dht * (o * tc - hp[j]) + dct * (c - c_prev);  // accumulates: dk is shared when kB == 1
@@ -618,8 +673,24 @@ std::vector<Tensor> lstm_backward(const Tensor& grad_out, const Tensor& grad_hn,
 // ---------------------------------------------------------------------------------------------
 
 // Normalise x[0:n] in place to z = (x - mean) / sqrt(var + eps); returns 1 / sqrt(var + eps).
+// Rows with values beyond 2^40 are first scaled by a power of two (exact), with eps scaled
+// alike, so that the squares never overflow (as phasedlstm.cells.layer_norm does).
 template <typename scalar_t>
 static inline scalar_t normalise(scalar_t* __restrict x, int64_t n) {
+  scalar_t big = 0;
+  for (int64_t j = 0; j < n; ++j) big = std::max(big, std::fabs(x[j]));
+  if (!is_finite_bits(big)) {  // an inf or NaN in the row: its normalisation is undefined, as in the reference
+    for (int64_t j = 0; j < n; ++j) x[j] = std::numeric_limits<scalar_t>::quiet_NaN();
+    return std::numeric_limits<scalar_t>::quiet_NaN();
+  }
+  scalar_t scale = 1;
+  if (big > kLnBig) {
+    int e;
+    std::frexp(big, &e);  // 2^(e-1) <= big < 2^e
+    scale = std::ldexp(scalar_t(1), e - 1);
+    const scalar_t inv = scalar_t(1) / scale;  // a power of two: exact
+    for (int64_t j = 0; j < n; ++j) x[j] *= inv;
+  }
   scalar_t mean = 0;
   for (int64_t j = 0; j < n; ++j) mean += x[j];
   mean /= n;
@@ -629,9 +700,9 @@ static inline scalar_t normalise(scalar_t* __restrict x, int64_t n) {
     var += d * d;
   }
   var /= n;
-  const scalar_t rstd = scalar_t(1) / std::sqrt(var + scalar_t(kLnEps));
+  const scalar_t rstd = scalar_t(1) / std::sqrt(var + scalar_t(kLnEps) / (scale * scale));
   for (int64_t j = 0; j < n; ++j) x[j] = (x[j] - mean) * rstd;
-  return rstd;
+  return rstd / scale;
 }
 
 // Backward of z = normalise(x): dx from dz (the gradient wrt z).
@@ -658,7 +729,7 @@ static inline void ln_gates_row(scalar_t* __restrict a, const scalar_t* __restri
   for (int64_t j = 0; j < 4 * H; ++j) a[j] = g_ih[j] * zi[j] + b_ih[j] + g_hh[j] * z[j] + b_hh[j];
   scalar_t *ai = a, *af = a + H, *ag = a + 2 * H, *ao = a + 3 * H;
   for (int64_t j = 0; j < H; ++j) {
-    const scalar_t i = sigm(ai[j]), f = sigm(af[j]), g = std::tanh(ag[j]), o = sigm(ao[j]);
+    const scalar_t i = sigm(ai[j]), f = sigm(af[j]), g = tanh_(ag[j]), o = sigm(ao[j]);
     ai[j] = i;
     af[j] = f;
     ag[j] = g;
@@ -672,7 +743,7 @@ template <typename scalar_t>
 static inline void ln_out_row(const scalar_t* __restrict o, const scalar_t* __restrict zc,
                               const scalar_t* __restrict g_c, const scalar_t* __restrict b_c, scalar_t* __restrict h,
                               int64_t H) {
-  for (int64_t j = 0; j < H; ++j) h[j] = o[j] * std::tanh(g_c[j] * zc[j] + b_c[j]);
+  for (int64_t j = 0; j < H; ++j) h[j] = o[j] * tanh_(g_c[j] * zc[j] + b_c[j]);
 }
 
 // The LN parameters of one layer, as raw pointers (absent shifts are zeros).
@@ -835,7 +906,7 @@ static inline void ln_backward_out_row(const scalar_t* __restrict dh, const scal
                                        scalar_t* __restrict acc_gc, scalar_t* __restrict acc_bc, int64_t H) {
   for (int64_t j = 0; j < H; ++j) {
     const scalar_t dht = dh[j] + gout[j];
-    const scalar_t ty = std::tanh(g_c[j] * zc[j] + b_c[j]);
+    const scalar_t ty = tanh_(g_c[j] * zc[j] + b_c[j]);
     dao[j] = dht * ty * o[j] * (1 - o[j]);
     const scalar_t dy = dht * o[j] * (1 - ty * ty);
     acc_gc[j] += dy * zc[j];
@@ -1006,37 +1077,70 @@ struct GateUnits {
   }
 };
 
-// phi = ((t - s) mod tau_e) / tau_e with a true modulo (floor-based, so the loop vectorises)
-static inline double phase_of(double u, double te) {
-  double m = u - te * std::floor(u / te);
-  m = m < 0 ? m + te : (m >= te ? m - te : m);  // rounding at the edges
+// phi = ((t - s) mod tau_e) / tau_e, equal to torch.remainder (phasedlstm.cells.phase) for every
+// finite input. The remainder is exact: with n = floor(u / tau_e), fma(-tau_e, n, u) is u - n tau_e
+// rounded once, and that value is representable, so it is exact; a quotient rounded across an
+// integer gives n off by one, which one correction by tau_e fixes (again exactly). This holds
+// while n is an exact integer of modest size; beyond |u / tau_e| >= 2^50 (timestamps of 1e18 ns,
+// or a shift of 1e30, where the old floor-based formula gave phases far outside [0, 1)) the row
+// is recomputed with std::fmod and torch's sign rule, which is exact for any size.
+constexpr double kFastQuotient = 1125899906842624.0;  // 2^50
+
+static inline double phase_exact(double u, double te) {  // torch.remainder(u, te) / te
+  double m = std::fmod(u, te);
+  if (m != 0 && m < 0) m += te;  // te > 0
   return m / te;
 }
 
-template <typename scalar_t>
-static inline void gate_forward_row(double t, const double* __restrict te, const double* __restrict s,
-                                    const double* __restrict r, double leak, scalar_t* __restrict k, int64_t H) {
+// phi of one timestamp for every unit, into phi (H); true if it is exact for all of them.
+static inline bool phase_row_fast(double t, const double* __restrict s, const double* __restrict te,
+                                  double* __restrict phi, int64_t H) {
+  bool ok = true;
   for (int64_t j = 0; j < H; ++j) {
-    const double phi = phase_of(t - s[j], te[j]);
-    k[j] = static_cast<scalar_t>(phi < r[j] / 2 ? 2 * phi / r[j] : (phi < r[j] ? 2 - 2 * phi / r[j] : leak * phi));
+    const double u = t - s[j], q = u / te[j];
+    ok &= std::fabs(q) < kFastQuotient;
+    double m = std::fma(-te[j], std::floor(q), u);
+    m = m < 0 ? m + te[j] : (m >= te[j] ? m - te[j] : m);
+    phi[j] = m / te[j];
   }
+  return ok;
+}
+
+static inline void phase_row(double t, const double* s, const double* te, double* phi, int64_t H) {
+  if (!phase_row_fast(t, s, te, phi, H))
+    for (int64_t j = 0; j < H; ++j) phi[j] = phase_exact(t - s[j], te[j]);
 }
 
 template <typename scalar_t>
-static inline void gate_backward_row(double t, const scalar_t* __restrict dk, const double* __restrict te,
-                                     const double* __restrict s, const double* __restrict r,
-                                     const double* __restrict dte, const double* __restrict dr_on, double leak,
-                                     double* __restrict a_tau, double* __restrict a_s, double* __restrict a_r,
-                                     int64_t H) {
+static inline void gate_forward_row(const double* __restrict phi, const double* __restrict r, double leak,
+                                    scalar_t* __restrict k, int64_t H) {
   for (int64_t j = 0; j < H; ++j) {
-    const double u = t - s[j], phi = phase_of(u, te[j]), g = dk[j];
-    const bool up = phi < r[j] / 2, down = !up && phi < r[j];
-    const double dphi = up ? 2 / r[j] : (down ? -2 / r[j] : leak);  // dk / dphi
-    const double dr = up ? -2 * phi / (r[j] * r[j]) : (down ? 2 * phi / (r[j] * r[j]) : 0.0);  // dk / dr
-    a_tau[j] += g * dphi * (-u / (te[j] * te[j])) * dte[j];  // dphi / dtau_e = -(t - s) / tau_e^2
-    a_s[j] += g * dphi * (-1.0 / te[j]);
-    a_r[j] += g * dr * dr_on[j];
+    const double p = phi[j];
+    k[j] = static_cast<scalar_t>(p < r[j] / 2 ? 2 * p / r[j] : (p < r[j] ? 2 - 2 * p / r[j] : leak * p));
   }
+}
+
+// Accumulates d tau, d s, d r_on of one timestamp's row and returns d t (= -d s summed over units:
+// phi depends on t - s only).
+template <typename scalar_t>
+static inline double gate_backward_row(double t, const double* __restrict phi, const scalar_t* __restrict dk,
+                                       const double* __restrict te, const double* __restrict s,
+                                       const double* __restrict r, const double* __restrict dte,
+                                       const double* __restrict dr_on, double leak, double* __restrict a_tau,
+                                       double* __restrict a_s, double* __restrict a_r, int64_t H) {
+  double d_t = 0;
+  for (int64_t j = 0; j < H; ++j) {
+    const double u = t - s[j], p = phi[j], g = dk[j];
+    const bool up = p < r[j] / 2, down = !up && p < r[j];
+    const double dphi = up ? 2 / r[j] : (down ? -2 / r[j] : leak);  // dk / dphi
+    const double dr = up ? -2 * p / (r[j] * r[j]) : (down ? 2 * p / (r[j] * r[j]) : 0.0);  // dk / dr
+    const double du = g * dphi / te[j];  // dphi / du = 1 / tau_e
+    a_tau[j] += g * dphi * (-u / (te[j] * te[j])) * dte[j];  // dphi / dtau_e = -(t - s) / tau_e^2
+    a_s[j] -= du;
+    a_r[j] += g * dr * dr_on[j];
+    d_t += du;
+  }
+  return d_t;
 }
 
 template <typename scalar_t>
@@ -1044,20 +1148,26 @@ void gate_forward_impl(const double* times, int64_t R, const scalar_t* tau, cons
                        double leak, int64_t H, scalar_t* k) {
   const GateUnits u(tau, s, r_on, H);
   at::parallel_for(0, R, std::max<int64_t>(1, 4096 / H), [&](int64_t r0, int64_t r1) {
-    for (int64_t row = r0; row < r1; ++row)
-      gate_forward_row(times[row], u.te.data(), u.s.data(), u.r.data(), leak, k + row * H, H);
+    std::vector<double> phi(H);
+    for (int64_t row = r0; row < r1; ++row) {
+      phase_row(times[row], u.s.data(), u.te.data(), phi.data(), H);
+      gate_forward_row(phi.data(), u.r.data(), leak, k + row * H, H);
+    }
   });
 }
 
 template <typename scalar_t>
 void gate_backward_impl(const scalar_t* dk, const double* times, int64_t R, const scalar_t* tau, const scalar_t* s,
-                        const scalar_t* r_on, double leak, int64_t H, double* parts) {
+                        const scalar_t* r_on, double leak, int64_t H, double* parts, double* d_times) {
   const GateUnits u(tau, s, r_on, H);
   at::parallel_for(0, R, std::max<int64_t>(1, 4096 / H), [&](int64_t r0, int64_t r1) {
     double* acc = parts + at::get_thread_num() * 3 * H;  // [d tau | d s | d r_on]
-    for (int64_t row = r0; row < r1; ++row)
-      gate_backward_row(times[row], dk + row * H, u.te.data(), u.s.data(), u.r.data(), u.dte.data(), u.dr.data(),
-                        leak, acc, acc + H, acc + 2 * H, H);
+    std::vector<double> phi(H);
+    for (int64_t row = r0; row < r1; ++row) {
+      phase_row(times[row], u.s.data(), u.te.data(), phi.data(), H);
+      d_times[row] = gate_backward_row(times[row], phi.data(), dk + row * H, u.te.data(), u.s.data(), u.r.data(),
+                                       u.dte.data(), u.dr.data(), leak, acc, acc + H, acc + 2 * H, H);
+    }
   });
 }
 
@@ -1083,12 +1193,14 @@ std::vector<Tensor> time_gate_backward(const Tensor& dk, const Tensor& times, co
   const Tensor dkc = dk.contiguous(), tc = times.contiguous(), ta = tau.contiguous(), sc = s.contiguous(),
                rc = r_on.contiguous();
   Tensor parts = at::zeros({at::get_num_threads(), 3, H}, tau.options().dtype(at::kDouble));
+  Tensor d_times = at::empty(times.sizes(), times.options());
   AT_DISPATCH_FLOATING_TYPES(tau.scalar_type(), "time_gate_backward", [&] {
     gate_backward_impl<scalar_t>(dkc.data_ptr<scalar_t>(), tc.data_ptr<double>(), tc.numel(), ta.data_ptr<scalar_t>(),
-                                 sc.data_ptr<scalar_t>(), rc.data_ptr<scalar_t>(), leak, H, parts.data_ptr<double>());
+                                 sc.data_ptr<scalar_t>(), rc.data_ptr<scalar_t>(), leak, H, parts.data_ptr<double>(),
+                                 d_times.data_ptr<double>());
   });
   Tensor sums = parts.sum(0).to(tau.scalar_type());
-  return {sums[0], sums[1], sums[2]};
+  return {sums[0], sums[1], sums[2], d_times};
 }
 
 }  // namespace

@@ -1,0 +1,184 @@
+"""The fused path at the edges users reach: saturating and infinite inputs, huge timestamps,
+gradients to the timestamps, non-finite time parameters, double backward.
+
+Each test compares the fused kernels with the reference loop (impl="reference") on the same
+weights; a NaN in one and a number in the other is a failure."""
+
+import copy
+import itertools
+import math
+import os
+
+import pytest
+import torch
+
+from phasedlstm import LSTM, LayerNormLSTM, PeepholeLSTM, PhasedLSTM, fast
+from phasedlstm.cells import time_gate
+
+if os.environ.get("PHASEDLSTM_REQUIRE_EXT") == "1" and not fast.available():  # CI sets it: no silent skip
+    raise RuntimeError(f"PHASEDLSTM_REQUIRE_EXT=1 but the fused kernels are unavailable: {fast.unavailable_reason()}")
+pytestmark = pytest.mark.skipif(not fast.available(), reason=f"fused kernels unavailable: {fast.unavailable_reason()}")
+
+LAYERS = {"lstm": LSTM, "peephole": PeepholeLSTM, "phased": PhasedLSTM, "layernorm": LayerNormLSTM}
+INF = float("inf")
+RTOL = {torch.float32: 1e-4, torch.float64: 1e-9}
+
+
+def _pair(kind, dtype, **kw):
+    torch.manual_seed(0)
+    ref = LAYERS[kind](3, 20, dtype=dtype, impl="reference", **kw)  # H = 20: full and partial vector lanes
+    fst = copy.deepcopy(ref)
+    fst.impl = "fast"
+    return ref, fst
+
+
+def _run(m, x, **kw):
+    x = x.clone().requires_grad_()
+    m.zero_grad()
+    out, (h, c) = m(x, **kw)
+    (out.sum() + h.sum() + c.sum()).backward()
+    res = {"output": out.detach(), "h_n": h.detach(), "c_n": c.detach(), "d_input": x.grad}
+    res.update({n: p.grad for n, p in m.named_parameters() if p.grad is not None})
+    return res
+
+
+def _assert_agree(a, b, dtype):
+    """Same NaN positions, and equal numbers elsewhere (tolerance relative to the tensor's size)."""
+    assert a.keys() == b.keys()
+    for k in a:
+        nan_a, nan_b = a[k].isnan(), b[k].isnan()
+        assert torch.equal(nan_a, nan_b), f"{k}: NaN in {int(nan_a.sum())} entries of the reference, {int(nan_b.sum())} of the fused"
+        fa, fb = a[k][~nan_a], b[k][~nan_b]
+        scale = float(fa.abs().nan_to_num(posinf=0.0, neginf=0.0).max()) if fa.numel() else 1.0
+        torch.testing.assert_close(fb, fa, rtol=RTOL[dtype], atol=RTOL[dtype] * (scale or 1.0), msg=lambda m: f"{k}: {m}")
+
+
+@pytest.mark.parametrize("kind", list(LAYERS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("where,scale", list(itertools.product(["input", "weights"], [1e2, 1e4, 1e30, INF, -INF])))
+def test_saturating_values_agree_with_reference(kind, dtype, where, scale):
+    """Gate pre-activations far into saturation (and infinite ones) give the reference's numbers,
+    forward and backward: the vectorised sigmoid/tanh once returned NaN below about -89."""
+    ref, fst = _pair(kind, dtype)
+    x = torch.randn(6, 7, 3, dtype=dtype)
+    if where == "input":
+        if math.isinf(scale):
+            x[2, 3, 1] = scale
+            x[4, 0, 0] = scale
+        else:
+            x = x * scale
+    else:
+        for m in (ref, fst):
+            with torch.no_grad():
+                if math.isinf(scale):
+                    m.weight_ih_l0[5, 1] = scale
+                else:
+                    m.weight_ih_l0.mul_(scale)
+    a, b = _run(ref, x), _run(fst, x)
+    if math.isfinite(scale):
+        assert not a["output"].isnan().any()
+    _assert_agree(a, b, dtype)
+
+
+def test_reported_reproducer_gives_torch_numbers():
+    torch.manual_seed(0)
+    m = LSTM(1, 8, forget_bias=0.0)
+    theirs = torch.nn.LSTM(1, 8)
+    theirs.load_state_dict(m.state_dict())
+    x = torch.full((5, 1, 1), 300.0)
+    ours = m(x)[0]
+    assert not ours.isnan().any()
+    torch.testing.assert_close(ours, theirs(x)[0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_layernorm_of_huge_values_is_finite_and_equal(dtype):
+    """LN(s z) = LN(z): values near float32's limit must not overflow the variance (F.layer_norm
+    alone gives NaN there); the reference and the kernel both scale such rows first."""
+    ref, fst = _pair("layernorm", dtype)
+    x = torch.randn(6, 7, 3, dtype=dtype) * 1e36
+    a, b = _run(ref, x), _run(fst, x)
+    assert not a["output"].isnan().any()
+    _assert_agree(a, b, dtype)
+
+
+# -- the time gate ------------------------------------------------------------------------------
+
+NS_EPOCH = 1_700_000_000_000_000_000  # nanoseconds since the epoch, as pandas' datetime64[ns] gives
+
+
+@pytest.mark.parametrize("times,shift", [
+    (torch.tensor(NS_EPOCH) + torch.arange(10) * 1_000_000, None),   # int64 ns
+    (torch.arange(10, dtype=torch.float64) * 0.7, 1e30),              # a hand-set huge shift
+    (torch.arange(10, dtype=torch.float64) * 0.7 + 1e9, None),        # seconds since the epoch
+    (torch.arange(10, dtype=torch.float64) * 1e15 - 3e16, None),      # |t - s| / tau around 1e16
+])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_time_gate_equals_reference_for_huge_timestamps(times, shift, dtype):
+    torch.manual_seed(0)
+    period = torch.rand(64, dtype=dtype) * 10 + 0.5
+    s = torch.rand(64, dtype=dtype) * 5 if shift is None else torch.full((64,), shift, dtype=dtype)
+    r_on = torch.rand(64, dtype=dtype) * 0.3 + 0.01
+    t64 = times.to(torch.float64).view(10, 1)
+    for leak in (0.0, 1e-3):
+        want = time_gate(t64, period, s, r_on, leak)
+        got = fast.time_gate(t64, period, s, r_on, leak)
+        assert float(got.min()) >= 0 and float(got.max()) <= 1
+        torch.testing.assert_close(got, want, rtol=1e-6 if dtype == torch.float32 else 1e-12, atol=1e-12)
+
+
+def test_phased_layer_with_nanosecond_timestamps_agrees_and_warns():
+    ref, fst = _pair("phased", torch.float32)
+    times = (torch.tensor(NS_EPOCH) + torch.arange(7) * 1_000_000).expand(6, 7)
+    x = torch.randn(6, 7, 3)
+    with pytest.warns(UserWarning, match="2\\*\\*53"):
+        a = _run(ref, x.transpose(0, 1), times=times)
+    with pytest.warns(UserWarning, match="common origin"):
+        b = _run(fst, x.transpose(0, 1), times=times)
+    _assert_agree(a, b, torch.float32)
+
+
+@pytest.mark.parametrize("dtype,top", [(torch.float16, 5000.0), (torch.bfloat16, 1000.0), (torch.float32, 1e8)])
+def test_low_precision_timestamps_warn(dtype, top):
+    m = PhasedLSTM(1, 4)
+    with pytest.warns(UserWarning, match="cannot resolve such timestamps"):
+        m(torch.randn(3, 1), times=torch.tensor([top, top + 1, top + 2]).to(dtype))
+
+
+@pytest.mark.parametrize("shared", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gradient_to_times_equals_reference(shared, dtype):
+    """d output / d times: the fused path once returned None silently."""
+    ref, fst = _pair("phased", dtype, r_on=0.4, period_init=(0.5, 2.0), batch_first=True)
+    x = torch.randn(5, 9, 3, dtype=dtype)
+    base = torch.rand(9 if shared else (5, 9), dtype=torch.float64).mul(0.9).add(0.05).cumsum(-1)
+    grads = []
+    for m in (ref, fst):
+        t = base.clone().requires_grad_()
+        out, (h, c) = m(x, times=t)
+        (out.sin().sum() + h.sum()).backward()
+        assert t.grad is not None
+        grads.append(t.grad)
+    assert grads[0].abs().max() > 0
+    torch.testing.assert_close(grads[1], grads[0], rtol=RTOL[dtype], atol=RTOL[dtype] * float(grads[0].abs().max()))
+
+
+@pytest.mark.parametrize("name", ["r_on_l0", "period_l0", "shift_l0"])
+@pytest.mark.parametrize("impl", ["reference", "fast"])
+@pytest.mark.parametrize("value", [float("nan"), INF])
+def test_non_finite_time_parameters_are_refused(name, impl, value):
+    m = PhasedLSTM(2, 6, impl=impl)
+    with torch.no_grad():
+        getattr(m, name)[3] = value
+    with pytest.raises(ValueError, match=f"{name} must be finite"):
+        m(torch.randn(4, 2))
+
+
+@pytest.mark.parametrize("kind", list(LAYERS))
+def test_double_backward_is_refused_with_the_way_out(kind):
+    ref, fst = _pair(kind, torch.float64)
+    x = torch.randn(4, 2, 3, dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(ref(x)[0].sum(), x, create_graph=True)
+    g.sum().backward()  # the reference differentiates twice
+    with pytest.raises(RuntimeError, match="impl='reference'"):
+        torch.autograd.grad(fst(x)[0].sum(), x, create_graph=True)
