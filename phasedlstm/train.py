@@ -20,7 +20,10 @@ an uninterrupted one with the same seed (on CPU).
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
+import hashlib
 import io
 import json
 import math
@@ -39,14 +42,36 @@ from phasedlstm.data import Task, get_task, task_options
 from phasedlstm.models import SequenceModel
 
 CHECKPOINT_FORMAT = "phasedlstm-checkpoint"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: with a SHA-256 of its contents (1: without, still read)
+READABLE_VERSIONS = (1, 2)
 METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
                   "seconds", "lr"]
 TIME_GATED = ("phased",)
 
 
+#: the most units a configuration may ask for (a crafted checkpoint must not make us allocate terabytes)
+MAX_UNITS = 65536
+
+
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message names the file and why."""
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be trained; the message names the key and why."""
+
+
+class RunInUse(RuntimeError):
+    """Another process is training in this run folder."""
+
+
+def suggest(name: str, valid) -> str:
+    """'; did you mean X?' for the closest valid name, and the list of valid names."""
+    import difflib
+
+    close = difflib.get_close_matches(str(name).replace("_", "-"), list(valid), n=1, cutoff=0.5)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"{hint} (valid: {', '.join(valid)})"
 
 
 class NonFiniteLoss(RuntimeError):
@@ -80,8 +105,50 @@ class TrainConfig:
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
-            raise ValueError(f"unknown configuration keys {unknown}")
-        return cls(**d)
+            raise ConfigError(f"unknown configuration keys {unknown}")
+        cfg = cls(**d)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        """Refuse values that cannot train (or would allocate absurd amounts) with a ConfigError
+        naming the key, what it must be and what it is: a config.json or checkpoint may have been
+        edited by hand, and the command line checks the same ranges when it parses."""
+        from phasedlstm.data import TASKS
+        from phasedlstm.models import MODELS, POOLING
+
+        def need(ok: bool, key: str, what: str) -> None:
+            if not ok:
+                raise ConfigError(f"configuration: {key} must be {what}, got {getattr(self, key)!r}")
+
+        def is_int(v) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        def is_num(v) -> bool:
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+        if self.task not in TASKS:
+            raise ConfigError(f"configuration: unknown task {self.task!r}{suggest(self.task, TASKS)}")
+        if self.model not in MODELS:
+            raise ConfigError(f"configuration: unknown model {self.model!r}{suggest(self.model, MODELS)}")
+        need(is_int(self.hidden_size) and 1 <= self.hidden_size <= MAX_UNITS, "hidden_size",
+             f"an integer in [1, {MAX_UNITS}]")
+        need(is_int(self.layers) and 1 <= self.layers <= 64, "layers", "an integer in [1, 64]")
+        need(is_int(self.proj_size) and 0 <= self.proj_size <= MAX_UNITS, "proj_size",
+             f"an integer in [0, {MAX_UNITS}] (0: no projection)")
+        need(self.pooling in POOLING, "pooling", f"one of {list(POOLING)}")
+        need(is_num(self.dropout) and 0 <= self.dropout < 1, "dropout", "a number in [0, 1)")
+        need(is_int(self.epochs) and self.epochs >= 1, "epochs", "an integer >= 1")
+        need(is_int(self.batch_size) and self.batch_size >= 1, "batch_size", "an integer >= 1")
+        need(is_num(self.lr) and self.lr > 0, "lr", "a finite number > 0")
+        need(is_num(self.clip) and self.clip >= 0, "clip", "a finite number >= 0 (0: no clipping)")
+        need(is_int(self.seed) and self.seed >= 0, "seed", "an integer >= 0")
+        need(self.device in ("auto", "cpu", "cuda"), "device", "auto, cpu or cuda")
+        need(self.time_feature in ("auto", "yes", "no"), "time_feature", "auto, yes or no")
+        need(is_num(self.checkpoint_seconds) and self.checkpoint_seconds >= 0, "checkpoint_seconds",
+             "a finite number >= 0 (0: after every step)")
+        need(isinstance(self.task_options, dict), "task_options", "a dict")
+        need(isinstance(self.rnn_options, dict), "rnn_options", "a dict")
 
 
 # -- building task and model -------------------------------------------------------------------
@@ -120,10 +187,34 @@ def pick_device(name: str) -> torch.device:
 # -- checkpoints ----------------------------------------------------------------------------------
 
 
+def _digest(obj, h=None) -> str:
+    """SHA-256 of a checkpoint's contents (tensors by dtype, shape and bytes; containers in order),
+    so that a flipped bit anywhere in the numbers is found when the file is read."""
+    h = hashlib.sha256() if h is None else h
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    elif isinstance(obj, dict):
+        h.update(f"D{len(obj)}".encode())
+        for k in sorted(obj, key=repr):
+            h.update(repr(k).encode())
+            _digest(obj[k], h)
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"L{len(obj)}".encode())
+        for v in obj:
+            _digest(v, h)
+    else:
+        h.update(f"V{obj!r}".encode())
+    return h.hexdigest()
+
+
 def save_checkpoint(path: Path, state: dict) -> None:
-    """Write ``state`` atomically (temporary file, then rename)."""
+    """Write ``state`` atomically (temporary file, then rename), with a checksum of its contents."""
+    ck = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state}
+    ck["sha256"] = _digest(ck)
     buf = io.BytesIO()
-    torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state}, buf)
+    torch.save(ck, buf)
     with atomic_path(path) as tmp:
         tmp.write_bytes(buf.getvalue())
 
@@ -148,9 +239,18 @@ def load_checkpoint(path) -> dict:
                               f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
     if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not a phasedlstm checkpoint")
-    if ck.get("version") != CHECKPOINT_VERSION:
+    if ck.get("version") not in READABLE_VERSIONS:
         raise CheckpointError(f"{path}: checkpoint version {ck.get('version')}, this phasedlstm reads "
-                              f"version {CHECKPOINT_VERSION}")
+                              f"versions {', '.join(map(str, READABLE_VERSIONS))}")
+    if ck["version"] >= 2:
+        stored = ck.pop("sha256", None)
+        if stored != _digest(ck):
+            raise CheckpointError(f"{path}: corrupt: its contents do not match the checksum written with them "
+                                  f"(a changed byte on disk or in transfer); use another checkpoint")
+    try:
+        TrainConfig.from_dict(ck["config"])
+    except (ConfigError, TypeError, KeyError) as e:
+        raise CheckpointError(f"{path}: its configuration cannot be used: {e}") from None
     return ck
 
 
@@ -163,6 +263,11 @@ def load_run_model(path, device="cpu") -> tuple[TrainConfig, Task, SequenceModel
         path = path / "best.pt" if (path / "best.pt").exists() else path / "last.pt"
     ck = load_checkpoint(path)
     cfg = TrainConfig.from_dict(ck["config"])
+    w = ck["model"].get("rnn.weight_hh_l0") if isinstance(ck.get("model"), dict) else None
+    if not isinstance(w, torch.Tensor) or tuple(w.shape) != (4 * cfg.hidden_size, cfg.hidden_size):
+        raise CheckpointError(f"{path}: its weights (rnn.weight_hh_l0 of shape "
+                              f"{None if w is None else tuple(w.shape)}) do not fit its configuration "
+                              f"(hidden_size {cfg.hidden_size}); refused before building the model")
     task = build_task(cfg)
     model = build_model(cfg, task)
     try:
@@ -264,24 +369,106 @@ def _progress(iterable, total, desc, enabled):
                 mininterval=0.5, disable=None)
 
 
-def train(cfg: TrainConfig | None, run_dir, resume: bool = False, progress: bool = True, epochs: int | None = None,
-          log=print) -> dict:
+class _RunLock:
+    """An exclusive lock on a run folder for the life of a run (an flock on ``RUN/.lock``, which the
+    kernel releases when the holder dies, so a killed run never leaves a stale lock). A second
+    process that tries to train in the same folder gets :class:`RunInUse` naming the holder."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / ".lock"
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(self.path, "a+")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.seek(0)
+            holder = self.file.read().strip() or "unknown"
+            self.file.close()
+            raise RunInUse(f"{self.path.parent} is in use by another process (pid {holder}) training in it; two "
+                           f"runs in one folder would mix their files. Wait for it, or choose another --out") from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(f"{os.getpid()}\n")
+        self.file.flush()
+        return self
+
+    def __exit__(self, *exc):
+        self.file.close()  # releases the flock
+        return False
+
+
+def _read_config_json(run_dir: Path) -> dict | None:
+    path = run_dir / "config.json"
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path}: not readable JSON ({e})") from None
+
+
+def train(cfg: TrainConfig | None, run_dir, resume: bool = False, progress: bool = True,
+          extra_epochs: int | None = None, epochs: int | None = None, log=print) -> dict:
     """Train (or, with ``resume``, continue) the run in ``run_dir``; returns the last epoch's metrics row.
 
-    ``epochs`` overrides the configured number of epochs on resume (to extend a run).
+    On resume, ``extra_epochs`` trains that many epochs beyond the run's configured total, and
+    ``epochs`` sets a new total (it must not be below the epochs already trained). A folder that
+    holds only config.json (a run stopped before its first checkpoint) resumes from epoch 1; a
+    fresh ``train`` into such a folder takes it over. Only one process trains in a folder at a
+    time (:class:`RunInUse`).
     """
     run_dir = Path(run_dir)
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    lock = _RunLock(run_dir) if main_rank else contextlib.nullcontext()
+    with lock:
+        return _train_locked(cfg, run_dir, resume, progress, extra_epochs, epochs, log)
+
+
+def _train_locked(cfg, run_dir: Path, resume: bool, progress: bool, extra_epochs, epochs, log) -> dict:
     ck = None
+    if extra_epochs is not None and (not isinstance(extra_epochs, int) or extra_epochs < 1):
+        raise ConfigError(f"extra epochs must be an integer >= 1 (that many epochs are trained beyond the run's "
+                          f"total), got {extra_epochs!r}")
     if resume:
-        if not (run_dir / "last.pt").exists():
-            raise CheckpointError(f"{run_dir / 'last.pt'}: no such checkpoint; nothing to resume in {run_dir}")
-        ck = load_checkpoint(run_dir / "last.pt")
-        cfg = TrainConfig.from_dict(ck["config"])
+        saved = _read_config_json(run_dir)
+        if (run_dir / "last.pt").exists():
+            ck = load_checkpoint(run_dir / "last.pt")
+            cfg = TrainConfig.from_dict(ck["config"])
+            if saved is not None:
+                # config.json mirrors the checkpoint's configuration; an edit would be silently ignored
+                differ = sorted(k for k in set(saved) | set(ck["config"])
+                                if k != "epochs" and saved.get(k) != ck["config"].get(k))
+                if differ:
+                    raise ConfigError(
+                        f"{run_dir / 'config.json'} differs from the configuration the run was trained with "
+                        f"(in {', '.join(differ)}); a run continues as it was configured. Restore config.json "
+                        f"(or delete it: last.pt holds the configuration), or start a new run with --out")
+                if isinstance(saved.get("epochs"), int) and saved["epochs"] > cfg.epochs:
+                    cfg.epochs = saved["epochs"]  # an extension whose first checkpoint was not written yet
+        elif saved is not None:
+            cfg = TrainConfig.from_dict(saved)
+            log(f"{run_dir} holds no checkpoint yet (stopped before its first one): starting it from epoch 1")
+        else:
+            raise CheckpointError(f"{run_dir}: no run to resume (neither last.pt nor config.json)")
+        done = ck["epoch"] if ck is not None else 0
         if epochs is not None:
+            if epochs < max(done, 1):
+                raise ConfigError(f"{run_dir} has trained {done} epochs; a total of {epochs} would train nothing")
             cfg.epochs = epochs
-    elif (run_dir / "last.pt").exists() or (run_dir / "config.json").exists():
+        if extra_epochs is not None:
+            cfg.epochs += extra_epochs
+        elif done >= cfg.epochs and (ck is None or ck["step"] == 0):
+            log(f"{run_dir}: finished ({done} of {cfg.epochs} epochs); nothing to train "
+                f"(--extend-epochs N trains N more)")
+            return ck["history"][-1] if ck and ck["history"] else {}
+    elif (run_dir / "last.pt").exists():
         raise FileExistsError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
                               f"or choose another --out")
+    elif (run_dir / "config.json").exists():
+        log(f"taking over {run_dir}: it holds a configuration but no checkpoint (a run stopped before its first)")
+    cfg.validate()
     device = pick_device(cfg.device)
     dist = _Dist(device)
     torch.manual_seed(cfg.seed)
@@ -376,9 +563,12 @@ def train(cfg: TrainConfig | None, run_dir, resume: bool = False, progress: bool
                 best = score
             running = [0.0, 0.0, 0.0]
             if dist.main:
-                save_checkpoint(run_dir / "last.pt", state(epoch + 1, 0, None))
+                # best.pt first: a kill between the two writes then leaves last.pt one epoch behind, and the
+                # resumed run repeats that epoch (deterministically) and rewrites best.pt; the other order
+                # could leave a best.pt older than the best epoch that last.pt records
                 if improved:
                     save_checkpoint(run_dir / "best.pt", state(epoch + 1, 0, None))
+                save_checkpoint(run_dir / "last.pt", state(epoch + 1, 0, None))
                 _write_metrics(run_dir, history)
                 parts = [f"{split} loss {_fmt(row[split + '_loss'])}"
                          + ("" if regression else f" acc {_fmt(row[split + '_acc'], True)}")

@@ -12,12 +12,12 @@ from pathlib import Path
 
 from phasedlstm._files import data_dir as _resolve
 from phasedlstm.data.adding import adding_task
-from phasedlstm.data.base import Batch, SequenceDataset, Task
+from phasedlstm.data.base import Batch, DataError, SequenceDataset, Task
 from phasedlstm.data.frequency import frequency_task
 from phasedlstm.data.images import image_task, load_images
 from phasedlstm.data.motion import basic_motions_task, load_watch_npz, watch_task
 
-__all__ = ["Batch", "SequenceDataset", "Task", "TASKS", "get_task", "task_options"]
+__all__ = ["Batch", "DataError", "SequenceDataset", "Task", "TASKS", "get_task", "task_options"]
 
 
 def _missing(dataset: str, where: Path) -> FileNotFoundError:
@@ -93,18 +93,26 @@ TASKS = {
 }
 
 
+def _check_name(name) -> None:
+    if name not in TASKS:
+        import difflib
+
+        close = difflib.get_close_matches(str(name).replace("_", "-"), list(TASKS), n=1, cutoff=0.5)
+        raise DataError(f"unknown task {name!r}" + (f"; did you mean {close[0]!r}?" if close else "")
+                        + f" (the tasks: {', '.join(TASKS)}; `phasedlstm tasks` describes them)")
+
+
 def task_options(name: str) -> dict:
     """The options task ``name`` accepts, with their defaults."""
+    _check_name(name)
     builder = TASKS[name][0]
     return {k: p.default for k, p in inspect.signature(builder).parameters.items()}
 
 
 def get_task(name: str, **options) -> Task:
     """Build task ``name``; unknown names and options are errors that list the valid ones."""
-    if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; choose from {', '.join(TASKS)}")
     valid = task_options(name)
     unknown = sorted(set(options) - set(valid))
     if unknown:
-        raise TypeError(f"task {name!r} does not take {', '.join(unknown)}; it takes {', '.join(valid)}")
+        raise DataError(f"task {name!r} does not take {', '.join(unknown)}; it takes {', '.join(valid)}")
     return TASKS[name][0](**options)

@@ -23,6 +23,11 @@ import torch
 from torch import Tensor
 
 
+
+class DataError(ValueError):
+    """Data that cannot be used (an unknown task, a corrupt or mislabelled file); the message says
+    which and what to do."""
+
 class Batch(NamedTuple):
     x: Tensor  # (B, T, I) float32
     times: Tensor  # (B, T) float64

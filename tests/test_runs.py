@@ -1,0 +1,190 @@
+"""Run folders a user can trust: one process per folder, no dead ends, best.pt consistent with
+last.pt, no silent reuse of runs made with other settings, flags that mean what they say,
+checkpoints whose corruption is found, and command-line values refused at parse time."""
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+import torch
+
+from phasedlstm import cli
+from phasedlstm.train import (
+    CheckpointError,
+    ConfigError,
+    TrainConfig,
+    _RunLock,
+    load_checkpoint,
+    load_run_model,
+    save_checkpoint,
+    train,
+)
+
+CFG = dict(task="freq-async", model="lstm", hidden_size=8, proj_size=4, batch_size=16, epochs=2,
+           task_options={"n_train": 64, "n_val": 16, "n_test": 16})
+QUIET = dict(progress=False, log=lambda *a: None)
+
+
+def _cli(*args, cwd=None):
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    return subprocess.run([sys.executable, "-m", "phasedlstm", *map(str, args)], capture_output=True, text=True,
+                          env=env, cwd=cwd, timeout=300)
+
+
+def test_second_process_in_the_same_folder_is_refused(tmp_path):
+    run = tmp_path / "run"
+    with _RunLock(run):  # this process trains there
+        r = _cli("train", "--task", "freq-async", "--model", "lstm", "--hidden-size", 4, "--epochs", 1,
+                 "--n-train", 32, "--n-val", 8, "--n-test", 8, "--out", run, "--no-progress")
+    assert r.returncode == 1
+    assert f"in use by another process (pid {os.getpid()})" in r.stderr
+    assert not (run / "config.json").exists()
+    train(TrainConfig(**CFG), run, **QUIET)  # the lock died with its holder's release: the folder is usable
+
+
+def test_folder_with_only_a_configuration_resumes_or_is_taken_over(tmp_path):
+    cfg = TrainConfig(**CFG)
+    for how in ("resume", "fresh"):
+        run = tmp_path / how
+        run.mkdir()
+        (run / "config.json").write_text(json.dumps(asdict(cfg)))  # stopped before its first checkpoint
+        if how == "resume":
+            row = train(None, run, resume=True, **QUIET)
+        else:
+            row = train(cfg, run, **QUIET)
+        assert row["epoch"] == 2 and load_checkpoint(run / "last.pt")["epoch"] == 2
+
+
+def test_kill_between_best_and_last_leaves_them_consistent(tmp_path, monkeypatch):
+    """A kill after an epoch's first checkpoint write: after resume, best.pt holds the epoch with
+    the best validation score in metrics, never an older one."""
+    import phasedlstm.train as tr
+
+    real, writes = tr.save_checkpoint, []
+
+    def dying(path, state):
+        writes.append(Path(path).name)
+        if len(writes) == 3:  # epoch 1: best, last; epoch 2: the first write, then "killed"
+            raise KeyboardInterrupt
+        real(path, state)
+
+    cfg = TrainConfig(**{**CFG, "epochs": 3, "checkpoint_seconds": 1e9})
+    monkeypatch.setattr(tr, "save_checkpoint", dying)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "run", **QUIET)
+    assert writes[:2] == ["best.pt", "last.pt"]
+    monkeypatch.setattr(tr, "save_checkpoint", real)
+    train(None, tmp_path / "run", resume=True, **QUIET)
+    history = load_checkpoint(tmp_path / "run" / "last.pt")["history"]
+    best_epoch = max(history, key=lambda r: r["val_acc"])["epoch"]  # first of ties, as training keeps it
+    assert load_checkpoint(tmp_path / "run" / "best.pt")["epoch"] == best_epoch
+
+
+def test_compare_never_reuses_a_run_of_other_settings(tmp_path):
+    run = tmp_path / "lstm-seed0"
+    cfg = TrainConfig(**CFG)
+    cli._run_one(cfg, run, progress=False, log=lambda *a: None)
+    other = TrainConfig(**{**CFG, "hidden_size": 4})
+    with pytest.raises(ConfigError, match=r"other settings: hidden_size 8 \(asked 4\).*--replace"):
+        cli._run_one(other, run, progress=False, log=lambda *a: None)
+    fewer = TrainConfig(**{**CFG, "epochs": 1})
+    with pytest.raises(ConfigError, match="epochs 2 \\(asked 1\\)"):
+        cli._run_one(fewer, run, progress=False, log=lambda *a: None)
+    more = TrainConfig(**{**CFG, "epochs": 3})
+    cli._run_one(more, run, progress=False, log=lambda *a: None)  # same settings, longer: extended
+    assert load_checkpoint(run / "last.pt")["epoch"] == 3
+    cli._run_one(other, run, progress=False, replace=True, log=lambda *a: None)
+    assert load_checkpoint(run / "last.pt")["config"]["hidden_size"] == 4
+
+
+def test_resume_refuses_conflicting_flags_and_extends_by_n(tmp_path):
+    run = tmp_path / "run"
+    train(TrainConfig(**{**CFG, "epochs": 1}), run, **QUIET)
+    for flag in (["--lr", "0.1"], ["--model", "phased"], ["--task", "adding"], ["--epochs", "5"]):
+        r = _cli("train", "--resume", run, *flag)
+        assert r.returncode != 0 and "cannot be combined with --resume" in r.stderr, (flag, r.stderr)
+    r = _cli("train", "--resume", run, "--extend-epochs", "0")
+    assert r.returncode == 2 and "expected an integer >= 1" in r.stderr
+    r = _cli("train", "--resume", run, "--extend-epochs", "1", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert load_checkpoint(run / "last.pt")["epoch"] == 2  # one epoch more than the run had
+    assert json.loads((run / "config.json").read_text())["epochs"] == 2
+
+
+def test_edited_config_json_is_not_silently_ignored(tmp_path):
+    run = tmp_path / "run"
+    train(TrainConfig(**{**CFG, "epochs": 1}), run, **QUIET)
+    cfg = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**cfg, "model": "gru"}))
+    with pytest.raises(ConfigError, match="differs from the configuration the run was trained with \\(in model\\)"):
+        train(None, run, resume=True, extra_epochs=1, **QUIET)
+
+
+def test_flipped_bit_in_a_checkpoint_is_found(tmp_path):
+    run = tmp_path / "run"
+    train(TrainConfig(**{**CFG, "epochs": 1}), run, **QUIET)
+    w = load_checkpoint(run / "best.pt")["model"]["rnn.weight_hh_l0"]
+    raw = bytearray((run / "best.pt").read_bytes())
+    at = raw.find(w.numpy().tobytes())
+    assert at > 0
+    raw[at + 5] ^= 0x40  # one bit of one weight
+    (run / "best.pt").write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="corrupt: its contents do not match the checksum"):
+        load_run_model(run)
+    r = _cli("evaluate", run)
+    assert r.returncode == 1 and "corrupt" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_crafted_sizes_are_refused_before_allocating(tmp_path):
+    run = tmp_path / "run"
+    train(TrainConfig(**{**CFG, "epochs": 1}), run, **QUIET)
+    ck = load_checkpoint(run / "best.pt")
+    for hidden, match in ((10**7, "hidden_size must be an integer in \\[1, 65536\\]"), (500, "do not fit")):
+        bad = {k: v for k, v in ck.items() if k not in ("format", "version")}
+        bad["config"] = {**ck["config"], "hidden_size": hidden}
+        save_checkpoint(tmp_path / "bad.pt", bad)  # a valid checksum: crafted, not corrupted
+        with pytest.raises(CheckpointError, match=match):
+            load_run_model(tmp_path / "bad.pt")
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--batch-size", "0"], "--batch-size: expected an integer >= 1"),
+    (["--epochs", "0"], "--epochs: expected an integer >= 1"),
+    (["--epochs", "-1"], "--epochs: expected an integer >= 1"),
+    (["--n-train", "0"], "--n-train: expected an integer >= 1"),
+    (["--clip", "nan"], "--clip: expected a finite number >= 0"),
+    (["--checkpoint-seconds", "nan"], "--checkpoint-seconds: expected a finite number >= 0"),
+    (["--threads", "0"], "--threads: expected an integer >= 1"),
+    (["--proj-size", "-1"], "--proj-size: expected an integer >= 0"),
+    (["--lr", "inf"], "--lr: expected a finite number > 0"),
+    (["--dropout", "1"], "--dropout: expected a number in [0, 1)"),
+])
+def test_values_that_cannot_train_are_refused_at_parse_time(args, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["train", "--task", "freq-async", *args])
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_unknown_task_names_the_closest(capsys):
+    assert cli.main(["train", "--task", "freq_async"]) == 1
+    err = capsys.readouterr().err
+    assert "unknown task 'freq_async'; did you mean 'freq-async'?" in err and "Traceback" not in err
+
+
+def test_help_matches_behaviour(capsys):
+    for argv, want in ((["demo", "--help"], "(default: 20)"), (["train", "--help"], "--extend-epochs N")):
+        with pytest.raises(SystemExit):
+            cli.main(argv)
+        assert want in capsys.readouterr().out
+    for command in ("compare", "demo"):
+        with pytest.raises(SystemExit) as e:
+            cli.main([command, "--seed", "3"] + (["--task", "adding"] if command == "compare" else []))
+        assert e.value.code == 2  # only --seeds
+    assert cli.main(["tasks"]) == 0
+    out = capsys.readouterr().out
+    assert "--test-subjects" in out and "test_subjects" not in out
