@@ -215,12 +215,14 @@ def init_uniform_(tensors, hidden_size: int) -> None:
             w.uniform_(-bound, bound)
 
 
-def init_time_parameters_(period: Tensor, shift: Tensor, r_on: Tensor, period_init, r_on_init: float) -> None:
-    """tau ~ exp(U(a, b)), s ~ U(0, tau), r_on = r_on_init (the authors' initialisation)."""
+def init_time_parameters_(period: Tensor, shift: Tensor, r_on: Tensor, period_init, r_on_init: float,
+                          shift_init: float | None = None) -> None:
+    """tau ~ exp(U(a, b)), s ~ U(0, tau) (or U(0, shift_init)), r_on = r_on_init (the authors'
+    initialisation; their frequency task drew s ~ U(0, 100) ms)."""
     a, b = period_init
     with torch.no_grad():
         period.uniform_(a, b).exp_()
-        shift.copy_(torch.rand_like(shift) * period)
+        shift.copy_(torch.rand_like(shift) * (period if shift_init is None else shift_init))
         r_on.fill_(r_on_init)
 
 

@@ -97,10 +97,15 @@ def _add_training_args(p: argparse.ArgumentParser, single: bool = True, epochs: 
     g.add_argument("--threads", type=_int_at_least(1), default=None, help="torch CPU threads (default: torch's choice)")
     g.add_argument("--checkpoint-seconds", type=_finite(0.0, False), default=60.0,
                    help="also checkpoint inside an epoch this often; 0: after every step (default: 60)")
+    g.add_argument("--test-every", type=_int_at_least(1), default=1,
+                   help="evaluate the test split every K epochs, at the last one and at every new best on "
+                        "validation (default: 1)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     ph = p.add_argument_group("Phased LSTM")
     ph.add_argument("--period-init", type=float, nargs=2, metavar=("A", "B"), default=None,
                     help="tau ~ exp(U(A, B)) at init (default: 1 3 on frequency tasks, else 1 6)")
+    ph.add_argument("--shift-init", type=_finite(0.0, True), default=None,
+                    help="s ~ U(0, S) at init (default: 100 ms on frequency tasks, as the authors; else U(0, tau))")
     ph.add_argument("--r-on", type=float, default=None, help="initial open ratio (default: 0.05)")
     ph.add_argument("--leak", type=float, default=None, help="leak alpha in training (default: 1e-3)")
     ph.add_argument("--fixed-period", action="store_true", help="do not learn the periods")
@@ -119,7 +124,12 @@ def _add_training_args(p: argparse.ArgumentParser, single: bool = True, epochs: 
     d.add_argument("--data-path", default=None, help="image tasks: a folder with the four IDX files")
     d.add_argument("--prefix", default=None, help="image tasks: file-name prefix in --data-path (EMNIST: "
                                                   "emnist-digits-)")
-    d.add_argument("--n-train", type=_int_at_least(1), default=None, help="generated tasks: training sequences")
+    d.add_argument("--fresh", default=None, choices=["yes", "no"],
+                   help="generated tasks: draw the training sequences anew every epoch (yes: the authors' "
+                        "protocol, the default of the frequency tasks) or train on one fixed set (no: the "
+                        "default of adding)")
+    d.add_argument("--n-train", type=_int_at_least(1), default=None,
+                   help="generated tasks: training sequences (per epoch with --fresh yes)")
     d.add_argument("--n-val", type=_int_at_least(0), default=None, help="generated tasks: validation sequences")
     d.add_argument("--n-test", type=_int_at_least(1), default=None, help="generated tasks: test sequences")
     d.add_argument("--length", type=_int_at_least(2), default=None, help="adding: sequence length T")
@@ -132,7 +142,7 @@ def _add_training_args(p: argparse.ArgumentParser, single: bool = True, epochs: 
 
 
 _TASK_ARGS = ["classes", "small", "val_fraction", "perm_seed", "data_dir", "data_path", "prefix", "n_train", "n_val",
-              "n_test", "length", "downsample", "crop", "test_subjects", "val_subjects"]
+              "n_test", "length", "downsample", "crop", "test_subjects", "val_subjects", "fresh"]
 
 
 def _config(args, task: str, model: str, seed: int):
@@ -147,24 +157,27 @@ def _config(args, task: str, model: str, seed: int):
             continue
         if name not in valid:
             raise SystemExit(f"error: --{name.replace('_', '-')} does not apply to task {task}")
-        task_opts[name] = v
+        task_opts[name] = (v == "yes") if name == "fresh" else v
     rnn = {}
-    phased_args = {"period_init": args.period_init, "r_on": args.r_on, "leak": args.leak}
+    phased_args = {"period_init": args.period_init, "shift_init": args.shift_init, "r_on": args.r_on,
+                   "leak": args.leak}
     for flag, key in (("fixed_period", "learn_period"), ("fixed_shift", "learn_shift"), ("fixed_r_on", "learn_r_on")):
         if getattr(args, flag):
             rnn[key] = False
     for k, v in phased_args.items():
         if v is not None:
             rnn[k] = tuple(v) if k == "period_init" else v
-    if model == "phased":
+    if model == "phased":  # the authors' initialisation for the frequency tasks: tau ~ exp(U(1, 3)), s ~ U(0, 100) ms
         rnn.setdefault("period_init", (1.0, 3.0) if task.startswith("freq-") else (1.0, 6.0))
+        if task.startswith("freq-"):
+            rnn.setdefault("shift_init", 100.0)
     elif rnn:
         raise SystemExit(f"error: the Phased LSTM options ({', '.join(sorted(rnn))}) apply to --model phased only")
     return TrainConfig(task=task, model=model, hidden_size=args.hidden_size, layers=args.layers,
                        proj_size=args.proj_size, pooling=args.pooling, dropout=args.dropout, epochs=args.epochs,
                        batch_size=args.batch_size, lr=args.lr, clip=args.clip, seed=seed, device=args.device,
                        time_feature=args.time_feature, task_options=task_opts, rnn_options=rnn,
-                       checkpoint_seconds=args.checkpoint_seconds)
+                       checkpoint_seconds=args.checkpoint_seconds, test_every=args.test_every)
 
 
 #: configuration keys that do not change a run's numbers (a run is reused whatever they say)

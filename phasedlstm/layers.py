@@ -333,7 +333,8 @@ class PhasedLSTM(RecurrentLayer):
 
     Time parameters per layer and direction, each (H,), stored as themselves in time units:
     ``period_l{k}`` (tau), ``shift_l{k}`` (s), ``r_on_l{k}``. Initialisation: tau ~ exp(U(a, b))
-    with ``period_init=(a, b)`` (default (1, 6)), s ~ U(0, tau), r_on = ``r_on`` (default 0.05).
+    with ``period_init=(a, b)`` (default (1, 6)), s ~ U(0, tau) (or U(0, ``shift_init``)), r_on =
+    ``r_on`` (default 0.05).
     Keeping them valid: like the authors' code, the gate uses |tau| and |r_on| (bounded below
     by 1e-6, r_on above by 1), so any value an optimiser writes gives a valid gate; the stored
     values are never rewritten behind the user's back.
@@ -344,15 +345,19 @@ class PhasedLSTM(RecurrentLayer):
     a warning says so. The leak alpha is ``leak`` (default 1e-3) in training mode, 0 in eval.
     For streaming in chunks, pass timestamps that continue (the default restarts at 0).
 
-    Extra args: ``period_init``, ``r_on``, ``leak``, ``peepholes`` (default True),
+    Extra args: ``period_init``, ``shift_init``, ``r_on``, ``leak``, ``peepholes`` (default True),
     ``learn_period``, ``learn_shift``, ``learn_r_on`` (default True; False freezes it).
     """ + _LAYER_DOC
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
                  bidirectional=False, *, period_init=(1.0, 6.0), r_on=0.05, leak=DEFAULT_LEAK, peepholes=True,
-                 learn_period=True, learn_shift=True, learn_r_on=True, **kwargs):
+                 learn_period=True, learn_shift=True, learn_r_on=True, shift_init=None, **kwargs):
         _checks.check_time_options(period_init, r_on, leak)
+        if shift_init is not None and not (isinstance(shift_init, (int, float)) and 0 < shift_init < float("inf")):
+            raise ValueError(f"shift_init must be None (s ~ U(0, tau)) or a finite number > 0 (s ~ U(0, "
+                             f"shift_init)), got {shift_init!r}")
         # set before the base constructor, which creates and initialises the parameters
+        self.shift_init = None if shift_init is None else float(shift_init)
         self.period_init = tuple(float(v) for v in period_init)
         self.r_on_init = float(r_on)
         self.leak = float(leak)
@@ -372,7 +377,7 @@ class PhasedLSTM(RecurrentLayer):
 
     def _reset_direction(self, p):
         super()._reset_direction({k: v for k, v in p.items() if k not in ("period", "shift", "r_on")})
-        init_time_parameters_(p["period"], p["shift"], p["r_on"], self.period_init, self.r_on_init)
+        init_time_parameters_(p["period"], p["shift"], p["r_on"], self.period_init, self.r_on_init, self.shift_init)
 
     @property
     def _alpha(self) -> float:

@@ -1,7 +1,7 @@
 """Tables and plots from run folders (config.json + metrics.csv, and last.pt for the gate plots).
 
-- ``summary.md`` / ``summary.csv``: per model, the final test metric (mean ± s.d. over
-  seeds, from each run's last epoch) and the training time per epoch;
+- ``summary.md`` / ``summary.csv``: per model, the test metric of the epoch chosen on
+  validation (what best.pt holds; mean ± s.d. over seeds) and the training time per epoch;
 - ``curves.png``: learning curves of all models on one figure (mean over seeds, band = s.d.);
 - ``final.png``: final-metric bars with the spread over seeds;
 - ``gates-<run>.png``: for a Phased LSTM, a raster of time-gate openness k_t (units x time)
@@ -55,9 +55,20 @@ def find_runs(paths) -> list[dict]:
 
 def _metric(run) -> tuple[str, str]:
     """(column, label) of the headline metric: test accuracy, or test loss (MSE) for regression."""
-    if run["history"][-1].get("test_acc") is not None:
-        return "test_acc", "test accuracy"
-    return "test_loss", "test MSE"
+    if run["config"]["task"] == "adding":
+        return "test_loss", "test MSE"
+    return "test_acc", "test accuracy"
+
+
+def chosen_row(run) -> dict:
+    """The epoch chosen on validation (what best.pt holds): the highest validation accuracy (the
+    first of ties), the lowest validation loss for regression; the last epoch without validation."""
+    rows = run["history"]
+    if all(r.get("val_acc") is not None for r in rows):
+        return max(rows, key=lambda r: (r["val_acc"], -r["epoch"]))
+    if all(r.get("val_loss") is not None and not math.isnan(r["val_loss"]) for r in rows):
+        return min(rows, key=lambda r: (r["val_loss"], r["epoch"]))
+    return rows[-1]
 
 
 def _sd(values):
@@ -71,27 +82,50 @@ def _grouped(runs) -> dict[str, list[dict]]:
     return dict(sorted(groups.items(), key=lambda kv: (MODEL_ORDER.index(kv[0]) if kv[0] in MODEL_ORDER else 99)))
 
 
+def settings(cfg: dict) -> str:
+    """The settings that tell runs apart, for titles: hidden size, layers, pooling, task options."""
+    parts = [f"H={cfg.get('hidden_size')}"]
+    if cfg.get("layers", 1) != 1:
+        parts.append(f"{cfg['layers']} layers")
+    parts.append(f"pooling {cfg.get('pooling', 'last')}")
+    for k, v in sorted(cfg.get("task_options", {}).items()):
+        if k not in ("data_dir", "data_path"):
+            parts.append(f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}")
+    return ", ".join(parts)
+
+
 def summarise(runs) -> list[dict]:
+    """Per model: the test metric of the epoch chosen on validation (mean, s.d. over seeds), the
+    epochs trained, and the median seconds per epoch."""
     rows = []
     for model, rs in _grouped(runs).items():
         col, label = _metric(rs[0])
-        finals = [r["history"][-1][col] for r in rs]
+        picked = [chosen_row(r) for r in rs]
+        finals = [p[col] for p in picked if p.get(col) is not None]
         secs = [statistics.median(h["seconds"] for h in r["history"]) for r in rs]
         scale = 100.0 if col == "test_acc" else 1.0
-        rows.append({"model": model, "task": rs[0]["config"]["task"], "metric": label, "seeds": len(rs),
+        rows.append({"model": model, "task": rs[0]["config"]["task"], "metric": label, "seeds": len(finals),
                      "epochs": int(statistics.median(r["history"][-1]["epoch"] for r in rs)),
-                     "mean": scale * statistics.mean(finals), "sd": scale * _sd(finals),
+                     "chosen_epochs": ",".join(str(int(p["epoch"])) for p in picked),
+                     "mean": scale * statistics.mean(finals) if finals else float("nan"),
+                     "sd": scale * _sd(finals) if finals else float("nan"),
                      "seconds_per_epoch": statistics.median(secs)})
     return rows
 
 
+def _spread(r, unit="") -> str:
+    if r["seeds"] == 1:
+        return f"{r['mean']:.2f}{unit} (1 seed)"
+    return f"{r['mean']:.2f}{unit} ± {r['sd']:.2f}"
+
+
 def format_table(rows) -> str:
     unit = "%" if rows and rows[0]["metric"] == "test accuracy" else ""
-    lines = ["| model | task | seeds | epochs | final " + rows[0]["metric"] + " (mean ± s.d.) | s / epoch |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| model | task | seeds | epochs | " + rows[0]["metric"] + " at the epoch chosen on validation "
+             "(mean ± s.d.) | chosen epochs | s / epoch |", "|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['task']} | {r['seeds']} | {r['epochs']} | "
-                     f"{r['mean']:.2f}{unit} ± {r['sd']:.2f} | {r['seconds_per_epoch']:.1f} |")
+        lines.append(f"| {r['model']} | {r['task']} | {r['seeds']} | {r['epochs']} | {_spread(r, unit)} | "
+                     f"{r['chosen_epochs']} | {r['seconds_per_epoch']:.1f} |")
     return "\n".join(lines)
 
 
@@ -100,13 +134,21 @@ def plot_curves(runs, path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for model, rs in _grouped(runs).items():
         for ax, key in ((axes[0], "train_loss"), (axes[1], col)):
-            n = min(len(r["history"]) for r in rs)
-            epochs = list(range(1, n + 1))
+            n = max(len(r["history"]) for r in rs)
             scale = 100.0 if key.endswith("acc") else 1.0
-            vals = [[scale * r["history"][i][key] for r in rs] for i in range(n)]
-            mean = [statistics.mean(v) for v in vals]
-            sd = [_sd(v) for v in vals]
-            ax.plot(epochs, mean, label=f"{model} ({len(rs)} seed{'s' if len(rs) > 1 else ''})")
+            points = []  # (epoch, values of the seeds that have it): the test split may skip epochs
+            for i in range(n):
+                v = [scale * r["history"][i][key] for r in rs if i < len(r["history"]) and r["history"][i][key] is not None]
+                if v:
+                    points.append((i + 1, v))
+            if not points:
+                continue
+            epochs = [e for e, _ in points]
+            mean = [statistics.mean(v) for _, v in points]
+            sd = [_sd(v) for _, v in points]
+            seeds = max(len(v) for _, v in points)
+            ax.plot(epochs, mean, marker="o" if len(points) <= 30 else None, markersize=3,
+                    label=f"{model} ({seeds} seed{'s' if seeds > 1 else ''})")
             ax.fill_between(epochs, [m - s for m, s in zip(mean, sd)], [m + s for m, s in zip(mean, sd)], alpha=0.2)
     axes[0].set(xlabel="epoch", ylabel="training loss", title="training loss")
     axes[1].set(xlabel="epoch", ylabel=label + (" (%)" if col == "test_acc" else ""), title=label)
@@ -115,23 +157,23 @@ def plot_curves(runs, path: Path) -> None:
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle(runs[0]["config"]["task"])
+    fig.suptitle(f"{runs[0]['config']['task']} ({settings(runs[0]['config'])})")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def plot_final(rows, path: Path) -> None:
+def plot_final(rows, path: Path, title: str = "") -> None:
     fig, ax = plt.subplots(figsize=(1.6 * len(rows) + 2, 4))
-    ax.bar([r["model"] for r in rows], [r["mean"] for r in rows], yerr=[r["sd"] for r in rows], capsize=6,
-           color="#4c72b0")
-    for i, r in enumerate(rows):
-        ax.text(i, r["mean"], f"{r['mean']:.1f}", ha="center", va="bottom")
+    sd = [0.0 if math.isnan(r["sd"]) else r["sd"] for r in rows]
+    ax.bar([r["model"] for r in rows], [r["mean"] for r in rows], yerr=sd, capsize=6, color="#4c72b0")
     unit = " (%)" if rows[0]["metric"] == "test accuracy" else ""
-    ax.set(ylabel="final " + rows[0]["metric"] + unit, title=f"{rows[0]['task']}: mean ± s.d. over seeds")
-    if unit:
-        lo = min(r["mean"] - r["sd"] for r in rows)
-        ax.set_ylim(max(0, lo - 10), 100)
+    for i, r in enumerate(rows):  # the label above the error bar, not on it
+        ax.text(i, r["mean"] + sd[i], _spread(r) + "\n", ha="center", va="bottom", fontsize=8)
+    ax.set(ylabel=rows[0]["metric"] + unit + ", epoch chosen on validation",
+           title=f"{rows[0]['task']}: mean ± s.d. over seeds" + (f"\n{title}" if title else ""))
+    top = max(r["mean"] + s for r, s in zip(rows, sd))
+    ax.set_ylim(0, 112 if unit else top * 1.25)  # from zero: a cut axis would exaggerate the gaps
     ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -194,7 +236,7 @@ def report(paths, out_dir=None, log=print, gates: bool = True) -> dict:
         w.writeheader()
         w.writerows(rows)
     plot_curves(runs, out / "curves.png")
-    plot_final(rows, out / "final.png")
+    plot_final(rows, out / "final.png", settings(runs[0]["config"]))
     written = [out / "summary.md", out / "summary.csv", out / "curves.png", out / "final.png"]
     if gates:  # one raster per Phased LSTM configuration: its first run
         for r in _grouped(runs).get("phased", [])[:1]:

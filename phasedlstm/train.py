@@ -99,6 +99,7 @@ class TrainConfig:
     task_options: dict = field(default_factory=dict)
     rnn_options: dict = field(default_factory=dict)  # e.g. period_init, r_on for "phased"
     checkpoint_seconds: float = 60.0  # also checkpoint inside an epoch this often
+    test_every: int = 1  # evaluate the test split every k epochs (and at the last, and at each new best)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -147,6 +148,7 @@ class TrainConfig:
         need(self.time_feature in ("auto", "yes", "no"), "time_feature", "auto, yes or no")
         need(is_num(self.checkpoint_seconds) and self.checkpoint_seconds >= 0, "checkpoint_seconds",
              "a finite number >= 0 (0: after every step)")
+        need(is_int(self.test_every) and self.test_every >= 1, "test_every", "an integer >= 1")
         need(isinstance(self.task_options, dict), "task_options", "a dict")
         need(isinstance(self.rnn_options, dict), "rnn_options", "a dict")
 
@@ -515,8 +517,9 @@ def _train_locked(cfg, run_dir: Path, resume: bool, progress: bool, extra_epochs
             if epoch_gen_state is not None:  # resuming inside this epoch: rebuild its batch order
                 gen.set_state(epoch_gen_state)
             epoch_gen_state = gen.get_state()
-            order = task.train.epoch_order(cfg.batch_size, shuffle=True, generator=gen, balanced=task.balanced,
-                                           shard=(dist.rank, dist.world))
+            train_set = task.train_for_epoch(epoch)  # fresh-data mode: this epoch's own sequences
+            order = train_set.epoch_order(cfg.batch_size, shuffle=True, generator=gen, balanced=task.balanced,
+                                          shard=(dist.rank, dist.world))
             if epoch > start_epoch or start_step == 0:
                 running, start_step = [0.0, 0.0, 0.0], 0
             model.train()
@@ -524,7 +527,7 @@ def _train_locked(cfg, run_dir: Path, resume: bool, progress: bool, extra_epochs
             bar = _progress(range(start_step, len(order)), len(order) - start_step,
                             f"epoch {epoch + 1}/{cfg.epochs}", progress and dist.main)
             for step in bar:
-                x, t, n, y = (v.to(device) for v in task.train[order[step]])
+                x, t, n, y = (v.to(device) for v in train_set[order[step]])
                 out = ddp_model(x, t, n)
                 loss = model.loss(out, y)
                 if not torch.isfinite(loss):
@@ -550,17 +553,20 @@ def _train_locked(cfg, run_dir: Path, resume: bool, progress: bool, extra_epochs
             train_seconds = time.perf_counter() - t0
             loss_sum, correct, count = dist.sum(running)
             val_loss, val_acc = evaluate(model, task.val, device=device)
-            test_loss, test_acc = evaluate(model, task.test, device=device)
             row = {"epoch": epoch + 1, "train_loss": loss_sum / count,
                    "train_acc": None if regression else correct / count,
-                   "val_loss": val_loss, "val_acc": val_acc, "test_loss": test_loss, "test_acc": test_acc,
+                   "val_loss": val_loss, "val_acc": val_acc, "test_loss": None, "test_acc": None,
                    "seconds": round(train_seconds, 3), "lr": optimizer.param_groups[0]["lr"]}
-            history.append(row)
-            last_row = row
             score = _selection_score(row, len(task.val) > 0)
             improved = best is None or score > best
             if improved:
                 best = score
+            # the test split: every test_every epochs, at the last, and whenever validation picks a new best
+            # (so the epoch chosen on validation always has its test figure; selection never reads it)
+            if improved or (epoch + 1) % cfg.test_every == 0 or epoch + 1 == cfg.epochs:
+                row["test_loss"], row["test_acc"] = evaluate(model, task.test, device=device)
+            history.append(row)
+            last_row = row
             running = [0.0, 0.0, 0.0]
             if dist.main:
                 # best.pt first: a kill between the two writes then leaves last.pt one epoch behind, and the

@@ -60,7 +60,7 @@ def test_periods_labels_and_special_half():
 
 
 def test_combo_label_rule():
-    x, times, lengths, y, special, periods = generate_combo(3000, np.random.default_rng(3))
+    x, times, lengths, y, special, periods = generate_combo(3000, np.random.default_rng(3), "hard")
     p1, p2 = periods[:, 0], periods[:, 1]
     np.testing.assert_array_equal(y, (p1 >= 5) & (p1 <= 6) & (p2 >= 13) & (p2 <= 15))
     assert y[special].all()
@@ -69,6 +69,78 @@ def test_combo_label_rule():
     only1 = ~special & (p1 >= 5) & (p1 <= 6)
     only2 = ~special & (p2 >= 13) & (p2 <= 15)
     assert only1.sum() > 300 and only2.sum() > 300
+
+
+def test_combo_authors_distribution():
+    """The authors' generator: half special (p1 ~ U(5, 6), p2 ~ U(13, 15)), the other half both
+    periods log-uniform on [1, 100] (so log p is uniform on [0, log 100]), duration ~ U(1, 100)."""
+    n = 20000
+    x, times, lengths, y, special, periods = generate_combo(n, np.random.default_rng(5))
+    p1, p2 = periods[:, 0], periods[:, 1]
+    assert special.sum() == n // 2 and y[special].all()
+    assert (p1[special] >= 5).all() and (p1[special] <= 6).all() and (p2[special] >= 13).all() and (p2[special] <= 15).all()
+    for p in (p1[~special], p2[~special]):
+        logp = np.log(p) / np.log(100)  # uniform on [0, 1]
+        assert logp.min() >= 0 and logp.max() <= 1
+        hist = np.histogram(logp, bins=10, range=(0, 1))[0] / len(logp)
+        assert np.abs(hist - 0.1).max() < 0.015
+    # a negative is positive only by chance: both periods in range, P = log(6/5) log(15/13) / log(100)^2
+    chance = np.log(6 / 5) * np.log(15 / 13) / np.log(100) ** 2
+    assert abs(y[~special].mean() - chance) < 0.003
+    np.testing.assert_array_equal(y, (p1 >= 5) & (p1 <= 6) & (p2 >= 13) & (p2 <= 15))
+    span = times[np.arange(n), lengths - 1] - times[:, 0]
+    assert span.max() <= 100 and lengths.min() >= 100 and lengths.max() <= 1000
+
+
+def test_fresh_data_per_epoch():
+    """The authors' protocol: every epoch draws its own training sequences, from (seed, epoch) alone,
+    so a resumed run (which rebuilds the task) sees the same ones; validation and test never change."""
+    a = get_task("freq-async", seed=3, n_train=64, n_test=32)
+    b = get_task("freq-async", seed=3, n_train=64, n_test=32)
+    e1, e2 = a.train_for_epoch(1), a.train_for_epoch(2)
+    assert not torch.equal(e1.x[:, :10], e2.x[:, :10])
+    assert not torch.equal(a.train.x[:, :10], e1.x[:, :10])
+    torch.testing.assert_close(b.train_for_epoch(2).x, e2.x)  # rebuilt (as on resume): the same draw
+    torch.testing.assert_close(b.train_for_epoch(2).times, e2.times)
+    assert e2.special.sum() == 32  # half special in every epoch
+    big = get_task("freq-async", seed=3, n_train=500, n_test=32)
+    torch.testing.assert_close(big.test.x, a.test.x)  # not with the budget
+    torch.testing.assert_close(big.val.x, a.val.x)
+    fixed = get_task("freq-async", seed=3, n_train=64, fresh=False)
+    assert fixed.train_for_epoch(5) is fixed.train
+    adding = get_task("adding", length=20, n_train=16, fresh=True)
+    assert not torch.equal(adding.train_for_epoch(1).x, adding.train_for_epoch(2).x)
+
+
+def test_fresh_data_run_resumes_to_the_same_numbers(tmp_path):
+    """Killed inside epoch 2 and resumed, a fresh-data run reaches the uninterrupted run's weights."""
+    from phasedlstm.train import TrainConfig, load_checkpoint, train
+    import phasedlstm.train as tr
+
+    cfg = dict(task="freq-async", model="phased", hidden_size=8, proj_size=4, batch_size=16, epochs=3,
+               checkpoint_seconds=0, task_options={"n_train": 64, "n_val": 16, "n_test": 16})
+    quiet = dict(progress=False, log=lambda *a: None)
+    train(TrainConfig(**cfg), tmp_path / "whole", **quiet)
+    real, calls = tr.save_checkpoint, {"n": 0}
+
+    def dying(path, state):
+        calls["n"] += 1
+        real(path, state)
+        if calls["n"] == 7:  # epoch 1: 3 in-epoch + best + last; epoch 2: the 2nd in-epoch checkpoint
+            raise KeyboardInterrupt
+
+    tr.save_checkpoint = dying
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(TrainConfig(**cfg), tmp_path / "cut", **quiet)
+    finally:
+        tr.save_checkpoint = real
+    assert load_checkpoint(tmp_path / "cut" / "last.pt")["epoch"] == 1
+    train(None, tmp_path / "cut", resume=True, **quiet)
+    a = load_checkpoint(tmp_path / "whole" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "cut" / "last.pt")["model"]
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=0)
 
 
 def test_frequency_task_reproducible_and_test_set_fixed():
@@ -201,7 +273,7 @@ def test_unknown_task_and_option():
 
 def test_task_names():
     assert set(TASKS) == {"smnist-rows", "smnist-pixels", "psmnist", "fashion-rows", "fashion-pixels",
-                          "freq-standard", "freq-highres", "freq-async", "freq-combo", "adding", "watch",
+                          "freq-standard", "freq-highres", "freq-async", "freq-combo", "freq-combo-hard", "adding", "watch",
                           "basic-motions"}
 
 

@@ -50,14 +50,15 @@ def _images(dataset, view):
 
 def _frequency(condition):
     def build(seed: int = 0, n_train: int = 5000, n_val: int = 500, n_test: int = 500,
-              time_feature: bool = False) -> Task:
-        return frequency_task(condition, seed, n_train, n_val, n_test, time_feature)
+              time_feature: bool = False, fresh: bool = True) -> Task:
+        return frequency_task(condition, seed, n_train, n_val, n_test, time_feature, fresh)
 
     return build
 
 
-def _adding(seed: int = 0, length: int = 200, n_train: int = 10000, n_val: int = 1000, n_test: int = 1000) -> Task:
-    return adding_task(length, seed, n_train, n_val, n_test)
+def _adding(seed: int = 0, length: int = 200, n_train: int = 10000, n_val: int = 1000, n_test: int = 1000,
+            fresh: bool = False) -> Task:
+    return adding_task(length, seed, n_train, n_val, n_test, fresh)
 
 
 def _watch(seed: int = 0, downsample: int = 1, crop=None, test_subjects=None, val_subjects=None,
@@ -86,7 +87,9 @@ TASKS = {
     "freq-standard": (_frequency("standard"), "frequency discrimination, sampled every 1 ms (15-125 steps)"),
     "freq-highres": (_frequency("highres"), "frequency discrimination, sampled every 0.1 ms (150-1250 steps)"),
     "freq-async": (_frequency("async"), "frequency discrimination, 15-125 random sample times"),
-    "freq-combo": (_frequency("combo"), "two superimposed frequencies, 100-1000 random sample times"),
+    "freq-combo": (_frequency("combo"), "two superimposed frequencies, 100-1000 random sample times "
+                                        "(the authors' distribution)"),
+    "freq-combo-hard": (_frequency("combo-hard"), "freq-combo with negatives that have one period in range"),
     "adding": (_adding, "the adding problem, regression over T steps of 2 (T = --length)"),
     "watch": (_watch, "smartwatch IMU exercises, 6 channels at 50 Hz, 7 classes, split by subject"),
     "basic-motions": (_basic_motions, "BasicMotions, 6 channels x 100 at 10 Hz, 4 classes"),

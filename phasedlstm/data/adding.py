@@ -33,10 +33,20 @@ def generate_adding(n: int, length: int, rng: np.random.Generator):
 
 
 def adding_task(length: int = 200, seed: int = 0, n_train: int = 10000, n_val: int = 1000,
-                n_test: int = 1000) -> Task:
+                n_test: int = 1000, fresh: bool = False) -> Task:
+    """The adding problem; ``fresh``: every epoch trains on ``n_train`` sequences drawn anew from a
+    stream seeded by (seed, length, epoch) (validation and test stay fixed)."""
     splits = {}
     for i, (split, n) in enumerate((("train", n_train), ("val", n_val), ("test", n_test))):
         x, y = generate_adding(n, length, np.random.default_rng([seed, length, i]))
         splits[split] = SequenceDataset(x, None, np.full(n, length), y)  # times: the step index
+
+    def sampler(epoch: int) -> SequenceDataset:
+        x, y = generate_adding(n_train, length, np.random.default_rng([seed, length, 3, epoch]))
+        return SequenceDataset(x, None, np.full(n_train, length), y)
+
+    if fresh:
+        splits["train"] = sampler(0)
     return Task(name="adding", num_classes=0, metric="mse", baseline=TRIVIAL_MSE,
-                info={"seed": seed, "length": length}, **splits)
+                info={"seed": seed, "length": length, "fresh": fresh}, train_sampler=sampler if fresh else None,
+                **splits)

@@ -16,7 +16,7 @@ Each batch is a :class:`Batch` ``(x, times, lengths, y)`` cut to its longest seq
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator, NamedTuple
+from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
 import torch
@@ -154,6 +154,15 @@ class Task:
     baseline: float | None = None
     time_unit: str = "step"
     info: dict = field(default_factory=dict)
+    #: generated tasks in fresh-data mode: epoch -> that epoch's training set (``train`` is epoch 0's)
+    train_sampler: Callable[[int], SequenceDataset] | None = None
+
+    def train_for_epoch(self, epoch: int) -> SequenceDataset:
+        """The training set of epoch ``epoch`` (0-based): drawn anew from a stream seeded by (seed,
+        epoch) in fresh-data mode, so a resumed run draws the same sequences; else ``train``."""
+        if self.train_sampler is None or epoch == 0:
+            return self.train
+        return self.train_sampler(epoch)
 
     @property
     def input_size(self) -> int:

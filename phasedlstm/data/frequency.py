@@ -13,14 +13,16 @@ x(t) = sin(2 pi t / period - shift) in [5, 6] ms (class 1) or not (class 0)?
 Superimposed frequencies (``freq-combo``): x(t) = sin(t / p1 - s1) + sin(t / p2 - s2)
 (the formula as the paper writes it), class 1 iff p1 in [5, 6] and p2 in [13, 15];
 duration ~ U(1, 100), start ~ U(0, 100 - duration), shifts ~ U(0, duration), N ~ U{100..1000}
-asynchronous points. Half the samples are special (p1 ~ U(5, 6), p2 ~ U(13, 15)); of the
-rest, a third have only p1 in range, a third only p2, a third neither (p ~ exp(U(log 1,
-log 100)) for each period out of range), so a model must check both periods.
+asynchronous points. Half the samples are special (p1 ~ U(5, 6), p2 ~ U(13, 15)); the rest
+draw both periods log-uniformly from [1, 100], as the authors' generator does.
+``freq-combo-hard``: of the non-special half a third have only p1 in range, a third only p2,
+a third neither, so a model must check both periods.
 
-Our choices where the paper is silent: data are generated once per seed as fixed sets
-(5000 training, 500 test, and a validation set of 500 by default: all the sizes can be
-changed), half of each set drawn from the special class; batches are balanced (at least
-half special) by :meth:`SequenceDataset.batches`. Sequences are padded at the end (the
+Protocol: as in the authors' script, every epoch trains on sequences drawn anew (``fresh``,
+the default; ``fresh=False`` keeps one fixed training set per seed); validation and test
+sets are fixed per seed (500 and 500 by default, every size can be changed), half of each
+drawn from the special class; batches are balanced (at least half special) by
+:meth:`SequenceDataset.batches`. Sequences are padded at the end (the
 authors padded at the front with a mask) and carry ``lengths``. Times are in ms.
 With ``time_feature=True`` the timestamp (divided by 100 ms) is appended as a second
 input feature, as the paper's LSTM baselines got it.
@@ -80,13 +82,25 @@ def generate_single(n: int, sampling: str, rng: np.random.Generator):
     return x[..., None], times, lengths, y, special, period
 
 
-def generate_combo(n: int, rng: np.random.Generator):
-    """n samples of the superimposed-frequency task.
+COMBO_VARIANTS = ("authors", "hard")
+
+
+def generate_combo(n: int, rng: np.random.Generator, variant: str = "authors"):
+    """n samples of the superimposed-frequency task, the first half special (p1 ~ U(5, 6), p2 ~ U(13, 15)).
+
+    ``variant``: "authors" (their generator): the other half draws both periods log-uniformly
+    from [1, 100]; "hard": of the other half a third has only p1 in range, a third only p2,
+    a third neither, so a model must check both periods.
 
     -> (x (n, T, 1), times, lengths, y, special, periods (n, 2))."""
+    if variant not in COMBO_VARIANTS:
+        raise ValueError(f"variant must be one of {COMBO_VARIANTS}, got {variant!r}")
     n_special = (n + 1) // 2
     special = np.arange(n) < n_special
-    kind = np.where(special, 0, 1 + rng.integers(0, 3, n))  # 0 both, 1 only p1, 2 only p2, 3 neither
+    if variant == "authors":
+        kind = np.where(special, 0, 3)  # 0: both periods special, 3: both log-uniform
+    else:
+        kind = np.where(special, 0, 1 + rng.integers(0, 3, n))  # 0 both, 1 only p1, 2 only p2, 3 neither
     p1 = np.where((kind == 0) | (kind == 1), rng.uniform(*SPECIAL, n), _log_uniform(rng, n, *PERIOD_RANGE))
     p2 = np.where((kind == 0) | (kind == 2), rng.uniform(*COMBO_SPECIAL_2, n), _log_uniform(rng, n, *PERIOD_RANGE))
     duration = rng.uniform(1.0, 100.0, n)
@@ -111,30 +125,54 @@ def _dataset(parts, time_feature: bool) -> SequenceDataset:
     return SequenceDataset(x, times, lengths, y, special)
 
 
-def frequency_task(condition: str = "async", seed: int = 0, n_train: int = 5000, n_val: int = 500,
-                   n_test: int = 500, time_feature: bool = False) -> Task:
-    """The frequency task under ``condition``: "standard", "highres", "async" or "combo".
+CONDITIONS = ("standard", "highres", "async", "combo", "combo-hard")
 
-    The test set depends only on ``seed`` and ``condition`` (and ``n_test``), never on the
-    training-set size, so runs with different budgets are compared on the same test data.
+#: the rng streams of a task's data, per seed: no split or epoch draws from another's stream
+_STREAM = {"train": 0, "val": 1, "test": 2, "fresh": 3}
+
+
+def _generate(condition: str, n: int, rng: np.random.Generator):
+    if condition == "combo":
+        return generate_combo(n, rng, "authors")
+    if condition == "combo-hard":
+        return generate_combo(n, rng, "hard")
+    return generate_single(n, condition, rng)
+
+
+def _split(condition: str, n: int, rng: np.random.Generator, time_feature: bool) -> SequenceDataset:
+    parts = _generate(condition, max(n, 1), rng)
+    if n == 0:
+        parts = tuple(p[:0] for p in parts)
+    return _dataset(parts, time_feature)
+
+
+def frequency_task(condition: str = "async", seed: int = 0, n_train: int = 5000, n_val: int = 500,
+                   n_test: int = 500, time_feature: bool = False, fresh: bool = True) -> Task:
+    """The frequency task under ``condition``: "standard", "highres", "async", "combo" (the authors'
+    distribution) or "combo-hard".
+
+    ``fresh`` (the authors' protocol, default): every epoch trains on ``n_train`` sequences drawn
+    anew from a stream seeded by (seed, epoch) (:meth:`Task.train_for_epoch`), so a resumed run
+    draws the same ones; ``fresh=False``: one fixed training set per seed. The validation and
+    test sets are fixed, each from its own stream: the test set depends only on ``seed``,
+    ``condition`` and ``n_test``, never on the training budget or the epoch.
     """
-    if condition not in ("standard", "highres", "async", "combo"):
-        raise ValueError(f"condition must be standard, highres, async or combo, got {condition!r}")
+    if condition not in CONDITIONS:
+        raise ValueError(f"condition must be one of {CONDITIONS}, got {condition!r}")
     for name, v in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):
         if v < (0 if name == "n_val" else 2):
             raise ValueError(f"{name} must be >= {0 if name == 'n_val' else 2}, got {v}")
-    splits = {}
-    for i, (split, n) in enumerate((("train", n_train), ("val", n_val), ("test", n_test))):
-        rng = np.random.default_rng([seed, i])  # independent streams per split
-        if condition == "combo":
-            parts = generate_combo(max(n, 1), rng)
-        else:
-            parts = generate_single(max(n, 1), condition, rng)
-        if n == 0:
-            parts = tuple(p[:0] for p in parts)
-        splits[split] = _dataset(parts, time_feature)
-    name = "freq-" + condition
-    return Task(name=name, num_classes=2, balanced=True, time_unit="ms",
-                info={"seed": seed, "condition": condition, "time_feature": time_feature,
+
+    def rng(split, *more):
+        return np.random.default_rng([seed, _STREAM[split], *more])
+
+    def sampler(epoch: int) -> SequenceDataset:
+        return _split(condition, n_train, rng("fresh", epoch), time_feature)
+
+    splits = {"train": sampler(0) if fresh else _split(condition, n_train, rng("train"), time_feature),
+              "val": _split(condition, n_val, rng("val"), time_feature),
+              "test": _split(condition, n_test, rng("test"), time_feature)}
+    return Task(name="freq-" + condition, num_classes=2, balanced=True, time_unit="ms",
+                info={"seed": seed, "condition": condition, "time_feature": time_feature, "fresh": fresh,
                       "time_feature_scale_ms": TIME_FEATURE_SCALE if time_feature else None},
-                **splits)
+                train_sampler=sampler if fresh else None, **splits)
