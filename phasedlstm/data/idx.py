@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 import re
 import struct
 from pathlib import Path
@@ -16,13 +17,14 @@ from pathlib import Path
 import numpy as np
 
 from phasedlstm._files import atomic_write_bytes
+from phasedlstm.data.base import DataError
 
 # type code -> numpy dtype (big-endian where it matters)
 _TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 _CODES = {np.dtype(np.uint8): 0x08, np.dtype(np.int8): 0x09}
 
 
-class IDXError(ValueError):
+class IDXError(DataError):
     """A file that is not a valid IDX file; the message names the file and what is wrong."""
 
 
@@ -31,8 +33,8 @@ def _read_bytes(path: Path) -> bytes:
     try:
         with opener(path, "rb") as f:
             return f.read()
-    except (OSError, EOFError) as e:  # a truncated or corrupt gzip stream
-        raise IDXError(f"{path}: cannot decompress: {e}") from None
+    except (OSError, EOFError, zlib.error) as e:  # a truncated or corrupt gzip (deflate) stream
+        raise IDXError(f"{path}: cannot decompress (truncated or corrupt): {e}") from None
 
 
 def read_idx(path, expect_magic: int | None = None) -> np.ndarray:
@@ -131,4 +133,14 @@ def load_idx_folder(folder, prefix: str = ""):
         if n_img != n_lab:
             raise IDXError(f"{files[split + '_images']} holds {n_img} images but "
                            f"{files[split + '_labels']} holds {n_lab} labels")
+    # labels are the classes 0..k-1, and the test set has no class the training set lacks
+    train_classes = np.unique(arrays["train_labels"])
+    k = len(train_classes)
+    for split in ("train", "test"):
+        labels = arrays[f"{split}_labels"]
+        bad = np.flatnonzero(labels >= k)
+        if bad.size:
+            raise IDXError(f"{files[split + '_labels']}: label {int(labels[bad[0]])} at index {int(bad[0])} (and "
+                           f"{bad.size - 1} more) is outside the classes 0..{k - 1} that the training labels hold; "
+                           f"the file is damaged or not a label file of this dataset")
     return arrays["train_images"], arrays["train_labels"], arrays["test_images"], arrays["test_labels"]
