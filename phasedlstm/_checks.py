@@ -233,7 +233,17 @@ def check_layer_input(module, input, hx, times, lengths):
         if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
             raise TypeError(f"lengths must be an integer tensor, got dtype {lengths.dtype}")
         if _shape(lengths) != (B,):
-            raise ValueError(f"Expected lengths of shape ({B},) (one per sequence), got {_shape(lengths)}")
+            hint = ""
+            if lengths.dim() == 1 and lengths.shape[0] == T and T != B:
+                if module.batch_first:
+                    hint = (f": that is the size of input's dimension 1, which the layer reads as the sequence "
+                            f"(batch_first=True: (batch, seq, feature)); if your input is (seq, batch, feature), "
+                            f"construct the layer with batch_first=False")
+                else:
+                    hint = (f": that is the size of input's dimension 0, which the layer reads as the sequence "
+                            f"(batch_first=False: (seq, batch, feature)); if your input is (batch, seq, feature), "
+                            f"construct the layer with batch_first=True")
+            raise ValueError(f"Expected lengths of shape ({B},) (one per sequence), got {_shape(lengths)}{hint}")
         lo, hi = int(lengths.min()), int(lengths.max())
         if lo < 1 or hi > T:
             raise ValueError(f"lengths must be in [1, {T}] (the padded sequence length), got values in [{lo}, {hi}]")

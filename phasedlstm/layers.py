@@ -190,7 +190,38 @@ class RecurrentLayer(nn.Module):
         k = self._fast_gate(times, p) if "period" in p else None
         return fast.lstm(x, p["weight_ih"], bias, p["weight_hh"], h, c, peep, k, lengths)
 
-    def forward(self, input: Tensor, hx=None, *, times: Tensor | None = None, lengths: Tensor | None = None):
+    # -- what code written for torch.nn.LSTM also calls ------------------------------------
+
+    def flatten_parameters(self) -> None:
+        """A no-op, as for torch.nn.LSTM on the CPU: our kernels read the parameters where they are
+        (code written for cuDNN calls it after moving a model or loading weights)."""
+
+    @property
+    def _flat_weights_names(self) -> list[str]:
+        return [full for layer in self._names for names in layer for full in names.values()
+                if getattr(self, full) is not None]
+
+    @property
+    def _flat_weights(self) -> list[Tensor]:
+        return [getattr(self, n) for n in self._flat_weights_names]
+
+    @property
+    def all_weights(self) -> list[list[nn.Parameter]]:
+        """The parameters per layer and direction, as torch.nn.LSTM's ``all_weights``
+        (``weight_ih, weight_hh, bias_ih, bias_hh``, then this layer's own: peepholes, time or LN
+        parameters)."""
+        return [[getattr(self, full) for full in names.values() if getattr(self, full) is not None]
+                for layer in self._names for names in layer]
+
+    def __prepare_scriptable__(self):
+        raise RuntimeError(
+            f"{type(self).__name__} cannot be compiled with torch.jit.script (its forward takes keyword-only "
+            f"times and lengths, and the fused path calls native kernels). Use torch.jit.trace, "
+            f"torch.export.export or torch.compile instead.")
+
+    def forward(self, input, hx=None, *, times: Tensor | None = None, lengths: Tensor | None = None):
+        if isinstance(input, nn.utils.rnn.PackedSequence):
+            return self._forward_packed(input, hx, times, lengths)
         x, times, lengths, hx, batched = _checks.check_layer_input(self, input, hx, times, lengths)
         B, H = x.shape[1], self.hidden_size
         D = 2 if self.bidirectional else 1
@@ -230,6 +261,24 @@ class RecurrentLayer(nn.Module):
             output = output.transpose(0, 1)
         return output, (h_n, c_n)
 
+    def _forward_packed(self, packed, hx, times, lengths):
+        """A PackedSequence in, a PackedSequence out, as torch.nn.LSTM: run on the padded batch (in
+        the caller's order, with its lengths) and pack the output with the input's own sorting.
+        ``times``, if given, is padded (B, T) in the caller's order (or (T,) shared), like the
+        result of ``pad_packed_sequence(..., batch_first=True)``; ``hx`` is in the caller's order."""
+        if lengths is not None:
+            raise ValueError("lengths must not be given with a PackedSequence: it carries its own lengths")
+        from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+        padded, lens = pad_packed_sequence(packed, batch_first=self.batch_first)
+        out, (h_n, c_n) = self.forward(padded, hx, times=times, lengths=lens.to(padded.device))
+        order = packed.sorted_indices
+        if order is not None:  # the output packed as the input was: sorted by length, by its own order
+            out = out.index_select(0 if self.batch_first else 1, order)
+            lens = lens[order.cpu()]
+        data = pack_padded_sequence(out, lens, batch_first=self.batch_first, enforce_sorted=True)
+        return PackedSequence(data.data, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices), (h_n, c_n)
+
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
         defaults = {"num_layers": 1, "bias": True, "batch_first": False, "dropout": 0.0,
@@ -258,7 +307,9 @@ _LAYER_DOC = """
             otherwise; "reference" always runs the step-by-step reference; "fast" insists.
 
     Inputs: ``input, hx=None, *, times=None, lengths=None``
-        - input: (T, B, I), (B, T, I) if batch_first, or unbatched (T, I).
+        - input: (T, B, I), (B, T, I) if batch_first, or unbatched (T, I); or a PackedSequence
+          (the output is then one too, packed like the input; ``times`` is given padded, (B, T)
+          in the batch's original order, or (T,)).
         - hx: (h_0, c_0), each (num_layers * D, B, H) or (num_layers * D, H) unbatched;
           zeros (or the learned initial state) if None.
         - times: timestamps (B, T) or (T,) shared by the batch, float32, float64 or int;

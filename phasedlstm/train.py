@@ -430,6 +430,8 @@ def train(cfg: TrainConfig | None, run_dir, resume: bool = False, progress: bool
 
 def _train_locked(cfg, run_dir: Path, resume: bool, progress: bool, extra_epochs, epochs, log) -> dict:
     ck = None
+    for tmp in run_dir.glob(".*.tmp"):  # half-written files of a killed process (we hold the folder's lock)
+        tmp.unlink(missing_ok=True)
     if extra_epochs is not None and (not isinstance(extra_epochs, int) or extra_epochs < 1):
         raise ConfigError(f"extra epochs must be an integer >= 1 (that many epochs are trained beyond the run's "
                           f"total), got {extra_epochs!r}")

@@ -98,3 +98,123 @@ def test_forget_bias_init():
     assert ((f >= 1 - bound) & (f <= 1 + bound)).all()
     others = torch.cat([default.bias_ih_l0[:8], default.bias_ih_l0[16:]])
     assert others.abs().max() <= bound
+
+
+# -- the rest of torch.nn.LSTM's surface: PackedSequence, flatten_parameters, all_weights --------
+
+from torch.nn.utils.rnn import PackedSequence, pack_sequence  # noqa: E402
+
+from phasedlstm import LayerNormLSTM, PeepholeLSTM, PhasedLSTM  # noqa: E402
+
+
+@pytest.mark.parametrize("num_layers", [1, 2])
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("enforce_sorted", [False, True])
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_packed_sequence_in_and_out_equals_torch(num_layers, bidirectional, enforce_sorted, batch_first):
+    ref, ours = _pair(num_layers, bidirectional, batch_first)
+    lengths = torch.tensor([7, 5, 5, 2]) if enforce_sorted else torch.tensor([2, 7, 5, 5])
+    torch.manual_seed(2)
+    x = torch.randn(4, 7, 3, dtype=torch.float64)
+    D = 2 if bidirectional else 1
+    h0 = torch.randn(num_layers * D, 4, 5, dtype=torch.float64)
+    results = []
+    for m in (ref, ours):
+        xx = x.clone().requires_grad_()
+        inp = xx if batch_first else xx.transpose(0, 1)
+        packed = pack_padded_sequence(inp, lengths, batch_first=batch_first, enforce_sorted=enforce_sorted)
+        out, (h, c) = m(packed, (h0, torch.zeros_like(h0)))
+        assert isinstance(out, PackedSequence)
+        (out.data.sin().sum() + h.sum() + c.cos().sum()).backward()
+        results.append((out, h, c, xx.grad, [p.grad for p in m.parameters()]))
+    (o1, h1, c1, g1, p1), (o2, h2, c2, g2, p2) = results
+    torch.testing.assert_close(o2.data, o1.data, rtol=1e-10, atol=1e-12)
+    assert torch.equal(o2.batch_sizes, o1.batch_sizes)
+    for a, b in [(o1.sorted_indices, o2.sorted_indices), (o1.unsorted_indices, o2.unsorted_indices)]:
+        assert (a is None and b is None) or torch.equal(a, b)
+    for a, b in zip([h1, c1, g1, *p1], [h2, c2, g2, *p2]):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)
+
+
+def test_packed_sequence_with_times_for_the_phased_lstm():
+    """times given padded in the batch's order: the same numbers as the padded call with lengths."""
+    m = PhasedLSTM(2, 6, batch_first=True, dtype=torch.float64)
+    seqs = [torch.randn(n, 2, dtype=torch.float64) for n in (3, 8, 5)]
+    times = torch.rand(3, 8, dtype=torch.float64).cumsum(1)
+    out, (h, c) = m(pack_sequence(seqs, enforce_sorted=False), times=times)
+    padded, lens = pad_packed_sequence(out, batch_first=True)
+    x = torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True)
+    want, (hw, cw) = m(x, times=times, lengths=lens)
+    torch.testing.assert_close(padded, want)
+    torch.testing.assert_close(h, hw)
+
+
+@pytest.mark.parametrize("cls", [LSTM, PeepholeLSTM, PhasedLSTM, LayerNormLSTM])
+def test_flatten_parameters_all_weights_and_script(cls):
+    m = cls(3, 4, 2, bidirectional=True)
+    m.flatten_parameters()  # code written for cuDNN calls it; a no-op here
+    assert len(m.all_weights) == 4 and len(m._flat_weights) == len(m._flat_weights_names) == len(list(m.parameters()))
+    ref = torch.nn.LSTM(3, 4, 2, bidirectional=True)
+    for ours, theirs in zip(m.all_weights, ref.all_weights):
+        assert [p.shape for p in ours[:4]] == [p.shape for p in theirs]
+    with pytest.raises(RuntimeError, match="torch.jit.trace, torch.export.export or torch.compile"):
+        torch.jit.script(m)
+
+
+class RNNModel(torch.nn.Module):
+    def __init__(self, rnn_cls, ntoken=20, ninp=8, nhid=12, nlayers=2):
+        super().__init__()
+        self.encoder = torch.nn.Embedding(ntoken, ninp)
+        self.rnn = rnn_cls(ninp, nhid, nlayers, dropout=0.0)  # (dropout draws would differ)
+        self.decoder = torch.nn.Linear(nhid, ntoken)
+        self.nlayers, self.nhid = nlayers, nhid
+
+    def forward(self, input, hidden):
+        output, hidden = self.rnn(self.encoder(input), hidden)
+        return torch.nn.functional.log_softmax(self.decoder(output), dim=-1), hidden
+
+    def init_hidden(self, bsz):
+        weight = next(self.parameters())
+        return (weight.new_zeros(self.nlayers, bsz, self.nhid), weight.new_zeros(self.nlayers, bsz, self.nhid))
+
+def repackage_hidden(h):
+    return h.detach() if isinstance(h, torch.Tensor) else tuple(repackage_hidden(v) for v in h)
+
+
+def test_a_training_script_written_for_torch_lstm_runs_to_its_end(tmp_path):
+    """The shape of pytorch/examples' word_language_model, unchanged but for the class: init_hidden
+    from weight.new_zeros, repackaged hidden state, clip_grad_norm_, flatten_parameters after
+    loading, torch.save of the whole model."""
+
+    losses = {}
+    for cls in (torch.nn.LSTM, LSTM):
+        torch.manual_seed(0)
+        model = RNNModel(cls)
+        if cls is LSTM:  # the same initial weights as torch's
+            model.load_state_dict(losses["state"])
+        else:
+            losses["state"] = {k: v.clone() for k, v in model.state_dict().items()}
+        data = torch.randint(0, 20, (60, 4))
+        hidden = model.init_hidden(4)
+        opt = torch.optim.SGD(model.parameters(), lr=0.5)
+        run = []
+        for i in range(0, 50, 10):
+            x, y = data[i : i + 10], data[i + 1 : i + 11]
+            hidden = repackage_hidden(hidden)
+            model.zero_grad()
+            out, hidden = model(x, hidden)
+            loss = torch.nn.functional.nll_loss(out.view(-1, 20), y.reshape(-1))
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 0.25)
+            opt.step()
+            run.append(loss.item())
+        path = tmp_path / f"{cls.__name__}.pt"
+        torch.save(model, path)
+        model = torch.load(path, weights_only=False)
+        model.rnn.flatten_parameters()  # where the example crashed
+        model.eval()
+        with torch.no_grad():
+            run.append(torch.nn.functional.nll_loss(model(data[:10], model.init_hidden(4))[0].view(-1, 20),
+                                                    data[1:11].reshape(-1)).item())
+        losses[cls] = run
+    assert losses[LSTM] == pytest.approx(losses[torch.nn.LSTM], rel=1e-4)

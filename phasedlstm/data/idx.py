@@ -134,13 +134,15 @@ def load_idx_folder(folder, prefix: str = ""):
             raise IDXError(f"{files[split + '_images']} holds {n_img} images but "
                            f"{files[split + '_labels']} holds {n_lab} labels")
     # labels are the classes 0..k-1, and the test set has no class the training set lacks
-    train_classes = np.unique(arrays["train_labels"])
-    k = len(train_classes)
+    u = np.unique(arrays["train_labels"])
+    gaps = np.flatnonzero(u != np.arange(len(u)))
+    k = int(gaps[0]) if gaps.size else len(u)  # the classes 0..k-1 are present without a gap
     for split in ("train", "test"):
         labels = arrays[f"{split}_labels"]
         bad = np.flatnonzero(labels >= k)
         if bad.size:
             raise IDXError(f"{files[split + '_labels']}: label {int(labels[bad[0]])} at index {int(bad[0])} (and "
-                           f"{bad.size - 1} more) is outside the classes 0..{k - 1} that the training labels hold; "
+                           f"{bad.size - 1} more) is outside the classes 0..{k - 1} that the training labels hold "
+                           f"without gaps; "
                            f"the file is damaged or not a label file of this dataset")
     return arrays["train_images"], arrays["train_labels"], arrays["test_images"], arrays["test_labels"]
