@@ -522,6 +522,12 @@ def _train_locked(cfg, run_dir: Path, resume: bool, progress: bool, extra_epochs
             train_set = task.train_for_epoch(epoch)  # fresh-data mode: this epoch's own sequences
             order = train_set.epoch_order(cfg.batch_size, shuffle=True, generator=gen, balanced=task.balanced,
                                           shard=(dist.rank, dist.world))
+            if not any(len(index) for index in order):
+                raise ConfigError(
+                    f"{len(train_set)} training sequences make no batch of {cfg.batch_size}"
+                    + (" (a balanced batch takes half its samples from the special class, half from the rest)"
+                       if task.balanced else "") + (f" on each of {dist.world} processes" if dist.active else "")
+                    + ": use more training data (--n-train) or a smaller --batch-size")
             if epoch > start_epoch or start_step == 0:
                 running, start_step = [0.0, 0.0, 0.0], 0
             model.train()

@@ -170,6 +170,13 @@ def test_values_that_cannot_train_are_refused_at_parse_time(args, message, capsy
     assert message in capsys.readouterr().err
 
 
+def test_too_little_data_for_one_batch_is_one_line(tmp_path, capsys):
+    assert cli.main(["train", "--task", "freq-async", "--n-train", "5", "--epochs", "1", "--out",
+                     str(tmp_path / "r"), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "5 training sequences make no batch of 32" in err and "Traceback" not in err
+
+
 def test_unknown_task_names_the_closest(capsys):
     assert cli.main(["train", "--task", "freq_async"]) == 1
     err = capsys.readouterr().err
