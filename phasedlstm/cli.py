@@ -1,4 +1,4 @@
-"""The phasedlstm command line: train, compare, demo, evaluate, report, data, tasks, bench.
+"""The phasedlstm command line: train, compare, demo, evaluate, report, data, tasks, baseline, bench.
 
 Every option has a default that works; ``phasedlstm COMMAND --help`` lists them.
 """
@@ -85,6 +85,9 @@ def _add_training_args(p: argparse.ArgumentParser, single: bool = True, epochs: 
     g.add_argument("--proj-size", type=_int_at_least(0), default=64, help="input projection size, 0 for none (default: 64)")
     g.add_argument("--pooling", default="last", choices=POOLING,
                    help="last valid step (the paper) or mean over valid steps (the lecture) (default: last)")
+    g.add_argument("--forget-bias", type=float, default=None,
+                   help="added to the forget-gate bias at init (default: 1; 0 is torch.nn.LSTM's init)")
+    g.add_argument("--learn-initial-state", action="store_true", help="learn h0 and c0 (default: zeros)")
     g.add_argument("--dropout", type=_fraction, default=0.0, help="dropout between recurrent layers (default: 0)")
     g.add_argument("--epochs", type=_int_at_least(1), default=epochs, help=f"(default: {epochs})")
     g.add_argument("--batch-size", type=_int_at_least(1), default=32, help="(default: 32)")
@@ -112,9 +115,10 @@ def _add_training_args(p: argparse.ArgumentParser, single: bool = True, epochs: 
     ph.add_argument("--fixed-shift", action="store_true", help="do not learn the shifts")
     ph.add_argument("--fixed-r-on", action="store_true", help="do not learn the open ratios")
     d = p.add_argument_group("data (each task takes those that apply to it)")
-    d.add_argument("--time-feature", default="auto", choices=["auto", "yes", "no"],
-                   help="frequency tasks: append the timestamp as an input feature; auto: for models "
-                        "without a time gate, as the paper's baselines (default: auto)")
+    d.add_argument("--time-feature", default="auto", choices=["auto", "yes", "no", "t", "dt"],
+                   help="frequency tasks: append the timestamp as an input feature (yes/no; auto: for models "
+                        "without a time gate, as the paper's baselines); watch: append t or dt (the gap "
+                        "since the previous sample) as a channel (auto: none) (default: auto)")
     d.add_argument("--classes", type=_int_list, default=None, help="image tasks: class subset, e.g. 0,2,7")
     d.add_argument("--small", action="store_true", default=None, help="image tasks: a seeded 5000/1000 subset")
     d.add_argument("--val-fraction", type=_fraction, default=None, help="image/motion tasks: validation share")
@@ -135,6 +139,9 @@ def _add_training_args(p: argparse.ArgumentParser, single: bool = True, epochs: 
     d.add_argument("--length", type=_int_at_least(2), default=None, help="adding: sequence length T")
     d.add_argument("--downsample", type=_int_at_least(1), default=None, help="watch: keep every k-th sample")
     d.add_argument("--crop", type=_int_at_least(1), default=None, help="watch: keep the first n samples")
+    d.add_argument("--drop", type=_fraction, default=None,
+                   help="watch: drop this fraction of the samples at random (seeded), keeping the others' "
+                        "timestamps: irregular sampling (default: 0)")
     d.add_argument("--test-subjects", type=_int_list, default=None,
                    help="watch: subjects held out for testing, e.g. 1,5,9 (default: 3 drawn by the seed)")
     d.add_argument("--val-subjects", type=_int_list, default=None,
@@ -142,7 +149,7 @@ def _add_training_args(p: argparse.ArgumentParser, single: bool = True, epochs: 
 
 
 _TASK_ARGS = ["classes", "small", "val_fraction", "perm_seed", "data_dir", "data_path", "prefix", "n_train", "n_val",
-              "n_test", "length", "downsample", "crop", "test_subjects", "val_subjects", "fresh"]
+              "n_test", "length", "downsample", "crop", "test_subjects", "val_subjects", "fresh", "drop"]
 
 
 def _config(args, task: str, model: str, seed: int):
@@ -173,6 +180,12 @@ def _config(args, task: str, model: str, seed: int):
             rnn.setdefault("shift_init", 100.0)
     elif rnn:
         raise SystemExit(f"error: the Phased LSTM options ({', '.join(sorted(rnn))}) apply to --model phased only")
+    tricks = {"forget_bias": args.forget_bias, "learn_initial_state": args.learn_initial_state or None}
+    for k, v in tricks.items():
+        if v is not None:
+            if model == "torch-lstm":
+                raise SystemExit(f"error: --{k.replace('_', '-')} applies to this library's layers, not torch-lstm")
+            rnn[k] = v
     return TrainConfig(task=task, model=model, hidden_size=args.hidden_size, layers=args.layers,
                        proj_size=args.proj_size, pooling=args.pooling, dropout=args.dropout, epochs=args.epochs,
                        batch_size=args.batch_size, lr=args.lr, clip=args.clip, seed=seed, device=args.device,
@@ -329,6 +342,28 @@ def cmd_tasks(args) -> int:
     return 0
 
 
+def cmd_baseline(args) -> int:
+    """scikit-learn on per-channel statistics, per seed; mean and s.d. of the test accuracy."""
+    import statistics
+
+    from phasedlstm.baseline import run_baseline
+
+    opts = {k: getattr(args, k) for k in ("drop", "downsample", "crop", "data_dir") if getattr(args, k, None) is not None}
+    results = []
+    for seed in args.seeds:
+        r = run_baseline(args.task, seed, **opts)
+        results.append(r)
+        print(f"seed {seed}: {r['chosen']} (validation {', '.join(f'{k} {100 * v:.1f}%' for k, v in r['val_accuracy'].items())})"
+              f" -> test accuracy {100 * r['test_accuracy']:.2f}%", flush=True)
+    accs = [100 * r["test_accuracy"] for r in results]
+    spread = f" ± {statistics.stdev(accs):.2f}" if len(accs) > 1 else " (1 seed)"
+    print(f"{args.task}: test accuracy {statistics.mean(accs):.2f}%{spread} over seeds {args.seeds}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
 def cmd_bench(args) -> int:
     from phasedlstm.bench import main as bench_main
 
@@ -394,6 +429,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     ts = command("tasks", help="list the tasks and their options")
     ts.set_defaults(func=cmd_tasks)
+
+    bl = command("baseline", help="a non-recurrent baseline for scale: scikit-learn on per-channel statistics")
+    bl.add_argument("--task", required=True, help="a classification task (watch, basic-motions, ...)")
+    bl.add_argument("--seeds", type=_int_list, default=[0], help="comma-separated (default: 0)")
+    bl.add_argument("--drop", type=_fraction, default=None, help="watch: drop this fraction of the samples")
+    bl.add_argument("--downsample", type=_int_at_least(1), default=None, help="watch: keep every k-th sample")
+    bl.add_argument("--crop", type=_int_at_least(1), default=None, help="watch: keep the first n samples")
+    bl.add_argument("--data-dir", default=None, help="(default: $PHASEDLSTM_DATA or ~/.cache/phasedlstm)")
+    bl.add_argument("--json", help="write the results here")
+    bl.set_defaults(func=cmd_baseline)
 
     b = command("bench", help="time our layers against torch.nn.LSTM")
     from phasedlstm.bench import add_arguments

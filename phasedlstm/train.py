@@ -145,7 +145,7 @@ class TrainConfig:
         need(is_num(self.clip) and self.clip >= 0, "clip", "a finite number >= 0 (0: no clipping)")
         need(is_int(self.seed) and self.seed >= 0, "seed", "an integer >= 0")
         need(self.device in ("auto", "cpu", "cuda"), "device", "auto, cpu or cuda")
-        need(self.time_feature in ("auto", "yes", "no"), "time_feature", "auto, yes or no")
+        need(self.time_feature in ("auto", "yes", "no", "t", "dt"), "time_feature", "auto, yes, no, t or dt")
         need(is_num(self.checkpoint_seconds) and self.checkpoint_seconds >= 0, "checkpoint_seconds",
              "a finite number >= 0 (0: after every step)")
         need(is_int(self.test_every) and self.test_every >= 1, "test_every", "an integer >= 1")
@@ -159,12 +159,17 @@ class TrainConfig:
 def resolve_task_options(cfg: TrainConfig) -> dict:
     """The task's options, with the time feature decided for frequency tasks."""
     opts = dict(cfg.task_options)
-    if "time_feature" in task_options(cfg.task):
+    kind = task_options(cfg.task).get("time_feature", None)
+    if isinstance(kind, bool):  # frequency tasks: yes/no, auto = for models without a time gate
         if cfg.time_feature not in ("auto", "yes", "no"):
-            raise ValueError(f"time_feature must be auto, yes or no, got {cfg.time_feature!r}")
+            raise ConfigError(f"time_feature of task {cfg.task} must be auto, yes or no, got {cfg.time_feature!r}")
         opts["time_feature"] = (cfg.model not in TIME_GATED) if cfg.time_feature == "auto" else cfg.time_feature == "yes"
-    elif cfg.time_feature == "yes":
-        raise ValueError(f"task {cfg.task!r} has no time-feature option")
+    elif isinstance(kind, str):  # watch: none, t or dt (auto, no: none)
+        if cfg.time_feature not in ("auto", "no", "t", "dt"):
+            raise ConfigError(f"time_feature of task {cfg.task} must be t, dt or no, got {cfg.time_feature!r}")
+        opts["time_feature"] = cfg.time_feature if cfg.time_feature in ("t", "dt") else "none"
+    elif cfg.time_feature not in ("auto", "no"):
+        raise ConfigError(f"task {cfg.task!r} has no time-feature option")
     return opts
 
 

@@ -195,3 +195,36 @@ def test_help_matches_behaviour(capsys):
     assert cli.main(["tasks"]) == 0
     out = capsys.readouterr().out
     assert "--test-subjects" in out and "test_subjects" not in out
+
+
+def test_new_options_reach_the_configuration():
+    from phasedlstm.train import resolve_task_options
+
+    p = cli.build_parser()
+    args = p.parse_args(["train", "--task", "watch", "--model", "lstm", "--drop", "0.9", "--time-feature", "dt",
+                         "--forget-bias", "0", "--learn-initial-state"])
+    cfg = cli._config(args, "watch", "lstm", 0)
+    assert cfg.task_options == {"drop": 0.9}
+    assert resolve_task_options(cfg)["time_feature"] == "dt"
+    assert cfg.rnn_options == {"forget_bias": 0.0, "learn_initial_state": True}
+    args = p.parse_args(["train", "--task", "watch", "--model", "phased"])
+    assert resolve_task_options(cli._config(args, "watch", "phased", 0))["time_feature"] == "none"
+    with pytest.raises(SystemExit, match="not torch-lstm"):
+        cli._config(p.parse_args(["train", "--task", "watch", "--forget-bias", "0"]), "watch", "torch-lstm", 0)
+    with pytest.raises(ConfigError, match="must be t, dt or no"):
+        resolve_task_options(TrainConfig(task="watch", time_feature="yes"))
+
+
+def test_baseline_on_statistics(tmp_path, monkeypatch):
+    pytest.importorskip("sklearn", reason="the optional extra baselines (scikit-learn) is not installed")
+    from phasedlstm import baseline
+
+    r = baseline.run_baseline("freq-async", seed=0, n_train=200, n_val=100, n_test=100)
+    assert r["chosen"] in ("logistic regression", "random forest") and r["n_features"] == 7 + 1
+    assert 0.5 < r["test_accuracy"] <= 1.0  # the statistics of a sine say something about its period
+    out = tmp_path / "b.json"
+    real = baseline.get_task  # the CLI's path, on generated data instead of the fetched recordings
+    monkeypatch.setattr(baseline, "get_task", lambda name, seed, **o: real(
+        "freq-async", seed=seed, n_train=200, n_val=100, n_test=100))
+    assert cli.main(["baseline", "--task", "watch", "--seeds", "0,1", "--json", str(out)]) == 0
+    assert len(json.loads(out.read_text())) == 2

@@ -328,3 +328,36 @@ def test_batches_cut_to_longest_and_sharded():
     assert b.x.shape[1] == int(max(ds.lengths[0], ds.lengths[1]))
     shards = [torch.cat(ds.epoch_order(3, shard=(r, 2))) for r in range(2)]
     assert len(shards[0]) == len(shards[1]) == 5 and not set(shards[0].tolist()) & set(shards[1].tolist())
+
+
+def test_watch_sample_dropping_keeps_timestamps(tmp_path):
+    """The irregular case: a seeded fraction of the samples dropped, the kept ones at their own
+    timestamps; the subject split does not move; t or dt as a 7th channel."""
+    from phasedlstm.data.motion import watch_task
+
+    rng = np.random.default_rng(0)
+    recs = [rng.standard_normal((n, 6)).astype(np.float32) for n in rng.integers(300, 600, 20)]
+    data = {"recordings": recs, "subject": np.repeat(np.arange(10), 2), "y": np.arange(20) % 7,
+            "y_labels": np.array([str(i) for i in range(7)]), "X_labels": np.array(list("abcdef"))}
+    full = watch_task(data, seed=1)
+    half = watch_task(data, seed=1, drop=0.5)
+    again = watch_task(data, seed=1, drop=0.5)
+    assert half.info["subjects"] == full.info["subjects"]
+    torch.testing.assert_close(half.train.times, again.train.times)
+    kept = half.train.lengths.sum().item() / full.train.lengths.sum().item()
+    assert 0.45 < kept < 0.55
+    for i in range(len(half.train)):
+        n = int(half.train.lengths[i])
+        t = half.train.times[i, :n]
+        assert (t[1:] > t[:-1]).all()  # strictly increasing: distinct original samples
+        steps = t * 50.0  # on the 50 Hz grid of the original samples
+        torch.testing.assert_close(steps, steps.round(), rtol=0, atol=1e-9)
+        # the kept samples are the original ones at those timestamps (before standardisation)
+    assert half.input_size == 6
+    dt = watch_task(data, seed=1, drop=0.5, time_feature="dt")
+    assert dt.input_size == 7
+    n = int(dt.train.lengths[0])
+    want = torch.diff(dt.train.times[0, :n], prepend=dt.train.times[0, :1]) * 50.0
+    torch.testing.assert_close(dt.train.x[0, :n, 6], want.float())
+    with pytest.raises(ValueError, match="drop must be in"):
+        watch_task(data, drop=1.0)

@@ -66,12 +66,12 @@ def _adding(seed: int = 0, length: int = 200, n_train: int = 10000, n_val: int =
 
 
 def _watch(seed: int = 0, downsample: int = 1, crop=None, test_subjects=None, val_subjects=None,
-           data_dir=None) -> Task:
+           drop: float = 0.0, time_feature: str = "none", data_dir=None) -> Task:
     path = _resolve(data_dir) / "watch" / "watch.npz"
     if not path.is_file():
         raise _missing("watch", path.parent)
     verify("watch", data_dir)
-    return watch_task(load_watch_npz(path), seed, test_subjects, val_subjects, downsample, crop)
+    return watch_task(load_watch_npz(path), seed, test_subjects, val_subjects, downsample, crop, drop, time_feature)
 
 
 def _basic_motions(seed: int = 0, val_fraction: float = 0.2, data_dir=None) -> Task:

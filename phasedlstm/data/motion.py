@@ -5,7 +5,10 @@ doing 7 shoulder exercises, 6 channels (3-axis accelerometer ax, ay, az and gyro
 wx, wy, wz) at 50 Hz, 947-2618 samples each. Splits are by subject, so no subject is in
 two splits: by default a seeded choice of 3 test subjects and 1 validation subject.
 Optional ``downsample`` (keep every k-th sample) and ``crop`` (keep the first n samples
-after downsampling) make the sequences CPU-sized.
+after downsampling) make the sequences CPU-sized; ``drop`` removes that fraction of the
+samples at random (seeded), keeping the others' timestamps: the irregular case the Phased
+LSTM is for; ``time_feature`` "t" or "dt" gives models without a time gate the timestamps
+as a 7th channel.
 
 ``basic-motions``: BasicMotions (the UEA archive, via sktime's data files) — 6 channels x
 100 samples at 10 Hz, 4 classes (standing, running, walking, badminton), its own 40/40
@@ -37,18 +40,45 @@ def load_watch_npz(path) -> dict:
     return d
 
 
-def _pad(recordings, rate_hz, downsample, crop):
+def _pad(recordings, rate_hz, downsample, crop, drop=0.0, seed=0):
+    """Recordings -> x (N, T, C), times (N, T) in s, lengths (N,). ``drop``: each sample (after
+    downsample and crop) is dropped with this probability, seeded by ``seed``, keeping at least
+    two per recording; the kept samples keep their own timestamps (irregular sampling)."""
     recs = [r[::downsample] for r in recordings]
     if crop is not None:
         recs = [r[:crop] for r in recs]
+    stamps = [np.arange(len(r), dtype=np.float64) * downsample / rate_hz for r in recs]
+    if drop > 0:
+        rng = np.random.default_rng([seed, 7])  # its own stream: the subject split does not move
+        for i, r in enumerate(recs):
+            keep = rng.random(len(r)) >= drop
+            if keep.sum() < 2:
+                keep[:2] = True
+            recs[i], stamps[i] = r[keep], stamps[i][keep]
     lengths = np.array([len(r) for r in recs])
     T, C = int(lengths.max()), recs[0].shape[1]
     x = np.zeros((len(recs), T, C), dtype=np.float32)
-    for i, r in enumerate(recs):  # once, at load time: 140 recordings
+    times = np.zeros((len(recs), T), dtype=np.float64)
+    for i, (r, t) in enumerate(zip(recs, stamps)):  # once, at load time: 140 recordings
         x[i, : len(r)] = r
-    step = np.arange(T, dtype=np.float64) * downsample / rate_hz
-    times = np.broadcast_to(step, (len(recs), T)).copy()  # padding: later times, still increasing
+        times[i, : len(r)] = t
+        times[i, len(r):] = t[-1]  # padding: the last valid timestamp repeats
     return x, times, lengths
+
+
+#: the watch task's optional time input: none, t (seconds / 10) or dt (gap in nominal sample periods)
+TIME_FEATURES = ("none", "t", "dt")
+
+
+def _time_feature(x, times, lengths, kind, rate_hz):
+    if kind == "none":
+        return x
+    if kind == "t":
+        f = times / 10.0
+    else:
+        f = np.diff(times, axis=1, prepend=times[:, :1]) * rate_hz  # 1 between neighbours of the full rate
+    f[padding(lengths, x.shape[1])] = 0.0
+    return np.concatenate([x, f[..., None].astype(np.float32)], axis=2)
 
 
 def _standardise(splits, train_key="train"):
@@ -65,7 +95,13 @@ def _standardise(splits, train_key="train"):
 
 
 def watch_task(data: dict, seed: int = 0, test_subjects=None, val_subjects=None, downsample: int = 1,
-               crop: int | None = None) -> Task:
+               crop: int | None = None, drop: float = 0.0, time_feature: str = "none") -> Task:
+    """``drop``: the irregular case, each sample dropped with this probability (timestamps kept);
+    ``time_feature``: append t or dt as a 7th channel (for models without a time gate)."""
+    if not 0.0 <= drop < 1.0:
+        raise ValueError(f"drop must be in [0, 1), got {drop}")
+    if time_feature not in TIME_FEATURES:
+        raise ValueError(f"time_feature must be one of {TIME_FEATURES}, got {time_feature!r}")
     if downsample < 1:
         raise ValueError(f"downsample must be >= 1, got {downsample}")
     if crop is not None and crop < 1:
@@ -82,15 +118,20 @@ def watch_task(data: dict, seed: int = 0, test_subjects=None, val_subjects=None,
     if set(test_subjects) & set(val_subjects):
         raise ValueError(f"a subject cannot be in both test {test_subjects} and validation {val_subjects}")
     train_subjects = sorted(set(subjects) - set(test_subjects) - set(val_subjects))
-    x, times, lengths = _pad(data["recordings"], WATCH_RATE_HZ, downsample, crop)
+    x, times, lengths = _pad(data["recordings"], WATCH_RATE_HZ, downsample, crop, drop, seed)
     y = np.asarray(data["y"], dtype=np.int64)
     raw = {}
     for name, group in (("train", train_subjects), ("val", val_subjects), ("test", test_subjects)):
         m = np.isin(subject, group)
         raw[name] = (x[m], times[m], lengths[m], y[m])
     splits, scaling = _standardise(raw)
+    if time_feature != "none":
+        splits = {k: SequenceDataset(_time_feature(d.x.numpy(), d.times.numpy(), d.lengths.numpy(), time_feature,
+                                                   WATCH_RATE_HZ / downsample), d.times.numpy(), d.lengths.numpy(),
+                                     d.y.numpy()) for k, d in splits.items()}
     info = {"seed": seed, "subjects": {"train": train_subjects, "val": val_subjects, "test": test_subjects},
-            "downsample": downsample, "crop": crop, "rate_hz": WATCH_RATE_HZ / downsample,
+            "downsample": downsample, "crop": crop, "rate_hz": WATCH_RATE_HZ / downsample, "drop": drop,
+            "time_feature": time_feature,
             "classes": [str(c) for c in data["y_labels"]], "channels": [str(c) for c in data["X_labels"]],
             "scaling": scaling}
     return Task(name="watch", num_classes=len(data["y_labels"]), time_unit="s", info=info, **splits)
