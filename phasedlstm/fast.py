@@ -166,6 +166,7 @@ def load() -> bool:
             else:
                 try:
                     _build()
+                    _register_graph_ops()
                     _state["loaded"] = True
                 except Exception as e:  # no compiler, failed build, ...
                     _state["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
@@ -265,6 +266,8 @@ class _FusedTimeGate(torch.autograd.Function):
 def time_gate(times: Tensor, period: Tensor, shift: Tensor, r_on: Tensor, leak: float) -> Tensor:
     """The fused equivalent of :func:`phasedlstm.cells.time_gate` for times (T, kB) -> (T, kB, H)."""
     args = (times.to(torch.float64).contiguous(), period.contiguous(), shift.contiguous(), r_on.contiguous())
+    if tracing():  # an operator with fake and autograd registered (see the end of this file)
+        return torch.ops.phasedlstm_fused.time_gate_forward(*args, float(leak))
     if _needs_grad(times, period, shift, r_on):
         return _FusedTimeGate.apply(*args, float(leak))
     return torch.ops.phasedlstm_fused.time_gate_forward(*args, float(leak))
@@ -306,6 +309,9 @@ def lstm(x: Tensor, w_ih: Tensor, bias: Tensor | None, w_hh: Tensor, h0: Tensor,
     args = (x.contiguous(), w_ih.contiguous(), e if bias is None else bias.contiguous(), w_hh.contiguous(),
             h0.contiguous(), c0.contiguous(), e if peep is None else peep.contiguous(),
             e if k is None else k.contiguous(), lens)
+    if tracing():
+        out = torch.ops.phasedlstm_fused.lstm_forward_graph(*args, _needs_grad(x, w_ih, bias, w_hh, h0, c0, peep, k))
+        return out[0], out[1], out[2]
     if _needs_grad(x, w_ih, bias, w_hh, h0, c0, peep, k):
         return _FusedLSTM.apply(*args)
     out, hn, cn = torch.ops.phasedlstm_fused.lstm_forward(*args, False)[:3]
@@ -319,7 +325,132 @@ def layernorm_lstm(x, w_ih, g_ih, b_ih, w_hh, h0, c0, g_hh, b_hh, g_c, b_c, leng
     c = (lambda t: e if t is None else t.contiguous())  # noqa: E731
     args = (x.contiguous(), c(w_ih), c(g_ih), c(b_ih), c(w_hh), h0.contiguous(), c0.contiguous(), c(g_hh), c(b_hh),
             c(g_c), c(b_c), lens)
+    if tracing():
+        out = torch.ops.phasedlstm_fused.ln_forward_graph(*args, _needs_grad(x, w_ih, g_ih, b_ih, w_hh, h0, c0, g_hh,
+                                                                               b_hh, g_c, b_c))
+        return out[0], out[1], out[2]
     if _needs_grad(x, w_ih, g_ih, b_ih, w_hh, h0, c0, g_hh, b_hh, g_c, b_c):
         return _FusedLayerNormLSTM.apply(*args)
     out, hn, cn = torch.ops.phasedlstm_fused.ln_forward(*args, False)[:3]
     return out, hn, cn
+
+
+# -- graphs: torch.compile and torch.export -------------------------------------------------------
+#
+# Traced code calls the kernels as PyTorch operators with fake implementations (shapes only) and
+# registered autograd, so Dynamo and export see through them (no graph break, no opaque Python
+# function): lstm_forward_graph / ln_forward_graph (outputs that never alias each other) and
+# time_gate_forward. The graph then refers to C++ operators only: running an exported program
+# needs the kernels' shared library loaded (importing phasedlstm does that), not this file.
+
+_graph_ops: dict = {"registered": False}
+
+
+def _fake_lstm(x, w_ih, bias, w_hh, h0, c0, peep, k, lengths, save):
+    T, B, H = x.shape[0], x.shape[1], w_hh.shape[1]
+    e = x.new_empty(0)
+    big = (lambda *s: x.new_empty(s)) if save else (lambda *s: e)  # noqa: E731
+    return [x.new_empty(T, B, H), x.new_empty(B, H), x.new_empty(B, H), big(T, B, 4 * H), big(T + 1, B, H),
+            big(T + 1, B, H)]
+
+
+def _fake_ln(x, w_ih, g_ih, b_ih, w_hh, h0, c0, g_hh, b_hh, g_c, b_c, lengths, save):
+    T, B, H = x.shape[0], x.shape[1], w_hh.shape[1]
+    e = x.new_empty(0)
+    big = (lambda *s: x.new_empty(s)) if save else (lambda *s: e)  # noqa: E731
+    return [x.new_empty(T, B, H), x.new_empty(B, H), x.new_empty(B, H), big(T, B), big(T, B, 4 * H), big(T, B),
+            big(T, B, H), big(T, B), big(T + 1, B, H), big(T + 1, B, H)]
+
+
+def _fake_gate(times, tau, s, r_on, leak):
+    return tau.new_empty(*times.shape, tau.shape[0])
+
+
+def _fake_gate_backward(dk, times, tau, s, r_on, leak):
+    return [tau.new_empty(tau.shape), tau.new_empty(tau.shape), tau.new_empty(tau.shape), times.new_empty(times.shape)]
+
+
+def _fake_lstm_backward(g_out, g_hn, g_cn, x, w_ih, w_hh, peep, k, lengths, acts, hs, cs):
+    B, H = x.shape[1], w_hh.shape[1]
+    return [x.new_empty(x.shape), w_ih.new_empty(w_ih.shape), x.new_empty(4 * H), w_hh.new_empty(w_hh.shape),
+            x.new_empty(B, H), x.new_empty(B, H), peep.new_empty(peep.shape), k.new_empty(k.shape)]
+
+
+def _fake_ln_backward(g_out, g_hn, g_cn, x, w_ih, g_ih, b_ih, w_hh, g_hh, b_hh, g_c, b_c, lengths, *saved):
+    B, H = x.shape[1], w_hh.shape[1]
+    v = (lambda n: x.new_empty(n))  # noqa: E731
+    return [x.new_empty(x.shape), w_ih.new_empty(w_ih.shape), v(4 * H), v(4 * H), w_hh.new_empty(w_hh.shape),
+            x.new_empty(B, H), x.new_empty(B, H), v(4 * H), v(4 * H), v(H), v(H)]
+
+
+def _copies(grads):
+    """The kernels' backward returns some gradients as views of one buffer; a graph gets copies."""
+    return [g.clone() if isinstance(g, Tensor) else g for g in grads]
+
+
+def _setup_lstm(ctx, inputs, output):
+    x, w_ih, bias, w_hh, h0, c0, peep, k, lengths, save = inputs
+    ctx.save_for_backward(x, w_ih, w_hh, peep, k, lengths, *output[3:])
+    ctx.has_bias = bias.numel() > 0
+
+
+def _backward_lstm(ctx, grads):
+    x, w_ih, w_hh, peep, k, lengths, acts, hs, cs = ctx.saved_tensors
+    g_out, g_hn, g_cn = grads[:3]
+    e = x.new_empty(0)
+    d = _copies(torch.ops.phasedlstm_fused.lstm_backward(
+        e if g_out is None else g_out.contiguous(), e if g_hn is None else g_hn.contiguous(),
+        e if g_cn is None else g_cn.contiguous(), x, w_ih, w_hh, peep, k, lengths, acts, hs, cs))
+    return (d[0], d[1], d[2] if ctx.has_bias else None, d[3], d[4], d[5], d[6] if peep.numel() else None,
+            d[7] if k.numel() else None, None, None)
+
+
+def _setup_ln(ctx, inputs, output):
+    x, w_ih, g_ih, b_ih, w_hh, h0, c0, g_hh, b_hh, g_c, b_c, lengths, save = inputs
+    ctx.save_for_backward(x, w_ih, g_ih, b_ih, w_hh, g_hh, b_hh, g_c, b_c, lengths, *output[3:])
+    ctx.has_bias = b_ih.numel() > 0, b_hh.numel() > 0, b_c.numel() > 0
+
+
+def _backward_ln(ctx, grads):
+    x, w_ih, g_ih, b_ih, w_hh, g_hh, b_hh, g_c, b_c, lengths, *rest = ctx.saved_tensors
+    g_out, g_hn, g_cn = grads[:3]
+    e = x.new_empty(0)
+    d = _copies(torch.ops.phasedlstm_fused.ln_backward(
+        e if g_out is None else g_out.contiguous(), e if g_hn is None else g_hn.contiguous(),
+        e if g_cn is None else g_cn.contiguous(), x, w_ih, g_ih, b_ih, w_hh, g_hh, b_hh, g_c, b_c, lengths, *rest))
+    bih, bhh, bc = ctx.has_bias
+    return (d[0], d[1], d[2], d[3] if bih else None, d[4], d[5], d[6], d[7], d[8] if bhh else None, d[9],
+            d[10] if bc else None, None, None)
+
+
+def _setup_gate(ctx, inputs, output):
+    times, tau, s, r_on, leak = inputs
+    ctx.save_for_backward(times, tau, s, r_on)
+    ctx.leak = leak
+
+
+def _backward_gate(ctx, d_k):
+    times, tau, s, r_on = ctx.saved_tensors
+    d_tau, d_s, d_r, d_t = _copies(torch.ops.phasedlstm_fused.time_gate_backward(d_k.contiguous(), times, tau, s,
+                                                                                  r_on, ctx.leak))
+    return d_t, d_tau, d_s, d_r, None
+
+
+def _register_graph_ops() -> None:
+    """Fake implementations and autograd of the kernels' operators (once, after they are loaded)."""
+    if _graph_ops["registered"]:
+        return
+    lib = "phasedlstm_fused::"
+    for name, fake in (("lstm_forward_graph", _fake_lstm), ("ln_forward_graph", _fake_ln),
+                       ("time_gate_forward", _fake_gate), ("time_gate_backward", _fake_gate_backward),
+                       ("lstm_backward", _fake_lstm_backward), ("ln_backward", _fake_ln_backward)):
+        torch.library.register_fake(lib + name, fake)
+    torch.library.register_autograd(lib + "lstm_forward_graph", _backward_lstm, setup_context=_setup_lstm)
+    torch.library.register_autograd(lib + "ln_forward_graph", _backward_ln, setup_context=_setup_ln)
+    torch.library.register_autograd(lib + "time_gate_forward", _backward_gate, setup_context=_setup_gate)
+    _graph_ops["registered"] = True
+
+
+def tracing() -> bool:
+    """Whether torch.compile or torch.export is tracing this call (the graph form is used then)."""
+    return torch.compiler.is_compiling()
