@@ -144,12 +144,12 @@ def layer_norm(z: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
     number mathematically, yet keeps the squares of values near float32's limit (3e38) from
     overflowing: ``F.layer_norm`` returns NaN there. The fused kernel does the same.
     """
-    big = z.detach().abs().amax(-1, keepdim=True)
-    one = torch.ones_like(big)
-    scale = torch.where(big > _LN_BIG, torch.ldexp(one, torch.frexp(big).exponent - 1), one)  # 2^(e-1) <= big
+    big = z.abs().amax(-1, keepdim=True)  # (no gradient reaches z through the scale: floor is flat)
+    scale = torch.where(big > _LN_BIG, torch.exp2(torch.floor(torch.log2(big))), torch.ones_like(big))  # ~ big
     y = z / scale
-    mu = y.mean(-1, keepdim=True)
-    var = (y - mu).square().mean(-1, keepdim=True)
+    n = z.shape[-1]
+    mu = y.sum(-1, keepdim=True) / n  # (sum / n rather than mean: ONNX export of mean inside a scan fails)
+    var = (y - mu).square().sum(-1, keepdim=True) / n
     out = (y - mu) * torch.rsqrt(var + LN_EPS / scale.square())
     if weight is not None:
         out = out * weight

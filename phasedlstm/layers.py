@@ -34,8 +34,10 @@ from phasedlstm.cells import (
 __all__ = ["RecurrentLayer", "LSTM", "PeepholeLSTM", "PhasedLSTM", "LayerNormLSTM"]
 
 #: "auto": the fused native loop where it can run (CPU, float32/float64, kernels built), else
-#: the reference; "reference": always the step-by-step reference; "fast": the fused loop or an error.
-IMPLS = ("auto", "reference", "fast")
+#: the reference; "reference": always the step-by-step reference; "fast": the fused loop or an error;
+#: "scan": the reference's step functions inside torch's scan operator, so that a traced graph keeps
+#: one loop whatever the sequence length (what the ONNX export uses: ONNX's Scan).
+IMPLS = ("auto", "reference", "fast", "scan")
 
 
 def reverse_padded(x: Tensor, lengths: Tensor | None) -> Tensor:
@@ -146,9 +148,33 @@ class RecurrentLayer(nn.Module):
 
     def _run_direction(self, x, times, lengths, h, c, p):
         """Run one direction over x (T, B, I): -> output (T, B, H), h_n (B, H), c_n (B, H)."""
+        if self.impl == "scan":
+            return self._run_scan(x, times, lengths, h, c, p)
         if self._fast_path(x):
             return self._run_fast(x, times, lengths, h, c, p)
         return self._run_reference(x, times, lengths, h, c, p)
+
+    def _run_scan(self, x, times, lengths, h, c, p):
+        """The reference loop as one scan over time: the same step functions and the same masking
+        (past a sequence's end the state is kept and the output is zero), no Python loop over T."""
+        from torch._higher_order_ops.scan import scan
+
+        pre = self._precompute(x, times, p)
+        T = x.shape[0]
+        if lengths is None:
+            valid = torch.ones(T, x.shape[1], 1, dtype=torch.bool, device=x.device)
+        else:
+            valid = (torch.arange(T, device=x.device).unsqueeze(1) < lengths.unsqueeze(0)).unsqueeze(2)
+
+        def step(carry, xs):
+            h, c = carry
+            *pre_t, v = xs
+            h_new, c_new = self._step(pre_t, h, c, p)
+            return (torch.where(v, h_new, h), torch.where(v, c_new, c)), torch.where(v, h_new, torch.zeros_like(h_new))
+
+        xs = tuple(q.contiguous() for q in pre) + (valid,)  # (an LN-LSTM's strided input fails ONNX export)
+        (h, c), out = scan(step, (h.clone(), c.clone()), xs)  # scan's carry may not be a view
+        return out, h, c
 
     def _run_reference(self, x, times, lengths, h, c, p):
         """The reference loop: the step function of :mod:`phasedlstm.cells`, once per time step."""
@@ -304,7 +330,8 @@ _LAYER_DOC = """
             (num_layers * D, H), zeros at init) used when ``hx`` is None.
         impl: "auto" (default) runs the fused native loop of :mod:`phasedlstm.fast` where it
             can (CPU tensors, float32/float64, kernels compiled) and the reference loop
-            otherwise; "reference" always runs the step-by-step reference; "fast" insists.
+            otherwise; "reference" always runs the step-by-step reference; "fast" insists;
+            "scan" runs the reference steps inside torch's scan (for ONNX export).
 
     Inputs: ``input, hx=None, *, times=None, lengths=None``
         - input: (T, B, I), (B, T, I) if batch_first, or unbatched (T, I); or a PackedSequence
