@@ -248,6 +248,24 @@ class RecurrentLayer(nn.Module):
     def forward(self, input, hx=None, *, times: Tensor | None = None, lengths: Tensor | None = None):
         if isinstance(input, nn.utils.rnn.PackedSequence):
             return self._forward_packed(input, hx, times, lengths)
+        device = input.device.type if isinstance(input, Tensor) else "cpu"
+        if torch.is_autocast_enabled(device) and input.is_floating_point():
+            return self._forward_autocast(input, hx, times, lengths, device)
+        return self._forward(input, hx, times, lengths)
+
+    def _forward_autocast(self, input, hx, times, lengths, device):
+        """Under torch.autocast the outputs have autocast's dtype, as torch.nn.LSTM's do; the
+        recurrence itself runs in the parameters' precision (a long recurrence in bfloat16 would
+        lose the state's precision step by step)."""
+        low = torch.get_autocast_dtype(device)
+        dtype = self.weight_ih_l0.dtype
+        with torch.autocast(device, enabled=False):
+            if hx is not None:
+                hx = tuple(t.to(dtype) for t in hx)
+            out, (h, c) = self._forward(input.to(dtype), hx, times, lengths)
+        return out.to(low), (h.to(low), c.to(low))
+
+    def _forward(self, input, hx, times, lengths):
         x, times, lengths, hx, batched = _checks.check_layer_input(self, input, hx, times, lengths)
         B, H = x.shape[1], self.hidden_size
         D = 2 if self.bidirectional else 1
@@ -297,7 +315,7 @@ class RecurrentLayer(nn.Module):
         from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
         padded, lens = pad_packed_sequence(packed, batch_first=self.batch_first)
-        out, (h_n, c_n) = self.forward(padded, hx, times=times, lengths=lens.to(padded.device))
+        out, (h_n, c_n) = self(padded, hx, times=times, lengths=lens.to(padded.device))
         order = packed.sorted_indices
         if order is not None:  # the output packed as the input was: sorted by length, by its own order
             out = out.index_select(0 if self.batch_first else 1, order)

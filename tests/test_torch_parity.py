@@ -218,3 +218,21 @@ def test_a_training_script_written_for_torch_lstm_runs_to_its_end(tmp_path):
                                                     data[1:11].reshape(-1)).item())
         losses[cls] = run
     assert losses[LSTM] == pytest.approx(losses[torch.nn.LSTM], rel=1e-4)
+
+
+@pytest.mark.parametrize("cls", [LSTM, PhasedLSTM])
+def test_autocast_gives_outputs_in_autocast_dtype(cls):
+    """Under torch.autocast("cpu", bfloat16) torch.nn.LSTM's oneDNN path returns bfloat16 output and
+    state (on this development CPU it fails to create its primitive instead; its native path returns
+    float32). Ours returns autocast's dtype, computed in float32 and rounded once."""
+    ours = cls(3, 5, batch_first=True)
+    x = torch.randn(2, 6, 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, (h, c) = ours(x)
+        out.float().sum().backward()  # gradients flow through the casts
+    assert (out.dtype, h.dtype, c.dtype) == (torch.bfloat16,) * 3
+    with torch.no_grad():
+        full, (hf, cf) = ours(x)
+    torch.testing.assert_close(out, full.to(torch.bfloat16), rtol=0, atol=0)
+    torch.testing.assert_close(h, hf.to(torch.bfloat16), rtol=0, atol=0)
+    assert ours.weight_ih_l0.grad is not None
