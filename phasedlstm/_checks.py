@@ -86,14 +86,16 @@ def _check_like_params(module, name: str, t: Tensor) -> None:
         raise ValueError(f"{name} is on device {t.device} but the module's parameters are on {ref.device}")
 
 
-def check_state(module, hx, expected: tuple, like: Tensor):
-    """hx must be a pair (h, c) of tensors of shape ``expected``; returns it."""
+def check_state(module, hx, expected: tuple, like: Tensor, expected_h: tuple | None = None):
+    """hx must be a pair (h, c) of tensors of shape ``expected`` (h: ``expected_h`` if given, with
+    projections); returns it."""
     if not isinstance(hx, (tuple, list)) or len(hx) != 2:
         raise TypeError(f"hx must be a tuple (h_0, c_0) of two tensors, got {type(hx).__name__}")
     for name, t in zip(("h_0", "c_0"), hx):
         _check_tensor(name, t)
-        if _shape(t) != expected:
-            raise ValueError(f"Expected {name} of shape {expected}, got {_shape(t)}")
+        want = expected_h if (name == "h_0" and expected_h is not None) else expected
+        if _shape(t) != want:
+            raise ValueError(f"Expected {name} of shape {want}, got {_shape(t)}")
         if t.dtype != like.dtype:
             raise TypeError(f"{name} has dtype {t.dtype} but input has dtype {like.dtype}")
         if t.device != like.device:
@@ -284,7 +286,9 @@ def check_layer_input(module, input, hx, times, lengths):
     # hx
     LD = module.num_layers * (2 if module.bidirectional else 1)
     if hx is not None:
-        h0, c0 = check_state(module, hx, (LD, B, H) if batched else (LD, H), input)
+        P = getattr(module, "proj_size", 0) or H  # h has the projection's size
+        h0, c0 = check_state(module, hx, (LD, B, H) if batched else (LD, H), input,
+                             (LD, B, P) if batched else (LD, P))
         hx = (h0, c0) if batched else (h0.unsqueeze(1), c0.unsqueeze(1))
     return x, times, lengths, hx, batched
 

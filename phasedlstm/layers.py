@@ -59,15 +59,24 @@ def reverse_padded(x: Tensor, lengths: Tensor | None) -> Tensor:
 class RecurrentLayer(nn.Module):
     """Base of the sequence layers; see :class:`LSTM` for the arguments, inputs and outputs."""
 
+    #: whether the layer takes ``proj_size`` (torch.nn.LSTM's projections, h_t = W_hr h'_t)
+    _projections = False
+
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
-                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, *,
-                 forget_bias: float = 1.0, learn_initial_state: bool = False, impl: str = "auto", device=None,
-                 dtype=None):
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 proj_size: int = 0, *, forget_bias: float = 1.0, learn_initial_state: bool = False,
+                 impl: str = "auto", device=None, dtype=None):
         super().__init__()
         if impl not in IMPLS:
             raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
         self.impl = impl
         _checks.check_sizes(input_size, hidden_size)
+        _checks.check_int("proj_size", proj_size, 0)
+        if proj_size and not self._projections:
+            raise ValueError(f"proj_size is supported by LSTM and PeepholeLSTM, not {type(self).__name__}")
+        if proj_size >= hidden_size:
+            raise ValueError(f"proj_size must be smaller than hidden_size ({hidden_size}), got {proj_size}")
+        self.proj_size = proj_size
         _checks.check_layer_options(num_layers, dropout, bidirectional, batch_first)
         self.input_size = input_size
         self.hidden_size = hidden_size
@@ -80,10 +89,11 @@ class RecurrentLayer(nn.Module):
         self.learn_initial_state = learn_initial_state
         fk = {"device": device, "dtype": dtype}
         H, D = hidden_size, 2 if bidirectional else 1
+        out_size = proj_size or H  # the size of h and of each direction's output
         # self._names[layer][direction]: {"weight_ih": "weight_ih_l0", ...}
         self._names: list[list[dict[str, str]]] = []
         for layer in range(num_layers):
-            layer_in = input_size if layer == 0 else H * D
+            layer_in = input_size if layer == 0 else out_size * D
             per_dir = []
             for direction in range(D):
                 suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
@@ -97,7 +107,7 @@ class RecurrentLayer(nn.Module):
                 per_dir.append(names)
             self._names.append(per_dir)
         if learn_initial_state:
-            self.h0 = nn.Parameter(torch.zeros(num_layers * D, H, **fk))
+            self.h0 = nn.Parameter(torch.zeros(num_layers * D, out_size, **fk))
             self.c0 = nn.Parameter(torch.zeros(num_layers * D, H, **fk))
         else:
             self.register_parameter("h0", None)
@@ -108,12 +118,13 @@ class RecurrentLayer(nn.Module):
 
     def _param_shapes(self, layer_input_size: int) -> dict:
         """Base name -> shape (or None for an absent parameter) of one layer and direction."""
-        H, b = self.hidden_size, self.bias
+        H, b, P = self.hidden_size, self.bias, self.proj_size
         return {
             "weight_ih": (4 * H, layer_input_size),
-            "weight_hh": (4 * H, H),
+            "weight_hh": (4 * H, P or H),
             "bias_ih": (4 * H,) if b else None,
             "bias_hh": (4 * H,) if b else None,
+            "weight_hr": (P, H) if P else None,
         }
 
     def _reset_direction(self, p: dict) -> None:
@@ -169,7 +180,7 @@ class RecurrentLayer(nn.Module):
         def step(carry, xs):
             h, c = carry
             *pre_t, v = xs
-            h_new, c_new = self._step(pre_t, h, c, p)
+            h_new, c_new = self._cell(pre_t, h, c, p)
             return (torch.where(v, h_new, h), torch.where(v, c_new, c)), torch.where(v, h_new, torch.zeros_like(h_new))
 
         xs = tuple(q.contiguous() for q in pre) + (valid,)  # (an LN-LSTM's strided input fails ONNX export)
@@ -187,7 +198,7 @@ class RecurrentLayer(nn.Module):
         t_full = T if lengths is None else int(lengths.min())  # steps valid for every sequence
         outputs = []
         for t in range(T_run):
-            h_new, c_new = self._step([q[t] for q in pre], h, c, p)  # q[t]: a tuple item, no autograd op
+            h_new, c_new = self._cell([q[t] for q in pre], h, c, p)  # q[t]: a tuple item, no autograd op
             if t < t_full:
                 h, c = h_new, c_new
                 outputs.append(h)
@@ -201,9 +212,21 @@ class RecurrentLayer(nn.Module):
             out = torch.cat([out, out.new_zeros(T - T_run, B, out.shape[2])])
         return out, h, c
 
+    def _cell(self, pre, h, c, p):
+        """One step: the cell's equations, then torch.nn.LSTM's projection h_t = W_hr h'_t if any."""
+        h, c = self._step(pre, h, c, p)
+        if p.get("weight_hr") is not None:
+            h = F.linear(h, p["weight_hr"])
+        return h, c
+
     def _fast_path(self, x: Tensor) -> bool:
         """Whether this call takes the fused native loop (see :mod:`phasedlstm.fast`)."""
         if self.impl == "reference":
+            return False
+        if self.proj_size:
+            if self.impl == "fast":
+                raise RuntimeError("impl='fast' was asked for, but the fused kernels have no projections "
+                                   "(proj_size > 0): use impl='auto' (the reference loop runs)")
             return False
         ok, why = fast.usable(x)
         if self.impl == "fast" and not ok:
@@ -275,7 +298,8 @@ class RecurrentLayer(nn.Module):
             h0 = self.h0.unsqueeze(1).expand(-1, B, -1)
             c0 = self.c0.unsqueeze(1).expand(-1, B, -1)
         else:
-            h0 = c0 = x.new_zeros(self.num_layers * D, B, H)
+            h0 = x.new_zeros(self.num_layers * D, B, self.proj_size or H)
+            c0 = x.new_zeros(self.num_layers * D, B, H)
 
         layer_input = x  # (T, B, I): time-major inside
         h_n, c_n = [], []
@@ -326,7 +350,8 @@ class RecurrentLayer(nn.Module):
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
         defaults = {"num_layers": 1, "bias": True, "batch_first": False, "dropout": 0.0,
-                    "bidirectional": False, "forget_bias": 1.0, "learn_initial_state": False, "impl": "auto"}
+                    "bidirectional": False, "proj_size": 0, "forget_bias": 1.0, "learn_initial_state": False,
+                    "impl": "auto"}
         for name, default in defaults.items():
             if getattr(self, name) != default:
                 s += f", {name}={getattr(self, name)}"
@@ -383,8 +408,12 @@ class LSTM(RecurrentLayer):
     Parameters have torch.nn.LSTM's names, shapes and gate order, so a torch.nn.LSTM
     ``state_dict`` loads unchanged and then gives the same outputs and gradients. The one
     difference is the default ``forget_bias=1.0`` at initialisation. ``times`` is accepted
-    and checked (so layers can be swapped) but does not enter the equations.
+    and checked (so layers can be swapped) but does not enter the equations. ``proj_size > 0``
+    adds torch.nn.LSTM's projection h_t = W_hr (o * tanh(c_t)) (``weight_hr_l{k}``, (P, H)); it
+    runs on the reference loop.
     """ + _LAYER_DOC
+
+    _projections = True
 
 
 class PeepholeLSTM(RecurrentLayer):
@@ -399,8 +428,10 @@ class PeepholeLSTM(RecurrentLayer):
 
     with :math:`a` as in :class:`LSTM`. Peephole weights ``weight_ci_l{k}``,
     ``weight_cf_l{k}``, ``weight_co_l{k}``, each (H,). ``times`` does not enter the equations.
-    See :class:`phasedlstm.PeepholeLSTMCell`.
+    ``proj_size`` as in :class:`LSTM`. See :class:`phasedlstm.PeepholeLSTMCell`.
     """ + _LAYER_DOC
+
+    _projections = True
 
     def _param_shapes(self, layer_input_size):
         H = self.hidden_size

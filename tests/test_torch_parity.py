@@ -236,3 +236,42 @@ def test_autocast_gives_outputs_in_autocast_dtype(cls):
     torch.testing.assert_close(out, full.to(torch.bfloat16), rtol=0, atol=0)
     torch.testing.assert_close(h, hf.to(torch.bfloat16), rtol=0, atol=0)
     assert ours.weight_ih_l0.grad is not None
+
+
+@pytest.mark.parametrize("num_layers", [1, 2])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_projections_equal_torch(num_layers, bidirectional):
+    """proj_size: torch.nn.LSTM's state_dict (with weight_hr) loads and gives its numbers."""
+    ref = torch.nn.LSTM(3, 6, num_layers, bidirectional=bidirectional, batch_first=True, proj_size=4,
+                        dtype=torch.float64)
+    ours = LSTM(3, 6, num_layers, bidirectional=bidirectional, batch_first=True, proj_size=4, dtype=torch.float64)
+    ours.load_state_dict(ref.state_dict())
+    D = 2 if bidirectional else 1
+    torch.manual_seed(3)
+    x = torch.randn(5, 7, 3, dtype=torch.float64)
+    h0 = torch.randn(num_layers * D, 5, 4, dtype=torch.float64)
+    c0 = torch.randn(num_layers * D, 5, 6, dtype=torch.float64)
+    res = []
+    for m in (ref, ours):
+        xx = x.clone().requires_grad_()
+        out, (h, c) = m(xx, (h0, c0))
+        (out.sin().sum() + h.sum() + c.cos().sum()).backward()
+        res.append([out, h, c, xx.grad] + [p.grad for p in m.parameters()])
+    assert res[1][0].shape == (5, 7, 4 * D) and res[1][1].shape == (num_layers * D, 5, 4)
+    for a, b in zip(*res):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)
+    lengths = torch.tensor([7, 3, 5, 1, 6])  # packed, as torch
+    packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+    torch.testing.assert_close(ours(packed)[0].data, ref(packed)[0].data, rtol=1e-10, atol=1e-12)
+
+
+def test_projections_where_they_apply():
+    m = PeepholeLSTM(3, 6, proj_size=2, batch_first=True)
+    out, (h, c) = m(torch.randn(2, 4, 3))
+    assert out.shape == (2, 4, 2) and h.shape == (1, 2, 2) and c.shape == (1, 2, 6)
+    with pytest.raises(ValueError, match="proj_size is supported by LSTM and PeepholeLSTM, not PhasedLSTM"):
+        PhasedLSTM(3, 6, proj_size=2)
+    with pytest.raises(ValueError, match="proj_size must be smaller than hidden_size"):
+        LSTM(3, 6, proj_size=6)
+    with pytest.raises(RuntimeError, match="no projections"):
+        LSTM(3, 6, proj_size=2, impl="fast")(torch.randn(4, 3))
