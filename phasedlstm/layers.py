@@ -223,6 +223,14 @@ class RecurrentLayer(nn.Module):
         """Whether this call takes the fused native loop (see :mod:`phasedlstm.fast`)."""
         if self.impl == "reference":
             return False
+        if torch._C._functorch.maybe_current_level() is not None and not fast.tracing():
+            # inside torch.func's vmap / grad / jacrev: the kernels have no batching rules; the reference
+            # loop is plain PyTorch, which the transforms handle
+            if self.impl == "fast":
+                raise RuntimeError("impl='fast' was asked for inside a torch.func transform (vmap, grad, jacrev, "
+                                   "...), which the fused kernels do not support: use impl='auto' (the reference "
+                                   "loop runs there) or impl='reference'")
+            return False
         if self.proj_size:
             if self.impl == "fast":
                 raise RuntimeError("impl='fast' was asked for, but the fused kernels have no projections "

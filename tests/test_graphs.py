@@ -75,3 +75,15 @@ def test_compile_fullgraph_equals_eager_with_gradients(cls):
     for (name, p), q in zip(eager.named_parameters(), compiled_model.parameters()):
         scale = float(p.grad.abs().max()) or 1.0
         torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-4 * scale, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("cls", LAYERS)
+def test_vmap_runs_the_reference_and_fast_says_why_not(cls):
+    torch.manual_seed(0)
+    m = cls(3, 5)
+    x = torch.randn(4, 6, 3)  # vmap over 4 unbatched sequences of 6 steps
+    got = torch.func.vmap(lambda s: m(s)[0])(x)
+    torch.testing.assert_close(got, torch.stack([m(s)[0] for s in x]), rtol=1e-5, atol=1e-6)
+    m.impl = "fast"
+    with pytest.raises(RuntimeError, match="inside a torch.func transform"):
+        torch.func.vmap(lambda s: m(s)[0])(x)
