@@ -144,7 +144,7 @@ def layer_norm(z: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
     number mathematically, yet keeps the squares of values near float32's limit (3e38) from
     overflowing: ``F.layer_norm`` returns NaN there. The fused kernel does the same.
     """
-    big = z.abs().amax(-1, keepdim=True)  # (no gradient reaches z through the scale: floor is flat)
+    big = z.detach().abs().amax(-1, keepdim=True)  # the scale is a constant to autograd (log2(0) would give NaN)
     scale = torch.where(big > _LN_BIG, torch.exp2(torch.floor(torch.log2(big))), torch.ones_like(big))  # ~ big
     y = z / scale
     n = z.shape[-1]
