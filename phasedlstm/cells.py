@@ -139,21 +139,14 @@ def layernorm_step(
 def layer_norm(z: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
     r"""Layer normalisation over the last dimension: :math:`\gamma (z - \mu) / \sqrt{\sigma^2 + \epsilon} + \beta`.
 
-    The same as ``F.layer_norm(z, (n,), weight, bias, LN_EPS)``, but a row with values beyond
-    2^40 is first divided by a power of two ``S`` (exactly) and eps by ``S^2``, which changes no
-    number mathematically, yet keeps the squares of values near float32's limit (3e38) from
-    overflowing: ``F.layer_norm`` returns NaN there. The fused kernel does the same.
+    ``F.layer_norm(z, (n,), weight, bias, LN_EPS)``, except that a row with values beyond 2^40 is
+    first divided by a power of two near its largest value (exactly): the squares of values near
+    float32's limit (3e38) would overflow, and ``F.layer_norm`` alone returns NaN there. Such a
+    row is normalised as z / S is (eps acts on the scaled row). The fused kernel does the same.
     """
     big = z.detach().abs().amax(-1, keepdim=True)  # the scale is a constant to autograd (log2(0) would give NaN)
-    scale = torch.where(big > _LN_BIG, torch.exp2(torch.floor(torch.log2(big))), torch.ones_like(big))  # ~ big
-    y = z / scale
-    n = z.shape[-1]
-    mu = y.sum(-1, keepdim=True) / n  # (sum / n rather than mean: ONNX export of mean inside a scan fails)
-    var = (y - mu).square().sum(-1, keepdim=True) / n
-    out = (y - mu) * torch.rsqrt(var + LN_EPS / scale.square())
-    if weight is not None:
-        out = out * weight
-    return out if bias is None else out + bias
+    scale = torch.where(big > _LN_BIG, torch.exp2(torch.floor(torch.log2(big))), torch.ones_like(big))
+    return F.layer_norm(z / scale, (z.shape[-1],), weight, bias, LN_EPS)
 
 
 def layernorm_input(x: Tensor, weight_ih: Tensor, ln_ih_weight: Tensor, bias_ih: Tensor | None) -> Tensor:

@@ -9,8 +9,7 @@ eager model on a batch before it is reported written.
   loading it (``torch.export.load``) needs them registered: ``import phasedlstm`` first.
 - ``onnx``: the recurrent layers switch to ``impl="scan"`` (the reference equations inside
   torch's scan operator, which becomes ONNX's Scan), so ONNX Runtime runs the model at any
-  batch size and length with nothing of this library. The LSTM, peephole LSTM and Phased LSTM
-  export; the LN-LSTM does not yet (torch's ONNX exporter fails to decompose its scan).
+  batch size and length with nothing of this library (all four layers).
   Needs the optional extra: ``pip install "phasedlstm[export]"``.
 """
 

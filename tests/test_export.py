@@ -11,7 +11,7 @@ from phasedlstm.export import ExportError, example_inputs, export
 from phasedlstm.models import SequenceModel
 
 pytestmark = pytest.mark.skipif(not fast.available(), reason=f"fused kernels unavailable: {fast.unavailable_reason()}")
-ONNX_LAYERS = ["lstm", "peephole", "phased"]
+ONNX_LAYERS = ["lstm", "peephole", "phased", "layernorm"]
 
 
 def _model(kind, pooling="last"):
@@ -44,10 +44,9 @@ def test_onnx_model_runs_in_onnxruntime_at_other_sizes(kind, tmp_path):
             torch.testing.assert_close(torch.from_numpy(got), model(x, times, lengths), rtol=1e-5, atol=1e-5)
 
 
-def test_layernorm_onnx_is_refused_with_a_message(tmp_path):
-    pytest.importorskip("onnxruntime", reason="the optional extra export (onnxruntime) is not installed")
-    with pytest.raises(ExportError, match="ONNX export of a LayerNormLSTM failed"):
-        export(_model("layernorm"), tmp_path / "m.onnx", "onnx")
+def test_torch_lstm_runs_are_refused_with_a_message(tmp_path):
+    with pytest.raises(ExportError, match="torch-lstm models export with torch's own tools"):
+        export(_model("torch-lstm"), tmp_path / "m.onnx", "onnx")
 
 
 def test_export_command_round_trip(tmp_path, capsys):

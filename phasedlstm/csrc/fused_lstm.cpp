@@ -673,8 +673,8 @@ std::vector<Tensor> lstm_backward(const Tensor& grad_out, const Tensor& grad_hn,
 // ---------------------------------------------------------------------------------------------
 
 // Normalise x[0:n] in place to z = (x - mean) / sqrt(var + eps); returns 1 / sqrt(var + eps).
-// Rows with values beyond 2^40 are first scaled by a power of two (exact), with eps scaled
-// alike, so that the squares never overflow (as phasedlstm.cells.layer_norm does).
+// Rows with values beyond 2^40 are first scaled by a power of two (exact) and normalised as the
+// scaled row is, so that the squares never overflow (as phasedlstm.cells.layer_norm does).
 template <typename scalar_t>
 static inline scalar_t normalise(scalar_t* __restrict x, int64_t n) {
   scalar_t big = 0;
@@ -685,9 +685,7 @@ static inline scalar_t normalise(scalar_t* __restrict x, int64_t n) {
   }
   scalar_t scale = 1;
   if (big > kLnBig) {
-    int e;
-    std::frexp(big, &e);  // 2^(e-1) <= big < 2^e
-    scale = std::ldexp(scalar_t(1), e - 1);
+    scale = std::exp2(std::floor(std::log2(big)));  // as the reference: 2^floor(log2(big))
     const scalar_t inv = scalar_t(1) / scale;  // a power of two: exact
     for (int64_t j = 0; j < n; ++j) x[j] *= inv;
   }
@@ -700,7 +698,7 @@ static inline scalar_t normalise(scalar_t* __restrict x, int64_t n) {
     var += d * d;
   }
   var /= n;
-  const scalar_t rstd = scalar_t(1) / std::sqrt(var + scalar_t(kLnEps) / (scale * scale));
+  const scalar_t rstd = scalar_t(1) / std::sqrt(var + scalar_t(kLnEps));  // (eps acts on the scaled row)
   for (int64_t j = 0; j < n; ++j) x[j] = (x[j] - mean) * rstd;
   return rstd / scale;
 }
