@@ -42,34 +42,39 @@ motion() {  # real recordings (issue 11): 3 seeds; watch split by subject
         --batch-size 16 --out "runs/lecture/$out" "${COMMON[@]}" "$@"
 }
 
-for name in "$@"; do
-    case "$name" in
-        freq-async|freq-standard|freq-highres)
-            c=${name#freq-}
-            freq "$c" phased,lstm 0,1,2
-            freq "$c" peephole,layernorm 0 ;;
-        freq-combo|freq-combo-hard) combo "$name" ;;
-        rows-027) rows rows-027-2ep 2 lstm,peephole,phased,layernorm,torch-lstm 0,1,2 --classes 0,2,7 ;;
-        rows-10) rows rows-10 10 lstm,peephole,phased,layernorm,torch-lstm 0,1,2 ;;
-        tricks) tricks ;;
-        fashion) $P compare --task fashion-rows --models lstm,peephole,phased,layernorm,torch-lstm --seeds 0,1,2 \
-                     --epochs 10 --hidden-size 128 --pooling mean --batch-size 128 --out runs/lecture/fashion-rows \
-                     "${COMMON[@]}" ;;
-        pixels) for t in smnist-pixels psmnist; do
-                    $P compare --task "$t" --models lstm,phased --seeds 0 --epochs 30 --hidden-size 128 \
-                        --batch-size 128 --clip 1 --out "runs/lecture/$t" "${COMMON[@]}"
-                done ;;
-        adding) for T in 100 200 500 1000 2000 5000; do  # 20,000 sequences in all per T (fresh, 10 epochs of 2,000)
-                    $P compare --task adding --length "$T" --fresh yes --n-train 2000 --models lstm,layernorm,phased \
-                        --seeds 0 --epochs 10 --hidden-size 64 --proj-size 0 --batch-size 50 --out "runs/lecture/adding-$T" \
-                        "${COMMON[@]}"
-                done ;;
-        watch) motion watch watch lstm,peephole,phased,layernorm,torch-lstm
-               for p in 0.5 0.9; do  # irregular: the LSTMs get dt as a channel, the Phased LSTM its timestamps
-                   motion watch "watch-drop$p" lstm,layernorm --drop "$p" --time-feature dt
-                   motion watch "watch-drop$p" phased --drop "$p"
-               done ;;
-        basic-motions) motion basic-motions basic-motions lstm,peephole,phased,layernorm,torch-lstm ;;
-        *) echo "unknown experiment $name" >&2; exit 2 ;;
-    esac
-done
+main() {  # (one function, read whole before it runs: editing this file under a running stream is safe)
+    for name in "$@"; do
+        case "$name" in
+            freq-async|freq-standard|freq-highres)
+                c=${name#freq-}
+                freq "$c" phased,lstm 0,1,2
+                freq "$c" peephole,layernorm 0 ;;
+            freq-combo|freq-combo-hard) combo "$name" ;;
+            rows-027) rows rows-027-2ep 2 lstm,peephole,phased,layernorm,torch-lstm 0,1,2 --classes 0,2,7 ;;
+            rows-10) rows rows-10 10 lstm,peephole,phased,layernorm,torch-lstm 0,1,2 ;;
+            tricks) tricks ;;
+            fashion) $P compare --task fashion-rows --models lstm,peephole,phased,layernorm,torch-lstm --seeds 0,1,2 \
+                         --epochs 10 --hidden-size 128 --pooling mean --batch-size 128 --out runs/lecture/fashion-rows \
+                         "${COMMON[@]}" ;;
+            pixels) for t in smnist-pixels psmnist; do
+                        $P compare --task "$t" --models lstm,phased --seeds 0 --epochs 30 --hidden-size 128 \
+                            --batch-size 128 --clip 1 --out "runs/lecture/$t" "${COMMON[@]}"
+                    done ;;
+            adding) for T in 100 200 500 1000 2000 5000; do  # 20,000 sequences in all per T (fresh, 10 epochs of 2,000)
+                        $P compare --task adding --length "$T" --fresh yes --n-train 2000 --models lstm,layernorm,phased \
+                            --seeds 0 --epochs 10 --hidden-size 64 --proj-size 0 --batch-size 50 --out "runs/lecture/adding-$T" \
+                            "${COMMON[@]}"
+                    done ;;
+            watch) motion watch watch lstm,peephole,phased,layernorm,torch-lstm
+                   for p in 0.5 0.9; do  # irregular: the LSTMs get dt as a channel, the Phased LSTM its timestamps
+                       motion watch "watch-drop$p" lstm,layernorm --drop "$p" --time-feature dt
+                       motion watch "watch-drop$p" phased --drop "$p"
+                   done ;;
+            basic-motions) motion basic-motions basic-motions lstm,peephole,phased,layernorm,torch-lstm ;;
+            *) echo "unknown experiment $name" >&2; exit 2 ;;
+        esac
+    done
+}
+
+main "$@"
+exit
