@@ -235,13 +235,24 @@ class _FusedLSTM(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_out, g_hn, g_cn):
         _first_order_only()
-        x, w_ih, w_hh, peep, k, lengths, acts, hs, cs = ctx.saved_tensors
-        e = _empty(acts)
-        d_x, d_w_ih, d_bias, d_w_hh, d_h0, d_c0, d_peep, d_k = torch.ops.phasedlstm_fused.lstm_backward(
-            e if g_out is None else g_out.contiguous(), e if g_hn is None else g_hn, e if g_cn is None else g_cn,
-            x, w_ih, w_hh, peep, k, lengths, acts, hs, cs)
-        return (d_x, d_w_ih, d_bias if ctx.has_bias else None, d_w_hh, d_h0, d_c0,
-                d_peep if peep.numel() else None, d_k if k.numel() else None, None)
+        return _lstm_grads(ctx.saved_tensors, ctx.has_bias, g_out, g_hn, g_cn)
+
+
+def _grad_or_empty(g, like: Tensor) -> Tensor:
+    """The kernels' form of an incoming gradient: contiguous, or empty for "none"."""
+    return _empty(like) if g is None else g.contiguous()
+
+
+def _lstm_grads(saved, has_bias, g_out, g_hn, g_cn, copy=False) -> tuple:
+    """Gradients of (x, w_ih, bias, w_hh, h0, c0, peep, k, lengths) from the kernel's backward;
+    ``saved`` = (x, w_ih, w_hh, peep, k, lengths, acts, hs, cs). ``copy``: for graphs (see _copies)."""
+    x, w_ih, w_hh, peep, k, lengths, acts, hs, cs = saved
+    d = torch.ops.phasedlstm_fused.lstm_backward(
+        _grad_or_empty(g_out, x), _grad_or_empty(g_hn, x), _grad_or_empty(g_cn, x),
+        x, w_ih, w_hh, peep, k, lengths, acts, hs, cs)
+    d = _copies(d) if copy else d
+    return (d[0], d[1], d[2] if has_bias else None, d[3], d[4], d[5], d[6] if peep.numel() else None,
+            d[7] if k.numel() else None, None)
 
 
 class _FusedTimeGate(torch.autograd.Function):
@@ -256,11 +267,15 @@ class _FusedTimeGate(torch.autograd.Function):
     @staticmethod
     def backward(ctx, d_k):
         _first_order_only()
-        times, period, shift, r_on = ctx.saved_tensors
-        d_tau, d_s, d_r, d_t = torch.ops.phasedlstm_fused.time_gate_backward(d_k, times, period, shift, r_on, ctx.leak)
-        need = ctx.needs_input_grad
-        return (d_t if need[0] else None, d_tau if need[1] else None, d_s if need[2] else None,
-                d_r if need[3] else None, None)
+        grads = _gate_grads(ctx.saved_tensors, ctx.leak, d_k)
+        return tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad[:4])) + (None,)
+
+
+def _gate_grads(saved, leak, d_k, copy=False) -> tuple:
+    """Gradients of (times, tau, s, r_on) from the gate kernel's backward; ``saved`` = those four."""
+    times, tau, s, r_on = saved
+    d_tau, d_s, d_r, d_t = torch.ops.phasedlstm_fused.time_gate_backward(d_k.contiguous(), times, tau, s, r_on, leak)
+    return tuple(_copies([d_t, d_tau, d_s, d_r])) if copy else (d_t, d_tau, d_s, d_r)
 
 
 def time_gate(times: Tensor, period: Tensor, shift: Tensor, r_on: Tensor, leak: float) -> Tensor:
@@ -287,14 +302,20 @@ class _FusedLayerNormLSTM(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_out, g_hn, g_cn):
         _first_order_only()
-        x, w_ih, g_ih, b_ih, w_hh, g_hh, b_hh, g_c, b_c, lengths, *rest = ctx.saved_tensors
-        e = _empty(x)
-        d_x, d_w_ih, d_gih, d_bih, d_w_hh, d_h0, d_c0, d_ghh, d_bhh, d_gc, d_bc = torch.ops.phasedlstm_fused.ln_backward(
-            e if g_out is None else g_out, e if g_hn is None else g_hn, e if g_cn is None else g_cn,
-            x, w_ih, g_ih, b_ih, w_hh, g_hh, b_hh, g_c, b_c, lengths, *rest)
-        bih, bhh, bc = ctx.has_bias
-        return (d_x, d_w_ih, d_gih, d_bih if bih else None, d_w_hh, d_h0, d_c0, d_ghh, d_bhh if bhh else None, d_gc,
-                d_bc if bc else None, None)
+        return _ln_grads(ctx.saved_tensors, ctx.has_bias, g_out, g_hn, g_cn)
+
+
+def _ln_grads(saved, has_bias, g_out, g_hn, g_cn, copy=False) -> tuple:
+    """Gradients of ln_forward's inputs (x, w_ih, g_ih, b_ih, w_hh, h0, c0, g_hh, b_hh, g_c, b_c,
+    lengths) from the kernel's backward; ``saved`` = the inputs but h0, c0, then what it kept."""
+    x, w_ih, g_ih, b_ih, w_hh, g_hh, b_hh, g_c, b_c, lengths, *rest = saved
+    d = torch.ops.phasedlstm_fused.ln_backward(
+        _grad_or_empty(g_out, x), _grad_or_empty(g_hn, x), _grad_or_empty(g_cn, x),
+        x, w_ih, g_ih, b_ih, w_hh, g_hh, b_hh, g_c, b_c, lengths, *rest)
+    d = _copies(d) if copy else d
+    bih, bhh, bc = has_bias
+    return (d[0], d[1], d[2], d[3] if bih else None, d[4], d[5], d[6], d[7], d[8] if bhh else None, d[9],
+            d[10] if bc else None, None)
 
 
 def lstm(x: Tensor, w_ih: Tensor, bias: Tensor | None, w_hh: Tensor, h0: Tensor, c0: Tensor,
@@ -395,14 +416,7 @@ def _setup_lstm(ctx, inputs, output):
 
 
 def _backward_lstm(ctx, grads):
-    x, w_ih, w_hh, peep, k, lengths, acts, hs, cs = ctx.saved_tensors
-    g_out, g_hn, g_cn = grads[:3]
-    e = x.new_empty(0)
-    d = _copies(torch.ops.phasedlstm_fused.lstm_backward(
-        e if g_out is None else g_out.contiguous(), e if g_hn is None else g_hn.contiguous(),
-        e if g_cn is None else g_cn.contiguous(), x, w_ih, w_hh, peep, k, lengths, acts, hs, cs))
-    return (d[0], d[1], d[2] if ctx.has_bias else None, d[3], d[4], d[5], d[6] if peep.numel() else None,
-            d[7] if k.numel() else None, None, None)
+    return _lstm_grads(ctx.saved_tensors, ctx.has_bias, *grads[:3], copy=True) + (None,)  # (+ save)
 
 
 def _setup_ln(ctx, inputs, output):
@@ -412,15 +426,7 @@ def _setup_ln(ctx, inputs, output):
 
 
 def _backward_ln(ctx, grads):
-    x, w_ih, g_ih, b_ih, w_hh, g_hh, b_hh, g_c, b_c, lengths, *rest = ctx.saved_tensors
-    g_out, g_hn, g_cn = grads[:3]
-    e = x.new_empty(0)
-    d = _copies(torch.ops.phasedlstm_fused.ln_backward(
-        e if g_out is None else g_out.contiguous(), e if g_hn is None else g_hn.contiguous(),
-        e if g_cn is None else g_cn.contiguous(), x, w_ih, g_ih, b_ih, w_hh, g_hh, b_hh, g_c, b_c, lengths, *rest))
-    bih, bhh, bc = ctx.has_bias
-    return (d[0], d[1], d[2], d[3] if bih else None, d[4], d[5], d[6], d[7], d[8] if bhh else None, d[9],
-            d[10] if bc else None, None, None)
+    return _ln_grads(ctx.saved_tensors, ctx.has_bias, *grads[:3], copy=True) + (None,)  # (+ save)
 
 
 def _setup_gate(ctx, inputs, output):
@@ -430,10 +436,7 @@ def _setup_gate(ctx, inputs, output):
 
 
 def _backward_gate(ctx, d_k):
-    times, tau, s, r_on = ctx.saved_tensors
-    d_tau, d_s, d_r, d_t = _copies(torch.ops.phasedlstm_fused.time_gate_backward(d_k.contiguous(), times, tau, s,
-                                                                                  r_on, ctx.leak))
-    return d_t, d_tau, d_s, d_r, None
+    return _gate_grads(ctx.saved_tensors, ctx.leak, d_k, copy=True) + (None,)
 
 
 def _register_graph_ops() -> None:
