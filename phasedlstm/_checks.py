@@ -293,12 +293,14 @@ def check_layer_input(module, input, hx, times, lengths):
     return x, times, lengths, hx, batched
 
 
-def check_time_parameters(params, names) -> None:
-    """The Phased LSTM's tau, s and r_on must be finite for the time gate to be defined."""
+def check_time_parameters(params, name_of) -> None:
+    """The Phased LSTM's tau, s and r_on must be finite for the time gate to be defined.
+    ``name_of(param)`` gives a parameter's name for the message (called only on failure)."""
     if _tracing():
         return
-    for q, name in zip(params, names):
+    for q in params:
         if not bool(torch.isfinite(q).all()):
+            name = name_of(q)
             bad = q.detach()[~torch.isfinite(q.detach())]
             raise ValueError(f"{name} must be finite, but {bad.numel()} of its {q.numel()} values are not "
                              f"(first: {bad[0].item()}); the time gate is undefined. Training diverged, or the "

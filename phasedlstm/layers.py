@@ -523,7 +523,7 @@ class PhasedLSTM(RecurrentLayer):
         """tau, s, r_on of one layer and direction, refused if any is not finite (the gate of a NaN
         period or open ratio is undefined: an error here, rather than NaN outputs later)."""
         params = p["period"], p["shift"], p["r_on"]
-        _checks.check_time_parameters(params, [self._name_of(q) for q in params])
+        _checks.check_time_parameters(params, self._name_of)
         return params
 
     def _name_of(self, param) -> str:
