@@ -4,10 +4,12 @@
   ``PeepholeLSTMCell``, ``PhasedLSTMCell``, ``LayerNormLSTMCell``, ``time_gate``).
 - :mod:`phasedlstm.layers`: the loop over time (``LSTM``, ``PeepholeLSTM``,
   ``PhasedLSTM``, ``LayerNormLSTM``), drop-ins for ``torch.nn.LSTM``.
+- :mod:`phasedlstm.stream`: ``Stream``, a layer fed one event at a time.
 """
 
 from phasedlstm.cells import LayerNormLSTMCell, LSTMCell, PeepholeLSTMCell, PhasedLSTMCell, phase, time_gate
 from phasedlstm.layers import LSTM, LayerNormLSTM, PeepholeLSTM, PhasedLSTM, RecurrentLayer
+from phasedlstm.stream import Stream
 
 __version__ = "0.1.0"
 
@@ -17,6 +19,7 @@ __all__ = [
     "PhasedLSTM",
     "LayerNormLSTM",
     "RecurrentLayer",
+    "Stream",
     "LSTMCell",
     "PeepholeLSTMCell",
     "PhasedLSTMCell",

@@ -168,7 +168,7 @@ def _warn_imprecise_times(times: Tensor) -> None:
     if limit is None or not times.numel() or _tracing():
         return
     top = times.abs().max().item()
-    if top <= limit:
+    if top <= limit or not math.isfinite(top):  # (a non-finite timestamp is refused by the value check)
         return
     if times.dtype == torch.int64:
         warnings.warn(

@@ -16,6 +16,19 @@ resident set size, VmHWM, over the memory held before the step, in a fresh proce
 Linux), and the bytes each layer saves for backward (every tensor autograd keeps, counted once
 per storage) — the activation memory that dominates that peak.
 
+Inference of the Phased LSTM (``--no-sparse`` skips it): dense (``sparse_inference = False``:
+every unit computed, the fused loop) against sparse (only the units whose time gate is open) in
+eval mode without gradients, with the measured fraction of open unit-steps, at H in {128, 256,
+512}, T = 1000, B in {1, 32}, timestamps shared by the batch or per sample (irregular: gaps
+drawn from an exponential of mean 1, the periods' unit), r_on in {0.05, 0.2}; and on a trained
+model (``--run RUN``, default ``results/models/freq-async-phased-seed0`` where it exists): its
+whole forward over its task's test split.
+
+Streaming (``--no-stream`` skips it): the per-call latency of one step, B = 1, input (1, 1, I)
+with the carried (h, c) and that step's timestamp, under ``torch.no_grad()``, at H in {64,
+128, 256}, for torch.nn.LSTM and our LSTM, peephole LSTM and Phased LSTM (eval mode), and
+``phasedlstm.Stream.push``.
+
 Writes a table to stdout and JSON (``--json``, with torch version, threads and CPU model).
 """
 
@@ -43,6 +56,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layers", default=",".join(LAYERS), help=f"(default: {','.join(LAYERS)})")
     p.add_argument("--reference", action="store_true", help="also time the reference loops")
     p.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
+    p.add_argument("--no-shapes", action="store_true", help="skip the training / forward table")
+    p.add_argument("--no-sparse", action="store_true", help="skip the Phased LSTM's sparse inference")
+    p.add_argument("--no-stream", action="store_true", help="skip the one-step streaming latency")
+    p.add_argument("--run", default=None, help="a trained Phased LSTM run folder for the sparse section (default: "
+                   "results/models/freq-async-phased-seed0 where it exists; 'none' to skip)")
     p.add_argument("--json", default=None, help="write results here")
 
 
@@ -198,7 +216,8 @@ def peak_step_bytes(name: str, threads: int) -> int | None:
         return None
 
 
-def run(shapes, layers, threads=2, repeats=7, warmup=2, reference=False, memory=True, log=print) -> dict:
+def run(shapes, layers, threads=2, repeats=7, warmup=2, reference=False, memory=True, log=print, sparse=False,
+        stream=False, run_dir=None) -> dict:
     from phasedlstm import fast
 
     torch.set_num_threads(threads)
@@ -233,7 +252,166 @@ def run(shapes, layers, threads=2, repeats=7, warmup=2, reference=False, memory=
             mem["saved"][label] = saved_bytes(_Case(label, _make(name, I, H, "auto"), x, times))
             mem["peak"][label] = peak_step_bytes(name, threads)
         log(format_memory(mem))
-    return {"config": config, "results": results, "memory": mem}
+    sparse_rows, trained, stream_rows = [], None, []
+    if sparse:
+        for case in SPARSE_CASES:
+            sparse_rows.append(sparse_case(*case))
+        if run_dir is not None:
+            trained = trained_case(run_dir)
+        log(format_sparse(sparse_rows, trained))
+    if stream:
+        for H in STREAM_SIZES:
+            stream_rows.append(stream_latency(H))
+        log(format_stream(stream_rows))
+    return {"config": config, "results": results, "memory": mem, "sparse": sparse_rows, "trained": trained,
+            "stream": stream_rows}
+
+
+# -- inference of the Phased LSTM: dense against sparse ---------------------------------------------
+
+SPARSE_CASES = [(H, 1000, B, shared, r_on) for H in (128, 256, 512) for B in (1, 32) for shared in (True, False)
+                for r_on in (0.05, 0.2)]
+
+
+def _irregular_times(B: int, T: int, shared: bool, generator: torch.Generator) -> torch.Tensor:
+    gaps = torch.empty(1 if shared else B, T, dtype=torch.float64).exponential_(1.0, generator=generator)
+    t = torch.cumsum(gaps, 1)
+    return t[0] if shared else t
+
+
+def sparse_case(H, T, B, shared, r_on, repeats=5, warmup=1, I=1) -> dict:
+    """ms of dense and sparse eval-mode inference of one Phased LSTM layer, and the open fraction."""
+    from phasedlstm import PhasedLSTM
+
+    g = torch.Generator().manual_seed(0)
+    m = PhasedLSTM(I, H, r_on=r_on).eval()
+    x = torch.randn(T, B, I, generator=g)
+    times = _irregular_times(B, T, shared, g)
+
+    def call(sparse):
+        m.sparse_inference = sparse
+        with torch.no_grad():
+            m(x, times=times)
+
+    class _C:
+        def __init__(self, label, sparse):
+            self.label, self.sparse = label, sparse
+
+        def infer(self):
+            call(self.sparse)
+
+    ms = _median_ms([_C("dense", False), _C("sparse", True)], "infer", repeats, warmup)
+    call(True)
+    return {"H": H, "T": T, "B": B, "shared": shared, "r_on": r_on, "dense_ms": ms["dense"],
+            "sparse_ms": ms["sparse"], "open_fraction": m.last_open_fraction}
+
+
+def trained_case(run_dir, repeats=5, warmup=1, batch_size=None) -> dict:
+    """Dense against sparse over a trained run's test split (its whole model, batches of its size)."""
+    from phasedlstm.train import load_run_model
+
+    cfg, task, model, _ = load_run_model(run_dir)
+    model.eval()
+    rnn = model.rnn
+    bs = batch_size or cfg.batch_size
+    batches = list(task.test.batches(bs))
+
+    def call(sparse):
+        rnn.sparse_inference = sparse
+        opened = valid = 0
+        with torch.no_grad():
+            for x, t, n, _ in batches:
+                model(x, t, n)
+                if sparse:
+                    valid_units = int(n.sum()) * rnn.hidden_size
+                    opened += rnn.last_open_fraction * valid_units
+                    valid += valid_units
+        return opened / valid if valid else None
+
+    class _C:
+        def __init__(self, label, sparse):
+            self.label, self.sparse = label, sparse
+
+        def infer(self):
+            call(self.sparse)
+
+    ms = _median_ms([_C("dense", False), _C("sparse", True)], "infer", repeats, warmup)
+    frac = call(True)
+    r_on = torch.cat([p.detach().abs().clamp(1e-6, 1).flatten() for n_, p in rnn.named_parameters()
+                      if n_.startswith("r_on")])
+    return {"run": str(run_dir), "task": cfg.task, "hidden_size": cfg.hidden_size, "batch_size": bs,
+            "sequences": len(task.test), "max_steps": int(task.test.x.shape[1]), "dense_ms": ms["dense"],
+            "sparse_ms": ms["sparse"], "open_fraction": frac, "r_on_median": float(r_on.median()),
+            "r_on_range": [float(r_on.min()), float(r_on.max())]}
+
+
+def format_sparse(rows, trained) -> str:
+    lines = ["\nPhased LSTM inference, eval mode, no gradients: dense (every unit) against sparse (open units only)",
+             f"  {'H':>4s} {'T':>5s} {'B':>3s} {'times':>10s} {'r_on':>5s}   {'dense ms':>9s} {'sparse ms':>9s} "
+             f"{'speed-up':>8s} {'open':>6s}"]
+    for r in rows:
+        lines.append(f"  {r['H']:4d} {r['T']:5d} {r['B']:3d} {'shared' if r['shared'] else 'per-sample':>10s} "
+                     f"{r['r_on']:5.2f}   {r['dense_ms']:9.1f} {r['sparse_ms']:9.1f} "
+                     f"{r['dense_ms'] / r['sparse_ms']:7.1f}x {100 * r['open_fraction']:5.1f}%")
+    if trained:
+        t = trained
+        lines.append(f"  trained: {t['run']} ({t['task']}, H={t['hidden_size']}, {t['sequences']} test sequences "
+                     f"of up to {t['max_steps']} steps, batches of {t['batch_size']}; learned r_on median "
+                     f"{t['r_on_median']:.3f}, range {t['r_on_range'][0]:.3f}-{t['r_on_range'][1]:.3f}):")
+        lines.append(f"    dense {t['dense_ms']:.1f} ms, sparse {t['sparse_ms']:.1f} ms, "
+                     f"{t['dense_ms'] / t['sparse_ms']:.1f}x, open {100 * t['open_fraction']:.1f}%")
+    return "\n".join(lines)
+
+
+# -- streaming: one step per call ------------------------------------------------------------------
+
+STREAM_SIZES = (64, 128, 256)
+
+
+def stream_latency(H, I=1, calls=500, repeats=7) -> dict:
+    """Median µs per one-step call at B = 1 (blocks of ``calls`` calls, interleaved)."""
+    from phasedlstm import LSTM, PeepholeLSTM, PhasedLSTM, Stream
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 1, I)
+    h, c = torch.zeros(1, 1, H), torch.zeros(1, 1, H)
+    t = torch.tensor([[12.5]], dtype=torch.float64)
+    ref = torch.nn.LSTM(I, H, batch_first=True).eval()
+    ours = {name: cls(I, H, batch_first=True).eval() for name, cls in
+            (("lstm", LSTM), ("peephole", PeepholeLSTM), ("phased", PhasedLSTM))}
+    stream = Stream(PhasedLSTM(I, H, batch_first=True).eval())
+    x_t = x[:, 0]
+    clock = [0.0]
+
+    def push():
+        clock[0] += 1.0
+        stream.push(x_t, clock[0])
+
+    fns = {"torch.nn.LSTM": lambda: ref(x, (h, c)), **{k: (lambda m=m: m(x, (h, c), times=t)) for k, m in ours.items()},
+           "Stream.push (phased)": push}
+    samples = {k: [] for k in fns}
+    with torch.no_grad():
+        for f in fns.values():
+            for _ in range(50):
+                f()
+        for _ in range(repeats):
+            for k, f in fns.items():
+                t0 = time.perf_counter()
+                for _ in range(calls):
+                    f()
+                samples[k].append(1e6 * (time.perf_counter() - t0) / calls)
+    return {"H": H, "I": I, "us": {k: statistics.median(v) for k, v in samples.items()}}
+
+
+def format_stream(rows) -> str:
+    labels = list(rows[0]["us"])
+    lines = ["\nstreaming: one step per call, B = 1, no gradients (median µs per call; ratio to torch.nn.LSTM)",
+             "  " + f"{'H':>4s} " + " ".join(f"{k:>22s}" for k in labels)]
+    for r in rows:
+        base = r["us"]["torch.nn.LSTM"]
+        lines.append("  " + f"{r['H']:4d} " + " ".join(f"{r['us'][k]:13.1f} ({r['us'][k] / base:4.2f}x)"
+                                                      for k in labels))
+    return "\n".join(lines)
 
 
 def format_shape(row) -> str:
@@ -277,8 +455,17 @@ def main(args) -> int:
     if unknown:
         raise SystemExit(f"error: unknown layers {unknown}; choose from {LAYERS}")
     print(f"torch {torch.__version__}, {args.threads} threads, {cpu_model()}", flush=True)
-    out = run(parse_shapes(args.shapes), layers, args.threads, args.repeats, args.warmup, args.reference,
-              not args.no_memory, log=lambda s: print(s, flush=True))
+    run_dir = args.run
+    if run_dir is None:
+        from pathlib import Path
+
+        default = Path("results/models/freq-async-phased-seed0")
+        run_dir = str(default) if (default / "config.json").exists() else None
+    elif run_dir == "none":
+        run_dir = None
+    out = run([] if args.no_shapes else parse_shapes(args.shapes), layers, args.threads, args.repeats, args.warmup,
+              args.reference, not args.no_memory, log=lambda s: print(s, flush=True), sparse=not args.no_sparse,
+              stream=not args.no_stream, run_dir=run_dir)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=2)

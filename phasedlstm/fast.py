@@ -356,6 +356,25 @@ def layernorm_lstm(x, w_ih, g_ih, b_ih, w_hh, h0, c0, g_hh, b_hh, g_c, b_c, leng
     return out, hn, cn
 
 
+def infer(x: Tensor, times: Tensor | None, h0: Tensor, c0: Tensor, p: dict, leak: float, lengths: Tensor | None,
+          sparse: bool):
+    """Inference (no gradients) of one direction of an LSTM, peephole or Phased LSTM layer with the
+    time gate computed inside the loop, from ``p`` (a layer's parameters by base name). ``times``:
+    (T,) shared, (B, T), or None (the step index). ``sparse`` (Phased LSTM, leak 0): compute only
+    the units whose gate is open. -> (output (T, B, H), h_n (1, B, H), c_n (1, B, H), open) or None
+    where the kernel declines (non-finite or imprecise times or time parameters, dtypes that
+    differ): the caller's checks then say what is wrong. ``open``: the unit-steps computed."""
+    e = _empty(x)
+    o = (lambda t: e if t is None else t)  # noqa: E731
+    res, status, n_open = torch.ops.phasedlstm_fused.infer_forward(
+        x, o(times), h0, c0, p["weight_ih"], p["weight_hh"], o(p["bias_ih"]), o(p["bias_hh"]), o(p.get("weight_ci")),
+        o(p.get("weight_cf")), o(p.get("weight_co")), o(p.get("period")), o(p.get("shift")), o(p.get("r_on")),
+        float(leak), _lengths(lengths), sparse)
+    if status:
+        return None
+    return res[0], res[1], res[2], n_open
+
+
 # -- graphs: torch.compile and torch.export -------------------------------------------------------
 #
 # Traced code calls the kernels as PyTorch operators with fake implementations (shapes only) and

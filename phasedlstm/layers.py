@@ -241,7 +241,38 @@ class RecurrentLayer(nn.Module):
             raise RuntimeError(f"impl='fast' was asked for, but the fused kernels cannot run here: {why}")
         return ok
 
+    def _infer_mode(self, T: int) -> bool | None:
+        """Whether a call without gradients of T steps runs fast.infer: sparse (True), every unit
+        (False), or not at all (None: the packed loop of fast.lstm, faster over many steps)."""
+        return False if T == 1 else None
+
+    def _run_infer(self, x, times, lengths, h, c, p, sparse):
+        """fast.infer on the forward's times (T, B) float64 (an expanded view when shared)."""
+        if times.shape[1] == 1 or times.stride(1) == 0:
+            times = times[:, 0]  # (T,): shared by the batch
+        else:
+            times = times.t()  # (B, T)
+        if "period" in p:
+            self._time_parameters(p)  # (refuses non-finite ones, naming them)
+        r = fast.infer(x, times, h, c, p, self._alpha, lengths, sparse)
+        if r is None:  # (the forward's checks passed, so the kernel never declines here)
+            raise RuntimeError("phasedlstm: the inference kernel declined inputs that the checks accepted")
+        out, hn, cn, n_open = r
+        if sparse:
+            valid = x.shape[0] * x.shape[1] if lengths is None else int(lengths.sum())
+            self._open_acc[0] += n_open
+            self._open_acc[1] += valid * self.hidden_size
+        return out, hn[0], cn[0]
+
+    @property
+    def _alpha(self) -> float:
+        return 0.0
+
     def _run_fast(self, x, times, lengths, h, c, p):
+        if not fast.tracing():
+            mode = self._infer_mode(x.shape[0])
+            if mode is not None and not fast._needs_grad(x, h, c, *p.values()):
+                return self._run_infer(x, times, lengths, h, c, p, mode)
         bias = None if p["bias_ih"] is None else p["bias_ih"] + p["bias_hh"]
         peep = torch.stack([p["weight_ci"], p["weight_cf"], p["weight_co"]]) if p.get("weight_ci") is not None else None
         k = self._fast_gate(times, p) if "period" in p else None
@@ -277,12 +308,79 @@ class RecurrentLayer(nn.Module):
             f"torch.export.export or torch.compile instead.")
 
     def forward(self, input, hx=None, *, times: Tensor | None = None, lengths: Tensor | None = None):
+        if lengths is None and not torch.is_grad_enabled() and type(input) is Tensor:
+            r = self._forward_stream(input, hx, times)  # one step of a stream: the short path
+            if r is not None:
+                return r
         if isinstance(input, nn.utils.rnn.PackedSequence):
             return self._forward_packed(input, hx, times, lengths)
         device = input.device.type if isinstance(input, Tensor) else "cpu"
         if torch.is_autocast_enabled(device) and input.is_floating_point():
             return self._forward_autocast(input, hx, times, lengths, device)
         return self._forward(input, hx, times, lengths)
+
+    #: whether _forward_stream serves this layer (LSTM, peephole and Phased LSTM without projections)
+    _streamable = True
+
+    def _forward_stream(self, input, hx, times):
+        """One step without gradients, (B, 1, I) or (1, B, I) with hx and that step's timestamp: what a
+        model on a live stream calls once per event. The general forward's per-call work (its checks
+        as tensor operations, the weights packed for long sequences, the time gate as a separate
+        pass) costs more than such a step, so this path checks shapes in Python and leaves the
+        values to the kernel (fast.infer), which computes the time gate inline and, at evaluation,
+        only the open units. It returns None wherever the general forward must run instead (any
+        other call, and every input the kernel declines: the general checks then raise or warn)."""
+        if (not self._streamable or self.impl == "reference" or self.impl == "scan" or input.dim() != 3
+                or input.shape[1 if self.batch_first else 0] != 1 or self.proj_size or not fast._state["loaded"]
+                or input.device.type != "cpu" or (self.training and self.dropout > 0 and self.num_layers > 1)
+                or torch.compiler.is_compiling() or torch._C._functorch.maybe_current_level() is not None
+                or torch.is_autocast_enabled("cpu")):
+            return None
+        B, H, D = input.shape[0 if self.batch_first else 1], self.hidden_size, 2 if self.bidirectional else 1
+        LD = self.num_layers * D
+        if input.shape[2] != self.input_size:
+            return None
+        if hx is None:
+            if self.h0 is not None:
+                return None
+            h0 = c0 = input.new_zeros(LD, B, H)
+        else:
+            if type(hx) not in (tuple, list) or len(hx) != 2:
+                return None
+            h0, c0 = hx
+            if (type(h0) is not Tensor or type(c0) is not Tensor or h0.shape != (LD, B, H) or c0.shape != (LD, B, H)
+                    or h0.device.type != "cpu" or c0.device.type != "cpu"):
+                return None
+        if times is not None:
+            if type(times) is not Tensor or times.device.type != "cpu" or not (
+                    times.shape == (B, 1) or times.shape == (1,)) or times.dtype == torch.bool or times.is_complex():
+                return None
+        x = input if not self.batch_first else input.transpose(0, 1)  # (1, B, I)
+        alpha = self._alpha
+        P = self._parameters
+        h_n, c_n = [], []
+        n_open = 0
+        for layer in range(self.num_layers):
+            outs = []
+            for direction in range(D):  # (one step: the backward direction reads the same step)
+                i = layer * D + direction
+                names = self._names[layer][direction]
+                p = {base: P[full] for base, full in names.items()}
+                r = fast.infer(x, times, h0 if LD == 1 else h0[i], c0 if LD == 1 else c0[i], p, alpha, None,
+                               self._infer_mode(1) is True)
+                if r is None:
+                    return None
+                outs.append(r[0])
+                h_n.append(r[1])
+                c_n.append(r[2])
+                n_open += r[3]
+            x = outs[0] if D == 1 else torch.cat(outs, dim=2)
+        if self._infer_mode(1) is True:
+            self.__dict__["last_open_fraction"] = n_open / (LD * B * H)
+        out = x.transpose(0, 1) if self.batch_first else x
+        if LD == 1:
+            return out, (h_n[0], c_n[0])
+        return out, (torch.cat(h_n), torch.cat(c_n))
 
     def _forward_autocast(self, input, hx, times, lengths, device):
         """Under torch.autocast the outputs have autocast's dtype, as torch.nn.LSTM's do; the
@@ -298,6 +396,7 @@ class RecurrentLayer(nn.Module):
 
     def _forward(self, input, hx, times, lengths):
         x, times, lengths, hx, batched = _checks.check_layer_input(self, input, hx, times, lengths)
+        self.__dict__["_open_acc"] = [0, 0]  # unit-steps computed and valid, by the sparse inference
         B, H = x.shape[1], self.hidden_size
         D = 2 if self.bidirectional else 1
         if hx is not None:
@@ -330,6 +429,8 @@ class RecurrentLayer(nn.Module):
                 layer_input = F.dropout(layer_input, self.dropout, training=True)
 
         output = layer_input
+        if self._open_acc[1]:
+            self.__dict__["last_open_fraction"] = self._open_acc[0] / self._open_acc[1]
         h_n, c_n = torch.stack(h_n), torch.stack(c_n)  # (L*D, B, H)
         if not batched:
             return output.squeeze(1), (h_n.squeeze(1), c_n.squeeze(1))
@@ -497,6 +598,10 @@ class PhasedLSTM(RecurrentLayer):
         self.r_on_init = float(r_on)
         self.leak = float(leak)
         self.peepholes = peepholes
+        #: at evaluation (leak 0) without gradients, compute only the units whose time gate is open
+        #: (False: every unit, as in training); ``last_open_fraction`` says how many were
+        self.sparse_inference = True
+        self.last_open_fraction = None
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, **kwargs)
         for layer in range(num_layers):
             for p in (self.params(layer, d) for d in range(len(self._names[layer]))):
@@ -518,6 +623,11 @@ class PhasedLSTM(RecurrentLayer):
     def _alpha(self) -> float:
         """The leak of a closed gate in this mode: ``leak`` in training, 0 at evaluation."""
         return self.leak if self.training else 0.0
+
+    def _infer_mode(self, T):
+        if self.sparse_inference and self._alpha == 0.0:
+            return True
+        return False if T == 1 else None
 
     def _time_parameters(self, p):
         """tau, s, r_on of one layer and direction, refused if any is not finite (the gate of a NaN
@@ -576,6 +686,8 @@ class LayerNormLSTM(RecurrentLayer):
     ``ln_c_weight_l{k}``, ``ln_c_bias_l{k}`` (H,). The normalised input term of all steps is
     computed before the loop. See :class:`phasedlstm.LayerNormLSTMCell`.
     """ + _LAYER_DOC
+
+    _streamable = False  # (its own fused loop, ln_forward, serves every call)
 
     def _param_shapes(self, layer_input_size):
         H = self.hidden_size

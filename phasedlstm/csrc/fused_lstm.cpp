@@ -31,8 +31,10 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <memory>
+#include <tuple>
 #include <type_traits>
-#if defined(__AVX512F__)
+#if defined(__AVX2__) || defined(__AVX512F__)
 #include <immintrin.h>
 #endif
 #include <vector>
@@ -1094,7 +1096,28 @@ static inline double phase_exact(double u, double te) {  // torch.remainder(u, t
 static inline bool phase_row_fast(double t, const double* __restrict s, const double* __restrict te,
                                   double* __restrict phi, int64_t H) {
   bool ok = true;
-  for (int64_t j = 0; j < H; ++j) {
+  int64_t j = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+  // the same operations, 4 units at a time (each one is IEEE-exact, so the result is the scalar
+  // loop's to the bit; GCC does not vectorise that loop by itself)
+  const __m256d tt = _mm256_set1_pd(t), zero = _mm256_setzero_pd(), big = _mm256_set1_pd(kFastQuotient),
+                sign = _mm256_set1_pd(-0.0);
+  int small = 0xF;
+  for (; j + 4 <= H; j += 4) {
+    const __m256d tev = _mm256_loadu_pd(te + j);
+    const __m256d u = _mm256_sub_pd(tt, _mm256_loadu_pd(s + j));
+    const __m256d q = _mm256_div_pd(u, tev);
+    small &= _mm256_movemask_pd(_mm256_cmp_pd(_mm256_andnot_pd(sign, q), big, _CMP_LT_OQ));
+    __m256d r = _mm256_fnmadd_pd(tev, _mm256_floor_pd(q), u);
+    const __m256d neg = _mm256_cmp_pd(r, zero, _CMP_LT_OQ);
+    const __m256d over = _mm256_andnot_pd(neg, _mm256_cmp_pd(r, tev, _CMP_GE_OQ));
+    r = _mm256_blendv_pd(r, _mm256_add_pd(r, tev), neg);
+    r = _mm256_blendv_pd(r, _mm256_sub_pd(r, tev), over);
+    _mm256_storeu_pd(phi + j, _mm256_div_pd(r, tev));
+  }
+  ok = small == 0xF;
+#endif
+  for (; j < H; ++j) {
     const double u = t - s[j], q = u / te[j];
     ok &= std::fabs(q) < kFastQuotient;
     double m = std::fma(-te[j], std::floor(q), u);
@@ -1112,10 +1135,43 @@ static inline void phase_row(double t, const double* s, const double* te, double
 template <typename scalar_t>
 static inline void gate_forward_row(const double* __restrict phi, const double* __restrict r, double leak,
                                     scalar_t* __restrict k, int64_t H) {
-  for (int64_t j = 0; j < H; ++j) {
+  int64_t j = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+  const __m256d two = _mm256_set1_pd(2.0), half = _mm256_set1_pd(0.5), lk = _mm256_set1_pd(leak);
+  for (; j + 4 <= H; j += 4) {  // as the scalar loop below, to the bit
+    const __m256d p = _mm256_loadu_pd(phi + j), rr = _mm256_loadu_pd(r + j);
+    const __m256d a = _mm256_div_pd(_mm256_mul_pd(two, p), rr);
+    const __m256d up = _mm256_cmp_pd(p, _mm256_mul_pd(rr, half), _CMP_LT_OQ);
+    const __m256d on = _mm256_cmp_pd(p, rr, _CMP_LT_OQ);
+    __m256d v = _mm256_blendv_pd(_mm256_mul_pd(lk, p), _mm256_sub_pd(two, a), on);
+    v = _mm256_blendv_pd(v, a, up);
+    if constexpr (std::is_same_v<scalar_t, float>) _mm_storeu_ps(k + j, _mm256_cvtpd_ps(v));
+    else _mm256_storeu_pd(k + j, v);
+  }
+#endif
+  for (; j < H; ++j) {
     const double p = phi[j];
     k[j] = static_cast<scalar_t>(p < r[j] / 2 ? 2 * p / r[j] : (p < r[j] ? 2 - 2 * p / r[j] : leak * p));
   }
+}
+
+// The open units (k > 0) of one row of phases at leak 0, and their k (as gate_forward_row's);
+// the k of the others is left as it was. Returns how many are open, listed in `open`.
+template <typename scalar_t>
+static inline int64_t open_units(const double* __restrict phi, const double* __restrict r, scalar_t* __restrict k,
+                                 int64_t* __restrict open, int64_t H) {
+  int64_t n = 0;
+  for (int64_t j = 0; j < H; ++j) {
+    const double p = phi[j];
+    if (p < r[j]) {
+      const scalar_t v = static_cast<scalar_t>(p < r[j] / 2 ? 2 * p / r[j] : 2 - 2 * p / r[j]);
+      if (v != scalar_t(0)) {
+        k[j] = v;
+        open[n++] = j;
+      }
+    }
+  }
+  return n;
 }
 
 // Accumulates d tau, d s, d r_on of one timestamp's row and returns d t (= -d s summed over units:
@@ -1201,6 +1257,285 @@ std::vector<Tensor> time_gate_backward(const Tensor& dk, const Tensor& times, co
   return {sums[0], sums[1], sums[2], d_times};
 }
 
+// ---------------------------------------------------------------------------------------------
+// Inference without gradients: one direction of the LSTM / peephole / Phased LSTM, the time gate
+// computed inline, and (sparse) only the units whose gate is open
+// ---------------------------------------------------------------------------------------------
+// At evaluation the Phased LSTM's leak is 0, so a unit whose gate is closed (k_t = 0) keeps h and
+// c exactly: the dense loop computes its gates and then multiplies them by 0 (c = 0 c~ + 1 c_prev,
+// which is c_prev to the bit while c~ is finite). Here, per step and sequence, the phase of every
+// unit gives k_t; only the open units (k_t > 0) get their four rows of the input and recurrent
+// products (row-by-row dot products on the weights as stored: nothing is packed, so a call of
+// one step costs what its step costs) and their element-wise update, in place; the state of
+// every other unit is not touched. With sparse = false every unit is computed (the same row
+// products, all rows): what a call of a few steps uses, for the layers without a time gate too.
+//
+// Inputs: x (T, B, I); times (T,) shared by the batch, (B, T), or empty for the step index (any
+// real dtype: float64 is used, and a dtype that cannot hold the values exactly is reported);
+// h0, c0 with B * H values; w_ih (4H, I); w_hh (4H, H); b_ih, b_hh (4H,) or empty; w_ci, w_cf,
+// w_co (H,) or empty; tau, s, r_on (H,) or empty (no time gate); lengths (B,) int64 or empty.
+// Returns ([out (T, B, H), h_n (1, B, H), c_n (1, B, H)], status, open): status 0 = computed;
+// 1 = tau, s or r_on not finite; 2 = a timestamp not finite; 3 = timestamps beyond what their
+// dtype holds exactly; 4 = x's dtype is not the weights' (nothing computed: the caller's checks
+// say what is wrong). open = the unit-steps computed (valid steps only).
+
+#if defined(__AVX2__) && defined(__FMA__)
+static inline float hsum(__m256 v) {
+  const __m128 q = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  const __m128 d = _mm_add_ps(q, _mm_movehl_ps(q, q));
+  return _mm_cvtss_f32(_mm_add_ss(d, _mm_movehdup_ps(d)));
+}
+static inline double hsum(__m256d v) {
+  const __m128d q = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+  return _mm_cvtsd_f64(_mm_add_sd(q, _mm_unpackhi_pd(q, q)));
+}
+#endif
+
+template <typename T>
+static inline void dot4(const T* __restrict r0, const T* __restrict r1, const T* __restrict r2,
+                        const T* __restrict r3, const T* __restrict v, int64_t n, T& s0, T& s1, T& s2, T& s3) {
+  int64_t k = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+  // four rows against one vector, 8 floats (4 doubles) at a time; the tail below (AVX2, which
+  // AVX-512 CPUs have too: one code path, tested wherever the tests run)
+  if constexpr (std::is_same_v<T, float>) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (; k + 8 <= n; k += 8) {
+      const __m256 x = _mm256_loadu_ps(v + k);
+      a0 = _mm256_fmadd_ps(_mm256_loadu_ps(r0 + k), x, a0);
+      a1 = _mm256_fmadd_ps(_mm256_loadu_ps(r1 + k), x, a1);
+      a2 = _mm256_fmadd_ps(_mm256_loadu_ps(r2 + k), x, a2);
+      a3 = _mm256_fmadd_ps(_mm256_loadu_ps(r3 + k), x, a3);
+    }
+    s0 += hsum(a0);
+    s1 += hsum(a1);
+    s2 += hsum(a2);
+    s3 += hsum(a3);
+  } else {
+    __m256d a0 = _mm256_setzero_pd(), a1 = a0, a2 = a0, a3 = a0;
+    for (; k + 4 <= n; k += 4) {
+      const __m256d x = _mm256_loadu_pd(v + k);
+      a0 = _mm256_fmadd_pd(_mm256_loadu_pd(r0 + k), x, a0);
+      a1 = _mm256_fmadd_pd(_mm256_loadu_pd(r1 + k), x, a1);
+      a2 = _mm256_fmadd_pd(_mm256_loadu_pd(r2 + k), x, a2);
+      a3 = _mm256_fmadd_pd(_mm256_loadu_pd(r3 + k), x, a3);
+    }
+    s0 += hsum(a0);
+    s1 += hsum(a1);
+    s2 += hsum(a2);
+    s3 += hsum(a3);
+  }
+#endif
+  T a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+  for (; k < n; ++k) {
+    a0 += r0[k] * v[k];
+    a1 += r1[k] * v[k];
+    a2 += r2[k] * v[k];
+    a3 += r3[k] * v[k];
+  }
+  s0 += a0;
+  s1 += a1;
+  s2 += a2;
+  s3 += a3;
+}
+
+template <typename scalar_t>
+struct InferArgs {
+  const scalar_t *x, *w_ih, *w_hh, *b_ih, *b_hh, *wci, *wcf, *wco;
+  const double* times;  // (T,) shared or (B, T), or null: the step index
+  bool shared;
+  const int64_t* len;
+  int64_t T, B, I, H;
+  double leak;
+  bool sparse;
+};
+
+// The pre-activations of unit j's four gate rows for one sequence: b + W_ih x + W_hh h.
+template <typename scalar_t>
+static inline void unit_gates(const InferArgs<scalar_t>& A, int64_t j, const scalar_t* x, const scalar_t* h,
+                              scalar_t* a) {
+  const int64_t H = A.H, I = A.I;
+  for (int q = 0; q < 4; ++q) a[q] = A.b_ih != nullptr ? A.b_ih[q * H + j] + A.b_hh[q * H + j] : scalar_t(0);
+  dot4(A.w_ih + j * I, A.w_ih + (H + j) * I, A.w_ih + (2 * H + j) * I, A.w_ih + (3 * H + j) * I, x, I, a[0], a[1],
+       a[2], a[3]);
+  dot4(A.w_hh + j * H, A.w_hh + (H + j) * H, A.w_hh + (2 * H + j) * H, A.w_hh + (3 * H + j) * H, h, H, a[0], a[1],
+       a[2], a[3]);
+}
+
+// Every row: G (4H) = b + W_ih x + W_hh h.
+template <typename scalar_t>
+static inline void all_gates(const InferArgs<scalar_t>& A, const scalar_t* x, const scalar_t* h, scalar_t* G) {
+  const int64_t H = A.H, I = A.I;
+  for (int64_t r = 0; r < 4 * H; r += 4) {  // (4H is a multiple of 4)
+    scalar_t* g = G + r;
+    for (int q = 0; q < 4; ++q) g[q] = A.b_ih != nullptr ? A.b_ih[r + q] + A.b_hh[r + q] : scalar_t(0);
+    const scalar_t *wi = A.w_ih + r * I, *wh = A.w_hh + r * H;
+    dot4(wi, wi + I, wi + 2 * I, wi + 3 * I, x, I, g[0], g[1], g[2], g[3]);
+    dot4(wh, wh + H, wh + 2 * H, wh + 3 * H, h, H, g[0], g[1], g[2], g[3]);
+  }
+}
+
+// One open unit's update from its pre-activations a (i, f, g, o), in place; the equations of
+// forward_row.
+template <typename scalar_t, bool PEEP, bool PHASED>
+static inline void unit_update(const InferArgs<scalar_t>& A, int64_t j, const scalar_t* a, scalar_t kj, scalar_t* h,
+                               scalar_t* c) {
+  scalar_t ai = a[0], af = a[1], ao = a[3];
+  const scalar_t c_prev = c[j];
+  if (PEEP) {
+    ai += A.wci[j] * c_prev;
+    af += A.wcf[j] * c_prev;
+  }
+  const scalar_t i = sigm(ai), f = sigm(af), g = tanh_(a[2]);
+  const scalar_t cc = f * c_prev + i * g;
+  if (PEEP) ao += A.wco[j] * cc;
+  const scalar_t hh = sigm(ao) * tanh_(cc);
+  if (PHASED) {
+    c[j] = kj * cc + (1 - kj) * c_prev;
+    h[j] = kj * hh + (1 - kj) * h[j];
+  } else {
+    c[j] = cc;
+    h[j] = hh;
+  }
+}
+
+template <typename scalar_t, bool PEEP, bool PHASED>
+int64_t infer_loop(const InferArgs<scalar_t>& A, const GateUnits* gu, scalar_t* HS, scalar_t* CS, scalar_t* O) {
+  const int64_t T = A.T, B = A.B, I = A.I, H = A.H, BH = B * H;
+  const bool sparse = PHASED && A.sparse;
+  std::vector<int64_t> counts(std::max<int64_t>(1, at::get_num_threads()), 0);
+  at::parallel_for(0, B, batch_grain(B), [&](int64_t b0, int64_t b1) {
+    const int64_t Bt = b1 - b0;
+    std::vector<double> phi(PHASED ? H : 0);
+    std::vector<scalar_t> kk(PHASED ? H : 0), G((sparse && A.shared ? Bt : 1) * 4 * H), hp(H);
+    std::vector<int64_t> open(H);
+    int64_t n_open = 0, computed = 0;
+    auto gate_row = [&](double t) {  // k of every unit at time t (sparse: of the open ones, listed)
+      phase_row(t, gu->s.data(), gu->te.data(), phi.data(), H);
+      if (sparse) n_open = open_units(phi.data(), gu->r.data(), kk.data(), open.data(), H);
+      else gate_forward_row(phi.data(), gu->r.data(), A.leak, kk.data(), H);
+    };
+    auto valid = [&](int64_t b, int64_t t) { return A.len == nullptr || t < A.len[b]; };
+    for (int64_t t = 0; t < T; ++t) {
+      const scalar_t* xt = A.x + t * B * I;
+      if (sparse && A.shared) {
+        // one open set for the batch: each open unit's four rows against every sequence of this
+        // thread while they are in cache, then the updates (they read the previous h of every unit)
+        gate_row(A.times != nullptr ? A.times[t] : double(t));
+        for (int64_t u = 0; u < n_open; ++u)
+          for (int64_t b = b0; b < b1; ++b)
+            if (valid(b, t)) unit_gates(A, open[u], xt + b * I, HS + b * H, G.data() + ((b - b0) * H + u) * 4);
+        for (int64_t b = b0; b < b1; ++b) {
+          scalar_t *h = HS + b * H, *c = CS + b * H, *o = O + t * BH + b * H;
+          if (!valid(b, t)) {
+            zero_row(o, H);
+            continue;
+          }
+          const scalar_t* g = G.data() + (b - b0) * H * 4;
+          for (int64_t u = 0; u < n_open; ++u)
+            unit_update<scalar_t, PEEP, PHASED>(A, open[u], g + 4 * u, kk[open[u]], h, c);
+          computed += n_open;
+          copy_row(h, o, H);
+        }
+        continue;
+      }
+      if (PHASED && A.shared) gate_row(A.times != nullptr ? A.times[t] : double(t));
+      for (int64_t b = b0; b < b1; ++b) {
+        scalar_t *h = HS + b * H, *c = CS + b * H, *o = O + t * BH + b * H;
+        if (!valid(b, t)) {  // past the end: state kept, output zero
+          zero_row(o, H);
+          continue;
+        }
+        if (PHASED && !A.shared) gate_row(A.times != nullptr ? A.times[b * T + t] : double(t));
+        if (sparse) {
+          for (int64_t u = 0; u < n_open; ++u) unit_gates(A, open[u], xt + b * I, h, G.data() + 4 * u);
+          for (int64_t u = 0; u < n_open; ++u)
+            unit_update<scalar_t, PEEP, PHASED>(A, open[u], G.data() + 4 * u, kk[open[u]], h, c);
+          computed += n_open;
+        } else {
+          all_gates(A, xt + b * I, h, G.data());
+          copy_row(h, hp.data(), H);
+          forward_row<scalar_t, PEEP, PHASED, false>(G.data(), G.data() + H, G.data() + 2 * H, G.data() + 3 * H,
+                                                     hp.data(), c, h, c, nullptr, A.wci, A.wcf, A.wco,
+                                                     PHASED ? kk.data() : nullptr, H);
+          computed += H;
+        }
+        copy_row(h, o, H);
+      }
+    }
+    counts[at::get_thread_num()] += computed;
+  });
+  int64_t total = 0;
+  for (int64_t v : counts) total += v;
+  return total;
+}
+
+std::tuple<std::vector<Tensor>, int64_t, int64_t> infer_forward(
+    const Tensor& x, const Tensor& times, const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
+    const Tensor& b_ih, const Tensor& b_hh, const Tensor& w_ci, const Tensor& w_cf, const Tensor& w_co,
+    const Tensor& tau, const Tensor& s, const Tensor& r_on, double leak, const Tensor& lengths, bool sparse) {
+  TORCH_CHECK(x.dim() == 3, "x must be (T, B, I)");
+  const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = w_hh.size(1);
+  TORCH_CHECK(w_ih.size(0) == 4 * H && w_hh.size(0) == 4 * H && w_ih.size(1) == I, "weights do not fit");
+  TORCH_CHECK(h0.numel() == B * H && c0.numel() == B * H, "h0 and c0 must hold B * H values");
+  const bool phased = present(tau), peephole = present(w_ci);
+  std::vector<Tensor> none;
+  if (x.scalar_type() != w_ih.scalar_type() || h0.scalar_type() != w_ih.scalar_type() ||
+      c0.scalar_type() != w_ih.scalar_type())
+    return {none, 4, 0};
+  Tensor t64;
+  if (present(times)) {  // checked for every layer (as the reference does); used by the time gate
+    TORCH_CHECK(times.numel() == T || times.numel() == B * T, "times must be (T,) or (B, T)");
+    const auto dt = times.scalar_type();
+    t64 = (dt == at::kDouble ? times : times.to(at::kDouble)).contiguous();
+    const double* tp = t64.data_ptr<double>();
+    const int64_t n = t64.numel();
+    double top = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      if (!is_finite_bits(tp[i])) return {none, 2, 0};
+      top = std::max(top, std::fabs(tp[i]));
+    }
+    const double exact = dt == at::kFloat ? 16777216.0 : dt == at::kHalf ? 2048.0
+                       : dt == at::kBFloat16 ? 256.0 : dt == at::kLong ? 9007199254740992.0 : -1.0;
+    if (exact >= 0 && top > exact) return {none, 3, 0};
+  }
+  auto opts = x.options();
+  Tensor out = at::empty({T, B, H}, opts);
+  Tensor hn = h0.reshape({1, B, H}).clone(at::MemoryFormat::Contiguous);
+  Tensor cn = c0.reshape({1, B, H}).clone(at::MemoryFormat::Contiguous);
+  const Tensor xc = x.contiguous(), wi = w_ih.contiguous(), w = w_hh.contiguous();
+  const bool bias = present(b_ih);
+  const Tensor bi = bias ? b_ih.contiguous() : b_ih, bh = bias ? b_hh.contiguous() : b_hh;
+  const Tensor pi = peephole ? w_ci.contiguous() : w_ci, pf = peephole ? w_cf.contiguous() : w_cf,
+               po = peephole ? w_co.contiguous() : w_co;
+  const int64_t* len = present(lengths) ? lengths.data_ptr<int64_t>() : nullptr;
+  int64_t status = 0, computed = 0;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "infer_forward", [&] {
+    std::unique_ptr<GateUnits> gu;
+    if (phased) {
+      const Tensor ta = tau.contiguous(), sc = s.contiguous(), rc = r_on.contiguous();
+      const scalar_t *pt = ta.data_ptr<scalar_t>(), *ps = sc.data_ptr<scalar_t>(), *pr = rc.data_ptr<scalar_t>();
+      for (int64_t j = 0; j < H; ++j)
+        if (!is_finite_bits(pt[j]) || !is_finite_bits(ps[j]) || !is_finite_bits(pr[j])) status = 1;
+      if (status == 0) gu = std::make_unique<GateUnits>(pt, ps, pr, H);
+    }
+    if (status != 0) return;
+    InferArgs<scalar_t> A{xc.data_ptr<scalar_t>(), wi.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(),
+                          bias ? bi.data_ptr<scalar_t>() : nullptr, bias ? bh.data_ptr<scalar_t>() : nullptr,
+                          peephole ? pi.data_ptr<scalar_t>() : nullptr, peephole ? pf.data_ptr<scalar_t>() : nullptr,
+                          peephole ? po.data_ptr<scalar_t>() : nullptr,
+                          t64.defined() ? t64.data_ptr<double>() : nullptr, !t64.defined() || t64.numel() == T, len,
+                          T, B, I, H, leak, sparse && phased && leak == 0.0};
+    scalar_t *HS = hn.data_ptr<scalar_t>(), *CS = cn.data_ptr<scalar_t>(), *O = out.data_ptr<scalar_t>();
+    if (phased && peephole) computed = infer_loop<scalar_t, true, true>(A, gu.get(), HS, CS, O);
+    else if (phased) computed = infer_loop<scalar_t, false, true>(A, gu.get(), HS, CS, O);
+    else if (peephole) computed = infer_loop<scalar_t, true, false>(A, nullptr, HS, CS, O);
+    else computed = infer_loop<scalar_t, false, false>(A, nullptr, HS, CS, O);
+  });
+  if (status != 0) return {none, status, 0};
+  return {{out, hn, cn}, 0, computed};
+}
+
 // The same forwards for graphs (torch.compile, torch.export): no output aliases another (eager
 // returns the output as a view of the saved states, and in inference h_n as the state buffer
 // itself, to save memory; a compiler that may reuse one output's buffer must never see that).
@@ -1254,6 +1589,9 @@ TORCH_LIBRARY(phasedlstm_fused, m) {
         "Tensor k, Tensor lengths, bool save) -> Tensor[]");
   m.def("ln_forward_graph(Tensor x, Tensor w_ih, Tensor g_ih, Tensor b_ih, Tensor w_hh, Tensor h0, Tensor c0, "
         "Tensor g_hh, Tensor b_hh, Tensor g_c, Tensor b_c, Tensor lengths, bool save) -> Tensor[]");
+  m.def("infer_forward(Tensor x, Tensor times, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, Tensor b_ih, "
+        "Tensor b_hh, Tensor w_ci, Tensor w_cf, Tensor w_co, Tensor tau, Tensor s, Tensor r_on, float leak, "
+        "Tensor lengths, bool sparse) -> (Tensor[], int, int)");
   m.def("ln_backward(Tensor grad_out, Tensor grad_hn, Tensor grad_cn, Tensor x, Tensor w_ih, Tensor g_ih, "
         "Tensor b_ih, Tensor w_hh, Tensor g_hh, Tensor b_hh, Tensor g_c, Tensor b_c, Tensor lengths, "
         "Tensor rih, Tensor zhh, Tensor rhh, Tensor zc, Tensor rc, Tensor hs, Tensor cs) -> Tensor[]");
@@ -1268,4 +1606,5 @@ TORCH_LIBRARY_IMPL(phasedlstm_fused, CPU, m) {
   m.impl("ln_backward", &ln_backward);
   m.impl("lstm_forward_graph", &lstm_forward_graph);
   m.impl("ln_forward_graph", &ln_forward_graph);
+  m.impl("infer_forward", &infer_forward);
 }

@@ -1,0 +1,297 @@
+"""Inference without gradients (fast.infer): the Phased LSTM's sparse updates and the one-step
+streaming path equal the dense fused loop and the reference, and never run where gradients or
+the training-mode leak are needed."""
+
+import copy
+import math
+import os
+import warnings
+
+import pytest
+import torch
+
+from phasedlstm import LSTM, PeepholeLSTM, PhasedLSTM, fast
+
+if os.environ.get("PHASEDLSTM_REQUIRE_EXT") == "1" and not fast.available():  # CI sets it: no silent skip
+    raise RuntimeError(f"PHASEDLSTM_REQUIRE_EXT=1 but the fused kernels are unavailable: {fast.unavailable_reason()}")
+pytestmark = pytest.mark.skipif(not fast.available(), reason=f"fused kernels unavailable: {fast.unavailable_reason()}")
+
+# float64 to 1e-12 and float32 to 1e-5, relative to each tensor's largest value
+TOL = {torch.float64: 1e-12, torch.float32: 1e-5}
+
+
+def _close(a, b, dtype, what=""):
+    scale = float(a.abs().max()) or 1.0
+    err = float((a - b).abs().max())
+    assert err <= TOL[dtype] * scale, f"{what}: max difference {err:.3g} (scale {scale:.3g})"
+
+
+def _phased(dtype, I=3, H=24, learned_r_on=True, **kw):
+    m = PhasedLSTM(I, H, batch_first=True, period_init=(0.5, 3.0), dtype=dtype, **kw)
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if name.startswith("weight_c"):
+                p.add_(torch.randn_like(p) * 0.3)
+            if learned_r_on and name.startswith("r_on"):  # open ratios of different sizes, as training leaves them
+                p.copy_(torch.empty_like(p).uniform_(0.005, 0.3))
+    return m.eval()
+
+
+def _times(B, T, shared, dtype=torch.float64, scale=0.3, origin=0.0):
+    if shared:
+        return origin + torch.cumsum(torch.rand(T, dtype=torch.float64) * scale, 0).to(dtype)
+    return origin + torch.cumsum(torch.rand(B, T, dtype=torch.float64) * scale, 1).to(dtype)
+
+
+def _three(m, x, times, lengths=None, hx=None):
+    """(sparse, dense fused, reference) outputs of the eval-mode layer, without gradients."""
+    dense = copy.deepcopy(m)
+    dense.sparse_inference = False
+    ref = copy.deepcopy(m)
+    ref.impl = "reference"
+    with torch.no_grad():
+        return [mod(x, hx, times=times, lengths=lengths) for mod in (m, dense, ref)], m.last_open_fraction
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("layers,bidirectional", [(1, False), (2, False), (1, True), (2, True)])
+@pytest.mark.parametrize("shared", [True, False])
+@pytest.mark.parametrize("with_lengths", [False, True])
+def test_sparse_equals_dense_and_reference(dtype, layers, bidirectional, shared, with_lengths):
+    torch.manual_seed(1)
+    m = _phased(dtype, num_layers=layers, bidirectional=bidirectional)
+    B, T = 4, 40
+    x = torch.randn(B, T, 3, dtype=dtype)
+    lengths = torch.tensor([T, 1, 17, 33]) if with_lengths else None
+    (sp, de, ref), frac = _three(m, x, _times(B, T, shared), lengths)
+    for name, a, b, c in zip(("output", "h_n", "c_n"), (sp[0], *sp[1]), (de[0], *de[1]), (ref[0], *ref[1])):
+        _close(b, a, dtype, f"sparse vs dense {name}")
+        _close(c, a, dtype, f"sparse vs reference {name}")
+    assert frac is not None and 0 < frac < 0.5  # it ran, and skipped most unit-steps
+
+
+@pytest.mark.parametrize("peepholes", [True, False])
+def test_sparse_without_bias_or_peepholes(peepholes):
+    torch.manual_seed(2)
+    m = _phased(torch.float64, bias=False, peepholes=peepholes)
+    x = torch.randn(3, 30, 3, dtype=torch.float64)
+    (sp, de, ref), _ = _three(m, x, _times(3, 30, False))
+    _close(ref[0], sp[0], torch.float64, "output")
+    _close(de[1][1], sp[1][1], torch.float64, "c_n")
+
+
+def test_closed_units_keep_their_state_exactly():
+    torch.manual_seed(3)
+    m = _phased(torch.float32, H=32)
+    B, T = 2, 60
+    x = torch.randn(B, T, 3)
+    times = _times(B, T, False)
+    with torch.no_grad():
+        out, _ = m(x, times=times)
+        k = m.time_gates(times.t().contiguous())  # (T, B, H) in eval mode
+    closed = (k[1:] == 0).transpose(0, 1)  # (B, T-1, H)
+    assert closed.any() and (~closed).any()
+    assert torch.equal(out[:, 1:][closed], out[:, :-1][closed])  # to the bit
+
+
+def test_sparse_at_nanosecond_timestamps():
+    """int64 nanoseconds since the epoch (beyond 2**53 a warning; here below it): the inline gate
+    is the separate gate kernel's, so sparse equals dense and the reference."""
+    torch.manual_seed(4)
+    m = _phased(torch.float64, H=16)
+    with torch.no_grad():
+        m.period_l0.copy_(torch.empty(16).uniform_(1e6, 1e8))  # periods of 1-100 ms in ns
+        m.shift_l0.copy_(torch.empty(16).uniform_(0, 1e8))
+    B, T = 2, 50
+    t = (1_600_000_000_000_000 + torch.cumsum(torch.randint(1_000_000, 5_000_000, (B, T)), 1))  # < 2**53
+    x = torch.randn(B, T, 3, dtype=torch.float64)
+    (sp, de, ref), frac = _three(m, x, t)
+    _close(ref[0], sp[0], torch.float64, "output")
+    _close(de[0], sp[0], torch.float64, "output")
+    assert frac > 0
+
+
+def test_open_fraction_matches_r_on():
+    torch.manual_seed(5)
+    m = _phased(torch.float32, H=64, learned_r_on=False, r_on=0.05)
+    x = torch.randn(2, 2000, 3)
+    with torch.no_grad():
+        m(x, times=_times(2, 2000, True, scale=0.7))
+    assert 0.03 < m.last_open_fraction < 0.07
+
+
+def test_never_in_training_or_with_gradients(monkeypatch):
+    torch.manual_seed(6)
+    m = _phased(torch.float32)
+    x = torch.randn(2, 10, 3)
+    times = _times(2, 10, False)
+    calls = []
+    real = fast.infer
+    monkeypatch.setattr(fast, "infer", lambda *a, **k: calls.append(a[-1]) or real(*a, **k))
+    out, _ = m(x, times=times)  # eval, gradients on: the autograd path
+    assert out.requires_grad and calls == []
+    m.train()
+    with torch.no_grad():  # training mode: the leak is on, nothing is skipped
+        m(x, times=times)
+        m(x[:, :1], times=times[:, :1])
+    assert True not in calls  # (a one-step call may run every unit: sparse=False)
+    m.eval()
+    with torch.no_grad():
+        m(x, times=times)
+    assert calls[-1] is True
+    m.sparse_inference = False
+    calls.clear()
+    with torch.no_grad():
+        m(x, times=times)
+        m(x[:, :1], times=times[:, :1])
+    assert True not in calls
+
+
+def test_training_mode_without_gradients_keeps_the_leak():
+    torch.manual_seed(7)
+    m = _phased(torch.float64).train()
+    ref = copy.deepcopy(m)
+    ref.impl = "reference"
+    x = torch.randn(2, 12, 3, dtype=torch.float64)
+    t = _times(2, 12, False)
+    with torch.no_grad():
+        for T in (1, 12):
+            _close(ref(x[:, :T], times=t[:, :T])[0], m(x[:, :T], times=t[:, :T])[0], torch.float64, f"T={T}")
+
+
+# -- streaming: one call per event -------------------------------------------------------------------
+
+def _stream(m, x, times, chunk, hx=None):
+    outs = []
+    T = x.shape[1]
+    with torch.no_grad():
+        for i in range(0, T, chunk):
+            ti = None if times is None else (times[i:i + chunk] if times.dim() == 1 else times[:, i:i + chunk])
+            o, hx = m(x[:, i:i + chunk], hx, times=ti)
+            outs.append(o)
+    return torch.cat(outs, 1), hx
+
+
+@pytest.mark.parametrize("cls", [LSTM, PeepholeLSTM, PhasedLSTM])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("chunk", [1, 7])
+@pytest.mark.parametrize("shared", [True, False])
+def test_streaming_equals_one_call(cls, dtype, chunk, shared):
+    torch.manual_seed(8)
+    m = _phased(dtype, num_layers=2) if cls is PhasedLSTM else cls(3, 24, num_layers=2, batch_first=True,
+                                                                    dtype=dtype).eval()
+    ref = copy.deepcopy(m)
+    ref.impl = "reference"
+    B, T = 3, 29
+    x = torch.randn(B, T, 3, dtype=dtype)
+    times = _times(B, T, shared)
+    with torch.no_grad():
+        full, (h, c) = ref(x, times=times)
+    out, (hs, cs) = _stream(m, x, times, chunk)
+    _close(full, out, dtype, "output")
+    _close(h, hs, dtype, "h_n")
+    _close(c, cs, dtype, "c_n")
+
+
+@pytest.mark.parametrize("cls", [LSTM, PhasedLSTM])
+def test_one_step_calls_equal_the_reference_bidirectional(cls):
+    """Bidirectional layers called one step at a time (each call its own one-step sequence)."""
+    torch.manual_seed(9)
+    m = _phased(torch.float64, num_layers=2, bidirectional=True) if cls is PhasedLSTM else \
+        cls(3, 8, num_layers=2, bidirectional=True, batch_first=True, dtype=torch.float64).eval()
+    ref = copy.deepcopy(m)
+    ref.impl = "reference"
+    x = torch.randn(2, 9, 3, dtype=torch.float64)
+    t = _times(2, 9, False)
+    a, ha = _stream(m, x, t, 1)
+    b, hb = _stream(ref, x, t, 1)
+    _close(b, a, torch.float64, "output")
+    _close(hb[0], ha[0], torch.float64, "h_n")
+
+
+def test_one_step_call_forms():
+    """The short path keeps the layer's conventions: time-major input, unbatched input, no hx,
+    times as (B, 1), (1,) or absent, int and float32 timestamps, a learned initial state."""
+    torch.manual_seed(10)
+    for kw in ({}, {"learn_initial_state": True}):
+        m = PhasedLSTM(3, 8, r_on=0.5, **kw).eval()  # time-major
+        ref = copy.deepcopy(m)
+        ref.impl = "reference"
+        x = torch.randn(1, 4, 3)
+        h = (torch.randn(1, 4, 8), torch.randn(1, 4, 8))
+        with torch.no_grad():
+            for args in ((x, h, torch.full((4, 1), 3.5, dtype=torch.float64)), (x, None, torch.tensor([2.0])),
+                         (x, h, None), (x, h, torch.tensor([7])), (x, h, torch.full((4, 1), 1.25)),
+                         (x[:, 0], (h[0][:, 0], h[1][:, 0]), torch.tensor([2.0]))):
+                o1, (h1, c1) = m(args[0], args[1], times=args[2])
+                o2, (h2, c2) = ref(args[0], args[1], times=args[2])
+                assert o1.shape == o2.shape and h1.shape == h2.shape
+                _close(o2, o1, torch.float32, "output")
+                _close(c2, c1, torch.float32, "c_n")
+
+
+def test_one_step_call_checks_its_input():
+    m = PhasedLSTM(3, 8, batch_first=True).eval()
+    x = torch.randn(2, 1, 3)
+    h = (torch.zeros(1, 2, 8), torch.zeros(1, 2, 8))
+    with torch.no_grad():
+        with pytest.raises(ValueError, match="times must be finite"):
+            m(x, h, times=torch.tensor([[1.0], [math.nan]]))
+        with pytest.raises(TypeError, match="dtype"):
+            m(x.double(), h, times=torch.ones(2, 1))
+        with pytest.raises(ValueError, match="features"):
+            m(torch.randn(2, 1, 4), h, times=torch.ones(2, 1))
+        with pytest.raises(ValueError):
+            m(x, (torch.zeros(1, 3, 8), torch.zeros(1, 3, 8)), times=torch.ones(2, 1))
+        with pytest.raises(ValueError):
+            m(x, h, times=torch.ones(3, 1))
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            m(x, h, times=torch.full((2, 1), 3e7, dtype=torch.float32))  # beyond float32's integers
+        assert any("cannot resolve" in str(v.message) for v in w)
+        m.period_l0.data[3] = math.inf
+        with pytest.raises(ValueError, match="period_l0 must be finite"):
+            m(x, h, times=torch.ones(2, 1))
+
+
+# -- Stream: the stateful helper ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("cls", [LSTM, PhasedLSTM])
+@pytest.mark.parametrize("batched", [False, True])
+def test_stream_push_equals_one_call(cls, batched):
+    from phasedlstm import Stream
+
+    torch.manual_seed(11)
+    m = _phased(torch.float32, num_layers=2) if cls is PhasedLSTM else cls(3, 24, num_layers=2,
+                                                                             batch_first=True).eval()
+    ref = copy.deepcopy(m)
+    ref.impl = "reference"
+    B, T = (3 if batched else 1), 25
+    x = torch.randn(B, T, 3)
+    times = _times(B, T, False)
+    with torch.no_grad():
+        full, _ = ref(x, times=times)
+    s = Stream(m)
+    for i in range(T):
+        h = s.push(x[:, i] if batched else x[0, i], times[:, i] if batched else float(times[0, i]))
+        assert h.shape == ((B, 24) if batched else (24,))
+        _close(full[:, i] if batched else full[0, i], h, torch.float32, f"step {i}")
+    s.reset()
+    h0 = s.push(x[:, 0] if batched else x[0, 0], times[:, 0] if batched else float(times[0, 0]))
+    _close(full[:, 0] if batched else full[0, 0], h0, torch.float32, "after reset")
+
+
+def test_stream_refuses_time_going_back():
+    from phasedlstm import Stream
+
+    s = Stream(PhasedLSTM(2, 4).eval())
+    s.push(torch.randn(2), 5.0)
+    with pytest.raises(ValueError, match="must not decrease"):
+        s.push(torch.randn(2), 4.0)
+    s.push(torch.randn(2), 5.0)  # equal is allowed
+    b = Stream(PhasedLSTM(2, 4).eval())
+    b.push(torch.randn(3, 2), torch.tensor([1.0, 2.0, 3.0]))
+    with pytest.raises(ValueError, match="must not decrease"):
+        b.push(torch.randn(3, 2), torch.tensor([1.0, 1.5, 3.0]))
+    with pytest.raises(ValueError, match="x_t must be"):
+        b.push(torch.randn(3, 1, 2), 4.0)
