@@ -204,11 +204,11 @@ def _run_one(cfg, run_dir: Path, progress: bool, replace: bool = False, log=prin
     import shutil
     from dataclasses import asdict
 
-    from phasedlstm.train import ConfigError, load_checkpoint, train
+    from phasedlstm.train import ConfigError, load_checkpoint, plain_config, train
 
     ck = load_checkpoint(run_dir / "last.pt") if (run_dir / "last.pt").exists() else None
     if ck is not None:
-        old, new = ck["config"], asdict(cfg)
+        old, new = plain_config(ck["config"]), plain_config(asdict(cfg))
         differ = [k for k in new if k not in _OPERATIONAL and k != "epochs" and old.get(k) != new[k]]
         if not differ and ck["epoch"] > cfg.epochs:
             differ = ["epochs"]

@@ -433,6 +433,11 @@ def train(cfg: TrainConfig | None, run_dir, resume: bool = False, progress: bool
         return _train_locked(cfg, run_dir, resume, progress, extra_epochs, epochs, log)
 
 
+def plain_config(d: dict) -> dict:
+    """A configuration as config.json holds it (tuples become lists), for comparisons."""
+    return json.loads(json.dumps(d))
+
+
 def _train_locked(cfg, run_dir: Path, resume: bool, progress: bool, extra_epochs, epochs, log) -> dict:
     ck = None
     for tmp in run_dir.glob(".*.tmp"):  # half-written files of a killed process (we hold the folder's lock)
@@ -446,9 +451,10 @@ def _train_locked(cfg, run_dir: Path, resume: bool, progress: bool, extra_epochs
             ck = load_checkpoint(run_dir / "last.pt")
             cfg = TrainConfig.from_dict(ck["config"])
             if saved is not None:
-                # config.json mirrors the checkpoint's configuration; an edit would be silently ignored
-                differ = sorted(k for k in set(saved) | set(ck["config"])
-                                if k != "epochs" and saved.get(k) != ck["config"].get(k))
+                # config.json mirrors the checkpoint's configuration; an edit would be silently ignored.
+                # Compared as JSON holds them (a tuple in the checkpoint is a list in config.json).
+                kept = plain_config(ck["config"])
+                differ = sorted(k for k in set(saved) | set(kept) if k != "epochs" and saved.get(k) != kept.get(k))
                 if differ:
                     raise ConfigError(
                         f"{run_dir / 'config.json'} differs from the configuration the run was trained with "

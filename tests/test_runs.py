@@ -115,6 +115,19 @@ def test_resume_refuses_conflicting_flags_and_extends_by_n(tmp_path):
     assert json.loads((run / "config.json").read_text())["epochs"] == 2
 
 
+def test_phased_run_with_tuple_options_resumes(tmp_path):
+    """A Phased LSTM run (period_init is a tuple in the checkpoint, a list in config.json) killed
+    mid-run resumes, through train and through compare: the two forms are the same setting."""
+    run = tmp_path / "phased-seed0"
+    cfg = TrainConfig(**{**CFG, "model": "phased", "epochs": 1, "rnn_options": {"period_init": (1.0, 3.0),
+                                                                                "shift_init": 100.0}})
+    train(cfg, run, **QUIET)
+    train(None, run, resume=True, extra_epochs=1, **QUIET)
+    assert load_checkpoint(run / "last.pt")["epoch"] == 2
+    cli._run_one(TrainConfig(**{**asdict(cfg), "epochs": 3}), run, progress=False, log=lambda *a: None)
+    assert load_checkpoint(run / "last.pt")["epoch"] == 3
+
+
 def test_edited_config_json_is_not_silently_ignored(tmp_path):
     run = tmp_path / "run"
     train(TrainConfig(**{**CFG, "epochs": 1}), run, **QUIET)
