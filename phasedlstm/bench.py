@@ -43,7 +43,11 @@ import time
 
 import torch
 
-SHAPES = [(128, 28, 28, 128), (64, 784, 1, 128), (32, 1000, 1, 110), (256, 100, 32, 256)]
+#: B, T, I, H[, flags]: "ps" gives the Phased LSTM per-sample irregular timestamps (every other
+#: layer ignores times), "2bi" makes every layer a 2-layer bidirectional stack
+SHAPES = [(128, 28, 28, 128), (128, 28, 28, 128, "ps"), (64, 784, 1, 128), (32, 1000, 1, 110),
+          (32, 1000, 1, 110, "ps"), (256, 100, 32, 256), (32, 100, 32, 512), (16, 100, 32, 1024),
+          (64, 100, 32, 128, "2bi")]
 LAYERS = ["lstm", "peephole", "phased", "layernorm"]
 MEMORY_SHAPE = (64, 784, 1, 128)
 
@@ -57,6 +61,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reference", action="store_true", help="also time the reference loops")
     p.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
     p.add_argument("--no-shapes", action="store_true", help="skip the training / forward table")
+    p.add_argument("--sparse-hidden", default="128,256,512", help="H of the sparse section (default: 128,256,512)")
+    p.add_argument("--sparse-steps", type=int, default=1000, help="T of the sparse section (default: 1000)")
+    p.add_argument("--stream-hidden", default="64,128,256", help="H of the streaming section (default: 64,128,256)")
     p.add_argument("--no-sparse", action="store_true", help="skip the Phased LSTM's sparse inference")
     p.add_argument("--no-stream", action="store_true", help="skip the one-step streaming latency")
     p.add_argument("--run", default=None, help="a trained Phased LSTM run folder for the sparse section (default: "
@@ -75,14 +82,40 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _make(name: str, I: int, H: int, impl: str):
+def _make(name: str, I: int, H: int, impl: str, stack: bool = False):
     from phasedlstm import layers
 
+    kw = {"num_layers": 2, "bidirectional": True} if stack else {}
     if name == "torch":
-        return torch.nn.LSTM(I, H)
+        return torch.nn.LSTM(I, H, **kw)
     cls = {"lstm": layers.LSTM, "peephole": layers.PeepholeLSTM, "phased": layers.PhasedLSTM,
            "layernorm": layers.LayerNormLSTM}[name]
-    return cls(I, H, impl=impl)
+    return cls(I, H, impl=impl, **kw)
+
+
+def forward_flops(B, T, I, H, stack=False) -> float:
+    """Multiply-adds x 2 of the matrix products of one forward (the element-wise work is not
+    counted); a training step does about three times as many (forward, dX / dh, dW)."""
+    if not stack:
+        return 2.0 * T * B * 4 * H * (I + H)
+    return 2 * (2.0 * T * B * 4 * H * (I + H)) + 2 * (2.0 * T * B * 4 * H * (2 * H + H))
+
+
+def peak_gflops(threads: int) -> float:
+    """The machine's reference rate: torch.mm of 1024 x 1024 float32 matrices on one thread (its
+    best of 5), times the threads."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    c = torch.empty(1024, 1024)
+    torch.mm(a, b, out=c)
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        torch.mm(a, b, out=c)
+        best = min(best, time.perf_counter() - t0)
+    torch.set_num_threads(old)
+    return 2 * 1024**3 / best / 1e9 * threads
 
 
 class _Case:
@@ -228,20 +261,32 @@ def run(shapes, layers, threads=2, repeats=7, warmup=2, reference=False, memory=
               "fused_kernels_error": None if fast_ok else fast.unavailable_reason(),
               "date": time.strftime("%Y-%m-%d")}
     results = []
-    for (B, T, I, H) in shapes:
+    if shapes:
+        config["peak_gflops"] = peak_gflops(threads)
+        log(f"peak: torch.mm of 1024^3 float32 on one thread x {threads} threads = {config['peak_gflops']:.1f} GFLOP/s")
+    for spec in shapes:
+        B, T, I, H = spec[:4]
+        flags = spec[4] if len(spec) > 4 else ""
+        stack, per_sample = "2bi" in flags, "ps" in flags
         x = torch.randn(T, B, I, requires_grad=True)
-        times = torch.arange(T, dtype=torch.float64)
-        cases = [_Case("torch.nn.LSTM", _make("torch", I, H, "auto"), x, times)]
+        if per_sample:  # irregular, per sequence: gaps drawn from an exponential of mean 1 step
+            g = torch.Generator().manual_seed(0)
+            times = torch.cumsum(torch.empty(B, T, dtype=torch.float64).exponential_(1.0, generator=g), 1)
+        else:
+            times = torch.arange(T, dtype=torch.float64)
+        cases = [_Case("torch.nn.LSTM", _make("torch", I, H, "auto", stack), x, times)]
         for name in layers:
-            cases.append(_Case(name, _make(name, I, H, "auto"), x, times))
+            cases.append(_Case(name, _make(name, I, H, "auto", stack), x, times))
             if reference:
-                cases.append(_Case(name + " (reference)", _make(name, I, H, "reference"), x, times))
-        cases.append(_Bound(B, T, I, H))
-        row = {"shape": [B, T, I, H]}
+                cases.append(_Case(name + " (reference)", _make(name, I, H, "reference", stack), x, times))
+        if not stack:
+            cases.append(_Bound(B, T, I, H))
+        row = {"shape": [B, T, I, H], "per_sample_times": per_sample, "two_layer_bidirectional": stack,
+               "forward_gflop": forward_flops(B, T, I, H, stack) / 1e9}
         for mode, fn in (("train", "train_step"), ("infer", "infer")):
             row[mode] = _median_ms(cases, fn, repeats, warmup)
         results.append(row)
-        log(format_shape(row))
+        log(format_shape(row, config.get("peak_gflops")))
     mem = None
     if memory:
         B, T, I, H = MEMORY_SHAPE
@@ -254,13 +299,14 @@ def run(shapes, layers, threads=2, repeats=7, warmup=2, reference=False, memory=
         log(format_memory(mem))
     sparse_rows, trained, stream_rows = [], None, []
     if sparse:
-        for case in SPARSE_CASES:
-            sparse_rows.append(sparse_case(*case))
+        hidden, steps = sparse if isinstance(sparse, tuple) else (SPARSE_HIDDEN, 1000)
+        for H, B, shared, r_on in sparse_cases(hidden):
+            sparse_rows.append(sparse_case(H, steps, B, shared, r_on))
         if run_dir is not None:
             trained = trained_case(run_dir)
         log(format_sparse(sparse_rows, trained))
     if stream:
-        for H in STREAM_SIZES:
+        for H in (stream if isinstance(stream, tuple) else STREAM_SIZES):
             stream_rows.append(stream_latency(H))
         log(format_stream(stream_rows))
     return {"config": config, "results": results, "memory": mem, "sparse": sparse_rows, "trained": trained,
@@ -269,8 +315,12 @@ def run(shapes, layers, threads=2, repeats=7, warmup=2, reference=False, memory=
 
 # -- inference of the Phased LSTM: dense against sparse ---------------------------------------------
 
-SPARSE_CASES = [(H, 1000, B, shared, r_on) for H in (128, 256, 512) for B in (1, 32) for shared in (True, False)
-                for r_on in (0.05, 0.2)]
+SPARSE_HIDDEN = (128, 256, 512)
+
+
+def sparse_cases(hidden=SPARSE_HIDDEN):
+    """(H, B, shared, r_on) of the sparse section: B in {1, 32}, shared and per-sample, r_on 0.05, 0.2."""
+    return [(H, B, shared, r_on) for H in hidden for B in (1, 32) for shared in (True, False) for r_on in (0.05, 0.2)]
 
 
 def _irregular_times(B: int, T: int, shared: bool, generator: torch.Generator) -> torch.Tensor:
@@ -414,17 +464,24 @@ def format_stream(rows) -> str:
     return "\n".join(lines)
 
 
-def format_shape(row) -> str:
+def format_shape(row, peak=None) -> str:
     B, T, I, H = row["shape"]
     base_t, base_i = row["train"]["torch.nn.LSTM"], row["infer"]["torch.nn.LSTM"]
-    bound_t, bound_i = row["train"]["GEMM bound"], row["infer"]["GEMM bound"]
-    lines = [f"\nB={B} T={T} I={I} H={H}   (median ms; ratio to torch.nn.LSTM / to the GEMM bound)",
-             f"  {'layer':24s} {'train ms':>9s} {'x torch':>8s} {'x bound':>8s}   {'infer ms':>9s} {'x torch':>8s} "
-             f"{'x bound':>8s}"]
+    bound_t, bound_i = row["train"].get("GEMM bound"), row["infer"].get("GEMM bound")
+    what = (", per-sample timestamps" if row.get("per_sample_times") else "") + \
+           (", 2-layer bidirectional" if row.get("two_layer_bidirectional") else "")
+    gf = row.get("forward_gflop")
+    lines = [f"\nB={B} T={T} I={I} H={H}{what}   (median ms; ratio to torch.nn.LSTM / to the GEMM bound; GFLOP/s "
+             f"of the matrix products" + (f", peak {peak:.0f})" if peak else ")"),
+             f"  {'layer':24s} {'train ms':>9s} {'x torch':>8s} {'x bound':>8s} {'GFLOP/s':>8s}   {'infer ms':>9s} "
+             f"{'x torch':>8s} {'x bound':>8s} {'GFLOP/s':>8s}"]
     for label in row["train"]:
         t, i = row["train"][label], row["infer"][label]
-        lines.append(f"  {label:24s} {t:9.1f} {t / base_t:8.2f} {t / bound_t:8.2f}   {i:9.1f} {i / base_i:8.2f} "
-                     f"{i / bound_i:8.2f}")
+        bt = f"{t / bound_t:8.2f}" if bound_t else f"{'-':>8s}"
+        bi = f"{i / bound_i:8.2f}" if bound_i else f"{'-':>8s}"
+        gt = f"{3 * gf / (t / 1000):8.1f}" if gf else f"{'':>8s}"
+        gi = f"{gf / (i / 1000):8.1f}" if gf else f"{'':>8s}"
+        lines.append(f"  {label:24s} {t:9.1f} {t / base_t:8.2f} {bt} {gt}   {i:9.1f} {i / base_i:8.2f} {bi} {gi}")
     return "\n".join(lines)
 
 
@@ -441,12 +498,34 @@ def format_memory(mem) -> str:
 
 
 def parse_shapes(s):
+    """"B,T,I,H[,ps][,2bi];..." -> shape tuples (see SHAPES)."""
     if not s:
         return SHAPES
+    out = []
+    for part in (p.strip() for p in s.split(";")):
+        if not part:
+            continue
+        items = [v.strip() for v in part.split(",")]
+        flags = [v for v in items[4:] if v]
+        try:
+            nums = tuple(int(v) for v in items[:4])
+        except ValueError:
+            nums = ()
+        if len(nums) != 4 or min(nums) < 1 or set(flags) - {"ps", "2bi"}:
+            raise SystemExit(f"error: --shapes wants B,T,I,H[,ps][,2bi];... with positive integers (ps: per-sample "
+                             f"timestamps, 2bi: 2-layer bidirectional), got {part!r}")
+        out.append(nums + ((",".join(flags),) if flags else ()))
+    return out
+
+
+def _sizes(s: str, what: str) -> list[int]:
     try:
-        return [tuple(int(v) for v in part.split(",")) for part in s.split(";") if part.strip()]
+        v = [int(x) for x in s.split(",") if x.strip()]
     except ValueError:
-        raise SystemExit(f"error: --shapes wants B,T,I,H;B,T,I,H;..., got {s!r}") from None
+        v = []
+    if not v or min(v) < 1:
+        raise SystemExit(f"error: {what} wants positive integers separated by commas, got {s!r}")
+    return v
 
 
 def main(args) -> int:
@@ -463,9 +542,14 @@ def main(args) -> int:
         run_dir = str(default) if (default / "config.json").exists() else None
     elif run_dir == "none":
         run_dir = None
+    sparse_hidden = tuple(_sizes(args.sparse_hidden, "--sparse-hidden"))
+    stream_hidden = tuple(_sizes(args.stream_hidden, "--stream-hidden"))
+    if args.sparse_steps < 1:
+        raise SystemExit(f"error: --sparse-steps wants a positive integer, got {args.sparse_steps}")
     out = run([] if args.no_shapes else parse_shapes(args.shapes), layers, args.threads, args.repeats, args.warmup,
-              args.reference, not args.no_memory, log=lambda s: print(s, flush=True), sparse=not args.no_sparse,
-              stream=not args.no_stream, run_dir=run_dir)
+              args.reference, not args.no_memory, log=lambda s: print(s, flush=True),
+              sparse=False if args.no_sparse else (sparse_hidden, args.sparse_steps),
+              stream=False if args.no_stream else stream_hidden, run_dir=run_dir)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=2)

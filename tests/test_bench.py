@@ -7,16 +7,28 @@ import sys
 
 def test_bench_smoke(tmp_path):
     out = tmp_path / "bench.json"
-    r = subprocess.run([sys.executable, "-m", "phasedlstm", "bench", "--shapes", "3,4,2,5;2,3,1,4", "--repeats", "1",
-                        "--warmup", "0", "--no-memory", "--reference", "--json", str(out)],
+    r = subprocess.run([sys.executable, "-m", "phasedlstm", "bench", "--shapes", "3,4,2,5;2,3,1,4;2,3,1,4,ps,2bi",
+                        "--repeats", "1", "--warmup", "0", "--no-memory", "--reference", "--sparse-hidden", "8",
+                        "--sparse-steps", "20", "--stream-hidden", "8", "--run", "none", "--json", str(out)],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     data = json.loads(out.read_text())
-    assert {"torch", "threads", "cpu", "fused_kernels", "date"} <= set(data["config"])
-    assert [row["shape"] for row in data["results"]] == [[3, 4, 2, 5], [2, 3, 1, 4]]
+    assert {"torch", "threads", "cpu", "fused_kernels", "date", "peak_gflops"} <= set(data["config"])
+    assert [row["shape"] for row in data["results"]] == [[3, 4, 2, 5], [2, 3, 1, 4], [2, 3, 1, 4]]
+    assert data["results"][2]["per_sample_times"] and data["results"][2]["two_layer_bidirectional"]
+    assert "GFLOP/s" in r.stdout and "2-layer bidirectional" in r.stdout
+    # the sparse section: 8 cases at H = 8 (B 1 / 32, shared / per-sample, r_on 0.05 / 0.2), open fractions measured
+    assert len(data["sparse"]) == 8 and all(0 <= c["open_fraction"] <= 1 for c in data["sparse"])
+    assert {c["r_on"] for c in data["sparse"]} == {0.05, 0.2} and "speed-up" in r.stdout
+    assert [row["H"] for row in data["stream"]] == [8] and "Stream.push (phased)" in data["stream"][0]["us"]
     labels = set(data["results"][0]["train"])
     assert {"torch.nn.LSTM", "lstm", "peephole", "phased", "layernorm", "phased (reference)", "GEMM bound"} <= labels
     assert "x torch" in r.stdout and "x bound" in r.stdout
     bad = subprocess.run([sys.executable, "-m", "phasedlstm", "bench", "--layers", "gru"], capture_output=True,
                          text=True, timeout=120)
     assert bad.returncode != 0 and "unknown layers ['gru']" in bad.stderr
+    for args, msg in ((["--shapes", "3,4,2"], "B,T,I,H"), (["--shapes", "3,4,2,5,xx"], "B,T,I,H"),
+                      (["--sparse-hidden", "a"], "--sparse-hidden"), (["--sparse-steps", "0"], "--sparse-steps")):
+        bad = subprocess.run([sys.executable, "-m", "phasedlstm", "bench", *args], capture_output=True, text=True,
+                             timeout=120)
+        assert bad.returncode != 0 and msg in bad.stderr, (args, bad.stderr)
