@@ -92,6 +92,10 @@ def _add_training_args(p: argparse.ArgumentParser, single: bool = True, epochs: 
     g.add_argument("--epochs", type=_int_at_least(1), default=epochs, help=f"(default: {epochs})")
     g.add_argument("--batch-size", type=_int_at_least(1), default=32, help="(default: 32)")
     g.add_argument("--lr", type=_finite(0.0, True), default=1e-3, help="Adam learning rate (default: 1e-3)")
+    g.add_argument("--lr-decay", type=_finite(0.0, True), default=1.0,
+                   help="multiply the learning rate by this every --lr-decay-every epochs, in (0, 1] (default: 1, "
+                        "constant)")
+    g.add_argument("--lr-decay-every", type=_int_at_least(1), default=10, help="(default: 10)")
     g.add_argument("--clip", type=_finite(0.0, False), default=10.0, help="gradient-norm clipping, 0 for none (default: 10)")
     if single:
         g.add_argument("--seed", type=_int_at_least(0), default=0,
@@ -188,7 +192,8 @@ def _config(args, task: str, model: str, seed: int):
             rnn[k] = v
     return TrainConfig(task=task, model=model, hidden_size=args.hidden_size, layers=args.layers,
                        proj_size=args.proj_size, pooling=args.pooling, dropout=args.dropout, epochs=args.epochs,
-                       batch_size=args.batch_size, lr=args.lr, clip=args.clip, seed=seed, device=args.device,
+                       batch_size=args.batch_size, lr=args.lr, lr_decay=args.lr_decay,
+                       lr_decay_every=args.lr_decay_every, clip=args.clip, seed=seed, device=args.device,
                        time_feature=args.time_feature, task_options=task_opts, rnn_options=rnn,
                        checkpoint_seconds=args.checkpoint_seconds, test_every=args.test_every)
 
@@ -208,7 +213,8 @@ def _run_one(cfg, run_dir: Path, progress: bool, replace: bool = False, log=prin
 
     ck = load_checkpoint(run_dir / "last.pt") if (run_dir / "last.pt").exists() else None
     if ck is not None:
-        old, new = plain_config(ck["config"]), plain_config(asdict(cfg))
+        # (through TrainConfig: a key that a run's version did not have yet takes its default)
+        old, new = plain_config(ck["config"], defaults=True), plain_config(asdict(cfg))
         differ = [k for k in new if k not in _OPERATIONAL and k != "epochs" and old.get(k) != new[k]]
         if not differ and ck["epoch"] > cfg.epochs:
             differ = ["epochs"]

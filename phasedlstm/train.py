@@ -92,6 +92,8 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 32
     lr: float = 1e-3
+    lr_decay: float = 1.0  # the learning rate is multiplied by this every lr_decay_every epochs (1: constant)
+    lr_decay_every: int = 10
     clip: float = 10.0  # gradient-norm clipping (0: none)
     seed: int = 0
     device: str = "auto"
@@ -142,6 +144,8 @@ class TrainConfig:
         need(is_int(self.epochs) and self.epochs >= 1, "epochs", "an integer >= 1")
         need(is_int(self.batch_size) and self.batch_size >= 1, "batch_size", "an integer >= 1")
         need(is_num(self.lr) and self.lr > 0, "lr", "a finite number > 0")
+        need(is_num(self.lr_decay) and 0 < self.lr_decay <= 1, "lr_decay", "a number in (0, 1] (1: constant)")
+        need(is_int(self.lr_decay_every) and self.lr_decay_every >= 1, "lr_decay_every", "an integer >= 1")
         need(is_num(self.clip) and self.clip >= 0, "clip", "a finite number >= 0 (0: no clipping)")
         need(is_int(self.seed) and self.seed >= 0, "seed", "an integer >= 0")
         need(self.device in ("auto", "cpu", "cuda"), "device", "auto, cpu or cuda")
@@ -433,8 +437,20 @@ def train(cfg: TrainConfig | None, run_dir, resume: bool = False, progress: bool
         return _train_locked(cfg, run_dir, resume, progress, extra_epochs, epochs, log)
 
 
-def plain_config(d: dict) -> dict:
-    """A configuration as config.json holds it (tuples become lists), for comparisons."""
+def lr_at(cfg: TrainConfig, epoch: int) -> float:
+    """The learning rate of 0-based ``epoch``: lr * lr_decay ** (epoch // lr_decay_every)."""
+    return cfg.lr * cfg.lr_decay ** (epoch // cfg.lr_decay_every)
+
+
+def plain_config(d: dict, defaults: bool = False) -> dict:
+    """A configuration as config.json holds it (tuples become lists), for comparisons; with
+    ``defaults``, the keys it lacks (added by a later version) at their default values."""
+    if defaults:
+        from dataclasses import MISSING
+
+        base = {f.name: (f.default if f.default is not MISSING else f.default_factory()) for f in fields(TrainConfig)
+                if f.default is not MISSING or f.default_factory is not MISSING}
+        d = {**base, **d}
     return json.loads(json.dumps(d))
 
 
@@ -453,8 +469,9 @@ def _train_locked(cfg, run_dir: Path, resume: bool, progress: bool, extra_epochs
             if saved is not None:
                 # config.json mirrors the checkpoint's configuration; an edit would be silently ignored.
                 # Compared as JSON holds them (a tuple in the checkpoint is a list in config.json).
-                kept = plain_config(ck["config"])
-                differ = sorted(k for k in set(saved) | set(kept) if k != "epochs" and saved.get(k) != kept.get(k))
+                # A key that the run's version did not have yet counts as its default.
+                kept, shown = plain_config(ck["config"], defaults=True), plain_config(saved, defaults=True)
+                differ = sorted(k for k in set(shown) | set(kept) if k != "epochs" and shown.get(k) != kept.get(k))
                 if differ:
                     raise ConfigError(
                         f"{run_dir / 'config.json'} differs from the configuration the run was trained with "
@@ -527,6 +544,8 @@ def _train_locked(cfg, run_dir: Path, resume: bool, progress: bool, extra_epochs
     try:
         for epoch in range(start_epoch, cfg.epochs):
             t0 = time.perf_counter()
+            for group in optimizer.param_groups:  # step decay: a function of the epoch alone (resumes alike)
+                group["lr"] = lr_at(cfg, epoch)
             if epoch_gen_state is not None:  # resuming inside this epoch: rebuild its batch order
                 gen.set_state(epoch_gen_state)
             epoch_gen_state = gen.get_state()

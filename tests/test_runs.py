@@ -241,3 +241,24 @@ def test_baseline_on_statistics(tmp_path, monkeypatch):
         "freq-async", seed=seed, n_train=200, n_val=100, n_test=100))
     assert cli.main(["baseline", "--task", "watch", "--seeds", "0,1", "--json", str(out)]) == 0
     assert len(json.loads(out.read_text())) == 2
+
+
+def test_lr_decay_follows_the_epoch_and_survives_resume(tmp_path):
+    """--lr-decay F --lr-decay-every N: lr * F ** (epoch // N) in every epoch's row, the same
+    after a resume; runs made before the option existed still resume and extend."""
+    run = tmp_path / "run"
+    cfg = TrainConfig(**{**CFG, "epochs": 2, "lr": 0.01, "lr_decay": 0.5, "lr_decay_every": 2})
+    train(cfg, run, **QUIET)
+    train(None, run, resume=True, extra_epochs=3, **QUIET)
+    rows = load_checkpoint(run / "last.pt")["history"]
+    assert [r["lr"] for r in rows] == pytest.approx([0.01, 0.01, 0.005, 0.005, 0.0025])
+    old = tmp_path / "old"
+    train(TrainConfig(**{**CFG, "epochs": 1}), old, **QUIET)
+    ck = load_checkpoint(old / "last.pt")
+    for k in ("lr_decay", "lr_decay_every"):  # as a checkpoint of an older version holds it
+        del ck["config"][k]
+    save_checkpoint(old / "last.pt", ck)
+    cli._run_one(TrainConfig(**{**CFG, "epochs": 2}), old, progress=False, log=lambda *a: None)
+    assert load_checkpoint(old / "last.pt")["epoch"] == 2
+    with pytest.raises(ConfigError, match="lr_decay"):
+        TrainConfig(**{**CFG, "lr_decay": 1.5}).validate()
