@@ -35,6 +35,7 @@ import shutil
 import sys
 import threading
 import warnings
+import weakref
 from pathlib import Path
 
 import torch
@@ -356,20 +357,48 @@ def layernorm_lstm(x, w_ih, g_ih, b_ih, w_hh, h0, c0, g_hh, b_hh, g_c, b_c, leng
     return out, hn, cn
 
 
+_absmax_cache: dict = {}  # id(tensor) -> (weak reference, (version, data_ptr), max |tensor|)
+
+
+def _absmax(t: Tensor | None) -> float:
+    """max |t| (inf if any value is not finite; 0 for None), cached per tensor (while its version
+    and storage stay the same): the sparse kernel's bound on its pre-activations, read once per
+    weight update rather than once per call."""
+    if t is None:
+        return 0.0
+    key = (t._version, t.data_ptr())
+    hit = _absmax_cache.get(id(t))
+    if hit is not None and hit[0]() is t and hit[1] == key:
+        return hit[2]
+    d = t.detach()
+    v = float(d.abs().max()) if d.numel() else 0.0
+    if v != v:  # NaN
+        v = float("inf")
+    if len(_absmax_cache) > 4096:  # (entries of tensors gone since)
+        _absmax_cache.clear()
+    _absmax_cache[id(t)] = (weakref.ref(t), key, v)
+    return v
+
+
 def infer(x: Tensor, times: Tensor | None, h0: Tensor, c0: Tensor, p: dict, leak: float, lengths: Tensor | None,
           sparse: bool):
     """Inference (no gradients) of one direction of an LSTM, peephole or Phased LSTM layer with the
     time gate computed inside the loop, from ``p`` (a layer's parameters by base name). ``times``:
     (T,) shared, (B, T), or None (the step index). ``sparse`` (Phased LSTM, leak 0): compute only
     the units whose gate is open. -> (output (T, B, H), h_n (1, B, H), c_n (1, B, H), open) or None
-    where the kernel declines (non-finite or imprecise times or time parameters, dtypes that
-    differ): the caller's checks then say what is wrong. ``open``: the unit-steps computed."""
+    where the kernel declines: non-finite or imprecise times or time parameters, dtypes that
+    differ (the caller's checks then say what is wrong), or, for sparse, non-finite weights or
+    values large enough for a sum of products to overflow (where the result depends on the order
+    of the sums: the caller runs the dense path, whose sums are the reference's).
+    ``open``: the unit-steps computed."""
     e = _empty(x)
     o = (lambda t: e if t is None else t)  # noqa: E731
+    bounds = [_absmax(p["weight_ih"]), _absmax(p["weight_hh"]), _absmax(p["bias_ih"]) + _absmax(p["bias_hh"])] \
+        if sparse else [0.0, 0.0, 0.0]
     res, status, n_open = torch.ops.phasedlstm_fused.infer_forward(
         x, o(times), h0, c0, p["weight_ih"], p["weight_hh"], o(p["bias_ih"]), o(p["bias_hh"]), o(p.get("weight_ci")),
         o(p.get("weight_cf")), o(p.get("weight_co")), o(p.get("period")), o(p.get("shift")), o(p.get("r_on")),
-        float(leak), _lengths(lengths), sparse)
+        float(leak), _lengths(lengths), sparse, bounds)
     if status:
         return None
     return res[0], res[1], res[2], n_open

@@ -247,7 +247,8 @@ class RecurrentLayer(nn.Module):
         return False if T == 1 else None
 
     def _run_infer(self, x, times, lengths, h, c, p, sparse):
-        """fast.infer on the forward's times (T, B) float64 (an expanded view when shared)."""
+        """fast.infer on the forward's times (T, B) float64 (an expanded view when shared); None
+        where it declines (the caller then runs the dense fused loop)."""
         if times.shape[1] == 1 or times.stride(1) == 0:
             times = times[:, 0]  # (T,): shared by the batch
         else:
@@ -255,8 +256,8 @@ class RecurrentLayer(nn.Module):
         if "period" in p:
             self._time_parameters(p)  # (refuses non-finite ones, naming them)
         r = fast.infer(x, times, h, c, p, self._alpha, lengths, sparse)
-        if r is None:  # (the forward's checks passed, so the kernel never declines here)
-            raise RuntimeError("phasedlstm: the inference kernel declined inputs that the checks accepted")
+        if r is None:  # declined (the checks passed, so: weights not finite, or values that could overflow)
+            return None
         out, hn, cn, n_open = r
         if sparse:
             valid = x.shape[0] * x.shape[1] if lengths is None else int(lengths.sum())
@@ -272,7 +273,9 @@ class RecurrentLayer(nn.Module):
         if not fast.tracing():
             mode = self._infer_mode(x.shape[0])
             if mode is not None and not fast._needs_grad(x, h, c, *p.values()):
-                return self._run_infer(x, times, lengths, h, c, p, mode)
+                r = self._run_infer(x, times, lengths, h, c, p, mode)
+                if r is not None:
+                    return r
         bias = None if p["bias_ih"] is None else p["bias_ih"] + p["bias_hh"]
         peep = torch.stack([p["weight_ci"], p["weight_cf"], p["weight_co"]]) if p.get("weight_ci") is not None else None
         k = self._fast_gate(times, p) if "period" in p else None
@@ -375,8 +378,8 @@ class RecurrentLayer(nn.Module):
                 c_n.append(r[2])
                 n_open += r[3]
             x = outs[0] if D == 1 else torch.cat(outs, dim=2)
-        if self._infer_mode(1) is True:
-            self.__dict__["last_open_fraction"] = n_open / (LD * B * H)
+        if "last_open_fraction" in self.__dict__:
+            self.__dict__["last_open_fraction"] = n_open / (LD * B * H) if self._infer_mode(1) is True else None
         out = x.transpose(0, 1) if self.batch_first else x
         if LD == 1:
             return out, (h_n[0], c_n[0])
@@ -429,8 +432,8 @@ class RecurrentLayer(nn.Module):
                 layer_input = F.dropout(layer_input, self.dropout, training=True)
 
         output = layer_input
-        if self._open_acc[1]:
-            self.__dict__["last_open_fraction"] = self._open_acc[0] / self._open_acc[1]
+        if "last_open_fraction" in self.__dict__:  # (a Phased LSTM: None where no step ran sparse)
+            self.__dict__["last_open_fraction"] = self._open_acc[0] / self._open_acc[1] if self._open_acc[1] else None
         h_n, c_n = torch.stack(h_n), torch.stack(c_n)  # (L*D, B, H)
         if not batched:
             return output.squeeze(1), (h_n.squeeze(1), c_n.squeeze(1))

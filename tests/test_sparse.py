@@ -295,3 +295,66 @@ def test_stream_refuses_time_going_back():
         b.push(torch.randn(3, 2), torch.tensor([1.0, 1.5, 3.0]))
     with pytest.raises(ValueError, match="x_t must be"):
         b.push(torch.randn(3, 1, 2), 4.0)
+
+
+# -- where a closed unit's update would be NaN, sparse steps must not hide it -----------------------
+
+def _nan_pattern_equal(a, b):
+    assert torch.equal(torch.isnan(a), torch.isnan(b)), "NaN positions differ"
+    fa, fb = a.nan_to_num(0.0, 7.0, -7.0), b.nan_to_num(0.0, 7.0, -7.0)
+    _close(fb, fa, a.dtype, "values")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", ["nan_input", "inf_input", "nan_weight", "nan_h0", "overflow", "huge_finite"])
+def test_sparse_keeps_the_reference_nan_semantics(dtype, case):
+    """A NaN pre-activation makes the reference's closed units NaN too (0 * NaN); the sparse path
+    computes such steps densely, so outputs and NaN positions equal the reference's."""
+    torch.manual_seed(12)
+    m = _phased(dtype, H=16)
+    B, T = 3, 30
+    x = torch.randn(B, T, 3, dtype=dtype)
+    hx = None
+    big = 1e30 if dtype == torch.float32 else 1e200
+    if case == "nan_input":
+        x[1, 7, 2] = math.nan
+    elif case == "inf_input":
+        x[0, 5, 0] = math.inf
+    elif case == "nan_weight":
+        with torch.no_grad():
+            m.weight_hh_l0[20, 3] = math.nan
+    elif case == "nan_h0":
+        hx = (torch.zeros(1, B, 16, dtype=dtype), torch.zeros(1, B, 16, dtype=dtype))
+        hx[0][0, 2, 5] = math.nan
+    elif case == "overflow":  # finite, but products overflow and cancel: inf - inf
+        with torch.no_grad():
+            m.weight_ih_l0[:, 0] = big
+            m.weight_ih_l0[:, 1] = -big
+        x[:, 10, :2] = big
+    else:  # large but harmless: no NaN anywhere
+        x[:, 4] = big
+    (sp, de, ref), frac = _three(m, x, _times(B, T, False), hx=hx)
+    for a, b, c in zip((sp[0], *sp[1]), (de[0], *de[1]), (ref[0], *ref[1])):
+        _nan_pattern_equal(c, a)
+        _nan_pattern_equal(b, a)
+    if case in ("nan_input", "nan_h0"):
+        assert torch.isnan(ref[0]).any() and frac is not None  # sparse ran, with dense steps where needed
+    if case in ("inf_input", "huge_finite"):
+        assert frac is not None
+    if case in ("nan_weight", "overflow"):
+        # declined: the dense path's sums are the reference's (an overflow's inf or NaN depends on
+        # the order of the sums; MKL's fused multiply-adds give inf where separate ones give NaN)
+        assert frac is None
+
+
+def test_sparse_bound_follows_weight_updates():
+    """The cached bound of a weight is recomputed after an in-place update (an optimiser step)."""
+    torch.manual_seed(13)
+    m = _phased(torch.float32, H=8)
+    x = torch.randn(2, 20, 3)
+    t = _times(2, 20, False)
+    with torch.no_grad():
+        m(x, times=t)  # caches the bounds of the finite weights
+        m.weight_hh_l0[3, 1] = math.nan  # in place: a new version
+        (sp, _, ref), _ = _three(m, x, t)
+    _nan_pattern_equal(ref[0], sp[0])

@@ -1277,7 +1277,8 @@ std::vector<Tensor> time_gate_backward(const Tensor& dk, const Tensor& times, co
 // Returns ([out (T, B, H), h_n (1, B, H), c_n (1, B, H)], status, open): status 0 = computed;
 // 1 = tau, s or r_on not finite; 2 = a timestamp not finite; 3 = timestamps beyond what their
 // dtype holds exactly; 4 = x's dtype is not the weights' (nothing computed: the caller's checks
-// say what is wrong). open = the unit-steps computed (valid steps only).
+// say what is wrong); 5 = sparse declined (non-finite weights or values that could overflow: the
+// caller runs the dense path). open = the unit-steps computed (valid steps only).
 
 #if defined(__AVX2__) && defined(__FMA__)
 static inline float hsum(__m256 v) {
@@ -1399,65 +1400,78 @@ static inline void unit_update(const InferArgs<scalar_t>& A, int64_t j, const sc
   }
 }
 
+template <typename scalar_t>
+static inline bool row_finite(const scalar_t* v, int64_t n) {
+  bool ok = true;
+  for (int64_t j = 0; j < n; ++j) ok &= is_finite_bits(v[j]);
+  return ok;
+}
+
+// Sparse steps skip the closed units, which is exact while every pre-activation is a number: a
+// closed unit's update is multiplied by k = 0, and 0 * finite = 0. Where a pre-activation is NaN
+// the reference's 0 * NaN makes the closed units NaN too; so a step whose input row is not finite
+// is computed densely (every unit, as the dense loop does), and once a sequence's state holds a
+// non-finite value, all its later steps too. (Non-finite weights, and finite values large enough
+// for products to overflow, where the result depends on the order of the sums, are declined
+// before the loop: the caller runs the dense path.)
 template <typename scalar_t, bool PEEP, bool PHASED>
 int64_t infer_loop(const InferArgs<scalar_t>& A, const GateUnits* gu, scalar_t* HS, scalar_t* CS, scalar_t* O) {
   const int64_t T = A.T, B = A.B, I = A.I, H = A.H, BH = B * H;
   const bool sparse = PHASED && A.sparse;
   std::vector<int64_t> counts(std::max<int64_t>(1, at::get_num_threads()), 0);
   at::parallel_for(0, B, batch_grain(B), [&](int64_t b0, int64_t b1) {
-    const int64_t Bt = b1 - b0;
     std::vector<double> phi(PHASED ? H : 0);
-    std::vector<scalar_t> kk(PHASED ? H : 0), G((sparse && A.shared ? Bt : 1) * 4 * H), hp(H);
+    std::vector<scalar_t> kk(PHASED ? H : 0), G(4 * H), hp(H);
     std::vector<int64_t> open(H);
+    std::vector<char> dense_from_now(b1 - b0, 0);  // sparse: a sequence whose state is not all finite
+    if (sparse)
+      for (int64_t b = b0; b < b1; ++b)
+        if (!row_finite(HS + b * H, H) || !row_finite(CS + b * H, H)) dense_from_now[b - b0] = 1;
     int64_t n_open = 0, computed = 0;
+    bool full_k = !sparse;  // whether kk holds every unit's k for the current phase row
     auto gate_row = [&](double t) {  // k of every unit at time t (sparse: of the open ones, listed)
       phase_row(t, gu->s.data(), gu->te.data(), phi.data(), H);
-      if (sparse) n_open = open_units(phi.data(), gu->r.data(), kk.data(), open.data(), H);
-      else gate_forward_row(phi.data(), gu->r.data(), A.leak, kk.data(), H);
-    };
-    auto valid = [&](int64_t b, int64_t t) { return A.len == nullptr || t < A.len[b]; };
-    for (int64_t t = 0; t < T; ++t) {
-      const scalar_t* xt = A.x + t * B * I;
-      if (sparse && A.shared) {
-        // one open set for the batch: each open unit's four rows against every sequence of this
-        // thread while they are in cache, then the updates (they read the previous h of every unit)
-        gate_row(A.times != nullptr ? A.times[t] : double(t));
-        for (int64_t u = 0; u < n_open; ++u)
-          for (int64_t b = b0; b < b1; ++b)
-            if (valid(b, t)) unit_gates(A, open[u], xt + b * I, HS + b * H, G.data() + ((b - b0) * H + u) * 4);
-        for (int64_t b = b0; b < b1; ++b) {
-          scalar_t *h = HS + b * H, *c = CS + b * H, *o = O + t * BH + b * H;
-          if (!valid(b, t)) {
-            zero_row(o, H);
-            continue;
-          }
-          const scalar_t* g = G.data() + (b - b0) * H * 4;
-          for (int64_t u = 0; u < n_open; ++u)
-            unit_update<scalar_t, PEEP, PHASED>(A, open[u], g + 4 * u, kk[open[u]], h, c);
-          computed += n_open;
-          copy_row(h, o, H);
-        }
-        continue;
+      if (sparse) {
+        n_open = open_units(phi.data(), gu->r.data(), kk.data(), open.data(), H);
+        full_k = false;
+      } else {
+        gate_forward_row(phi.data(), gu->r.data(), A.leak, kk.data(), H);
       }
+    };
+    for (int64_t t = 0; t < T; ++t) {
       if (PHASED && A.shared) gate_row(A.times != nullptr ? A.times[t] : double(t));
       for (int64_t b = b0; b < b1; ++b) {
         scalar_t *h = HS + b * H, *c = CS + b * H, *o = O + t * BH + b * H;
-        if (!valid(b, t)) {  // past the end: state kept, output zero
+        if (A.len != nullptr && t >= A.len[b]) {  // past the end: state kept, output zero
           zero_row(o, H);
           continue;
         }
         if (PHASED && !A.shared) gate_row(A.times != nullptr ? A.times[b * T + t] : double(t));
-        if (sparse) {
-          for (int64_t u = 0; u < n_open; ++u) unit_gates(A, open[u], xt + b * I, h, G.data() + 4 * u);
-          for (int64_t u = 0; u < n_open; ++u)
-            unit_update<scalar_t, PEEP, PHASED>(A, open[u], G.data() + 4 * u, kk[open[u]], h, c);
+        const scalar_t* xt = A.x + (t * B + b) * I;
+        const bool dense_step = !sparse || dense_from_now[b - b0] || !row_finite(xt, I);
+        if (!dense_step) {
+          // the open units' pre-activations first (they read the previous h of every unit), then
+          // their updates in place; every closed unit keeps h and c
+          for (int64_t u = 0; u < n_open; ++u) unit_gates(A, open[u], xt, h, G.data() + 4 * u);
+          bool ok = true;
+          for (int64_t u = 0; u < n_open; ++u) {
+            const int64_t j = open[u];
+            unit_update<scalar_t, PEEP, PHASED>(A, j, G.data() + 4 * u, kk[j], h, c);
+            ok &= is_finite_bits(h[j]) & is_finite_bits(c[j]);
+          }
+          if (!ok) dense_from_now[b - b0] = 1;
           computed += n_open;
         } else {
-          all_gates(A, xt + b * I, h, G.data());
+          if (sparse && !full_k) {  // every unit's k for this phase row (at leak 0 the closed ones get 0)
+            gate_forward_row(phi.data(), gu->r.data(), A.leak, kk.data(), H);
+            full_k = A.shared;  // (per-sample rows are recomputed for the next sequence anyway)
+          }
+          all_gates(A, xt, h, G.data());
           copy_row(h, hp.data(), H);
           forward_row<scalar_t, PEEP, PHASED, false>(G.data(), G.data() + H, G.data() + 2 * H, G.data() + 3 * H,
                                                      hp.data(), c, h, c, nullptr, A.wci, A.wcf, A.wco,
                                                      PHASED ? kk.data() : nullptr, H);
+          if (sparse && (!row_finite(h, H) || !row_finite(c, H))) dense_from_now[b - b0] = 1;
           computed += H;
         }
         copy_row(h, o, H);
@@ -1473,7 +1487,9 @@ int64_t infer_loop(const InferArgs<scalar_t>& A, const GateUnits* gu, scalar_t* 
 std::tuple<std::vector<Tensor>, int64_t, int64_t> infer_forward(
     const Tensor& x, const Tensor& times, const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
     const Tensor& b_ih, const Tensor& b_hh, const Tensor& w_ci, const Tensor& w_cf, const Tensor& w_co,
-    const Tensor& tau, const Tensor& s, const Tensor& r_on, double leak, const Tensor& lengths, bool sparse) {
+    const Tensor& tau, const Tensor& s, const Tensor& r_on, double leak, const Tensor& lengths, bool sparse,
+    at::ArrayRef<double> bounds) {
+  TORCH_CHECK(bounds.size() == 3, "bounds must hold 3 values");
   TORCH_CHECK(x.dim() == 3, "x must be (T, B, I)");
   const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = w_hh.size(1);
   TORCH_CHECK(w_ih.size(0) == 4 * H && w_hh.size(0) == 4 * H && w_ih.size(1) == I, "weights do not fit");
@@ -1498,6 +1514,25 @@ std::tuple<std::vector<Tensor>, int64_t, int64_t> infer_forward(
     const double exact = dt == at::kFloat ? 16777216.0 : dt == at::kHalf ? 2048.0
                        : dt == at::kBFloat16 ? 256.0 : dt == at::kLong ? 9007199254740992.0 : -1.0;
     if (exact >= 0 && top > exact) return {none, 3, 0};
+  }
+  const bool use_sparse = sparse && phased && leak == 0.0;
+  if (use_sparse) {
+    // status 5: weights not finite, or values so large that a sum of products could overflow (a
+    // bound of every pre-activation: max|W_ih| max|x| I + max|W_hh| max(1, max|h_0|) H + max|b|;
+    // an update keeps |h| within max(1, max|h_0|)). NaN or inf inputs and states are handled inside.
+    const double limit = x.scalar_type() == at::kFloat ? 1.0e36 : 1.0e300;
+    bool ok = is_finite_bits(bounds[0]) && is_finite_bits(bounds[1]) && is_finite_bits(bounds[2]);
+    double xmax = 0, hmax = 1;
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "infer_bounds", [&] {
+      const Tensor xc = x.contiguous(), hc = h0.contiguous();
+      const scalar_t *px = xc.data_ptr<scalar_t>(), *ph = hc.data_ptr<scalar_t>();
+      for (int64_t i = 0, n = xc.numel(); i < n; ++i)
+        if (is_finite_bits(px[i])) xmax = std::max<double>(xmax, std::fabs(double(px[i])));
+      for (int64_t i = 0, n = hc.numel(); i < n; ++i)
+        if (is_finite_bits(ph[i])) hmax = std::max<double>(hmax, std::fabs(double(ph[i])));
+    });
+    const double bound = bounds[0] * xmax * double(I) + bounds[1] * hmax * double(H) + bounds[2];
+    if (!ok || !is_finite_bits(bound) || !(bound < limit)) return {none, 5, 0};
   }
   auto opts = x.options();
   Tensor out = at::empty({T, B, H}, opts);
@@ -1525,7 +1560,7 @@ std::tuple<std::vector<Tensor>, int64_t, int64_t> infer_forward(
                           peephole ? pi.data_ptr<scalar_t>() : nullptr, peephole ? pf.data_ptr<scalar_t>() : nullptr,
                           peephole ? po.data_ptr<scalar_t>() : nullptr,
                           t64.defined() ? t64.data_ptr<double>() : nullptr, !t64.defined() || t64.numel() == T, len,
-                          T, B, I, H, leak, sparse && phased && leak == 0.0};
+                          T, B, I, H, leak, use_sparse};
     scalar_t *HS = hn.data_ptr<scalar_t>(), *CS = cn.data_ptr<scalar_t>(), *O = out.data_ptr<scalar_t>();
     if (phased && peephole) computed = infer_loop<scalar_t, true, true>(A, gu.get(), HS, CS, O);
     else if (phased) computed = infer_loop<scalar_t, false, true>(A, gu.get(), HS, CS, O);
@@ -1591,7 +1626,7 @@ TORCH_LIBRARY(phasedlstm_fused, m) {
         "Tensor g_hh, Tensor b_hh, Tensor g_c, Tensor b_c, Tensor lengths, bool save) -> Tensor[]");
   m.def("infer_forward(Tensor x, Tensor times, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, Tensor b_ih, "
         "Tensor b_hh, Tensor w_ci, Tensor w_cf, Tensor w_co, Tensor tau, Tensor s, Tensor r_on, float leak, "
-        "Tensor lengths, bool sparse) -> (Tensor[], int, int)");
+        "Tensor lengths, bool sparse, float[] bounds) -> (Tensor[], int, int)");
   m.def("ln_backward(Tensor grad_out, Tensor grad_hn, Tensor grad_cn, Tensor x, Tensor w_ih, Tensor g_ih, "
         "Tensor b_ih, Tensor w_hh, Tensor g_hh, Tensor b_hh, Tensor g_c, Tensor b_c, Tensor lengths, "
         "Tensor rih, Tensor zhh, Tensor rhh, Tensor zc, Tensor rc, Tensor hs, Tensor cs) -> Tensor[]");
