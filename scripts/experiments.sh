@@ -57,6 +57,7 @@ main() {  # (one function, read whole before it runs: editing this file under a 
                     --test-every 5 --lr-decay 0.5 --lr-decay-every 10 --out "runs/paper/freq-$c-decay" "${COMMON[@]}" ;;
             rows-027) rows rows-027-2ep 2 lstm,peephole,phased,layernorm,torch-lstm 0,1,2 --classes 0,2,7 ;;
             rows-10) rows rows-10 10 lstm,peephole,phased,layernorm,torch-lstm 0,1,2 ;;
+            rows-10-20ep) rows rows-10 20 lstm,peephole,phased,layernorm,torch-lstm 0,1,2 ;;  # rows-10 extended
             tricks) tricks ;;
             fashion) $P compare --task fashion-rows --models lstm,peephole,phased,layernorm,torch-lstm --seeds 0,1,2 \
                          --epochs 10 --hidden-size 128 --pooling mean --batch-size 128 --out runs/lecture/fashion-rows \
