@@ -329,6 +329,21 @@ def _irregular_times(B: int, T: int, shared: bool, generator: torch.Generator) -
     return t[0] if shared else t
 
 
+class _Mode:
+    """One of the two modes of ``call(sparse)``, as a case of _median_ms."""
+
+    def __init__(self, label, call, sparse):
+        self.label, self.call, self.sparse = label, call, sparse
+
+    def infer(self):
+        self.call(self.sparse)
+
+
+def _dense_vs_sparse(call, repeats, warmup) -> dict[str, float]:
+    """Median ms of call(False) and call(True), interleaved."""
+    return _median_ms([_Mode("dense", call, False), _Mode("sparse", call, True)], "infer", repeats, warmup)
+
+
 def sparse_case(H, T, B, shared, r_on, repeats=5, warmup=1, I=1) -> dict:
     """ms of dense and sparse eval-mode inference of one Phased LSTM layer, and the open fraction."""
     from phasedlstm import PhasedLSTM
@@ -343,14 +358,7 @@ def sparse_case(H, T, B, shared, r_on, repeats=5, warmup=1, I=1) -> dict:
         with torch.no_grad():
             m(x, times=times)
 
-    class _C:
-        def __init__(self, label, sparse):
-            self.label, self.sparse = label, sparse
-
-        def infer(self):
-            call(self.sparse)
-
-    ms = _median_ms([_C("dense", False), _C("sparse", True)], "infer", repeats, warmup)
+    ms = _dense_vs_sparse(call, repeats, warmup)
     call(True)
     return {"H": H, "T": T, "B": B, "shared": shared, "r_on": r_on, "dense_ms": ms["dense"],
             "sparse_ms": ms["sparse"], "open_fraction": m.last_open_fraction}
@@ -378,14 +386,7 @@ def trained_case(run_dir, repeats=5, warmup=1, batch_size=None) -> dict:
                     valid += valid_units
         return opened / valid if valid else None
 
-    class _C:
-        def __init__(self, label, sparse):
-            self.label, self.sparse = label, sparse
-
-        def infer(self):
-            call(self.sparse)
-
-    ms = _median_ms([_C("dense", False), _C("sparse", True)], "infer", repeats, warmup)
+    ms = _dense_vs_sparse(call, repeats, warmup)
     frac = call(True)
     r_on = torch.cat([p.detach().abs().clamp(1e-6, 1).flatten() for n_, p in rnn.named_parameters()
                       if n_.startswith("r_on")])
