@@ -72,7 +72,7 @@ main() {  # (one function, read whole before it runs: editing this file under a 
                             "${COMMON[@]}"
                     done ;;
             watch) # (no torch-lstm: its packed-sequence path ran 194 s / epoch on these 2618-step sequences,
-                   # against 4 s for our LSTM: 60 epochs x 3 seeds would take about 10 hours)
+                   # against 2.5 s for our LSTM: 60 epochs x 3 seeds would take about 10 hours)
                    motion watch watch lstm,peephole,phased,layernorm
                    for p in 0.5 0.9; do  # irregular: the LSTMs get dt as a channel, the Phased LSTM its timestamps
                        motion watch "watch-drop$p" lstm,layernorm --drop "$p" --time-feature dt
