@@ -127,19 +127,24 @@ def _build() -> None:
         try:
             fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            # (a process that only loads a finished build holds the lock for a moment too: say
+            # nothing unless the wait lasts)
+            quiet, said = min(2.0, BUILD_WAIT_SECONDS / 2), False
             lock_file.seek(0)
             holder = lock_file.read().strip() or "unknown"
-            _say(f"waiting for another process building the fused kernels in {directory} (pid {holder}); "
-                 f"giving up after {BUILD_WAIT_SECONDS:.0f} s")
             while True:
                 try:
                     fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     break
                 except BlockingIOError:
+                    if not said and time.monotonic() - start > quiet:
+                        _say(f"waiting for another process building the fused kernels in {directory} (pid "
+                             f"{holder}); giving up after {BUILD_WAIT_SECONDS:.0f} s")
+                        said = True
                     if time.monotonic() - start > BUILD_WAIT_SECONDS:
                         raise TimeoutError(f"another process (pid {holder}) held the build lock of {directory} "
                                            f"for over {BUILD_WAIT_SECONDS:.0f} s") from None
-                    time.sleep(0.2)
+                    time.sleep(0.05)
         lock_file.seek(0)
         lock_file.truncate()
         lock_file.write(str(os.getpid()))
