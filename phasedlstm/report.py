@@ -106,6 +106,8 @@ def summarise(runs) -> list[dict]:
         scale = 100.0 if col == "test_acc" else 1.0
         rows.append({"model": model, "task": rs[0]["config"]["task"], "metric": label, "seeds": len(finals),
                      "epochs": int(statistics.median(r["history"][-1]["epoch"] for r in rs)),
+                     "unfinished": sum(1 for r in rs if r["history"][-1]["epoch"] < r["config"].get("epochs", 0)),
+                     "planned_epochs": max(int(r["config"].get("epochs", 0)) for r in rs),
                      "chosen_epochs": ",".join(str(int(p["epoch"])) for p in picked),
                      "mean": scale * statistics.mean(finals) if finals else float("nan"),
                      "sd": scale * _sd(finals) if finals else float("nan"),
@@ -124,7 +126,10 @@ def format_table(rows) -> str:
     lines = ["| model | task | seeds | epochs | " + rows[0]["metric"] + " at the epoch chosen on validation "
              "(mean ± s.d.) | chosen epochs | s / epoch |", "|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['task']} | {r['seeds']} | {r['epochs']} | {_spread(r, unit)} | "
+        epochs = str(r["epochs"])
+        if r.get("unfinished"):  # a table drawn while runs are still training says so
+            epochs += f" ({r['unfinished']} unfinished, of {r['planned_epochs']})"
+        lines.append(f"| {r['model']} | {r['task']} | {r['seeds']} | {epochs} | {_spread(r, unit)} | "
                      f"{r['chosen_epochs']} | {r['seconds_per_epoch']:.1f} |")
     return "\n".join(lines)
 

@@ -262,3 +262,16 @@ def test_lr_decay_follows_the_epoch_and_survives_resume(tmp_path):
     assert load_checkpoint(old / "last.pt")["epoch"] == 2
     with pytest.raises(ConfigError, match="lr_decay"):
         TrainConfig(**{**CFG, "lr_decay": 1.5}).validate()
+
+
+def test_report_marks_unfinished_runs(tmp_path):
+    """A table drawn while a run is still training says how many runs are unfinished."""
+    from phasedlstm import report
+
+    done, part = tmp_path / "lstm-seed0", tmp_path / "lstm-seed1"
+    train(TrainConfig(**{**CFG, "epochs": 1}), done, **QUIET)
+    train(TrainConfig(**{**CFG, "epochs": 1, "seed": 1}), part, **QUIET)
+    cfg = json.loads((part / "config.json").read_text())
+    (part / "config.json").write_text(json.dumps({**cfg, "epochs": 3}))  # as a run stopped after 1 of 3
+    table = report.format_table(report.summarise(report.find_runs([tmp_path])))
+    assert "| lstm | freq-async | 2 | 1 (1 unfinished, of 3) |" in table
