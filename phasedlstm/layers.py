@@ -584,6 +584,12 @@ class PhasedLSTM(RecurrentLayer):
     a warning says so. The leak alpha is ``leak`` (default 1e-3) in training mode, 0 in eval.
     For streaming in chunks, pass timestamps that continue (the default restarts at 0).
 
+    Sparse inference: in eval mode (leak 0) and without gradients, the fused path computes at
+    each step, for each sequence, only the units whose gate is open; a closed unit keeps h and
+    c exactly, as in the equations. ``sparse_inference = False`` computes every unit;
+    ``last_open_fraction`` is the fraction of unit-steps the last forward computed (None where
+    no step ran sparse). Training mode and anything that needs gradients run every unit.
+
     Extra args: ``period_init``, ``shift_init``, ``r_on``, ``leak``, ``peepholes`` (default True),
     ``learn_period``, ``learn_shift``, ``learn_r_on`` (default True; False freezes it).
     """ + _LAYER_DOC
