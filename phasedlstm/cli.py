@@ -213,7 +213,7 @@ def _run_one(cfg, run_dir: Path, progress: bool, replace: bool = False, log=prin
 
     ck = load_checkpoint(run_dir / "last.pt") if (run_dir / "last.pt").exists() else None
     if ck is not None:
-        # (through TrainConfig: a key that a run's version did not have yet takes its default)
+        # (a key that the run's version did not have yet compares at its default)
         old, new = plain_config(ck["config"], defaults=True), plain_config(asdict(cfg))
         differ = [k for k in new if k not in _OPERATIONAL and k != "epochs" and old.get(k) != new[k]]
         if not differ and ck["epoch"] > cfg.epochs:

@@ -359,7 +359,7 @@ class RecurrentLayer(nn.Module):
                     times.shape == (B, 1) or times.shape == (1,)) or times.dtype == torch.bool or times.is_complex():
                 return None
         x = input if not self.batch_first else input.transpose(0, 1)  # (1, B, I)
-        alpha = self._alpha
+        alpha, sparse = self._alpha, self._infer_mode(1) is True
         P = self._parameters
         h_n, c_n = [], []
         n_open = 0
@@ -369,8 +369,7 @@ class RecurrentLayer(nn.Module):
                 i = layer * D + direction
                 names = self._names[layer][direction]
                 p = {base: P[full] for base, full in names.items()}
-                r = fast.infer(x, times, h0 if LD == 1 else h0[i], c0 if LD == 1 else c0[i], p, alpha, None,
-                               self._infer_mode(1) is True)
+                r = fast.infer(x, times, h0 if LD == 1 else h0[i], c0 if LD == 1 else c0[i], p, alpha, None, sparse)
                 if r is None:
                     return None
                 outs.append(r[0])
@@ -379,7 +378,7 @@ class RecurrentLayer(nn.Module):
                 n_open += r[3]
             x = outs[0] if D == 1 else torch.cat(outs, dim=2)
         if "last_open_fraction" in self.__dict__:
-            self.__dict__["last_open_fraction"] = n_open / (LD * B * H) if self._infer_mode(1) is True else None
+            self.__dict__["last_open_fraction"] = n_open / (LD * B * H) if sparse else None
         out = x.transpose(0, 1) if self.batch_first else x
         if LD == 1:
             return out, (h_n[0], c_n[0])

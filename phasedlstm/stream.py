@@ -71,7 +71,7 @@ class Stream:
         if unbatched and state is not None:
             state = (state[0].unsqueeze(1), state[1].unsqueeze(1))
         with torch.no_grad():
-            if isinstance(self.layer, torch.nn.LSTM) and not hasattr(self.layer, "_forward_stream"):
+            if isinstance(self.layer, torch.nn.LSTM):  # (it takes no times)
                 out, state = self.layer(x, state)
             else:
                 out, state = self.layer(x, state, times=times)

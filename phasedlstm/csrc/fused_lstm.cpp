@@ -1376,28 +1376,16 @@ static inline void all_gates(const InferArgs<scalar_t>& A, const scalar_t* x, co
   }
 }
 
-// One open unit's update from its pre-activations a (i, f, g, o), in place; the equations of
-// forward_row.
+// One open unit's update from its pre-activations a (i, f, g, o), in place: forward_row itself on
+// a row of one unit (the equations in one place, so an open unit's update is the dense loop's to
+// the bit); its previous h and c are copied first, as forward_row's inputs and outputs are distinct.
 template <typename scalar_t, bool PEEP, bool PHASED>
-static inline void unit_update(const InferArgs<scalar_t>& A, int64_t j, const scalar_t* a, scalar_t kj, scalar_t* h,
+static inline void unit_update(const InferArgs<scalar_t>& A, int64_t j, scalar_t* a, scalar_t* kj, scalar_t* h,
                                scalar_t* c) {
-  scalar_t ai = a[0], af = a[1], ao = a[3];
-  const scalar_t c_prev = c[j];
-  if (PEEP) {
-    ai += A.wci[j] * c_prev;
-    af += A.wcf[j] * c_prev;
-  }
-  const scalar_t i = sigm(ai), f = sigm(af), g = tanh_(a[2]);
-  const scalar_t cc = f * c_prev + i * g;
-  if (PEEP) ao += A.wco[j] * cc;
-  const scalar_t hh = sigm(ao) * tanh_(cc);
-  if (PHASED) {
-    c[j] = kj * cc + (1 - kj) * c_prev;
-    h[j] = kj * hh + (1 - kj) * h[j];
-  } else {
-    c[j] = cc;
-    h[j] = hh;
-  }
+  const scalar_t h_prev = h[j], c_prev = c[j];
+  forward_row<scalar_t, PEEP, PHASED, false>(a, a + 1, a + 2, a + 3, &h_prev, &c_prev, h + j, c + j, nullptr,
+                                             PEEP ? A.wci + j : nullptr, PEEP ? A.wcf + j : nullptr,
+                                             PEEP ? A.wco + j : nullptr, kj, 1);
 }
 
 template <typename scalar_t>
@@ -1421,7 +1409,7 @@ int64_t infer_loop(const InferArgs<scalar_t>& A, const GateUnits* gu, scalar_t* 
   std::vector<int64_t> counts(std::max<int64_t>(1, at::get_num_threads()), 0);
   at::parallel_for(0, B, batch_grain(B), [&](int64_t b0, int64_t b1) {
     std::vector<double> phi(PHASED ? H : 0);
-    std::vector<scalar_t> kk(PHASED ? H : 0), G(4 * H), hp(H);
+    std::vector<scalar_t> kk(PHASED ? H : 0), G(4 * H), hp(H), cp(H);
     std::vector<int64_t> open(H);
     std::vector<char> dense_from_now(b1 - b0, 0);  // sparse: a sequence whose state is not all finite
     if (sparse)
@@ -1456,7 +1444,7 @@ int64_t infer_loop(const InferArgs<scalar_t>& A, const GateUnits* gu, scalar_t* 
           bool ok = true;
           for (int64_t u = 0; u < n_open; ++u) {
             const int64_t j = open[u];
-            unit_update<scalar_t, PEEP, PHASED>(A, j, G.data() + 4 * u, kk[j], h, c);
+            unit_update<scalar_t, PEEP, PHASED>(A, j, G.data() + 4 * u, PHASED ? kk.data() + j : nullptr, h, c);
             ok &= is_finite_bits(h[j]) & is_finite_bits(c[j]);
           }
           if (!ok) dense_from_now[b - b0] = 1;
@@ -1467,9 +1455,10 @@ int64_t infer_loop(const InferArgs<scalar_t>& A, const GateUnits* gu, scalar_t* 
             full_k = A.shared;  // (per-sample rows are recomputed for the next sequence anyway)
           }
           all_gates(A, xt, h, G.data());
-          copy_row(h, hp.data(), H);
+          copy_row(h, hp.data(), H);  // (forward_row's inputs and outputs must not alias)
+          copy_row(c, cp.data(), H);
           forward_row<scalar_t, PEEP, PHASED, false>(G.data(), G.data() + H, G.data() + 2 * H, G.data() + 3 * H,
-                                                     hp.data(), c, h, c, nullptr, A.wci, A.wcf, A.wco,
+                                                     hp.data(), cp.data(), h, c, nullptr, A.wci, A.wcf, A.wco,
                                                      PHASED ? kk.data() : nullptr, H);
           if (sparse && (!row_finite(h, H) || !row_finite(c, H))) dense_from_now[b - b0] = 1;
           computed += H;
