@@ -162,3 +162,49 @@ def test_without_kernels_the_reference_runs_and_says_so_once():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["1", "False"]
+
+
+@pytest.mark.parametrize("split", ["units", "batch"])
+@pytest.mark.parametrize("kind", ["lstm", "peephole", "phased"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_both_ways_of_sharing_a_step_among_threads_equal_the_reference(kind, dtype, split, monkeypatch):
+    """A step's work is shared among threads by sequences, or (few sequences and a large W_hh) by
+    units: each thread its units' rows of W_hh; PHASEDLSTM_SPLIT forces one. Both give the
+    reference's outputs, states and gradients. H = 40 on 2 threads makes unequal unit blocks
+    (32 + 8); shared and per-sample timestamps, lengths, and 400 steps without gradients (the
+    inference loop works in chunks of steps) are covered."""
+    monkeypatch.setenv("PHASEDLSTM_SPLIT", split)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.manual_seed(5)
+        H = 40
+        kw = {"r_on": 0.4, "period_init": (0.5, 2.0)} if kind == "phased" else {}
+        ref = LAYERS[kind](3, H, batch_first=True, impl="reference", dtype=dtype, **kw)
+        with torch.no_grad():
+            for name, p in ref.named_parameters():
+                if name.startswith("weight_c"):
+                    p.add_(torch.randn_like(p) * 0.3)
+        fst = copy.deepcopy(ref)
+        fst.impl = "fast"
+        x = torch.randn(5, 11, 3, dtype=dtype, requires_grad=True)
+        h0 = torch.randn(1, 5, H, dtype=dtype, requires_grad=True)
+        c0 = torch.randn(1, 5, H, dtype=dtype, requires_grad=True)
+        times = torch.rand(5, 11, dtype=torch.float64).mul(0.9).add(0.05).cumsum(1)
+        lengths = torch.tensor([11, 4, 7, 1, 11])
+        for call in ({}, {"times": times}, {"times": times[:1].expand(5, 11)}, {"lengths": lengths},
+                     {"times": times, "lengths": lengths}):
+            _assert_same(_run(ref, x, h0, c0, **call), _run(fst, x, h0, c0, **call), dtype)
+        fst.eval()
+        ref.eval()
+        if kind == "phased":
+            fst.sparse_inference = False  # (the dense fused loop, not the sparse kernel)
+        xl = torch.randn(5, 400, 3, dtype=dtype)
+        tl = torch.rand(5, 400, dtype=torch.float64).cumsum(1)
+        with torch.no_grad():
+            for call in ({}, {"times": tl, "lengths": torch.tensor([400, 3, 399, 200, 1])}):
+                (o1, (h1, c1)), (o2, (h2, c2)) = ref(xl, **call), fst(xl, **call)
+                for u, v in ((o1, o2), (h1, h2), (c1, c2)):
+                    torch.testing.assert_close(v, u, rtol=TOL[dtype]["rtol"], atol=TOL[dtype]["atol"] * 2)
+    finally:
+        torch.set_num_threads(threads)

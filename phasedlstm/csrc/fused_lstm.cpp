@@ -29,6 +29,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <memory>
@@ -442,6 +443,89 @@ void forward_loop(const Tensor& x, const Tensor& w_ih, const Tensor& bias, const
   }
 }
 
+// Split over units instead of sequences, for few sequences and a large W_hh: with the batch
+// split every thread streams all of W_hh (16 H^2 bytes in float32) through its cache every step;
+// here each thread multiplies by its own block of W_hh's rows (the four gates of its units) and
+// updates those units, at the price of a fork/join per step (the next step needs every unit's
+// h). PHASEDLSTM_SPLIT=units or =batch forces one of them (for tests and benchmarks).
+inline bool split_units(int64_t B, int64_t H) {
+  const char* e = std::getenv("PHASEDLSTM_SPLIT");
+  if (e != nullptr && std::strcmp(e, "units") == 0) return true;
+  if (e != nullptr && std::strcmp(e, "batch") == 0) return false;
+  const int64_t nt = at::get_num_threads();
+  // measured on 2 cores (results/bench-shapes.txt): H = 512 with B = 32 and H = 1024 with B = 16
+  // gain; H = 384 with B = 32 and H = 512 with B = 64 lose
+  return nt > 1 && H >= 512 && B <= 16 * nt;
+}
+
+// The unit blocks of the unit split: one per thread, multiples of 16 units
+inline int64_t unit_block(int64_t H) {
+  const int64_t nt = std::max<int64_t>(1, at::get_num_threads());
+  return std::min(H, ((H + nt - 1) / nt + 15) / 16 * 16);
+}
+
+template <typename scalar_t, bool PEEP, bool PHASED, bool OUT>
+void forward_units(const Tensor& x, const Tensor& w_ih, const Tensor& bias, const Tensor& w_hh, const Tensor& h0,
+                   const Tensor& c0, const Tensor& peep, const Tensor& k, const int64_t* len, bool save,
+                   Tensor& acts, Tensor& hs, Tensor& cs, Tensor& out) {
+  const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = w_hh.size(1), BH = B * H;
+  const int64_t kB = PHASED ? k.size(1) : 0;
+  const Tensor w_ih_t = w_ih.t();
+  const scalar_t* wci = PEEP ? peep.data_ptr<scalar_t>() : nullptr;
+  const scalar_t* K = PHASED ? k.data_ptr<scalar_t>() : nullptr;
+  scalar_t* O = OUT ? out.data_ptr<scalar_t>() : nullptr;
+  const int64_t chunk = save ? T : std::max<int64_t>(1, std::min<int64_t>(T, (int64_t(1) << 18) / (4 * BH) + 1));
+  Tensor gbuf = save ? acts : at::empty({chunk, B, 4 * H}, x.options());
+  Tensor hbuf = save ? hs : at::empty({2, B, H}, x.options());
+  Tensor cbuf = save ? cs : at::empty({2, B, H}, x.options());
+  hbuf[0].copy_(h0);
+  cbuf[0].copy_(c0);
+  scalar_t* HS = hbuf.data_ptr<scalar_t>();
+  scalar_t* CS = cbuf.data_ptr<scalar_t>();
+  const int64_t blk = unit_block(H), nb = (H + blk - 1) / blk;
+  // (grad mode is per thread: a worker's view of a weight that requires grad would be tracked)
+  const Tensor W = w_hh.detach();
+  for (int64_t t0 = 0; t0 < T; t0 += chunk) {
+    const int64_t n = std::min(chunk, T - t0);
+    Tensor g2 = gbuf.narrow(0, save ? t0 : 0, n).view({n * B, 4 * H});  // input projection, one GEMM
+    const Tensor x2 = x.narrow(0, t0, n).reshape({n * B, I});
+    if (bias.numel() > 0) at::addmm_out(g2, bias, x2, w_ih_t);
+    else at::mm_out(g2, x2, w_ih_t);
+    for (int64_t t = t0; t < t0 + n; ++t) {
+      const int64_t slot = save ? t : t - t0;
+      const int64_t sp = save ? t : t % 2, sn = save ? t + 1 : (t + 1) % 2;
+      Tensor gates = gbuf[slot];
+      const Tensor hprev = hbuf[sp];
+      scalar_t* G = gates.data_ptr<scalar_t>();
+      at::parallel_for(0, nb, 1, [&](int64_t q0, int64_t q1) {
+        for (int64_t q = q0; q < q1; ++q) {
+          const int64_t u0 = q * blk, hb = std::min(blk, H - u0);
+          for (int64_t gate = 0; gate < 4; ++gate)  // + h_{t-1} W_hh^T, this block's columns of each gate
+            gates.narrow(1, gate * H + u0, hb).addmm_(hprev, W.narrow(0, gate * H + u0, hb).t());
+          for (int64_t b = 0; b < B; ++b) {
+            const int64_t r = b * H + u0;
+            scalar_t* g = G + 4 * b * H + u0;
+            scalar_t *hp = HS + sp * BH + r, *cp = CS + sp * BH + r, *hn = HS + sn * BH + r, *cn = CS + sn * BH + r;
+            if (len != nullptr && t >= len[b]) {  // (lengths imply OUT)
+              hold_row(hp, cp, hn, cn, O + t * BH + r, hb);
+              continue;
+            }
+            const scalar_t* kk = PHASED ? K + t * kB * H + (kB == 1 ? u0 : r) : nullptr;
+            forward_row<scalar_t, PEEP, PHASED, OUT>(g, g + H, g + 2 * H, g + 3 * H, hp, cp, hn, cn,
+                                                     OUT ? O + t * BH + r : nullptr, PEEP ? wci + u0 : nullptr,
+                                                     PEEP ? wci + H + u0 : nullptr, PEEP ? wci + 2 * H + u0 : nullptr,
+                                                     kk, hb);
+          }
+        }
+      });
+    }
+  }
+  if (!save) {
+    hs.copy_(hbuf[T % 2]);
+    cs.copy_(cbuf[T % 2]);
+  }
+}
+
 std::vector<Tensor> lstm_forward(const Tensor& x, const Tensor& w_ih, const Tensor& bias, const Tensor& w_hh,
                                  const Tensor& h0, const Tensor& c0, const Tensor& peep, const Tensor& k,
                                  const Tensor& lengths, bool save) {
@@ -461,10 +545,13 @@ std::vector<Tensor> lstm_forward(const Tensor& x, const Tensor& w_ih, const Tens
   const Tensor pp = peephole ? peep.contiguous() : peep;
   const Tensor kk = phased ? k.contiguous() : k;
   const int64_t* len = present(lengths) ? lengths.data_ptr<int64_t>() : nullptr;
+  const bool units = split_units(B, H);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lstm_forward", [&] {
     auto run = [&](auto peep_flag, auto phased_flag) {
       constexpr bool P = decltype(peep_flag)::value, Q = decltype(phased_flag)::value;
-      if (own_out) forward_loop<scalar_t, P, Q, true>(xc, wi, bias, w, h0, c0, pp, kk, len, save, acts, hs, cs, out);
+      if (units && own_out) forward_units<scalar_t, P, Q, true>(xc, wi, bias, w, h0, c0, pp, kk, len, save, acts, hs, cs, out);
+      else if (units) forward_units<scalar_t, P, Q, false>(xc, wi, bias, w, h0, c0, pp, kk, len, save, acts, hs, cs, out);
+      else if (own_out) forward_loop<scalar_t, P, Q, true>(xc, wi, bias, w, h0, c0, pp, kk, len, save, acts, hs, cs, out);
       else forward_loop<scalar_t, P, Q, false>(xc, wi, bias, w, h0, c0, pp, kk, len, save, acts, hs, cs, out);
     };
     using Y = std::true_type;
@@ -631,6 +718,81 @@ void backward_loop(const Tensor& grad_out, const Tensor& x, const Tensor& w_ih, 
   dc.copy_(dcb[0]);
 }
 
+// The backward of the unit split: per step, the element-wise pass over each thread's units
+// (all sequences) gives the gate gradients dG_t, kept for every step; then dh_{t-1} += dG_t W_hh,
+// each thread its block of dh's columns. The weight gradients, dx and db are each one GEMM over
+// all steps at the end.
+template <typename scalar_t, bool PEEP, bool PHASED>
+void backward_units(const Tensor& grad_out, const Tensor& x, const Tensor& w_ih, const Tensor& w_hh,
+                    const Tensor& peep, const Tensor& k, const int64_t* len, const Tensor& acts, const Tensor& hs,
+                    const Tensor& cs, Tensor& dh, Tensor& dc, Tensor& dx, Tensor& dwhh_t, Tensor& dwih_t,
+                    Tensor& dbias, Tensor& dpeep_parts, Tensor& dk) {
+  const int64_t T = acts.size(0), B = acts.size(1), I = x.size(2), H = w_hh.size(1), BH = B * H;
+  const scalar_t* wci = PEEP ? peep.data_ptr<scalar_t>() : nullptr;
+  Tensor dhb = at::empty({2, B, H}, dh.options()), dcb = at::empty({2, B, H}, dc.options());
+  dhb[T % 2].copy_(dh);
+  dcb[T % 2].copy_(dc);
+  scalar_t* DHB = dhb.data_ptr<scalar_t>();
+  scalar_t* DCB = dcb.data_ptr<scalar_t>();
+  Tensor dgall = at::empty({T, B, 4 * H}, acts.options());
+  scalar_t* DGA = dgall.data_ptr<scalar_t>();
+  const scalar_t* A = acts.data_ptr<scalar_t>();
+  const scalar_t* HS = hs.data_ptr<scalar_t>();
+  const scalar_t* CS = cs.data_ptr<scalar_t>();
+  const scalar_t* K = PHASED ? k.data_ptr<scalar_t>() : nullptr;
+  const int64_t kB = PHASED ? k.size(1) : 0;
+  const scalar_t* GO = grad_out.data_ptr<scalar_t>();
+  scalar_t* DK = PHASED ? dk.data_ptr<scalar_t>() : nullptr;
+  const int64_t blk = unit_block(H), nb = (H + blk - 1) / blk;
+  const Tensor W = w_hh.detach();  // (as in forward_units)
+  for (int64_t t = T - 1; t >= 0; --t) {
+    const int64_t cur = (t + 1) % 2, prv = t % 2;
+    at::parallel_for(0, nb, 1, [&](int64_t q0, int64_t q1) {
+      const int64_t tid = at::get_thread_num();
+      scalar_t* acc = PEEP ? dpeep_parts[tid].data_ptr<scalar_t>() : nullptr;
+      scalar_t* dk_base = PHASED ? (kB == 1 ? DK + tid * T * H : DK) : nullptr;
+      for (int64_t q = q0; q < q1; ++q) {
+        const int64_t u0 = q * blk, hb = std::min(blk, H - u0);
+        for (int64_t b = 0; b < B; ++b) {
+          const int64_t r = b * H + u0, p = t * BH + r, n = (t + 1) * BH + r, g4 = t * 4 * BH + 4 * b * H + u0;
+          const scalar_t *dhc = DHB + cur * BH + r, *dcc = DCB + cur * BH + r;
+          scalar_t *dhp = DHB + prv * BH + r, *dcp = DCB + prv * BH + r;
+          scalar_t* d = DGA + g4;
+          if (len != nullptr && t >= len[b]) {  // past the end: the state's gradient passes through
+            for (int64_t gate = 0; gate < 4; ++gate) zero_row(d + gate * H, hb);
+            copy_row(dhc, dhp, hb);
+            copy_row(dcc, dcp, hb);
+            continue;
+          }
+          const scalar_t* g = A + g4;
+          backward_row<scalar_t, PEEP, PHASED>(
+              g, g + H, g + 2 * H, g + 3 * H, dhc, dcc, GO + p, HS + p, CS + p, CS + n,
+              PHASED ? K + t * kB * H + (kB == 1 ? u0 : r) : nullptr, PEEP ? wci + u0 : nullptr,
+              PEEP ? wci + H + u0 : nullptr, PEEP ? wci + 2 * H + u0 : nullptr, d, d + H, d + 2 * H, d + 3 * H, dhp,
+              dcp, PHASED ? dk_base + (kB == 1 ? t * H + u0 : p) : nullptr, PEEP ? acc + u0 : nullptr,
+              PEEP ? acc + H + u0 : nullptr, PEEP ? acc + 2 * H + u0 : nullptr, hb);
+        }
+      }
+    });
+    const Tensor dgt = dgall[t];
+    Tensor dhprev = dhb[prv];
+    at::parallel_for(0, nb, 1, [&](int64_t q0, int64_t q1) {  // dh_{t-1} += dG_t W_hh, by columns of dh
+      for (int64_t q = q0; q < q1; ++q) {
+        const int64_t u0 = q * blk, hb = std::min(blk, H - u0);
+        dhprev.narrow(1, u0, hb).addmm_(dgt, W.narrow(1, u0, hb));
+      }
+    });
+  }
+  const Tensor dg2 = dgall.view({T * B, 4 * H});
+  Tensor dx2 = dx.view({T * B, I});
+  at::mm_out(dx2, dg2, w_ih);
+  dwhh_t[0].addmm_(hs.narrow(0, 0, T).reshape({T * B, H}).t(), dg2);
+  dwih_t[0].addmm_(x.reshape({T * B, I}).t(), dg2);
+  dbias[0].copy_(dg2.sum(0));
+  dh.copy_(dhb[0]);
+  dc.copy_(dcb[0]);
+}
+
 std::vector<Tensor> lstm_backward(const Tensor& grad_out, const Tensor& grad_hn, const Tensor& grad_cn,
                                   const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, const Tensor& peep,
                                   const Tensor& k, const Tensor& lengths, const Tensor& acts, const Tensor& hs,
@@ -652,10 +814,15 @@ std::vector<Tensor> lstm_backward(const Tensor& grad_out, const Tensor& grad_hn,
   const Tensor xc = x.contiguous(), wi = w_ih.contiguous(), w = w_hh.contiguous();
   const Tensor kc = phased ? k.contiguous() : k;
   const int64_t* len = present(lengths) ? lengths.data_ptr<int64_t>() : nullptr;
+  const bool units = split_units(B, H);
   AT_DISPATCH_FLOATING_TYPES(acts.scalar_type(), "lstm_backward", [&] {
     auto run = [&](auto peep_flag, auto phased_flag) {
-      backward_loop<scalar_t, decltype(peep_flag)::value, decltype(phased_flag)::value>(
-          go, xc, wi, w, peep, kc, len, acts, hs, cs, dh, dc, dx, dwhh_t, dwih_t, dbias, dpeep_parts, dk);
+      if (units)
+        backward_units<scalar_t, decltype(peep_flag)::value, decltype(phased_flag)::value>(
+            go, xc, wi, w, peep, kc, len, acts, hs, cs, dh, dc, dx, dwhh_t, dwih_t, dbias, dpeep_parts, dk);
+      else
+        backward_loop<scalar_t, decltype(peep_flag)::value, decltype(phased_flag)::value>(
+            go, xc, wi, w, peep, kc, len, acts, hs, cs, dh, dc, dx, dwhh_t, dwih_t, dbias, dpeep_parts, dk);
     };
     using Y = std::true_type;
     using N = std::false_type;
