@@ -208,3 +208,27 @@ def test_both_ways_of_sharing_a_step_among_threads_equal_the_reference(kind, dty
                     torch.testing.assert_close(v, u, rtol=TOL[dtype]["rtol"], atol=TOL[dtype]["atol"] * 2)
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "peephole", "phased"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_products_on_the_running_rows_only_equal_the_reference(kind, dtype, threads):
+    """With lengths, once a quarter of a thread's rows have ended, the fused loops multiply only
+    the rows still running (forward and backward); lengths from 1 to T in one batch, so every
+    step of the loop runs with a different set of rows: outputs, states and every gradient equal
+    the reference's."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(6)
+        ref, fst = _pair(kind, dtype)
+        x = torch.randn(13, 40, 3, dtype=dtype, requires_grad=True)
+        h0 = torch.randn(1, 13, 6, dtype=dtype, requires_grad=True)
+        c0 = torch.randn(1, 13, 6, dtype=dtype, requires_grad=True)
+        lengths = torch.tensor([40, 1, 17, 3, 40, 25, 2, 9, 33, 5, 12, 38, 7])
+        times = torch.rand(13, 40, dtype=torch.float64).mul(0.9).add(0.05).cumsum(1)
+        for call in ({"lengths": lengths}, {"lengths": lengths, "times": times}):
+            _assert_same(_run(ref, x, h0, c0, **call), _run(fst, x, h0, c0, **call), dtype)
+    finally:
+        torch.set_num_threads(prev)

@@ -352,6 +352,38 @@ struct Recurrent {
   }
 };
 
+// Sequences of different lengths: once a quarter or more of a thread's rows have ended, the
+// per-step products run on the rows still running only (gathered into a compact block, the
+// results scattered back), instead of multiplying ended rows whose results are thrown away.
+// The lengths of a batch of the frequency tasks are uniform over a range (the high-resolution
+// one: 150-1250 steps), so about 40% of the products of a step loop are on ended rows.
+// PHASEDLSTM_RUNNING_ROWS=0 switches it off (benchmarks: scripts/bench_lengths.py).
+inline bool running_rows_enabled() {
+  const char* e = std::getenv("PHASEDLSTM_RUNNING_ROWS");
+  return e == nullptr || std::strcmp(e, "0") != 0;
+}
+
+// rows: the thread's rows b (global indices) with t < len[b]; returns whether to compact.
+inline bool running_rows(const int64_t* len, int64_t t, int64_t b0, int64_t b1, std::vector<int64_t>& rows) {
+  if (len == nullptr) return false;
+  rows.clear();
+  for (int64_t b = b0; b < b1; ++b)
+    if (t < len[b]) rows.push_back(b);
+  return int64_t(rows.size()) * 4 <= (b1 - b0) * 3;
+}
+
+template <typename scalar_t>
+inline void gather_rows(const scalar_t* src, int64_t lds, const std::vector<int64_t>& rows, int64_t off, int64_t n,
+                        scalar_t* dst) {  // dst row i = src row (rows[i] - off), n values each
+  for (size_t i = 0; i < rows.size(); ++i) copy_row(src + (rows[i] - off) * lds, dst + i * n, n);
+}
+
+template <typename scalar_t>
+inline void scatter_rows(const scalar_t* src, const std::vector<int64_t>& rows, int64_t off, int64_t n, scalar_t* dst,
+                         int64_t ldd) {  // dst row (rows[i] - off) = src row i
+  for (size_t i = 0; i < rows.size(); ++i) copy_row(src + i * n, dst + (rows[i] - off) * ldd, n);
+}
+
 // Parallel over the batch, serial over time: each thread runs the whole time loop for its own
 // block of sequences (rows never interact), so there is no fork/join per step. Inside, the
 // per-step GEMM runs single-threaded on the thread's rows.
@@ -371,6 +403,7 @@ void forward_loop(const Tensor& x, const Tensor& w_ih, const Tensor& bias, const
   // same GEMM as the recurrent product: [x_t | h_{t-1}] (K = I + H) times [W_ih | W_hh]^T packed
   // together. No separate large GEMM, one pass over the gate rows, and they stay in cache.
   const bool fused_in = Recurrent::packable(w_hh, /*transpose=*/true);
+  const int64_t* run_len = running_rows_enabled() ? len : nullptr;  // (products on the running rows)
   const Recurrent rec(w_hh, /*transpose=*/true, /*pack=*/!fused_in);  // used only without fused_in
   PackedB cat;
   if (fused_in) {
@@ -407,21 +440,40 @@ void forward_loop(const Tensor& x, const Tensor& w_ih, const Tensor& bias, const
       const int64_t Bt = b1 - b0;
       std::vector<scalar_t> xh(fused_in ? Bt * (I + H) : 0);  // [x_t | h_{t-1}] of this thread's rows
       const scalar_t* X = x.data_ptr<scalar_t>();
+      std::vector<int64_t> rows;  // the rows still running (with lengths)
+      Tensor hc, gc;  // their h_{t-1} and gate rows, compacted (allocated when first needed)
       for (int64_t t = t0; t < t0 + n; ++t) {
         const int64_t slot = save ? t : (fused_in ? 0 : t - t0);
         const int64_t sp = save ? t : t % 2, sn = save ? t + 1 : (t + 1) % 2;  // state rows: previous, next
         Tensor gates = gbuf[slot].narrow(0, b0, Bt);
         scalar_t* G = gates.data_ptr<scalar_t>();
+        const bool compact = running_rows(run_len, t, b0, b1, rows);
+        const int64_t m = compact ? int64_t(rows.size()) : Bt;
+        if (compact && !gc.defined()) {
+          hc = at::empty({Bt, H}, x.options());
+          gc = at::empty({Bt, 4 * H}, x.options());
+        }
         if constexpr (std::is_same_v<scalar_t, float>) {
-          if (fused_in) {  // gates = b + [x_t | h_{t-1}] [W_ih | W_hh]^T, this thread's rows
-            for (int64_t b = 0; b < Bt; ++b) {
-              copy_row(X + (t * B + b0 + b) * I, xh.data() + b * (I + H), I);
-              copy_row(HS + sp * BH + (b0 + b) * H, xh.data() + b * (I + H) + I, H);
+          if (fused_in) {  // gates = b + [x_t | h_{t-1}] [W_ih | W_hh]^T, this thread's (running) rows
+            for (int64_t i = 0; i < m; ++i) {
+              const int64_t b = compact ? rows[i] : b0 + i;
+              copy_row(X + (t * B + b) * I, xh.data() + i * (I + H), I);
+              copy_row(HS + sp * BH + b * H, xh.data() + i * (I + H) + I, H);
             }
-            gemm_acc(Bt, xh.data(), I + H, cat, G, 4 * H, bias_or_zero);  // the bias starts the sums
+            if (!compact) gemm_acc(Bt, xh.data(), I + H, cat, G, 4 * H, bias_or_zero);  // the bias starts the sums
+            else if (m > 0) {
+              gemm_acc(m, xh.data(), I + H, cat, gc.data_ptr<float>(), 4 * H, bias_or_zero);
+              scatter_rows(gc.data_ptr<float>(), rows, b0, 4 * H, G, 4 * H);
+            }
           }
         }
-        if (!fused_in) rec.acc<scalar_t>(gates, hbuf[sp].narrow(0, b0, Bt));  // + h_{t-1} W_hh^T
+        if (!fused_in && !compact) rec.acc<scalar_t>(gates, hbuf[sp].narrow(0, b0, Bt));  // + h_{t-1} W_hh^T
+        if (!fused_in && compact && m > 0) {  // the same on the running rows
+          gather_rows(HS + sp * BH, H, rows, 0, H, hc.data_ptr<scalar_t>());
+          gather_rows(G, 4 * H, rows, b0, 4 * H, gc.data_ptr<scalar_t>());
+          rec.acc<scalar_t>(gc.narrow(0, 0, m), hc.narrow(0, 0, m));
+          scatter_rows(gc.data_ptr<scalar_t>(), rows, b0, 4 * H, G, 4 * H);
+        }
         for (int64_t b = b0; b < b1; ++b) {
           const int64_t r = b * H;
           scalar_t* g = G + 4 * (b - b0) * H;
@@ -650,6 +702,40 @@ struct StepGrads {
     transpose_into(X + (t * B + b0) * I, Bt, I, I, x_t.data_ptr<scalar_t>());
     acc_ab<scalar_t>(dwih, x_t, d_in);
   }
+
+  // The same for the LSTM's gate gradients dg (rows of this thread, 4H each) on the running rows
+  // only (global indices; an ended row's dG is zero, so it adds nothing to any product, and its
+  // dx_t is zero).
+  // dg and dx_rows: this thread's rows; dh_prev: the whole batch's.
+  void running(int64_t t, const std::vector<int64_t>& rows, const scalar_t* dg, scalar_t* dh_prev, Tensor dx_rows,
+               Tensor& dwhh, Tensor& dwih) {
+    const int64_t m = int64_t(rows.size());
+    dx_rows.zero_();
+    if (m == 0) return;
+    if (!dgc.defined()) {
+      dgc = at::empty({Bt, 4 * H}, h_t.options());
+      dhc = at::empty({Bt, H}, h_t.options());
+      dxc = at::empty({Bt, I}, h_t.options());
+    }
+    const Tensor g = dgc.narrow(0, 0, m);
+    gather_rows(dg, 4 * H, rows, b0, 4 * H, dgc.data_ptr<scalar_t>());
+    gather_rows(dh_prev, H, rows, 0, H, dhc.data_ptr<scalar_t>());  // (dh_prev: all rows of the batch)
+    rec.acc<scalar_t>(dhc.narrow(0, 0, m), g);
+    scatter_rows(dhc.data_ptr<scalar_t>(), rows, 0, H, dh_prev, H);
+    Tensor dxm = dxc.narrow(0, 0, m);
+    dxm.zero_();
+    rin.acc<scalar_t>(dxm, g);
+    scatter_rows(dxc.data_ptr<scalar_t>(), rows, b0, I, dx_rows.data_ptr<scalar_t>(), I);
+    scalar_t* ht = h_t.data_ptr<scalar_t>();  // h_{t-1}^T of the running rows, (H, m)
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < H; ++j) ht[j * m + i] = HS[t * B * H + rows[i] * H + j];
+    acc_ab<scalar_t>(dwhh, h_t.view({-1}).narrow(0, 0, H * m).view({H, m}), g);
+    scalar_t* xt = x_t.data_ptr<scalar_t>();
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < I; ++j) xt[j * m + i] = X[(t * B + rows[i]) * I + j];
+    acc_ab<scalar_t>(dwih, x_t.view({-1}).narrow(0, 0, I * m).view({I, m}), g);
+  }
+  Tensor dgc, dhc, dxc;  // scratch of running(): the running rows' dG, dh_{t-1} and dx_t
 };
 
 // The backward, all in one parallel region over the batch. Per step and thread: the
@@ -667,6 +753,7 @@ void backward_loop(const Tensor& grad_out, const Tensor& x, const Tensor& w_ih, 
   const scalar_t* wcf = PEEP ? wci + H : nullptr;
   const scalar_t* wco = PEEP ? wci + 2 * H : nullptr;
   const Recurrent rec(w_hh, /*transpose=*/false), rin(w_ih, /*transpose=*/false);
+  const int64_t* run_len = running_rows_enabled() ? len : nullptr;  // (products on the running rows)
   // dh and dc ping-pong: slot (t + 1) % 2 holds the gradient wrt the state after step t
   Tensor dhb = at::empty({2, B, H}, dh.options()), dcb = at::empty({2, B, H}, dc.options());
   dhb[T % 2].copy_(dh);
@@ -691,8 +778,10 @@ void backward_loop(const Tensor& grad_out, const Tensor& x, const Tensor& w_ih, 
     Tensor dwhh = dwhh_t[tid], dwih = dwih_t[tid], db = dbias[tid];
     scalar_t* DG = dg.data_ptr<scalar_t>();
     scalar_t* DB = db.data_ptr<scalar_t>();
+    std::vector<int64_t> rows;  // the rows still running at step t (with lengths)
     for (int64_t t = T - 1; t >= 0; --t) {
       const int64_t cur = (t + 1) % 2, prv = t % 2;
+      const bool compact = running_rows(run_len, t, b0, b1, rows);
       for (int64_t b = b0; b < b1; ++b) {
         const int64_t r = b * H, p = t * BH + r, n = (t + 1) * BH + r, g4 = t * 4 * BH + 4 * r;
         const scalar_t *dh = DHB + cur * BH + r, *dc = DCB + cur * BH + r;
@@ -711,7 +800,8 @@ void backward_loop(const Tensor& grad_out, const Tensor& x, const Tensor& w_ih, 
                                              PEEP ? acc + 2 * H : nullptr, H);
         add_row(d, DB, 4 * H);
       }
-      products(t, dg, dg, dhb[prv].narrow(0, b0, Bt), dx[t].narrow(0, b0, Bt), dwhh, dwih);
+      if (compact) products.running(t, rows, DG, DHB + prv * BH, dx[t].narrow(0, b0, Bt), dwhh, dwih);
+      else products(t, dg, dg, dhb[prv].narrow(0, b0, Bt), dx[t].narrow(0, b0, Bt), dwhh, dwih);
     }
   });
   dh.copy_(dhb[0]);
