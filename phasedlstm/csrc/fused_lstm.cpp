@@ -392,9 +392,69 @@ inline int64_t batch_grain(int64_t B) {
   return std::max<int64_t>(1, (B + n - 1) / n);
 }
 
+// Split over units instead of sequences, for few sequences and a large W_hh: with the batch
+// split every thread streams all of W_hh (16 H^2 bytes in float32) through its cache every step;
+// here each thread multiplies by its own block of W_hh's rows (the four gates of its units) and
+// updates those units, at the price of a fork/join per step (the next step needs every unit's
+// h). PHASEDLSTM_SPLIT=units or =batch forces one of them (for tests and benchmarks).
+inline bool split_units(int64_t B, int64_t H) {
+  const char* e = std::getenv("PHASEDLSTM_SPLIT");
+  if (e != nullptr && std::strcmp(e, "units") == 0) return true;
+  if (e != nullptr && std::strcmp(e, "batch") == 0) return false;
+  const int64_t nt = at::get_num_threads();
+  // measured on 2 cores (results/bench-shapes.txt): H = 512 with B = 32 and H = 1024 with B = 16
+  // gain; H = 384 with B = 32 and H = 512 with B = 64 lose
+  return nt > 1 && H >= 512 && B <= 16 * nt;
+}
+
+// The unit blocks of the unit split: one per thread, multiples of 16 units
+inline int64_t unit_block(int64_t H) {
+  const int64_t nt = std::max<int64_t>(1, at::get_num_threads());
+  return std::min(H, ((H + nt - 1) / nt + 15) / 16 * 16);
+}
+
+// Steps t0 .. t0+n-1 of the unit split (gbuf[slot] holds x_t W_ih^T + b): per step, each thread
+// its block of units: + h_{t-1} W_hh^T on its units' columns of the four gates, then their update.
+template <typename scalar_t, bool PEEP, bool PHASED, bool OUT>
+void units_steps(Tensor& gbuf, Tensor& hbuf, Tensor& cbuf, const Tensor& W, const scalar_t* K, int64_t kB,
+                 const scalar_t* wci, scalar_t* O, const int64_t* len, bool save, int64_t t0, int64_t n) {
+  const int64_t B = hbuf.size(1), H = hbuf.size(2), BH = B * H;
+  const int64_t blk = unit_block(H), nb = (H + blk - 1) / blk;
+  scalar_t* HS = hbuf.data_ptr<scalar_t>();
+  scalar_t* CS = cbuf.data_ptr<scalar_t>();
+  for (int64_t t = t0; t < t0 + n; ++t) {
+    const int64_t slot = save ? t : t - t0;
+    const int64_t sp = save ? t : t % 2, sn = save ? t + 1 : (t + 1) % 2;
+    Tensor gates = gbuf[slot];
+    const Tensor hprev = hbuf[sp];
+    scalar_t* G = gates.data_ptr<scalar_t>();
+    at::parallel_for(0, nb, 1, [&](int64_t q0, int64_t q1) {
+      for (int64_t q = q0; q < q1; ++q) {
+        const int64_t u0 = q * blk, hb = std::min(blk, H - u0);
+        for (int64_t gate = 0; gate < 4; ++gate)  // + h_{t-1} W_hh^T, this block's columns of each gate
+          gates.narrow(1, gate * H + u0, hb).addmm_(hprev, W.narrow(0, gate * H + u0, hb).t());
+        for (int64_t b = 0; b < B; ++b) {
+          const int64_t r = b * H + u0;
+          scalar_t* g = G + 4 * b * H + u0;
+          scalar_t *hp = HS + sp * BH + r, *cp = CS + sp * BH + r, *hn = HS + sn * BH + r, *cn = CS + sn * BH + r;
+          if (len != nullptr && t >= len[b]) {  // (lengths imply OUT)
+            hold_row(hp, cp, hn, cn, O + t * BH + r, hb);
+            continue;
+          }
+          const scalar_t* kk = PHASED ? K + t * kB * H + (kB == 1 ? u0 : r) : nullptr;
+          forward_row<scalar_t, PEEP, PHASED, OUT>(g, g + H, g + 2 * H, g + 3 * H, hp, cp, hn, cn,
+                                                   OUT ? O + t * BH + r : nullptr, PEEP ? wci + u0 : nullptr,
+                                                   PEEP ? wci + H + u0 : nullptr, PEEP ? wci + 2 * H + u0 : nullptr,
+                                                   kk, hb);
+        }
+      }
+    });
+  }
+}
+
 template <typename scalar_t, bool PEEP, bool PHASED, bool OUT>
 void forward_loop(const Tensor& x, const Tensor& w_ih, const Tensor& bias, const Tensor& w_hh, const Tensor& h0,
-                  const Tensor& c0, const Tensor& peep, const Tensor& k, const int64_t* len, bool save,
+                  const Tensor& c0, const Tensor& peep, const Tensor& k, const int64_t* len, bool save, bool units,
                   Tensor& acts, Tensor& hs, Tensor& cs, Tensor& out) {
   const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = w_hh.size(1), BH = B * H;
   const int64_t kB = PHASED ? k.size(1) : 0;
@@ -402,9 +462,11 @@ void forward_loop(const Tensor& x, const Tensor& w_ih, const Tensor& bias, const
   // With the packed kernel the input projection is done per step inside the loop too, in the
   // same GEMM as the recurrent product: [x_t | h_{t-1}] (K = I + H) times [W_ih | W_hh]^T packed
   // together. No separate large GEMM, one pass over the gate rows, and they stay in cache.
-  const bool fused_in = Recurrent::packable(w_hh, /*transpose=*/true);
+  const bool fused_in = !units && Recurrent::packable(w_hh, /*transpose=*/true);
   const int64_t* run_len = running_rows_enabled() ? len : nullptr;  // (products on the running rows)
-  const Recurrent rec(w_hh, /*transpose=*/true, /*pack=*/!fused_in);  // used only without fused_in
+  const Recurrent rec(w_hh, /*transpose=*/true, /*pack=*/!fused_in && !units);  // (batch split without fused_in)
+  // (grad mode is per thread: a worker's view of a weight that requires grad would be tracked)
+  const Tensor W = units ? w_hh.detach() : Tensor();
   PackedB cat;
   if (fused_in) {
     const Tensor w_cat = at::cat({w_ih, w_hh}, 1).contiguous();  // (4H, I + H)
@@ -435,6 +497,10 @@ void forward_loop(const Tensor& x, const Tensor& w_ih, const Tensor& bias, const
       const Tensor x2 = x.narrow(0, t0, n).reshape({n * B, I});
       if (bias.numel() > 0) at::addmm_out(g2, bias, x2, w_ih_t);
       else at::mm_out(g2, x2, w_ih_t);
+    }
+    if (units) {
+      units_steps<scalar_t, PEEP, PHASED, OUT>(gbuf, hbuf, cbuf, W, K, kB, wci, O, len, save, t0, n);
+      continue;
     }
     at::parallel_for(0, B, batch_grain(B), [&](int64_t b0, int64_t b1) {
       const int64_t Bt = b1 - b0;
@@ -495,89 +561,6 @@ void forward_loop(const Tensor& x, const Tensor& w_ih, const Tensor& bias, const
   }
 }
 
-// Split over units instead of sequences, for few sequences and a large W_hh: with the batch
-// split every thread streams all of W_hh (16 H^2 bytes in float32) through its cache every step;
-// here each thread multiplies by its own block of W_hh's rows (the four gates of its units) and
-// updates those units, at the price of a fork/join per step (the next step needs every unit's
-// h). PHASEDLSTM_SPLIT=units or =batch forces one of them (for tests and benchmarks).
-inline bool split_units(int64_t B, int64_t H) {
-  const char* e = std::getenv("PHASEDLSTM_SPLIT");
-  if (e != nullptr && std::strcmp(e, "units") == 0) return true;
-  if (e != nullptr && std::strcmp(e, "batch") == 0) return false;
-  const int64_t nt = at::get_num_threads();
-  // measured on 2 cores (results/bench-shapes.txt): H = 512 with B = 32 and H = 1024 with B = 16
-  // gain; H = 384 with B = 32 and H = 512 with B = 64 lose
-  return nt > 1 && H >= 512 && B <= 16 * nt;
-}
-
-// The unit blocks of the unit split: one per thread, multiples of 16 units
-inline int64_t unit_block(int64_t H) {
-  const int64_t nt = std::max<int64_t>(1, at::get_num_threads());
-  return std::min(H, ((H + nt - 1) / nt + 15) / 16 * 16);
-}
-
-template <typename scalar_t, bool PEEP, bool PHASED, bool OUT>
-void forward_units(const Tensor& x, const Tensor& w_ih, const Tensor& bias, const Tensor& w_hh, const Tensor& h0,
-                   const Tensor& c0, const Tensor& peep, const Tensor& k, const int64_t* len, bool save,
-                   Tensor& acts, Tensor& hs, Tensor& cs, Tensor& out) {
-  const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = w_hh.size(1), BH = B * H;
-  const int64_t kB = PHASED ? k.size(1) : 0;
-  const Tensor w_ih_t = w_ih.t();
-  const scalar_t* wci = PEEP ? peep.data_ptr<scalar_t>() : nullptr;
-  const scalar_t* K = PHASED ? k.data_ptr<scalar_t>() : nullptr;
-  scalar_t* O = OUT ? out.data_ptr<scalar_t>() : nullptr;
-  const int64_t chunk = save ? T : std::max<int64_t>(1, std::min<int64_t>(T, (int64_t(1) << 18) / (4 * BH) + 1));
-  Tensor gbuf = save ? acts : at::empty({chunk, B, 4 * H}, x.options());
-  Tensor hbuf = save ? hs : at::empty({2, B, H}, x.options());
-  Tensor cbuf = save ? cs : at::empty({2, B, H}, x.options());
-  hbuf[0].copy_(h0);
-  cbuf[0].copy_(c0);
-  scalar_t* HS = hbuf.data_ptr<scalar_t>();
-  scalar_t* CS = cbuf.data_ptr<scalar_t>();
-  const int64_t blk = unit_block(H), nb = (H + blk - 1) / blk;
-  // (grad mode is per thread: a worker's view of a weight that requires grad would be tracked)
-  const Tensor W = w_hh.detach();
-  for (int64_t t0 = 0; t0 < T; t0 += chunk) {
-    const int64_t n = std::min(chunk, T - t0);
-    Tensor g2 = gbuf.narrow(0, save ? t0 : 0, n).view({n * B, 4 * H});  // input projection, one GEMM
-    const Tensor x2 = x.narrow(0, t0, n).reshape({n * B, I});
-    if (bias.numel() > 0) at::addmm_out(g2, bias, x2, w_ih_t);
-    else at::mm_out(g2, x2, w_ih_t);
-    for (int64_t t = t0; t < t0 + n; ++t) {
-      const int64_t slot = save ? t : t - t0;
-      const int64_t sp = save ? t : t % 2, sn = save ? t + 1 : (t + 1) % 2;
-      Tensor gates = gbuf[slot];
-      const Tensor hprev = hbuf[sp];
-      scalar_t* G = gates.data_ptr<scalar_t>();
-      at::parallel_for(0, nb, 1, [&](int64_t q0, int64_t q1) {
-        for (int64_t q = q0; q < q1; ++q) {
-          const int64_t u0 = q * blk, hb = std::min(blk, H - u0);
-          for (int64_t gate = 0; gate < 4; ++gate)  // + h_{t-1} W_hh^T, this block's columns of each gate
-            gates.narrow(1, gate * H + u0, hb).addmm_(hprev, W.narrow(0, gate * H + u0, hb).t());
-          for (int64_t b = 0; b < B; ++b) {
-            const int64_t r = b * H + u0;
-            scalar_t* g = G + 4 * b * H + u0;
-            scalar_t *hp = HS + sp * BH + r, *cp = CS + sp * BH + r, *hn = HS + sn * BH + r, *cn = CS + sn * BH + r;
-            if (len != nullptr && t >= len[b]) {  // (lengths imply OUT)
-              hold_row(hp, cp, hn, cn, O + t * BH + r, hb);
-              continue;
-            }
-            const scalar_t* kk = PHASED ? K + t * kB * H + (kB == 1 ? u0 : r) : nullptr;
-            forward_row<scalar_t, PEEP, PHASED, OUT>(g, g + H, g + 2 * H, g + 3 * H, hp, cp, hn, cn,
-                                                     OUT ? O + t * BH + r : nullptr, PEEP ? wci + u0 : nullptr,
-                                                     PEEP ? wci + H + u0 : nullptr, PEEP ? wci + 2 * H + u0 : nullptr,
-                                                     kk, hb);
-          }
-        }
-      });
-    }
-  }
-  if (!save) {
-    hs.copy_(hbuf[T % 2]);
-    cs.copy_(cbuf[T % 2]);
-  }
-}
-
 std::vector<Tensor> lstm_forward(const Tensor& x, const Tensor& w_ih, const Tensor& bias, const Tensor& w_hh,
                                  const Tensor& h0, const Tensor& c0, const Tensor& peep, const Tensor& k,
                                  const Tensor& lengths, bool save) {
@@ -601,10 +584,8 @@ std::vector<Tensor> lstm_forward(const Tensor& x, const Tensor& w_ih, const Tens
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lstm_forward", [&] {
     auto run = [&](auto peep_flag, auto phased_flag) {
       constexpr bool P = decltype(peep_flag)::value, Q = decltype(phased_flag)::value;
-      if (units && own_out) forward_units<scalar_t, P, Q, true>(xc, wi, bias, w, h0, c0, pp, kk, len, save, acts, hs, cs, out);
-      else if (units) forward_units<scalar_t, P, Q, false>(xc, wi, bias, w, h0, c0, pp, kk, len, save, acts, hs, cs, out);
-      else if (own_out) forward_loop<scalar_t, P, Q, true>(xc, wi, bias, w, h0, c0, pp, kk, len, save, acts, hs, cs, out);
-      else forward_loop<scalar_t, P, Q, false>(xc, wi, bias, w, h0, c0, pp, kk, len, save, acts, hs, cs, out);
+      if (own_out) forward_loop<scalar_t, P, Q, true>(xc, wi, bias, w, h0, c0, pp, kk, len, save, units, acts, hs, cs, out);
+      else forward_loop<scalar_t, P, Q, false>(xc, wi, bias, w, h0, c0, pp, kk, len, save, units, acts, hs, cs, out);
     };
     using Y = std::true_type;
     using N = std::false_type;
@@ -743,85 +724,16 @@ struct StepGrads {
 //   dh_{t-1} += dG W_hh,  dx_t = dG W_ih,  and the weight-gradient sums
 //   dW_hh^T += h_{t-1}^T dG,  dW_ih^T += x_t^T dG,  db += sum of dG rows
 // accumulate in per-thread partials, added up at the end.
-template <typename scalar_t, bool PEEP, bool PHASED>
-void backward_loop(const Tensor& grad_out, const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, const Tensor& peep,
-                   const Tensor& k, const int64_t* len, const Tensor& acts, const Tensor& hs, const Tensor& cs,
-                   Tensor& dh, Tensor& dc, Tensor& dx, Tensor& dwhh_t, Tensor& dwih_t, Tensor& dbias,
-                   Tensor& dpeep_parts, Tensor& dk) {
-  const int64_t T = acts.size(0), B = acts.size(1), I = x.size(2), H = w_hh.size(1), BH = B * H;
-  const scalar_t* wci = PEEP ? peep.data_ptr<scalar_t>() : nullptr;
-  const scalar_t* wcf = PEEP ? wci + H : nullptr;
-  const scalar_t* wco = PEEP ? wci + 2 * H : nullptr;
-  const Recurrent rec(w_hh, /*transpose=*/false), rin(w_ih, /*transpose=*/false);
-  const int64_t* run_len = running_rows_enabled() ? len : nullptr;  // (products on the running rows)
-  // dh and dc ping-pong: slot (t + 1) % 2 holds the gradient wrt the state after step t
-  Tensor dhb = at::empty({2, B, H}, dh.options()), dcb = at::empty({2, B, H}, dc.options());
-  dhb[T % 2].copy_(dh);
-  dcb[T % 2].copy_(dc);
-  scalar_t* DHB = dhb.data_ptr<scalar_t>();
-  scalar_t* DCB = dcb.data_ptr<scalar_t>();
-  const scalar_t* A = acts.data_ptr<scalar_t>();
-  const scalar_t* HS = hs.data_ptr<scalar_t>();
-  const scalar_t* CS = cs.data_ptr<scalar_t>();
-  const scalar_t* X = x.data_ptr<scalar_t>();
-  const scalar_t* K = PHASED ? k.data_ptr<scalar_t>() : nullptr;
-  const int64_t kB = PHASED ? k.size(1) : 0;
-  const scalar_t* GO = grad_out.data_ptr<scalar_t>();
-  scalar_t* DK = PHASED ? dk.data_ptr<scalar_t>() : nullptr;
-  at::parallel_for(0, B, batch_grain(B), [&](int64_t b0, int64_t b1) {
-    const int64_t Bt = b1 - b0, tid = at::get_thread_num();
-    scalar_t* acc = PEEP ? dpeep_parts[tid].data_ptr<scalar_t>() : nullptr;
-    // dk: (T, B, H) per sequence, or with shared timestamps (kB == 1) this thread's sum (T, H)
-    scalar_t* dk_base = PHASED ? (kB == 1 ? DK + tid * T * H : DK) : nullptr;
-    Tensor dg = at::empty({Bt, 4 * H}, acts.options());  // this step's gate gradients, this thread's rows
-    StepGrads<scalar_t> products(rec, rin, HS, X, B, H, I, b0, Bt, acts.options());
-    Tensor dwhh = dwhh_t[tid], dwih = dwih_t[tid], db = dbias[tid];
-    scalar_t* DG = dg.data_ptr<scalar_t>();
-    scalar_t* DB = db.data_ptr<scalar_t>();
-    std::vector<int64_t> rows;  // the rows still running at step t (with lengths)
-    for (int64_t t = T - 1; t >= 0; --t) {
-      const int64_t cur = (t + 1) % 2, prv = t % 2;
-      const bool compact = running_rows(run_len, t, b0, b1, rows);
-      for (int64_t b = b0; b < b1; ++b) {
-        const int64_t r = b * H, p = t * BH + r, n = (t + 1) * BH + r, g4 = t * 4 * BH + 4 * r;
-        const scalar_t *dh = DHB + cur * BH + r, *dc = DCB + cur * BH + r;
-        scalar_t *dhp = DHB + prv * BH + r, *dcp = DCB + prv * BH + r;
-        scalar_t* d = DG + (b - b0) * 4 * H;
-        if (len != nullptr && t >= len[b]) {
-          pass_row(dh, dc, d, dhp, dcp, H);
-          continue;
-        }
-        const scalar_t* g = A + g4;
-        backward_row<scalar_t, PEEP, PHASED>(g, g + H, g + 2 * H, g + 3 * H, dh, dc, GO + p, HS + p, CS + p, CS + n,
-                                             PHASED ? K + t * kB * H + (kB == 1 ? 0 : r) : nullptr, wci, wcf, wco, d,
-                                             d + H, d + 2 * H, d + 3 * H, dhp, dcp,
-                                             PHASED ? dk_base + (kB == 1 ? t * H : p) : nullptr,
-                                             PEEP ? acc : nullptr, PEEP ? acc + H : nullptr,
-                                             PEEP ? acc + 2 * H : nullptr, H);
-        add_row(d, DB, 4 * H);
-      }
-      if (compact) products.running(t, rows, DG, DHB + prv * BH, dx[t].narrow(0, b0, Bt), dwhh, dwih);
-      else products(t, dg, dg, dhb[prv].narrow(0, b0, Bt), dx[t].narrow(0, b0, Bt), dwhh, dwih);
-    }
-  });
-  dh.copy_(dhb[0]);
-  dc.copy_(dcb[0]);
-}
-
 // The backward of the unit split: per step, the element-wise pass over each thread's units
 // (all sequences) gives the gate gradients dG_t, kept for every step; then dh_{t-1} += dG_t W_hh,
 // each thread its block of dh's columns. The weight gradients, dx and db are each one GEMM over
-// all steps at the end.
+// all steps at the end (into the first thread's partials).
 template <typename scalar_t, bool PEEP, bool PHASED>
-void backward_units(const Tensor& grad_out, const Tensor& x, const Tensor& w_ih, const Tensor& w_hh,
-                    const Tensor& peep, const Tensor& k, const int64_t* len, const Tensor& acts, const Tensor& hs,
-                    const Tensor& cs, Tensor& dh, Tensor& dc, Tensor& dx, Tensor& dwhh_t, Tensor& dwih_t,
-                    Tensor& dbias, Tensor& dpeep_parts, Tensor& dk) {
+void units_backward(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, const scalar_t* wci, const scalar_t* K,
+                    int64_t kB, const scalar_t* GO, const int64_t* len, const Tensor& acts, const Tensor& hs,
+                    const Tensor& cs, Tensor& dhb, Tensor& dcb, Tensor& dx, Tensor& dwhh_t, Tensor& dwih_t,
+                    Tensor& dbias, Tensor& dpeep_parts, scalar_t* DK) {
   const int64_t T = acts.size(0), B = acts.size(1), I = x.size(2), H = w_hh.size(1), BH = B * H;
-  const scalar_t* wci = PEEP ? peep.data_ptr<scalar_t>() : nullptr;
-  Tensor dhb = at::empty({2, B, H}, dh.options()), dcb = at::empty({2, B, H}, dc.options());
-  dhb[T % 2].copy_(dh);
-  dcb[T % 2].copy_(dc);
   scalar_t* DHB = dhb.data_ptr<scalar_t>();
   scalar_t* DCB = dcb.data_ptr<scalar_t>();
   Tensor dgall = at::empty({T, B, 4 * H}, acts.options());
@@ -829,12 +741,8 @@ void backward_units(const Tensor& grad_out, const Tensor& x, const Tensor& w_ih,
   const scalar_t* A = acts.data_ptr<scalar_t>();
   const scalar_t* HS = hs.data_ptr<scalar_t>();
   const scalar_t* CS = cs.data_ptr<scalar_t>();
-  const scalar_t* K = PHASED ? k.data_ptr<scalar_t>() : nullptr;
-  const int64_t kB = PHASED ? k.size(1) : 0;
-  const scalar_t* GO = grad_out.data_ptr<scalar_t>();
-  scalar_t* DK = PHASED ? dk.data_ptr<scalar_t>() : nullptr;
   const int64_t blk = unit_block(H), nb = (H + blk - 1) / blk;
-  const Tensor W = w_hh.detach();  // (as in forward_units)
+  const Tensor W = w_hh.detach();  // (as in forward_loop)
   for (int64_t t = T - 1; t >= 0; --t) {
     const int64_t cur = (t + 1) % 2, prv = t % 2;
     at::parallel_for(0, nb, 1, [&](int64_t q0, int64_t q1) {
@@ -879,6 +787,72 @@ void backward_units(const Tensor& grad_out, const Tensor& x, const Tensor& w_ih,
   dwhh_t[0].addmm_(hs.narrow(0, 0, T).reshape({T * B, H}).t(), dg2);
   dwih_t[0].addmm_(x.reshape({T * B, I}).t(), dg2);
   dbias[0].copy_(dg2.sum(0));
+}
+
+template <typename scalar_t, bool PEEP, bool PHASED>
+void backward_loop(const Tensor& grad_out, const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, const Tensor& peep,
+                   const Tensor& k, const int64_t* len, const Tensor& acts, const Tensor& hs, const Tensor& cs,
+                   Tensor& dh, Tensor& dc, Tensor& dx, Tensor& dwhh_t, Tensor& dwih_t, Tensor& dbias,
+                   Tensor& dpeep_parts, Tensor& dk, bool units) {
+  const int64_t T = acts.size(0), B = acts.size(1), I = x.size(2), H = w_hh.size(1), BH = B * H;
+  const scalar_t* wci = PEEP ? peep.data_ptr<scalar_t>() : nullptr;
+  const scalar_t* wcf = PEEP ? wci + H : nullptr;
+  const scalar_t* wco = PEEP ? wci + 2 * H : nullptr;
+  const Recurrent rec(w_hh, /*transpose=*/false, /*pack=*/!units), rin(w_ih, /*transpose=*/false, /*pack=*/!units);
+  const int64_t* run_len = running_rows_enabled() ? len : nullptr;  // (products on the running rows)
+  // dh and dc ping-pong: slot (t + 1) % 2 holds the gradient wrt the state after step t
+  Tensor dhb = at::empty({2, B, H}, dh.options()), dcb = at::empty({2, B, H}, dc.options());
+  dhb[T % 2].copy_(dh);
+  dcb[T % 2].copy_(dc);
+  scalar_t* DHB = dhb.data_ptr<scalar_t>();
+  scalar_t* DCB = dcb.data_ptr<scalar_t>();
+  const scalar_t* A = acts.data_ptr<scalar_t>();
+  const scalar_t* HS = hs.data_ptr<scalar_t>();
+  const scalar_t* CS = cs.data_ptr<scalar_t>();
+  const scalar_t* X = x.data_ptr<scalar_t>();
+  const scalar_t* K = PHASED ? k.data_ptr<scalar_t>() : nullptr;
+  const int64_t kB = PHASED ? k.size(1) : 0;
+  const scalar_t* GO = grad_out.data_ptr<scalar_t>();
+  scalar_t* DK = PHASED ? dk.data_ptr<scalar_t>() : nullptr;
+  if (units)
+    units_backward<scalar_t, PEEP, PHASED>(x, w_ih, w_hh, wci, K, kB, GO, len, acts, hs, cs, dhb, dcb, dx, dwhh_t,
+                                           dwih_t, dbias, dpeep_parts, DK);
+  else at::parallel_for(0, B, batch_grain(B), [&](int64_t b0, int64_t b1) {
+    const int64_t Bt = b1 - b0, tid = at::get_thread_num();
+    scalar_t* acc = PEEP ? dpeep_parts[tid].data_ptr<scalar_t>() : nullptr;
+    // dk: (T, B, H) per sequence, or with shared timestamps (kB == 1) this thread's sum (T, H)
+    scalar_t* dk_base = PHASED ? (kB == 1 ? DK + tid * T * H : DK) : nullptr;
+    Tensor dg = at::empty({Bt, 4 * H}, acts.options());  // this step's gate gradients, this thread's rows
+    StepGrads<scalar_t> products(rec, rin, HS, X, B, H, I, b0, Bt, acts.options());
+    Tensor dwhh = dwhh_t[tid], dwih = dwih_t[tid], db = dbias[tid];
+    scalar_t* DG = dg.data_ptr<scalar_t>();
+    scalar_t* DB = db.data_ptr<scalar_t>();
+    std::vector<int64_t> rows;  // the rows still running at step t (with lengths)
+    for (int64_t t = T - 1; t >= 0; --t) {
+      const int64_t cur = (t + 1) % 2, prv = t % 2;
+      const bool compact = running_rows(run_len, t, b0, b1, rows);
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t r = b * H, p = t * BH + r, n = (t + 1) * BH + r, g4 = t * 4 * BH + 4 * r;
+        const scalar_t *dh = DHB + cur * BH + r, *dc = DCB + cur * BH + r;
+        scalar_t *dhp = DHB + prv * BH + r, *dcp = DCB + prv * BH + r;
+        scalar_t* d = DG + (b - b0) * 4 * H;
+        if (len != nullptr && t >= len[b]) {
+          pass_row(dh, dc, d, dhp, dcp, H);
+          continue;
+        }
+        const scalar_t* g = A + g4;
+        backward_row<scalar_t, PEEP, PHASED>(g, g + H, g + 2 * H, g + 3 * H, dh, dc, GO + p, HS + p, CS + p, CS + n,
+                                             PHASED ? K + t * kB * H + (kB == 1 ? 0 : r) : nullptr, wci, wcf, wco, d,
+                                             d + H, d + 2 * H, d + 3 * H, dhp, dcp,
+                                             PHASED ? dk_base + (kB == 1 ? t * H : p) : nullptr,
+                                             PEEP ? acc : nullptr, PEEP ? acc + H : nullptr,
+                                             PEEP ? acc + 2 * H : nullptr, H);
+        add_row(d, DB, 4 * H);
+      }
+      if (compact) products.running(t, rows, DG, DHB + prv * BH, dx[t].narrow(0, b0, Bt), dwhh, dwih);
+      else products(t, dg, dg, dhb[prv].narrow(0, b0, Bt), dx[t].narrow(0, b0, Bt), dwhh, dwih);
+    }
+  });
   dh.copy_(dhb[0]);
   dc.copy_(dcb[0]);
 }
@@ -907,12 +881,8 @@ std::vector<Tensor> lstm_backward(const Tensor& grad_out, const Tensor& grad_hn,
   const bool units = split_units(B, H);
   AT_DISPATCH_FLOATING_TYPES(acts.scalar_type(), "lstm_backward", [&] {
     auto run = [&](auto peep_flag, auto phased_flag) {
-      if (units)
-        backward_units<scalar_t, decltype(peep_flag)::value, decltype(phased_flag)::value>(
-            go, xc, wi, w, peep, kc, len, acts, hs, cs, dh, dc, dx, dwhh_t, dwih_t, dbias, dpeep_parts, dk);
-      else
-        backward_loop<scalar_t, decltype(peep_flag)::value, decltype(phased_flag)::value>(
-            go, xc, wi, w, peep, kc, len, acts, hs, cs, dh, dc, dx, dwhh_t, dwih_t, dbias, dpeep_parts, dk);
+      backward_loop<scalar_t, decltype(peep_flag)::value, decltype(phased_flag)::value>(
+          go, xc, wi, w, peep, kc, len, acts, hs, cs, dh, dc, dx, dwhh_t, dwih_t, dbias, dpeep_parts, dk, units);
     };
     using Y = std::true_type;
     using N = std::false_type;
