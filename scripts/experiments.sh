@@ -69,8 +69,10 @@ main() {  # (one function, read whole before it runs: editing this file under a 
             rows-027) rows rows-027-2ep 2 lstm,peephole,phased,layernorm,torch-lstm 0,1,2 --classes 0,2,7 ;;
             rows-10) rows rows-10 10 lstm,peephole,phased,layernorm,torch-lstm 0,1,2 ;;
             rows-10-20ep) rows rows-10 20 lstm,peephole,phased,layernorm,torch-lstm 0,1,2 ;;  # rows-10 extended
-            rows-10-last)  # the two best of rows-10 and the tricks (LN, last-step pooling, chosen on validation), 20 epochs
-                rows rows-10-last 20 layernorm,lstm 0,1,2 --pooling last ;;
+            rows-10-last|rows-10-last-ln|rows-10-last-lstm)  # the two best of rows-10 and the tricks (LN, last-step
+                # pooling, chosen on validation), 20 epochs; -ln / -lstm: one model each (two streams)
+                case "$name" in *-ln) m=layernorm ;; *-lstm) m=lstm ;; *) m=layernorm,lstm ;; esac
+                rows rows-10-last 20 "$m" 0,1,2 --pooling last ;;
             tricks) tricks ;;
             fashion) $P compare --task fashion-rows --models lstm,peephole,phased,layernorm,torch-lstm --seeds 0,1,2 \
                          --epochs 10 --hidden-size 128 --pooling mean --batch-size 128 --out runs/lecture/fashion-rows \
