@@ -81,11 +81,16 @@ main() {  # (one function, read whole before it runs: editing this file under a 
                         $P compare --task "$t" --models lstm,phased --seeds 0 --epochs 30 --hidden-size 128 \
                             --batch-size 128 --clip 1 --out "runs/lecture/$t" "${COMMON[@]}"
                     done ;;
-            adding) for T in 100 200 500 1000 2000 5000; do  # 20,000 sequences in all per T (fresh, 10 epochs of 2,000)
-                        $P compare --task adding --length "$T" --fresh yes --n-train 2000 --models lstm,layernorm,phased \
-                            --seeds 0 --epochs 10 --hidden-size 64 --proj-size 0 --batch-size 50 --out "runs/lecture/adding-$T" \
-                            "${COMMON[@]}"
-                    done ;;
+            adding|adding-long|adding-20k)
+                # 100,000 training sequences per T (fresh, 10 epochs of 10,000); adding-long: the longer T, to run
+                # where a model solves T = 1000; adding-20k: the first, too small budget (10 epochs of 2,000)
+                case "$name" in adding) Ts="100 200 500 1000" n=10000 d=adding ;; adding-long) Ts="2000 5000" n=10000 d=adding ;;
+                                adding-20k) Ts="100 200 500 1000 2000 5000" n=2000 d=adding-20k ;; esac
+                for T in $Ts; do
+                    $P compare --task adding --length "$T" --fresh yes --n-train "$n" --models lstm,layernorm,phased \
+                        --seeds 0 --epochs 10 --hidden-size 64 --proj-size 0 --batch-size 50 --out "runs/lecture/$d-$T" \
+                        "${COMMON[@]}"
+                done ;;
             watch) # (no torch-lstm: its packed-sequence path ran 194 s / epoch on these 2618-step sequences,
                    # against 2.5 s for our LSTM: 60 epochs x 3 seeds would take about 10 hours)
                    motion watch watch lstm,peephole,phased,layernorm
