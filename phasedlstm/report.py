@@ -116,9 +116,12 @@ def summarise(runs) -> list[dict]:
 
 
 def _spread(r, unit="") -> str:
+    # accuracies in % to 2 decimals; losses (the adding problem's MSE, trivial 0.167, solved
+    # below 0.01) to 4, where 2 would print a solved 0.0037 as 0.00
+    d = 2 if unit == "%" else 4
     if r["seeds"] == 1:
-        return f"{r['mean']:.2f}{unit} (1 seed)"
-    return f"{r['mean']:.2f}{unit} ± {r['sd']:.2f}"
+        return f"{r['mean']:.{d}f}{unit} (1 seed)"
+    return f"{r['mean']:.{d}f}{unit} ± {r['sd']:.{d}f}"
 
 
 def format_table(rows) -> str:

@@ -275,3 +275,17 @@ def test_report_marks_unfinished_runs(tmp_path):
     (part / "config.json").write_text(json.dumps({**cfg, "epochs": 3}))  # as a run stopped after 1 of 3
     table = report.format_table(report.summarise(report.find_runs([tmp_path])))
     assert "| lstm | freq-async | 2 | 1 (1 unfinished, of 3) |" in table
+
+
+def test_report_prints_a_solved_mse_that_a_trivial_one_can_be_told_from():
+    """The adding problem's MSE: solved is below 0.01, trivial 0.167; two decimals printed a
+    solved 0.0037 as 0.00. Accuracies stay in % to two decimals."""
+    from phasedlstm import report
+
+    row = {"model": "layernorm", "task": "adding", "metric": "test MSE", "seeds": 1, "epochs": 10,
+           "chosen_epochs": "10", "mean": 0.0037, "sd": float("nan"), "seconds_per_epoch": 1.2}
+    assert "| 0.0037 (1 seed) |" in report.format_table([row])
+    two = {**row, "seeds": 2, "mean": 0.16712, "sd": 0.00031}
+    assert "| 0.1671 ± 0.0003 |" in report.format_table([two])
+    acc = {**row, "metric": "test accuracy", "seeds": 3, "mean": 98.2946, "sd": 0.1234}
+    assert "| 98.29% ± 0.12 |" in report.format_table([acc])
