@@ -88,8 +88,9 @@ def _flags() -> tuple[list[str], list[str]]:
 
 def ext_dir() -> Path:
     """Where this version of the kernels is built: keyed on torch's version, the CPU's flags and a
-    hash of the kernel source and build flags, so two checkouts or versions never share (and
-    rebuild) one build, and a changed source is never loaded from an old build."""
+    hash of the kernel source and build flags, so two versions never share (and rebuild) one build,
+    two checkouts of one version share it (it compiles a copy of the source kept inside it), and a
+    changed source is never loaded from an old build."""
     cflags, ldflags = _flags()
     digest = hashlib.sha1(_SOURCE.read_bytes() + " ".join(cflags + ldflags).encode()).hexdigest()[:10]
     return build_dir() / f"torch{torch.__version__.split('+')[0]}-{_cpu_tag()}-{digest}"
@@ -153,8 +154,17 @@ def _build() -> None:
         fresh = not (directory / "phasedlstm_fused.so").exists()
         if fresh:
             _say(f"building the fused kernels (~15 s, once per machine and version) in {directory}")
+        # build from a copy inside the folder: the folder is keyed on the source's content, so two
+        # checkouts of one version share it, and a build file naming either checkout's path would
+        # make ninja rebuild whenever the other one loads it
+        source = directory / _SOURCE.name
+        code = _SOURCE.read_bytes()
+        if not source.exists() or source.read_bytes() != code:
+            tmp = directory / (_SOURCE.name + f".{os.getpid()}.tmp")
+            tmp.write_bytes(code)
+            os.replace(tmp, source)
         t0 = time.monotonic()
-        cpp_extension.load(name="phasedlstm_fused", sources=[str(_SOURCE)], extra_cflags=cflags,
+        cpp_extension.load(name="phasedlstm_fused", sources=[str(source)], extra_cflags=cflags,
                            extra_ldflags=ldflags, build_directory=str(directory), is_python_module=False,
                            verbose=os.environ.get("PHASEDLSTM_EXT_VERBOSE") == "1")
         if fresh:

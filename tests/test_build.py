@@ -1,5 +1,5 @@
 """The kernels' build: never a hang after a killed build, a message while waiting, and one cache
-folder per kernel source (two checkouts or versions never load or rebuild each other's build)."""
+folder per kernel source (two versions never load or rebuild each other's build; two checkouts of one version share one without rebuilding it)."""
 
 import fcntl
 import os
@@ -52,3 +52,25 @@ def test_waiting_for_a_live_build_says_so_and_gives_up():
     assert f"waiting for another process building the fused kernels in {fast.ext_dir()} (pid {os.getpid()})" in r.stderr
     assert "loaded False" in r.stdout  # it gave up and runs the reference, with a warning
     assert _python(LOAD).stdout.strip() == "loaded True"  # once the lock is released, all is well
+
+
+def test_two_checkouts_of_one_version_share_one_build_without_rebuilding(tmp_path):
+    """The cache folder is keyed on the source's content, so two checkouts share it; the build
+    must name a path that does not depend on the checkout (a copy of the source inside the
+    folder), or each checkout's first load rebuilds the other's build (a minute on 2 cores)."""
+    import shutil
+
+    root = Path(__file__).parents[1]
+    other = tmp_path / "checkout"
+    shutil.copytree(root / "phasedlstm", other / "phasedlstm", ignore=shutil.ignore_patterns("__pycache__"))
+    for where in (str(root), str(other)):  # load from this checkout, then from the other
+        r = subprocess.run([sys.executable, "-c", LOAD], capture_output=True, text=True, timeout=600,
+                           env={**os.environ, "PYTHONPATH": where})
+        assert "loaded True" in r.stdout, r.stderr
+    ninja = (fast.ext_dir() / "build.ninja").read_text()
+    assert str(fast.ext_dir() / "fused_lstm.cpp") in ninja  # (the venv's include paths may name a checkout)
+    assert str(other / "phasedlstm") not in ninja and str(root / "phasedlstm") not in ninja
+    r = subprocess.run([sys.executable, "-c", LOAD], capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "PYTHONPATH": str(other), "PHASEDLSTM_EXT_VERBOSE": "1"})
+    assert "loaded True" in r.stdout and "Building extension" not in r.stdout + r.stderr, r.stdout + r.stderr
+    assert "ninja: no work to do" in r.stdout + r.stderr or "[1/" not in r.stdout + r.stderr
