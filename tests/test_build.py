@@ -1,5 +1,6 @@
 """The kernels' build: never a hang after a killed build, a message while waiting, and one cache
-folder per kernel source (two versions never load or rebuild each other's build; two checkouts of one version share one without rebuilding it)."""
+folder per kernel source (two versions never load or rebuild each other's build; two checkouts
+of one version share one without rebuilding it)."""
 
 import fcntl
 import os
