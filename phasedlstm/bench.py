@@ -330,18 +330,19 @@ def _irregular_times(B: int, T: int, shared: bool, generator: torch.Generator) -
 
 
 class _Mode:
-    """One of the two modes of ``call(sparse)``, as a case of _median_ms."""
+    """One of the two modes of ``call(flag)`` (dense / sparse inference here; all / running rows in
+    scripts/bench_lengths.py), as a case of _median_ms timing its ``run``."""
 
-    def __init__(self, label, call, sparse):
-        self.label, self.call, self.sparse = label, call, sparse
+    def __init__(self, label, call, flag):
+        self.label, self.call, self.flag = label, call, flag
 
-    def infer(self):
-        self.call(self.sparse)
+    def run(self):
+        self.call(self.flag)
 
 
 def _dense_vs_sparse(call, repeats, warmup) -> dict[str, float]:
     """Median ms of call(False) and call(True), interleaved."""
-    return _median_ms([_Mode("dense", call, False), _Mode("sparse", call, True)], "infer", repeats, warmup)
+    return _median_ms([_Mode("dense", call, False), _Mode("sparse", call, True)], "run", repeats, warmup)
 
 
 def sparse_case(H, T, B, shared, r_on, repeats=5, warmup=1, I=1) -> dict:

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
 
 import torch
 
 from phasedlstm import LSTM, PhasedLSTM, fast
+from phasedlstm.bench import _median_ms, _Mode  # (the benchmark's interleaved medians)
 
 SHAPES = {  # name: (B, T_min, T_max, I, H)
     "freq-async (15-125 steps)": (32, 15, 125, 2, 110),
@@ -48,20 +47,14 @@ def main() -> None:
                 m = cls(I, H, batch_first=True)
                 kw = {"times": times} if layer == "phased" else {}
 
-                def step():
+                def step(running):
+                    os.environ["PHASEDLSTM_RUNNING_ROWS"] = "1" if running else "0"
                     out, _ = m(x, lengths=lengths, **kw)
                     out.sum().backward()
 
-                ms = {"0": [], "1": []}
-                for i in range(a.repeats + 2):
-                    for flag in ("0", "1"):
-                        os.environ["PHASEDLSTM_RUNNING_ROWS"] = flag
-                        t0 = time.perf_counter()
-                        step()
-                        if i >= 2:  # (two warm-up rounds)
-                            ms[flag].append((time.perf_counter() - t0) * 1e3)
+                ms = _median_ms([_Mode("all", step, False), _Mode("running", step, True)], "run", a.repeats, 2)
                 os.environ.pop("PHASEDLSTM_RUNNING_ROWS")
-                full, run = statistics.median(ms["0"]), statistics.median(ms["1"])
+                full, run = ms["all"], ms["running"]
                 print(f"{threads:>7}  {name:<30} {layer:<7} {full:9.1f} {run:9.1f} {run / full:6.2f}")
 
 

@@ -402,8 +402,8 @@ inline bool split_units(int64_t B, int64_t H) {
   if (e != nullptr && std::strcmp(e, "units") == 0) return true;
   if (e != nullptr && std::strcmp(e, "batch") == 0) return false;
   const int64_t nt = at::get_num_threads();
-  // measured on 2 cores (results/bench-shapes.txt): H = 512 with B = 32 and H = 1024 with B = 16
-  // gain; H = 384 with B = 32 and H = 512 with B = 64 lose
+  // measured on 2 cores (A/B of both splits, 2026-11-28; results/bench-units.txt): H = 512 with
+  // B = 32 and H = 1024 with B = 16 gain; H = 384 with B = 32 and H = 512 with B = 64 lose
   return nt > 1 && H >= 512 && B <= 16 * nt;
 }
 
@@ -647,12 +647,13 @@ static inline void backward_row(const scalar_t* __restrict gi, const scalar_t* _
   }
 }
 
-// past the end: the state passed through unchanged; the zero output has no gradient path
+// past the end: the state passed through unchanged; the zero output has no gradient path. n
+// units; the four gates' gradients at dg + q * stride (stride = H for a whole row)
 template <typename scalar_t>
 static inline void pass_row(const scalar_t* __restrict dh, const scalar_t* __restrict dc, scalar_t* __restrict dg,
-                            scalar_t* __restrict dhp, scalar_t* __restrict dcp, int64_t H) {
-  for (int64_t j = 0; j < 4 * H; ++j) dg[j] = 0;
-  for (int64_t j = 0; j < H; ++j) {
+                            int64_t stride, scalar_t* __restrict dhp, scalar_t* __restrict dcp, int64_t n) {
+  for (int64_t q = 0; q < 4; ++q) zero_row(dg + q * stride, n);
+  for (int64_t j = 0; j < n; ++j) {
     dhp[j] = dh[j];
     dcp[j] = dc[j];
   }
@@ -719,11 +720,6 @@ struct StepGrads {
   Tensor dgc, dhc, dxc;  // scratch of running(): the running rows' dG, dh_{t-1} and dx_t
 };
 
-// The backward, all in one parallel region over the batch. Per step and thread: the
-// element-wise pass gives the gate gradients dG of its rows (kept for this step only), then
-//   dh_{t-1} += dG W_hh,  dx_t = dG W_ih,  and the weight-gradient sums
-//   dW_hh^T += h_{t-1}^T dG,  dW_ih^T += x_t^T dG,  db += sum of dG rows
-// accumulate in per-thread partials, added up at the end.
 // The backward of the unit split: per step, the element-wise pass over each thread's units
 // (all sequences) gives the gate gradients dG_t, kept for every step; then dh_{t-1} += dG_t W_hh,
 // each thread its block of dh's columns. The weight gradients, dx and db are each one GEMM over
@@ -756,10 +752,8 @@ void units_backward(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, con
           const scalar_t *dhc = DHB + cur * BH + r, *dcc = DCB + cur * BH + r;
           scalar_t *dhp = DHB + prv * BH + r, *dcp = DCB + prv * BH + r;
           scalar_t* d = DGA + g4;
-          if (len != nullptr && t >= len[b]) {  // past the end: the state's gradient passes through
-            for (int64_t gate = 0; gate < 4; ++gate) zero_row(d + gate * H, hb);
-            copy_row(dhc, dhp, hb);
-            copy_row(dcc, dcp, hb);
+          if (len != nullptr && t >= len[b]) {
+            pass_row(dhc, dcc, d, H, dhp, dcp, hb);
             continue;
           }
           const scalar_t* g = A + g4;
@@ -789,6 +783,12 @@ void units_backward(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, con
   dbias[0].copy_(dg2.sum(0));
 }
 
+// The backward, all in one parallel region over the batch. Per step and thread: the
+// element-wise pass gives the gate gradients dG of its rows (kept for this step only), then
+//   dh_{t-1} += dG W_hh,  dx_t = dG W_ih,  and the weight-gradient sums
+//   dW_hh^T += h_{t-1}^T dG,  dW_ih^T += x_t^T dG,  db += sum of dG rows
+// accumulate in per-thread partials, added up at the end. (For few sequences and a large W_hh:
+// units_backward.)
 template <typename scalar_t, bool PEEP, bool PHASED>
 void backward_loop(const Tensor& grad_out, const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, const Tensor& peep,
                    const Tensor& k, const int64_t* len, const Tensor& acts, const Tensor& hs, const Tensor& cs,
@@ -837,7 +837,7 @@ void backward_loop(const Tensor& grad_out, const Tensor& x, const Tensor& w_ih, 
         scalar_t *dhp = DHB + prv * BH + r, *dcp = DCB + prv * BH + r;
         scalar_t* d = DG + (b - b0) * 4 * H;
         if (len != nullptr && t >= len[b]) {
-          pass_row(dh, dc, d, dhp, dcp, H);
+          pass_row(dh, dc, d, H, dhp, dcp, H);
           continue;
         }
         const scalar_t* g = A + g4;
