@@ -45,6 +45,23 @@ def test_async_sampling_sorted_in_window():
     assert spans.max() <= 125 and spans.max() > 100  # windows up to 125 ms long
 
 
+def test_standard_sampling_aliases_periods_onto_the_special_range():
+    """RESULTS.md's error floor of the standard condition: sampled every 1 ms, a period p in
+    [1.2, 1.25] ms (not special) gives exactly the samples of a sine of the special period
+    q = p / (p - 1) (sin(2 pi t / p - s) = sin(2 pi t / q - s') at t = t0 + k), so no model can
+    tell them apart; about 0.44% of the sequences are such."""
+    x, times, lengths, y, special, period = generate_single(200_000, "standard", np.random.default_rng(5))
+    alias = (y == 0) & (period >= 1.2) & (period <= 1.25)
+    assert abs(alias.mean() - 0.5 * np.log(1.25 / 1.2) / np.log(100)) < 0.0005
+    for i in np.flatnonzero(alias)[:50]:
+        t, xs = times[i, : lengths[i]], x[i, : lengths[i], 0]
+        for q, aliased in ((period[i] / (period[i] - 1), True), (5.5, False)):
+            basis = np.stack([np.sin(2 * np.pi * t / q), np.cos(2 * np.pi * t / q)], 1)
+            coef = np.linalg.lstsq(basis, xs, rcond=None)[0]
+            fits = np.allclose(basis @ coef, xs, atol=1e-6)
+            assert fits == aliased and (not aliased or 5.0 <= q <= 6.0)
+
+
 def test_periods_labels_and_special_half():
     x, times, lengths, y, special, period = generate_single(4000, "async", np.random.default_rng(2))
     assert special.sum() == 2000
