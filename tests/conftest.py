@@ -1,5 +1,21 @@
+import os
+import shutil
+import tempfile
+
 import pytest
 import torch
+
+# torch.compile's on-disk caches (FX graph, AOTAutograd) do not notice when a custom operator's fake
+# implementation changes (pytorch/pytorch#160472): a cache left by another version of the kernels
+# would replay graphs with the old saved-tensor shapes. The tests compile into a fresh folder.
+_INDUCTOR_DIR = None
+if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    _INDUCTOR_DIR = os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="phasedlstm-inductor-")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _INDUCTOR_DIR is not None:
+        shutil.rmtree(_INDUCTOR_DIR, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
