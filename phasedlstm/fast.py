@@ -442,7 +442,7 @@ def _fake_ln(x, w_ih, g_ih, b_ih, w_hh, h0, c0, g_hh, b_hh, g_c, b_c, lengths, s
     T, B, H = x.shape[0], x.shape[1], w_hh.shape[1]
     e = x.new_empty(0)
     big = (lambda *s: x.new_empty(s)) if save else (lambda *s: e)  # noqa: E731
-    return [x.new_empty(T, B, H), x.new_empty(B, H), x.new_empty(B, H), big(T, B), big(T, B, 4 * H), big(T, B),
+    return [x.new_empty(T, B, H), x.new_empty(B, H), x.new_empty(B, H), big(T, B), big(T, B, 8 * H), big(T, B),
             big(T, B, H), big(T, B), big(T + 1, B, H), big(T + 1, B, H)]
 
 

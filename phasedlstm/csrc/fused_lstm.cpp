@@ -330,7 +330,9 @@ struct Recurrent {
 
   // pack = false: never pack (the caller multiplies by W some other way on the packed path)
   Recurrent(const Tensor& w_hh, bool transpose, bool pack = true) {
-    b_for_aten = transpose ? w_hh.t() : w_hh;
+    // (detached: grad mode is per thread, and a worker's product with a weight that requires grad
+    // would be tracked, or refused by the out= variant)
+    b_for_aten = (transpose ? w_hh.t() : w_hh).detach();
     use_packed = pack && packable(w_hh, transpose);
     if (use_packed) {
       const int64_t R = w_hh.size(0), Cc = w_hh.size(1);  // (4H, H), row-major
@@ -349,6 +351,18 @@ struct Recurrent {
       }
     }
     out_rows.addmm_(in_rows, b_for_aten);
+  }
+
+  template <typename scalar_t>
+  void set(Tensor out_rows, const Tensor& in_rows) const {  // out_rows = in_rows B (no zeroing pass first)
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      if (use_packed) {
+        out_rows.zero_();
+        acc<scalar_t>(out_rows, in_rows);
+        return;
+      }
+    }
+    at::mm_out(out_rows, in_rows, b_for_aten);
   }
 };
 
@@ -906,8 +920,11 @@ std::vector<Tensor> lstm_backward(const Tensor& grad_out, const Tensor& grad_hn,
 // scaled row is, so that the squares never overflow (as phasedlstm.cells.layer_norm does).
 template <typename scalar_t>
 static inline scalar_t normalise(scalar_t* __restrict x, int64_t n) {
-  scalar_t big = 0;
-  for (int64_t j = 0; j < n; ++j) big = std::max(big, std::fabs(x[j]));
+  scalar_t big = 0, mean = 0;
+  for (int64_t j = 0; j < n; ++j) {  // (one pass: the largest magnitude and the sum)
+    big = std::max(big, std::fabs(x[j]));
+    mean += x[j];
+  }
   if (!is_finite_bits(big)) {  // an inf or NaN in the row: its normalisation is undefined, as in the reference
     for (int64_t j = 0; j < n; ++j) x[j] = std::numeric_limits<scalar_t>::quiet_NaN();
     return std::numeric_limits<scalar_t>::quiet_NaN();
@@ -916,10 +933,12 @@ static inline scalar_t normalise(scalar_t* __restrict x, int64_t n) {
   if (big > kLnBig) {
     scale = std::exp2(std::floor(std::log2(big)));  // as the reference: 2^floor(log2(big))
     const scalar_t inv = scalar_t(1) / scale;  // a power of two: exact
-    for (int64_t j = 0; j < n; ++j) x[j] *= inv;
+    mean = 0;  // (the sum of the unscaled row may have overflowed)
+    for (int64_t j = 0; j < n; ++j) {
+      x[j] *= inv;
+      mean += x[j];
+    }
   }
-  scalar_t mean = 0;
-  for (int64_t j = 0; j < n; ++j) mean += x[j];
   mean /= n;
   scalar_t var = 0;
   for (int64_t j = 0; j < n; ++j) {
@@ -1003,8 +1022,13 @@ template <typename scalar_t>
 void ln_forward_loop(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, const LnParams<scalar_t>& P,
                      const int64_t* len, Tensor& rih, Tensor& zhh, Tensor& rhh, Tensor& zc, Tensor& rc,
                      Tensor& hs, Tensor& cs, Tensor& out, bool own_out) {
-  const int64_t T = x.size(0), B = x.size(1), H = w_hh.size(1), BH = B * H;
-  const Recurrent rin(w_ih, /*transpose=*/true), rec(w_hh, /*transpose=*/true);
+  const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = w_hh.size(1), BH = B * H;
+  const Recurrent rec(w_hh, /*transpose=*/true);
+  // zhh (T, B, 8H): per row the recurrent term h_{t-1} W_hh^T, then the input term x_t W_ih^T, both
+  // normalised in place below and kept for the backward. The input terms of all steps are one
+  // (multi-threaded) GEMM here: per step their K = I is small, and the backward needs them again.
+  Tensor zi_all = zhh.view({T * B, 8 * H}).narrow(1, 4 * H, 4 * H);
+  at::mm_out(zi_all, x.reshape({T * B, I}).detach(), w_ih.t().detach());
   scalar_t* RI = rih.data_ptr<scalar_t>();
   scalar_t* Z = zhh.data_ptr<scalar_t>();
   scalar_t* R = rhh.data_ptr<scalar_t>();
@@ -1016,26 +1040,18 @@ void ln_forward_loop(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, co
   at::parallel_for(0, B, batch_grain(B), [&](int64_t b0, int64_t b1) {
     const int64_t Bt = b1 - b0;
     std::vector<scalar_t> act(4 * H);  // the gate activations of one row (the backward recomputes them)
-    // the normalised input term is not kept either: x_t W_ih^T is cheap to recompute (K = I)
-    Tensor zi_rows = at::empty({Bt, 4 * H}, x.options());
-    scalar_t* ZI = zi_rows.data_ptr<scalar_t>();
     for (int64_t t = 0; t < T; ++t) {
-      // zi = x_t W_ih^T and z = h_{t-1} W_hh^T for this thread's rows, normalised in place below
-      Tensor z_rows = zhh[t].narrow(0, b0, Bt);
-      zi_rows.zero_();
-      z_rows.zero_();
-      rin.acc<scalar_t>(zi_rows, x[t].narrow(0, b0, Bt));
-      rec.acc<scalar_t>(z_rows, hs[t].narrow(0, b0, Bt));
+      // z = h_{t-1} W_hh^T for this thread's rows (the first 4H of their zhh rows)
+      rec.set<scalar_t>(zhh[t].narrow(0, b0, Bt).narrow(1, 0, 4 * H), hs[t].narrow(0, b0, Bt));
       for (int64_t b = b0; b < b1; ++b) {
-        const int64_t r = b * H, p = t * BH + r, n = (t + 1) * BH + r, g4 = 4 * p;
+        const int64_t r = b * H, p = t * BH + r, n = (t + 1) * BH + r, g8 = 8 * p;
         if (len != nullptr && t >= len[b]) {  // past the end: state unchanged, output zero
           hold_row(HS + p, CS + p, HS + n, CS + n, O + p, H);
           continue;
         }
-        const int64_t o4 = 4 * (b - b0) * H;
-        RI[t * B + b] = normalise(ZI + o4, 4 * H);
-        R[t * B + b] = normalise(Z + g4, 4 * H);
-        ln_gates_row(act.data(), ZI + o4, Z + g4, P.g_ih, P.b_ih, P.g_hh, P.b_hh, CS + p, ZC + p, H);
+        RI[t * B + b] = normalise(Z + g8 + 4 * H, 4 * H);
+        R[t * B + b] = normalise(Z + g8, 4 * H);
+        ln_gates_row(act.data(), Z + g8 + 4 * H, Z + g8, P.g_ih, P.b_ih, P.g_hh, P.b_hh, CS + p, ZC + p, H);
         copy_row(ZC + p, CS + n, H);  // c_t, before its normalisation
         RC[t * B + b] = normalise(ZC + p, H);
         ln_out_row(act.data() + 3 * H, ZC + p, P.g_c, P.b_c, HS + n, H);
@@ -1045,45 +1061,51 @@ void ln_forward_loop(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, co
   });
 }
 
-// Inference: nothing kept for backward; per thread the normalised terms of one step's rows,
+// Inference: nothing kept for backward; the input terms of a chunk of steps (one GEMM each
+// chunk: bounded memory for long sequences), per thread the recurrent terms of one step's rows,
 // and the states in two rows (ping-pong).
 template <typename scalar_t>
 void ln_infer_loop(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, const LnParams<scalar_t>& P,
                    const int64_t* len, Tensor& hbuf, Tensor& cbuf, Tensor& out) {
-  const int64_t T = x.size(0), B = x.size(1), H = w_hh.size(1), BH = B * H;
-  const Recurrent rin(w_ih, /*transpose=*/true), rec(w_hh, /*transpose=*/true);
+  const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = w_hh.size(1), BH = B * H;
+  const Recurrent rec(w_hh, /*transpose=*/true);
   scalar_t* HS = hbuf.data_ptr<scalar_t>();
   scalar_t* CS = cbuf.data_ptr<scalar_t>();
   scalar_t* O = out.data_ptr<scalar_t>();
-  at::parallel_for(0, B, batch_grain(B), [&](int64_t b0, int64_t b1) {
-    const int64_t Bt = b1 - b0;
-    std::vector<scalar_t> act(4 * H), zc(H);
-    Tensor zi_rows = at::empty({Bt, 4 * H}, x.options()), z_rows = at::empty({Bt, 4 * H}, x.options());
-    scalar_t* ZI = zi_rows.data_ptr<scalar_t>();
-    scalar_t* Z = z_rows.data_ptr<scalar_t>();
-    for (int64_t t = 0; t < T; ++t) {
-      const int64_t sp = t % 2, sn = (t + 1) % 2;
-      zi_rows.zero_();
-      z_rows.zero_();
-      rin.acc<scalar_t>(zi_rows, x[t].narrow(0, b0, Bt));
-      rec.acc<scalar_t>(z_rows, hbuf[sp].narrow(0, b0, Bt));
-      for (int64_t b = b0; b < b1; ++b) {
-        const int64_t r = b * H, o4 = 4 * (b - b0) * H;
-        scalar_t *hp = HS + sp * BH + r, *cp = CS + sp * BH + r, *hn = HS + sn * BH + r, *cn = CS + sn * BH + r;
-        if (len != nullptr && t >= len[b]) {
-          hold_row(hp, cp, hn, cn, O + t * BH + r, H);
-          continue;
+  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(T, (int64_t(1) << 18) / (4 * BH) + 1));
+  Tensor zi_all = at::empty({chunk, B, 4 * H}, x.options());
+  scalar_t* ZI = zi_all.data_ptr<scalar_t>();
+  for (int64_t t0 = 0; t0 < T; t0 += chunk) {
+    const int64_t n = std::min(chunk, T - t0);
+    Tensor zi_n = zi_all.narrow(0, 0, n).view({n * B, 4 * H});
+    at::mm_out(zi_n, x.narrow(0, t0, n).reshape({n * B, I}).detach(), w_ih.t().detach());
+    at::parallel_for(0, B, batch_grain(B), [&](int64_t b0, int64_t b1) {
+      const int64_t Bt = b1 - b0;
+      std::vector<scalar_t> act(4 * H), zc(H);
+      Tensor z_rows = at::empty({Bt, 4 * H}, x.options());
+      scalar_t* Z = z_rows.data_ptr<scalar_t>();
+      for (int64_t t = t0; t < t0 + n; ++t) {
+        const int64_t sp = t % 2, sn = (t + 1) % 2;
+        rec.set<scalar_t>(z_rows, hbuf[sp].narrow(0, b0, Bt));
+        for (int64_t b = b0; b < b1; ++b) {
+          const int64_t r = b * H, o4 = 4 * (b - b0) * H;
+          scalar_t *hp = HS + sp * BH + r, *cp = CS + sp * BH + r, *hn = HS + sn * BH + r, *cn = CS + sn * BH + r;
+          if (len != nullptr && t >= len[b]) {
+            hold_row(hp, cp, hn, cn, O + t * BH + r, H);
+            continue;
+          }
+          scalar_t* zi = ZI + ((t - t0) * B + b) * 4 * H;
+          normalise(zi, 4 * H);
+          normalise(Z + o4, 4 * H);
+          ln_gates_row(act.data(), zi, Z + o4, P.g_ih, P.b_ih, P.g_hh, P.b_hh, cp, zc.data(), H);
+          copy_row(zc.data(), cn, H);
+          normalise(zc.data(), H);
+          ln_out_row(act.data() + 3 * H, zc.data(), P.g_c, P.b_c, hn, H);
+          copy_row(hn, O + t * BH + r, H);
         }
-        normalise(ZI + o4, 4 * H);
-        normalise(Z + o4, 4 * H);
-        ln_gates_row(act.data(), ZI + o4, Z + o4, P.g_ih, P.b_ih, P.g_hh, P.b_hh, cp, zc.data(), H);
-        copy_row(zc.data(), cn, H);
-        normalise(zc.data(), H);
-        ln_out_row(act.data() + 3 * H, zc.data(), P.g_c, P.b_c, hn, H);
-        copy_row(hn, O + t * BH + r, H);
       }
-    }
-  });
+    });
+  }
 }
 
 std::vector<Tensor> ln_forward(const Tensor& x, const Tensor& w_ih, const Tensor& g_ih, const Tensor& b_ih,
@@ -1105,7 +1127,7 @@ std::vector<Tensor> ln_forward(const Tensor& x, const Tensor& w_ih, const Tensor
     });
     return {out, hbuf[T % 2].clone(), cbuf[T % 2].clone()};
   }
-  Tensor zhh = at::empty({T, B, 4 * H}, opts);
+  Tensor zhh = at::empty({T, B, 8 * H}, opts);  // the recurrent and the input term of every row
   Tensor rih = at::empty({T, B}, opts), rhh = at::empty({T, B}, opts), zc = at::empty({T, B, H}, opts),
          rc = at::empty({T, B}, opts);
   Tensor hs = at::empty({T + 1, B, H}, opts), cs = at::empty({T + 1, B, H}, opts);
@@ -1180,7 +1202,6 @@ void ln_backward_loop(const Tensor& grad_out, const Tensor& x, const Tensor& w_i
                       Tensor& parts) {
   const int64_t T = zhh.size(0), B = zhh.size(1), I = x.size(2), H = w_hh.size(1), BH = B * H;
   const Recurrent rec(w_hh, /*transpose=*/false), rin(w_ih, /*transpose=*/false);
-  const Recurrent rin_fwd(w_ih, /*transpose=*/true);  // to recompute x_t W_ih^T
   Tensor dhb = at::empty({2, B, H}, dh.options()), dcb = at::empty({2, B, H}, dc.options());
   dhb[T % 2].copy_(dh);
   dcb[T % 2].copy_(dc);
@@ -1201,18 +1222,15 @@ void ln_backward_loop(const Tensor& grad_out, const Tensor& x, const Tensor& w_i
     scalar_t* acc = parts[tid].data_ptr<scalar_t>();
     std::vector<scalar_t> act(4 * H), da(4 * H), dzn(4 * H), dzc(H), dxc(H), c_scratch(H);
     Tensor dxw = at::empty({Bt, 4 * H}, zhh.options()), dz = at::empty({Bt, 4 * H}, zhh.options());
-    Tensor zi_rows = at::empty({Bt, 4 * H}, zhh.options());
-    scalar_t* ZI = zi_rows.data_ptr<scalar_t>();
     StepGrads<scalar_t> products(rec, rin, HS, X, B, H, I, b0, Bt, zhh.options());
     scalar_t* DX = dxw.data_ptr<scalar_t>();
     scalar_t* DZ = dz.data_ptr<scalar_t>();
     Tensor dwhh = dwhh_t[tid], dwih = dwih_t[tid];
     for (int64_t t = T - 1; t >= 0; --t) {
       const int64_t cur = (t + 1) % 2, prv = t % 2;
-      zi_rows.zero_();  // recompute the normalised input term of this step's rows
-      rin_fwd.acc<scalar_t>(zi_rows, x[t].narrow(0, b0, Bt));
       for (int64_t b = b0; b < b1; ++b) {
-        const int64_t r = b * H, p = t * BH + r, g4 = 4 * p, o4 = 4 * (b - b0) * H;
+        const int64_t r = b * H, p = t * BH + r, g8 = 8 * p, o4 = 4 * (b - b0) * H;
+        const scalar_t *zr = Z + g8, *zi = Z + g8 + 4 * H;  // the normalised recurrent and input terms
         const scalar_t *dh = DHB + cur * BH + r, *dc = DCB + cur * BH + r;
         scalar_t *dhp = DHB + prv * BH + r, *dcp = DCB + prv * BH + r;
         if (len != nullptr && t >= len[b]) {
@@ -1222,19 +1240,18 @@ void ln_backward_loop(const Tensor& grad_out, const Tensor& x, const Tensor& w_i
           copy_row(dc, dcp, H);
           continue;
         }
-        normalise(ZI + o4, 4 * H);
         // the gate activations, recomputed from the normalised terms (cheaper than keeping them)
-        ln_gates_row(act.data(), ZI + o4, Z + g4, P.g_ih, P.b_ih, P.g_hh, P.b_hh, CS + p, c_scratch.data(), H);
+        ln_gates_row(act.data(), zi, zr, P.g_ih, P.b_ih, P.g_hh, P.b_hh, CS + p, c_scratch.data(), H);
         ln_backward_out_row(dh, GO + p, act.data() + 3 * H, ZC + p, P.g_c, P.b_c, da.data() + 3 * H, dzc.data(),
                             acc + 16 * H, acc + 17 * H, H);
         normalise_backward(ZC + p, dzc.data(), RC[t * B + b], H, dxc.data());
         ln_backward_cell_row(act.data(), dc, dxc.data(), CS + p, da.data(), da.data() + H, da.data() + 2 * H, dcp,
                              H);
         // da is the gradient of a = LN_ih(x W_ih^T) + LN_hh(h W_hh^T): back through both
-        ln_backward_z_row(da.data(), Z + g4, P.g_hh, acc, acc + 4 * H, dzn.data(), 4 * H);
-        normalise_backward(Z + g4, dzn.data(), R[t * B + b], 4 * H, DZ + o4);
-        ln_backward_z_row(da.data(), ZI + o4, P.g_ih, acc + 8 * H, acc + 12 * H, dzn.data(), 4 * H);
-        normalise_backward(ZI + o4, dzn.data(), RI[t * B + b], 4 * H, DX + o4);
+        ln_backward_z_row(da.data(), zr, P.g_hh, acc, acc + 4 * H, dzn.data(), 4 * H);
+        normalise_backward(zr, dzn.data(), R[t * B + b], 4 * H, DZ + o4);
+        ln_backward_z_row(da.data(), zi, P.g_ih, acc + 8 * H, acc + 12 * H, dzn.data(), 4 * H);
+        normalise_backward(zi, dzn.data(), RI[t * B + b], 4 * H, DX + o4);
         zero_row(dhp, H);
       }
       // dh_{t-1} (= 0, or the pass-through of finished sequences) += dZ W_hh; dx_t; weight sums
