@@ -165,7 +165,7 @@ def test_without_kernels_the_reference_runs_and_says_so_once():
 
 
 @pytest.mark.parametrize("split", ["units", "batch"])
-@pytest.mark.parametrize("kind", ["lstm", "peephole", "phased"])
+@pytest.mark.parametrize("kind", ["lstm", "peephole", "phased", "layernorm"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_both_ways_of_sharing_a_step_among_threads_equal_the_reference(kind, dtype, split, monkeypatch):
     """A step's work is shared among threads by sequences, or (few sequences and a large W_hh) by
@@ -201,11 +201,17 @@ def test_both_ways_of_sharing_a_step_among_threads_equal_the_reference(kind, dty
             fst.sparse_inference = False  # (the dense fused loop, not the sparse kernel)
         xl = torch.randn(5, 400, 3, dtype=dtype)
         tl = torch.rand(5, 400, dtype=torch.float64).cumsum(1)
+        tol = {"rtol": TOL[dtype]["rtol"], "atol": TOL[dtype]["atol"] * 2}
+        if kind == "layernorm" and dtype == torch.float32:
+            # over 400 steps this LN-LSTM amplifies float32 rounding: the float32 reference itself ends
+            # 8e-4 from the float64 one, the fused path 4e-5 to 3e-4. Both are held to the float64 truth.
+            ref = copy.deepcopy(ref).double()
+            tol = {"rtol": 1e-2, "atol": 2e-3}
         with torch.no_grad():
             for call in ({}, {"times": tl, "lengths": torch.tensor([400, 3, 399, 200, 1])}):
-                (o1, (h1, c1)), (o2, (h2, c2)) = ref(xl, **call), fst(xl, **call)
+                (o1, (h1, c1)), (o2, (h2, c2)) = ref(xl.to(ref.weight_ih_l0.dtype), **call), fst(xl, **call)
                 for u, v in ((o1, o2), (h1, h2), (c1, c2)):
-                    torch.testing.assert_close(v, u, rtol=TOL[dtype]["rtol"], atol=TOL[dtype]["atol"] * 2)
+                    torch.testing.assert_close(v.to(u.dtype), u, **tol)
     finally:
         torch.set_num_threads(threads)
 

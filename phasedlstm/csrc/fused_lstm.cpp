@@ -416,7 +416,8 @@ inline bool split_units(int64_t B, int64_t H) {
   if (e != nullptr && std::strcmp(e, "units") == 0) return true;
   if (e != nullptr && std::strcmp(e, "batch") == 0) return false;
   const int64_t nt = at::get_num_threads();
-  // measured on 2 cores (A/B of both splits, 2026-11-28; results/bench-units.txt): H = 512 with
+  // measured on 2 cores (A/B of both splits, 2026-11-28, third session; results/bench-units.txt in git
+  // history, removed in the fourth when results/bench.txt covered those shapes): H = 512 with
   // B = 32 and H = 1024 with B = 16 gain; H = 384 with B = 32 and H = 512 with B = 64 lose
   return nt > 1 && H >= 512 && B <= 16 * nt;
 }
@@ -1018,12 +1019,30 @@ struct LnTensors {
   }
 };
 
+// The LN-LSTM's recurrent term z = h_{t-1} W_hh^T of all rows, shared among threads by units (few
+// sequences and a large W_hh, as split_units says): each thread multiplies by its block of units'
+// rows of W_hh in each gate, so no thread streams all of W_hh. Its layer norms couple all units of
+// a row, so the element-wise pass after it is shared by rows (a second parallel region per step).
+inline void ln_units_product(Tensor z, const Tensor& hprev, const Tensor& W) {  // z: (B, 4H) rows, any row stride
+  const int64_t H = W.size(1), blk = unit_block(H), nb = (H + blk - 1) / blk;
+  at::parallel_for(0, nb, 1, [&](int64_t q0, int64_t q1) {
+    for (int64_t q = q0; q < q1; ++q) {
+      const int64_t u0 = q * blk, hb = std::min(blk, H - u0);
+      for (int64_t gate = 0; gate < 4; ++gate) {
+        Tensor out = z.narrow(1, gate * H + u0, hb);
+        at::mm_out(out, hprev, W.narrow(0, gate * H + u0, hb).t());
+      }
+    }
+  });
+}
+
 template <typename scalar_t>
 void ln_forward_loop(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, const LnParams<scalar_t>& P,
                      const int64_t* len, Tensor& rih, Tensor& zhh, Tensor& rhh, Tensor& zc, Tensor& rc,
                      Tensor& hs, Tensor& cs, Tensor& out, bool own_out) {
   const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = w_hh.size(1), BH = B * H;
-  const Recurrent rec(w_hh, /*transpose=*/true);
+  const bool units = split_units(B, H);
+  const Recurrent rec(w_hh, /*transpose=*/true, /*pack=*/!units);
   // zhh (T, B, 8H): per row the recurrent term h_{t-1} W_hh^T, then the input term x_t W_ih^T, both
   // normalised in place below and kept for the backward. The input terms of all steps are one
   // (multi-threaded) GEMM here: per step their K = I is small, and the backward needs them again.
@@ -1037,72 +1056,104 @@ void ln_forward_loop(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, co
   scalar_t* HS = hs.data_ptr<scalar_t>();
   scalar_t* CS = cs.data_ptr<scalar_t>();
   scalar_t* O = out.data_ptr<scalar_t>();
+  const Tensor W = units ? w_hh.detach() : Tensor();
+  // rows b0..b1 of step t (their z already computed); with the batch split one region runs all steps
+  auto rows = [&](int64_t t, int64_t b0, int64_t b1, std::vector<scalar_t>& act) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t r = b * H, p = t * BH + r, n = (t + 1) * BH + r, g8 = 8 * p;
+      if (len != nullptr && t >= len[b]) {  // past the end: state unchanged, output zero
+        hold_row(HS + p, CS + p, HS + n, CS + n, O + p, H);
+        continue;
+      }
+      RI[t * B + b] = normalise(Z + g8 + 4 * H, 4 * H);
+      R[t * B + b] = normalise(Z + g8, 4 * H);
+      ln_gates_row(act.data(), Z + g8 + 4 * H, Z + g8, P.g_ih, P.b_ih, P.g_hh, P.b_hh, CS + p, ZC + p, H);
+      copy_row(ZC + p, CS + n, H);  // c_t, before its normalisation
+      RC[t * B + b] = normalise(ZC + p, H);
+      ln_out_row(act.data() + 3 * H, ZC + p, P.g_c, P.b_c, HS + n, H);
+      if (own_out) copy_row(HS + n, O + p, H);
+    }
+  };
+  if (units) {
+    for (int64_t t = 0; t < T; ++t) {
+      ln_units_product(zhh[t].narrow(1, 0, 4 * H), hs[t], W);
+      at::parallel_for(0, B, batch_grain(B), [&](int64_t b0, int64_t b1) {
+        std::vector<scalar_t> act(4 * H);
+        rows(t, b0, b1, act);
+      });
+    }
+    return;
+  }
   at::parallel_for(0, B, batch_grain(B), [&](int64_t b0, int64_t b1) {
     const int64_t Bt = b1 - b0;
     std::vector<scalar_t> act(4 * H);  // the gate activations of one row (the backward recomputes them)
     for (int64_t t = 0; t < T; ++t) {
       // z = h_{t-1} W_hh^T for this thread's rows (the first 4H of their zhh rows)
       rec.set<scalar_t>(zhh[t].narrow(0, b0, Bt).narrow(1, 0, 4 * H), hs[t].narrow(0, b0, Bt));
-      for (int64_t b = b0; b < b1; ++b) {
-        const int64_t r = b * H, p = t * BH + r, n = (t + 1) * BH + r, g8 = 8 * p;
-        if (len != nullptr && t >= len[b]) {  // past the end: state unchanged, output zero
-          hold_row(HS + p, CS + p, HS + n, CS + n, O + p, H);
-          continue;
-        }
-        RI[t * B + b] = normalise(Z + g8 + 4 * H, 4 * H);
-        R[t * B + b] = normalise(Z + g8, 4 * H);
-        ln_gates_row(act.data(), Z + g8 + 4 * H, Z + g8, P.g_ih, P.b_ih, P.g_hh, P.b_hh, CS + p, ZC + p, H);
-        copy_row(ZC + p, CS + n, H);  // c_t, before its normalisation
-        RC[t * B + b] = normalise(ZC + p, H);
-        ln_out_row(act.data() + 3 * H, ZC + p, P.g_c, P.b_c, HS + n, H);
-        if (own_out) copy_row(HS + n, O + p, H);
-      }
+      rows(t, b0, b1, act);
     }
   });
 }
 
 // Inference: nothing kept for backward; the input terms of a chunk of steps (one GEMM each
-// chunk: bounded memory for long sequences), per thread the recurrent terms of one step's rows,
-// and the states in two rows (ping-pong).
+// chunk: bounded memory for long sequences), the recurrent terms of one step's rows (per thread,
+// or shared among threads by units: ln_units_product), and the states in two rows (ping-pong).
 template <typename scalar_t>
 void ln_infer_loop(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, const LnParams<scalar_t>& P,
                    const int64_t* len, Tensor& hbuf, Tensor& cbuf, Tensor& out) {
   const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = w_hh.size(1), BH = B * H;
-  const Recurrent rec(w_hh, /*transpose=*/true);
+  const bool units = split_units(B, H);
+  const Recurrent rec(w_hh, /*transpose=*/true, /*pack=*/!units);
+  const Tensor W = units ? w_hh.detach() : Tensor();
   scalar_t* HS = hbuf.data_ptr<scalar_t>();
   scalar_t* CS = cbuf.data_ptr<scalar_t>();
   scalar_t* O = out.data_ptr<scalar_t>();
   const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(T, (int64_t(1) << 18) / (4 * BH) + 1));
   Tensor zi_all = at::empty({chunk, B, 4 * H}, x.options());
+  Tensor z_all = units ? at::empty({B, 4 * H}, x.options()) : Tensor();  // (the unit split's recurrent terms)
   scalar_t* ZI = zi_all.data_ptr<scalar_t>();
+  // rows b0..b1 of step t of the chunk from t0; Z: their recurrent terms, row b at Z + 4 (b - zb) H
+  auto rows = [&](int64_t t, int64_t t0, int64_t b0, int64_t b1, scalar_t* Z, int64_t zb, std::vector<scalar_t>& act,
+                  std::vector<scalar_t>& zc) {
+    const int64_t sp = t % 2, sn = (t + 1) % 2;
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t r = b * H, o4 = 4 * (b - zb) * H;
+      scalar_t *hp = HS + sp * BH + r, *cp = CS + sp * BH + r, *hn = HS + sn * BH + r, *cn = CS + sn * BH + r;
+      if (len != nullptr && t >= len[b]) {
+        hold_row(hp, cp, hn, cn, O + t * BH + r, H);
+        continue;
+      }
+      scalar_t* zi = ZI + ((t - t0) * B + b) * 4 * H;
+      normalise(zi, 4 * H);
+      normalise(Z + o4, 4 * H);
+      ln_gates_row(act.data(), zi, Z + o4, P.g_ih, P.b_ih, P.g_hh, P.b_hh, cp, zc.data(), H);
+      copy_row(zc.data(), cn, H);
+      normalise(zc.data(), H);
+      ln_out_row(act.data() + 3 * H, zc.data(), P.g_c, P.b_c, hn, H);
+      copy_row(hn, O + t * BH + r, H);
+    }
+  };
   for (int64_t t0 = 0; t0 < T; t0 += chunk) {
     const int64_t n = std::min(chunk, T - t0);
     Tensor zi_n = zi_all.narrow(0, 0, n).view({n * B, 4 * H});
     at::mm_out(zi_n, x.narrow(0, t0, n).reshape({n * B, I}).detach(), w_ih.t().detach());
+    if (units) {  // per step: the recurrent terms by units, then the rows
+      for (int64_t t = t0; t < t0 + n; ++t) {
+        ln_units_product(z_all, hbuf[t % 2], W);
+        at::parallel_for(0, B, batch_grain(B), [&](int64_t b0, int64_t b1) {
+          std::vector<scalar_t> act(4 * H), zc(H);
+          rows(t, t0, b0, b1, z_all.data_ptr<scalar_t>(), 0, act, zc);
+        });
+      }
+      continue;
+    }
     at::parallel_for(0, B, batch_grain(B), [&](int64_t b0, int64_t b1) {
       const int64_t Bt = b1 - b0;
       std::vector<scalar_t> act(4 * H), zc(H);
       Tensor z_rows = at::empty({Bt, 4 * H}, x.options());
-      scalar_t* Z = z_rows.data_ptr<scalar_t>();
       for (int64_t t = t0; t < t0 + n; ++t) {
-        const int64_t sp = t % 2, sn = (t + 1) % 2;
-        rec.set<scalar_t>(z_rows, hbuf[sp].narrow(0, b0, Bt));
-        for (int64_t b = b0; b < b1; ++b) {
-          const int64_t r = b * H, o4 = 4 * (b - b0) * H;
-          scalar_t *hp = HS + sp * BH + r, *cp = CS + sp * BH + r, *hn = HS + sn * BH + r, *cn = CS + sn * BH + r;
-          if (len != nullptr && t >= len[b]) {
-            hold_row(hp, cp, hn, cn, O + t * BH + r, H);
-            continue;
-          }
-          scalar_t* zi = ZI + ((t - t0) * B + b) * 4 * H;
-          normalise(zi, 4 * H);
-          normalise(Z + o4, 4 * H);
-          ln_gates_row(act.data(), zi, Z + o4, P.g_ih, P.b_ih, P.g_hh, P.b_hh, cp, zc.data(), H);
-          copy_row(zc.data(), cn, H);
-          normalise(zc.data(), H);
-          ln_out_row(act.data() + 3 * H, zc.data(), P.g_c, P.b_c, hn, H);
-          copy_row(hn, O + t * BH + r, H);
-        }
+        rec.set<scalar_t>(z_rows, hbuf[t % 2].narrow(0, b0, Bt));
+        rows(t, t0, b0, b1, z_rows.data_ptr<scalar_t>(), b0, act, zc);
       }
     });
   }
