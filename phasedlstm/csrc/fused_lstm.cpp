@@ -398,6 +398,12 @@ inline void scatter_rows(const scalar_t* src, const std::vector<int64_t>& rows, 
   for (size_t i = 0; i < rows.size(); ++i) copy_row(src + i * n, dst + (rows[i] - off) * ldd, n);
 }
 
+// Inference computes the input terms of a chunk of steps at a time: about 2^18 gate values (1 MiB
+// in float32) per chunk, so long sequences need no (T, B, 4H) buffer.
+inline int64_t infer_chunk(int64_t T, int64_t BH) {
+  return std::max<int64_t>(1, std::min<int64_t>(T, (int64_t(1) << 18) / (4 * BH) + 1));
+}
+
 // Parallel over the batch, serial over time: each thread runs the whole time loop for its own
 // block of sequences (rows never interact), so there is no fork/join per step. Inside, the
 // per-step GEMM runs single-threaded on the thread's rows.
@@ -496,8 +502,7 @@ void forward_loop(const Tensor& x, const Tensor& w_ih, const Tensor& bias, const
   scalar_t* O = OUT ? out.data_ptr<scalar_t>() : nullptr;
   // training: gates and states of every step are kept; inference: the gates of a chunk of
   // steps (one step's when the projection is fused), and two state rows (ping-pong)
-  const int64_t chunk =
-      save || fused_in ? T : std::max<int64_t>(1, std::min<int64_t>(T, (int64_t(1) << 18) / (4 * BH) + 1));
+  const int64_t chunk = save || fused_in ? T : infer_chunk(T, BH);
   Tensor gbuf = save ? acts : at::empty({fused_in ? 1 : chunk, B, 4 * H}, x.options());
   Tensor hbuf = save ? hs : at::empty({2, B, H}, x.options());
   Tensor cbuf = save ? cs : at::empty({2, B, H}, x.options());
@@ -1108,7 +1113,7 @@ void ln_infer_loop(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, cons
   scalar_t* HS = hbuf.data_ptr<scalar_t>();
   scalar_t* CS = cbuf.data_ptr<scalar_t>();
   scalar_t* O = out.data_ptr<scalar_t>();
-  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(T, (int64_t(1) << 18) / (4 * BH) + 1));
+  const int64_t chunk = infer_chunk(T, BH);
   Tensor zi_all = at::empty({chunk, B, 4 * H}, x.options());
   Tensor z_all = units ? at::empty({B, 4 * H}, x.options()) : Tensor();  // (the unit split's recurrent terms)
   scalar_t* ZI = zi_all.data_ptr<scalar_t>();
@@ -1349,19 +1354,6 @@ std::vector<Tensor> ln_backward(const Tensor& grad_out, const Tensor& grad_hn, c
 // as 1e9 keep their phase. Like phasedlstm.cells.time_gate: tau_e = max(|tau|, 1e-6),
 // r = clamp(|r_on|, 1e-6, 1), a true modulo (the result is in [0, tau_e) also for t < s).
 
-// horizontal sums of a vector register
-#if defined(__AVX2__) && defined(__FMA__)
-static inline float hsum(__m256 v) {
-  const __m128 q = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  const __m128 d = _mm_add_ps(q, _mm_movehl_ps(q, q));
-  return _mm_cvtss_f32(_mm_add_ss(d, _mm_movehdup_ps(d)));
-}
-static inline double hsum(__m256d v) {
-  const __m128d q = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
-  return _mm_cvtsd_f64(_mm_add_sd(q, _mm_unpackhi_pd(q, q)));
-}
-#endif
-
 #pragma GCC push_options
 #pragma GCC optimize("no-fast-math")
 
@@ -1488,8 +1480,6 @@ static inline int64_t open_units(const double* __restrict phi, const double* __r
   return n;
 }
 
-// Accumulates d tau, d s, d r_on of one timestamp's row and returns d t (= -d s summed over units:
-// phi depends on t - s only).
 // One row of the gate's backward: the per-unit sums of d tau, d s, d r_on (added to a_tau, a_s, a_r)
 // and the gradient wrt the row's timestamp (returned). Per unit: dk/dphi = 2/r rising, -2/r
 // falling, the leak closed; dk/dr = -2 phi/r^2 rising, 2 phi/r^2 falling; dphi/du = 1/tau_e and
@@ -1528,8 +1518,10 @@ static inline double gate_backward_row(double t, const double* __restrict phi, c
                                             _mm256_mul_pd(_mm256_mul_pd(g, dr), _mm256_loadu_pd(drq + j))));
     sum = _mm256_add_pd(sum, d);
   }
-  const __m128d q = _mm_add_pd(_mm256_castpd256_pd128(sum), _mm256_extractf128_pd(sum, 1));  // (hsum, inline
-  d_t = _mm_cvtsd_f64(_mm_add_sd(q, _mm_unpackhi_pd(q, q)));                                 // in this region)
+  // the 4 lanes' sum, written out here: a call of hsum (compiled with -ffast-math, below) from this
+  // no-fast-math region might not be inlined (GCC does not inline across differing optimize options)
+  const __m128d q = _mm_add_pd(_mm256_castpd256_pd128(sum), _mm256_extractf128_pd(sum, 1));
+  d_t = _mm_cvtsd_f64(_mm_add_sd(q, _mm_unpackhi_pd(q, q)));
 #endif
   for (; j < H; ++j) {
     const double u = t - s[j], p = phi[j], g = dk[j];
@@ -1626,6 +1618,18 @@ std::vector<Tensor> time_gate_backward(const Tensor& dk, const Tensor& times, co
 // dtype holds exactly; 4 = x's dtype is not the weights' (nothing computed: the caller's checks
 // say what is wrong); 5 = sparse declined (non-finite weights or values that could overflow: the
 // caller runs the dense path). open = the unit-steps computed (valid steps only).
+
+#if defined(__AVX2__) && defined(__FMA__)
+static inline float hsum(__m256 v) {
+  const __m128 q = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  const __m128 d = _mm_add_ps(q, _mm_movehl_ps(q, q));
+  return _mm_cvtss_f32(_mm_add_ss(d, _mm_movehdup_ps(d)));
+}
+static inline double hsum(__m256d v) {
+  const __m128d q = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+  return _mm_cvtsd_f64(_mm_add_sd(q, _mm_unpackhi_pd(q, q)));
+}
+#endif
 
 template <typename T>
 static inline void dot4(const T* __restrict r0, const T* __restrict r1, const T* __restrict r2,
