@@ -33,8 +33,7 @@ DUR_BINS = [15, 30, 60, 90, 125]
 def test_periods(cfg, n_test: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(periods, durations, labels) of the run's test set, drawn as frequency_task draws it."""
     condition = cfg.task.removeprefix("freq-")
-    rng = np.random.default_rng([cfg.seed, frequency._STREAM["test"]])
-    x, times, lengths, y, _, period = frequency._generate(condition, max(n_test, 1), rng)
+    _, times, lengths, y, _, period = frequency._generate(condition, max(n_test, 1), frequency.stream(cfg.seed, "test"))
     last = times[np.arange(len(lengths)), lengths - 1]
     return period, last - times[:, 0], y
 

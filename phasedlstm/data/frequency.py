@@ -131,6 +131,11 @@ CONDITIONS = ("standard", "highres", "async", "combo", "combo-hard")
 _STREAM = {"train": 0, "val": 1, "test": 2, "fresh": 3}
 
 
+def stream(seed: int, split: str, *more: int) -> np.random.Generator:
+    """The generator a split of seed ``seed`` is drawn from ("fresh" takes the epoch as ``more``)."""
+    return np.random.default_rng([seed, _STREAM[split], *more])
+
+
 def _generate(condition: str, n: int, rng: np.random.Generator):
     if condition == "combo":
         return generate_combo(n, rng, "authors")
@@ -164,7 +169,7 @@ def frequency_task(condition: str = "async", seed: int = 0, n_train: int = 5000,
             raise ValueError(f"{name} must be >= {0 if name == 'n_val' else 2}, got {v}")
 
     def rng(split, *more):
-        return np.random.default_rng([seed, _STREAM[split], *more])
+        return stream(seed, split, *more)
 
     def sampler(epoch: int) -> SequenceDataset:
         return _split(condition, n_train, rng("fresh", epoch), time_feature)
