@@ -153,7 +153,7 @@ def _build() -> None:
         (directory / "lock").unlink(missing_ok=True)
         fresh = not (directory / "phasedlstm_fused.so").exists()
         if fresh:
-            _say(f"building the fused kernels (~15 s, once per machine and version) in {directory}")
+            _say(f"building the fused kernels (1-2 minutes on 2 cores, once per machine and version) in {directory}")
         # build from a copy inside the folder: the folder is keyed on the source's content, so two
         # checkouts of one version share it, and a build file naming either checkout's path would
         # make ninja rebuild whenever the other one loads it

@@ -16,6 +16,9 @@ LAYERS = {"lstm": LSTM, "peephole": PeepholeLSTM, "phased": PhasedLSTM, "layerno
 # float32: the two paths sum in different orders and the kernels use vectorised exp/tanh;
 # tolerances relative to the size of each tensor (rtol 1e-4, atol 1e-4 x its largest value)
 TOL = {torch.float64: dict(rtol=1e-9, atol=1e-11), torch.float32: dict(rtol=1e-4, atol=1e-4)}
+# PHASEDLSTM_PACKED: "1" the register-blocked micro-kernel where it serves (float32 on AVX2 and
+# AVX-512 CPUs), "0" at::addmm for every product; float64 always takes at::addmm
+DTYPE_PACKED = [(torch.float64, "1"), (torch.float32, "1"), (torch.float32, "0")]
 
 
 def _pair(kind, dtype, **kw):
@@ -51,9 +54,12 @@ def _assert_same(a, b, dtype):
 
 
 @pytest.mark.parametrize("kind", list(LAYERS))
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("dtype,packed", DTYPE_PACKED)
 @pytest.mark.parametrize("bidirectional", [False, True])
-def test_fast_equals_reference(kind, dtype, bidirectional):
+def test_fast_equals_reference(kind, dtype, bidirectional, packed, monkeypatch):
+    """packed = 0 (PHASEDLSTM_PACKED): every product through at::addmm instead of the register-
+    blocked micro-kernel, which serves float32 on AVX2 and AVX-512 CPUs; both paths are tested."""
+    monkeypatch.setenv("PHASEDLSTM_PACKED", packed)
     torch.manual_seed(0)
     ref, fst = _pair(kind, dtype, num_layers=2, bidirectional=bidirectional)
     D = 2 if bidirectional else 1
@@ -166,14 +172,16 @@ def test_without_kernels_the_reference_runs_and_says_so_once():
 
 @pytest.mark.parametrize("split", ["units", "batch"])
 @pytest.mark.parametrize("kind", ["lstm", "peephole", "phased", "layernorm"])
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_both_ways_of_sharing_a_step_among_threads_equal_the_reference(kind, dtype, split, monkeypatch):
+@pytest.mark.parametrize("dtype,packed", DTYPE_PACKED)
+def test_both_ways_of_sharing_a_step_among_threads_equal_the_reference(kind, dtype, split, packed, monkeypatch):
     """A step's work is shared among threads by sequences, or (few sequences and a large W_hh) by
     units: each thread its units' rows of W_hh; PHASEDLSTM_SPLIT forces one. Both give the
-    reference's outputs, states and gradients. H = 40 on 2 threads makes unequal unit blocks
-    (32 + 8); shared and per-sample timestamps, lengths, and 400 steps without gradients (the
-    inference loop works in chunks of steps) are covered."""
+    reference's outputs, states and gradients, with the micro-kernel (its unit blocks of W_hh
+    packed once per call) and without (PHASEDLSTM_PACKED=0). H = 40 on 2 threads makes unequal
+    unit blocks (32 + 8: a full and a partial panel); shared and per-sample timestamps, lengths,
+    and 400 steps without gradients (the inference loop works in chunks of steps) are covered."""
     monkeypatch.setenv("PHASEDLSTM_SPLIT", split)
+    monkeypatch.setenv("PHASEDLSTM_PACKED", packed)
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -217,13 +225,15 @@ def test_both_ways_of_sharing_a_step_among_threads_equal_the_reference(kind, dty
 
 
 @pytest.mark.parametrize("kind", ["lstm", "peephole", "phased"])
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("dtype,packed", DTYPE_PACKED)
 @pytest.mark.parametrize("threads", [1, 2])
-def test_products_on_the_running_rows_only_equal_the_reference(kind, dtype, threads):
+def test_products_on_the_running_rows_only_equal_the_reference(kind, dtype, threads, packed, monkeypatch):
     """With lengths, once a quarter of a thread's rows have ended, the fused loops multiply only
     the rows still running (forward and backward); lengths from 1 to T in one batch, so every
     step of the loop runs with a different set of rows: outputs, states and every gradient equal
-    the reference's."""
+    the reference's. With and without the micro-kernel (PHASEDLSTM_PACKED); on one thread its
+    tiles of 6 rows run (13 rows: 6 + 6 + 1)."""
+    monkeypatch.setenv("PHASEDLSTM_PACKED", packed)
     prev = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

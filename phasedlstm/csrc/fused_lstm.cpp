@@ -176,11 +176,18 @@ static inline void hold_row(const scalar_t* __restrict hp, const scalar_t* __res
 // ---------------------------------------------------------------------------------------------
 // Per step the recurrent GEMM is small (M = the thread's sequences, K = H, N = 4H, or the
 // transpose in the backward) and runs once per step for thousands of steps, on the same B.
-// For float32 with AVX-512 we pack B once per call into 64-column panels and run a register-
-// blocked micro-kernel (6 rows x 64 columns of accumulators); elsewhere (float64, other CPUs)
-// at::addmm_ does it.
+// For float32 we pack B once per call into panels of kNR columns and run a register-blocked
+// micro-kernel: with AVX-512 6 rows x 64 columns of accumulators (4 zmm per row), with AVX2 and
+// FMA 6 rows x 16 columns (2 ymm per row, 12 of the 16 registers). Elsewhere (float64, CPUs
+// with neither) at::addmm_ does it. For small M, MKL's sgemm packs B again at every call: at
+// (M, K, N) = (16, 1024, 4096) on 2 threads it ran at 42 GFLOP/s where this kernel on B packed
+// once runs at 95-160 (2-core AVX2 EPYC, 2026-11-28).
 
+#if defined(__AVX512F__)
 constexpr int64_t kNR = 64;  // panel width: 4 zmm registers
+#else
+constexpr int64_t kNR = 16;  // panel width: 2 ymm registers
+#endif
 
 struct PackedB {
   Tensor data;  // (panels, K, 64), zero-padded past N
@@ -203,7 +210,7 @@ inline PackedB pack_b(const Tensor& src, int64_t K, int64_t N, int64_t sk, int64
 }
 
 #if defined(__AVX512F__)
-constexpr bool kHaveAvx512 = true;
+constexpr bool kHavePacked = true;
 
 // FULL: all 64 columns valid (plain loads; masked loads are several times slower on some
 // CPUs, so only the last, partial panel uses them).
@@ -287,18 +294,115 @@ inline void gemm_acc(int64_t M, const float* A, int64_t lda, const PackedB& B, f
                      const float* init = nullptr) {
   gemm_acc_any(M, B.N, B.K, A, lda, B.data.data_ptr<float>(), B.K * kNR, kNR, C, ldc, init);
 }
+#elif defined(__AVX2__) && defined(__FMA__)
+constexpr bool kHavePacked = true;
+
+// The AVX2 tile: MR (1-6) rows x 16 columns. The accumulators are named variables, not an array:
+// GCC 12 keeps an array of __m256 in memory and stores it at every k (measured: 30 GFLOP/s
+// instead of 65-85 on one core). FULL: all 16 columns valid; otherwise C (and a row-major B, which
+// may end inside the panel) are read and written under a mask.
+template <int MR, bool FULL>
+static inline void micro_tile(int64_t K, const float* __restrict A, int64_t lda, const float* __restrict Bp,
+                              int64_t ldb, float* __restrict C, int64_t ldc, int64_t ncols,
+                              const float* __restrict init) {
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i m0 = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)ncols), lane);
+  const __m256i m1 = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)ncols - 8), lane);
+  auto load = [&](const float* src, int j) {
+    return FULL ? _mm256_loadu_ps(src) : _mm256_maskload_ps(src, j == 0 ? m0 : m1);
+  };
+#define PLSTM_DECL(r)                                                         \
+  __m256 c##r##0 = _mm256_setzero_ps(), c##r##1 = _mm256_setzero_ps();        \
+  if constexpr (MR > r) {                                                     \
+    const float* src = init != nullptr ? init : C + r * ldc;                  \
+    c##r##0 = load(src, 0);                                                   \
+    c##r##1 = load(src + 8, 1);                                               \
+  }
+  PLSTM_DECL(0) PLSTM_DECL(1) PLSTM_DECL(2) PLSTM_DECL(3) PLSTM_DECL(4) PLSTM_DECL(5)
+#undef PLSTM_DECL
+#pragma GCC unroll 4
+  for (int64_t k = 0; k < K; ++k) {
+    const float* b = Bp + k * ldb;
+    const __m256 b0 = load(b, 0), b1 = load(b + 8, 1);
+#define PLSTM_STEP(r)                                          \
+  if constexpr (MR > r) {                                      \
+    const __m256 a = _mm256_broadcast_ss(A + r * lda + k);     \
+    c##r##0 = _mm256_fmadd_ps(a, b0, c##r##0);                 \
+    c##r##1 = _mm256_fmadd_ps(a, b1, c##r##1);                 \
+  }
+    PLSTM_STEP(0) PLSTM_STEP(1) PLSTM_STEP(2) PLSTM_STEP(3) PLSTM_STEP(4) PLSTM_STEP(5)
+#undef PLSTM_STEP
+  }
+#define PLSTM_STORE(r)                                                                           \
+  if constexpr (MR > r) {                                                                        \
+    if (FULL) {                                                                                  \
+      _mm256_storeu_ps(C + r * ldc, c##r##0);                                                    \
+      _mm256_storeu_ps(C + r * ldc + 8, c##r##1);                                                \
+    } else {                                                                                     \
+      _mm256_maskstore_ps(C + r * ldc, m0, c##r##0);                                             \
+      _mm256_maskstore_ps(C + r * ldc + 8, m1, c##r##1);                                         \
+    }                                                                                            \
+  }
+  PLSTM_STORE(0) PLSTM_STORE(1) PLSTM_STORE(2) PLSTM_STORE(3) PLSTM_STORE(4) PLSTM_STORE(5)
+#undef PLSTM_STORE
+}
+
+template <bool FULL>
+inline void micro_rows(int64_t M, int64_t K, const float* A, int64_t lda, const float* bq, int64_t ldb, float* cq,
+                       int64_t ldc, int64_t ncols, const float* init) {
+  int64_t m = 0;
+  for (; m + 6 <= M; m += 6) micro_tile<6, FULL>(K, A + m * lda, lda, bq, ldb, cq + m * ldc, ldc, ncols, init);
+  switch (M - m) {
+    case 5: micro_tile<5, FULL>(K, A + m * lda, lda, bq, ldb, cq + m * ldc, ldc, ncols, init); break;
+    case 4: micro_tile<4, FULL>(K, A + m * lda, lda, bq, ldb, cq + m * ldc, ldc, ncols, init); break;
+    case 3: micro_tile<3, FULL>(K, A + m * lda, lda, bq, ldb, cq + m * ldc, ldc, ncols, init); break;
+    case 2: micro_tile<2, FULL>(K, A + m * lda, lda, bq, ldb, cq + m * ldc, ldc, ncols, init); break;
+    case 1: micro_tile<1, FULL>(K, A + m * lda, lda, bq, ldb, cq + m * ldc, ldc, ncols, init); break;
+    default: break;
+  }
+}
+
+// C (M x N) += A (M x K) B (K x N); B is packed (panel_stride = K * 64, ldb = 64) or row-major
+// (panel_stride = 64, ldb = its row stride). Rows of A and C have strides lda and ldc. With
+// init (an N-vector), C = init + A B instead: C is written, never read.
+inline void gemm_acc_any(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* Bq0,
+                         int64_t panel_stride, int64_t ldb, float* C, int64_t ldc, const float* init = nullptr) {
+  const int64_t panels = (N + kNR - 1) / kNR;
+  for (int64_t q = 0; q < panels; ++q) {
+    const float* bq = Bq0 + q * panel_stride;
+    const int64_t ncols = std::min(kNR, N - q * kNR);
+    float* cq = C + q * kNR;
+    const float* iq = init != nullptr ? init + q * kNR : nullptr;
+    if (ncols == kNR) micro_rows<true>(M, K, A, lda, bq, ldb, cq, ldc, ncols, iq);
+    else micro_rows<false>(M, K, A, lda, bq, ldb, cq, ldc, ncols, iq);
+  }
+}
+
+inline void gemm_acc(int64_t M, const float* A, int64_t lda, const PackedB& B, float* C, int64_t ldc,
+                     const float* init = nullptr) {
+  gemm_acc_any(M, B.N, B.K, A, lda, B.data.data_ptr<float>(), B.K * kNR, kNR, C, ldc, init);
+}
 #else
-constexpr bool kHaveAvx512 = false;
+constexpr bool kHavePacked = false;
 inline void gemm_acc(int64_t, const float*, int64_t, const PackedB&, float*, int64_t, const float* = nullptr) {}
 inline void gemm_acc_any(int64_t, int64_t, int64_t, const float*, int64_t, const float*, int64_t, int64_t, float*,
                          int64_t, const float* = nullptr) {}
 #endif
 
+// PHASEDLSTM_PACKED=0 switches the micro-kernel off (at::addmm_ for every product): the tests run
+// both paths, the benchmarks compare them.
+inline bool packed_enabled() {
+  const char* e = std::getenv("PHASEDLSTM_PACKED");
+  return e == nullptr || std::strcmp(e, "0") != 0;
+}
+
 // C += A B for 2-D tensors whose rows are contiguous (inner stride 1), on this thread.
 template <typename scalar_t>
 inline void acc_ab(Tensor C, const Tensor& A, const Tensor& B) {
   if constexpr (std::is_same_v<scalar_t, float>) {
-    if (kHaveAvx512) {
+    // (not on AVX2: there the weight gradients' products, on a row-major dG that is not packed,
+    // were slower than MKL's: (256, 100, 32, 256) LSTM training 0.77x -> 0.94x torch.nn.LSTM)
+    if (kHavePacked && kNR == 64 && packed_enabled()) {
       gemm_acc_any(A.size(0), B.size(1), A.size(1), A.data_ptr<float>(), A.stride(0), B.data_ptr<float>(), kNR,
                    B.stride(0), C.data_ptr<float>(), C.stride(0));
       return;
@@ -321,11 +425,11 @@ struct Recurrent {
   PackedB packed;
   bool use_packed = false;
 
-  // Whether the micro-kernel serves this product: float32 on AVX-512, and N >= 64 (narrow
-  // products, e.g. dx = dG W_ih for a few input features, waste most of a 64-wide panel and
+  // Whether the micro-kernel serves this product: float32 on AVX-512 or AVX2, and N >= kNR
+  // (narrower products, e.g. dx = dG W_ih for a few input features, waste most of a panel and
   // stay with at::addmm_).
   static bool packable(const Tensor& w, bool transpose) {
-    return kHaveAvx512 && w.scalar_type() == at::kFloat && (transpose ? w.size(0) : w.size(1)) >= kNR;
+    return kHavePacked && w.scalar_type() == at::kFloat && (transpose ? w.size(0) : w.size(1)) >= kNR && packed_enabled();
   }
 
   // pack = false: never pack (the caller multiplies by W some other way on the packed path)
@@ -417,11 +521,19 @@ inline int64_t batch_grain(int64_t B) {
 // here each thread multiplies by its own block of W_hh's rows (the four gates of its units) and
 // updates those units, at the price of a fork/join per step (the next step needs every unit's
 // h). PHASEDLSTM_SPLIT=units or =batch forces one of them (for tests and benchmarks).
-inline bool split_units(int64_t B, int64_t H) {
+// packed_infer: the inference forward of the LSTM, peephole or Phased LSTM with the micro-kernel
+// (float32, AVX2 or AVX-512), whose batch split multiplies [x_t | h_{t-1}] by packed panels of W
+// and keeps up to a larger W_hh.
+inline bool split_units(int64_t B, int64_t H, bool packed_infer = false) {
   const char* e = std::getenv("PHASEDLSTM_SPLIT");
   if (e != nullptr && std::strcmp(e, "units") == 0) return true;
   if (e != nullptr && std::strcmp(e, "batch") == 0) return false;
   const int64_t nt = at::get_num_threads();
+  // A/B of both splits with the packed kernel, forward-only, ratio to torch.nn.LSTM (2-core AVX2
+  // EPYC, 2026-11-28, fifth session): units / batch at (B, H) = (32, 512) 1.24 / 0.90, (32, 768)
+  // 1.04 / 0.89, (8, 512) 1.10 / 0.88, (16, 512) 1.20 / 1.22, (16, 768) 1.20 / 1.37, (16, 1024)
+  // 1.22 / 1.47
+  if (packed_infer) return nt > 1 && H >= 768 && B <= 8 * nt;
   // measured on 2 cores (A/B of both splits, 2026-11-28, third session; results/bench-units.txt in git
   // history, removed in the fourth when results/bench.txt covered those shapes): H = 512 with
   // B = 32 and H = 1024 with B = 16 gain; H = 384 with B = 32 and H = 512 with B = 64 lose
@@ -434,11 +546,43 @@ inline int64_t unit_block(int64_t H) {
   return std::min(H, ((H + nt - 1) / nt + 15) / 16 * 16);
 }
 
+// The unit split's blocks of W_hh packed once per call for the micro-kernel: for each unit block
+// q and gate, B = (the block's rows of that gate)^T, K = H, N = the block's units. The per-step
+// products then read W_hh panel by panel instead of through at::addmm, which for these few rows
+// (M = B <= 32) packs its B again at every call. Not for short sequences (packing costs about one
+// step's product) nor float64 (no micro-kernel).
+struct UnitPacks {
+  std::vector<PackedB> p;
+  Tensor zeros;  // the starting sums of set()
+  int64_t H = 0;
+
+  UnitPacks(const Tensor& w_hh, int64_t T) {
+    if (T < 8 || !Recurrent::packable(w_hh, /*transpose=*/true)) return;
+    H = w_hh.size(1);
+    const int64_t blk = unit_block(H), nb = (H + blk - 1) / blk;
+    const Tensor W = w_hh.detach().contiguous();
+    p.resize(4 * nb);
+    zeros = at::zeros({blk}, W.options());
+    at::parallel_for(0, 4 * nb, 1, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t q = i / 4, gate = i % 4, u0 = q * blk, hb = std::min(blk, H - u0);
+        p[i] = pack_b(W.narrow(0, gate * H + u0, hb), /*K=*/H, /*N=*/hb, /*sk=*/1, /*sn=*/H);
+      }
+    });
+  }
+  bool on() const { return !p.empty(); }
+  // out (M rows of stride ldc) += hprev (M x H, contiguous) times block q's columns of the gate;
+  // with set, out = that product (not read)
+  void acc(int64_t q, int64_t gate, int64_t M, const float* hprev, float* out, int64_t ldc, bool set = false) const {
+    gemm_acc(M, hprev, H, p[4 * q + gate], out, ldc, set ? zeros.data_ptr<float>() : nullptr);
+  }
+};
+
 // Steps t0 .. t0+n-1 of the unit split (gbuf[slot] holds x_t W_ih^T + b): per step, each thread
 // its block of units: + h_{t-1} W_hh^T on its units' columns of the four gates, then their update.
 template <typename scalar_t, bool PEEP, bool PHASED, bool OUT>
-void units_steps(Tensor& gbuf, Tensor& hbuf, Tensor& cbuf, const Tensor& W, const scalar_t* K, int64_t kB,
-                 const scalar_t* wci, scalar_t* O, const int64_t* len, bool save, int64_t t0, int64_t n) {
+void units_steps(Tensor& gbuf, Tensor& hbuf, Tensor& cbuf, const Tensor& W, const UnitPacks& up, const scalar_t* K,
+                 int64_t kB, const scalar_t* wci, scalar_t* O, const int64_t* len, bool save, int64_t t0, int64_t n) {
   const int64_t B = hbuf.size(1), H = hbuf.size(2), BH = B * H;
   const int64_t blk = unit_block(H), nb = (H + blk - 1) / blk;
   scalar_t* HS = hbuf.data_ptr<scalar_t>();
@@ -452,8 +596,15 @@ void units_steps(Tensor& gbuf, Tensor& hbuf, Tensor& cbuf, const Tensor& W, cons
     at::parallel_for(0, nb, 1, [&](int64_t q0, int64_t q1) {
       for (int64_t q = q0; q < q1; ++q) {
         const int64_t u0 = q * blk, hb = std::min(blk, H - u0);
-        for (int64_t gate = 0; gate < 4; ++gate)  // + h_{t-1} W_hh^T, this block's columns of each gate
+        for (int64_t gate = 0; gate < 4; ++gate) {  // + h_{t-1} W_hh^T, this block's columns of each gate
+          if constexpr (std::is_same_v<scalar_t, float>) {
+            if (up.on()) {
+              up.acc(q, gate, B, hprev.data_ptr<float>(), G + gate * H + u0, 4 * H);
+              continue;
+            }
+          }
           gates.narrow(1, gate * H + u0, hb).addmm_(hprev, W.narrow(0, gate * H + u0, hb).t());
+        }
         for (int64_t b = 0; b < B; ++b) {
           const int64_t r = b * H + u0;
           scalar_t* g = G + 4 * b * H + u0;
@@ -488,6 +639,7 @@ void forward_loop(const Tensor& x, const Tensor& w_ih, const Tensor& bias, const
   const Recurrent rec(w_hh, /*transpose=*/true, /*pack=*/!fused_in && !units);  // (batch split without fused_in)
   // (grad mode is per thread: a worker's view of a weight that requires grad would be tracked)
   const Tensor W = units ? w_hh.detach() : Tensor();
+  const UnitPacks up(units ? w_hh : Tensor(), units ? T : 0);
   PackedB cat;
   if (fused_in) {
     const Tensor w_cat = at::cat({w_ih, w_hh}, 1).contiguous();  // (4H, I + H)
@@ -519,7 +671,7 @@ void forward_loop(const Tensor& x, const Tensor& w_ih, const Tensor& bias, const
       else at::mm_out(g2, x2, w_ih_t);
     }
     if (units) {
-      units_steps<scalar_t, PEEP, PHASED, OUT>(gbuf, hbuf, cbuf, W, K, kB, wci, O, len, save, t0, n);
+      units_steps<scalar_t, PEEP, PHASED, OUT>(gbuf, hbuf, cbuf, W, up, K, kB, wci, O, len, save, t0, n);
       continue;
     }
     at::parallel_for(0, B, batch_grain(B), [&](int64_t b0, int64_t b1) {
@@ -600,7 +752,7 @@ std::vector<Tensor> lstm_forward(const Tensor& x, const Tensor& w_ih, const Tens
   const Tensor pp = peephole ? peep.contiguous() : peep;
   const Tensor kk = phased ? k.contiguous() : k;
   const int64_t* len = present(lengths) ? lengths.data_ptr<int64_t>() : nullptr;
-  const bool units = split_units(B, H);
+  const bool units = split_units(B, H, /*packed_infer=*/!save && Recurrent::packable(w, /*transpose=*/true));
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lstm_forward", [&] {
     auto run = [&](auto peep_flag, auto phased_flag) {
       constexpr bool P = decltype(peep_flag)::value, Q = decltype(phased_flag)::value;
@@ -1028,12 +1180,18 @@ struct LnTensors {
 // sequences and a large W_hh, as split_units says): each thread multiplies by its block of units'
 // rows of W_hh in each gate, so no thread streams all of W_hh. Its layer norms couple all units of
 // a row, so the element-wise pass after it is shared by rows (a second parallel region per step).
-inline void ln_units_product(Tensor z, const Tensor& hprev, const Tensor& W) {  // z: (B, 4H) rows, any row stride
+// z: (B, 4H) rows, any row stride; hprev contiguous
+inline void ln_units_product(Tensor z, const Tensor& hprev, const Tensor& W, const UnitPacks& up) {
   const int64_t H = W.size(1), blk = unit_block(H), nb = (H + blk - 1) / blk;
   at::parallel_for(0, nb, 1, [&](int64_t q0, int64_t q1) {
     for (int64_t q = q0; q < q1; ++q) {
       const int64_t u0 = q * blk, hb = std::min(blk, H - u0);
       for (int64_t gate = 0; gate < 4; ++gate) {
+        if (up.on() && z.scalar_type() == at::kFloat) {
+          up.acc(q, gate, z.size(0), hprev.data_ptr<float>(), z.data_ptr<float>() + gate * H + u0, z.stride(0),
+                 /*set=*/true);
+          continue;
+        }
         Tensor out = z.narrow(1, gate * H + u0, hb);
         at::mm_out(out, hprev, W.narrow(0, gate * H + u0, hb).t());
       }
@@ -1062,6 +1220,7 @@ void ln_forward_loop(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, co
   scalar_t* CS = cs.data_ptr<scalar_t>();
   scalar_t* O = out.data_ptr<scalar_t>();
   const Tensor W = units ? w_hh.detach() : Tensor();
+  const UnitPacks up(units ? w_hh : Tensor(), units ? T : 0);
   // rows b0..b1 of step t (their z already computed); with the batch split one region runs all steps
   auto rows = [&](int64_t t, int64_t b0, int64_t b1, std::vector<scalar_t>& act) {
     for (int64_t b = b0; b < b1; ++b) {
@@ -1081,7 +1240,7 @@ void ln_forward_loop(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, co
   };
   if (units) {
     for (int64_t t = 0; t < T; ++t) {
-      ln_units_product(zhh[t].narrow(1, 0, 4 * H), hs[t], W);
+      ln_units_product(zhh[t].narrow(1, 0, 4 * H), hs[t], W, up);
       at::parallel_for(0, B, batch_grain(B), [&](int64_t b0, int64_t b1) {
         std::vector<scalar_t> act(4 * H);
         rows(t, b0, b1, act);
@@ -1110,6 +1269,7 @@ void ln_infer_loop(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, cons
   const bool units = split_units(B, H);
   const Recurrent rec(w_hh, /*transpose=*/true, /*pack=*/!units);
   const Tensor W = units ? w_hh.detach() : Tensor();
+  const UnitPacks up(units ? w_hh : Tensor(), units ? T : 0);
   scalar_t* HS = hbuf.data_ptr<scalar_t>();
   scalar_t* CS = cbuf.data_ptr<scalar_t>();
   scalar_t* O = out.data_ptr<scalar_t>();
@@ -1144,7 +1304,7 @@ void ln_infer_loop(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, cons
     at::mm_out(zi_n, x.narrow(0, t0, n).reshape({n * B, I}).detach(), w_ih.t().detach());
     if (units) {  // per step: the recurrent terms by units, then the rows
       for (int64_t t = t0; t < t0 + n; ++t) {
-        ln_units_product(z_all, hbuf[t % 2], W);
+        ln_units_product(z_all, hbuf[t % 2], W, up);
         at::parallel_for(0, B, batch_grain(B), [&](int64_t b0, int64_t b1) {
           std::vector<scalar_t> act(4 * H), zc(H);
           rows(t, t0, b0, b1, z_all.data_ptr<scalar_t>(), 0, act, zc);
