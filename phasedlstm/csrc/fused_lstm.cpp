@@ -1875,18 +1875,6 @@ static inline void all_gates(const InferArgs<scalar_t>& A, const scalar_t* x, co
   }
 }
 
-// One open unit's update from its pre-activations a (i, f, g, o), in place: forward_row itself on
-// a row of one unit (the equations in one place, so an open unit's update is the dense loop's to
-// the bit); its previous h and c are copied first, as forward_row's inputs and outputs are distinct.
-template <typename scalar_t, bool PEEP, bool PHASED>
-static inline void unit_update(const InferArgs<scalar_t>& A, int64_t j, scalar_t* a, scalar_t* kj, scalar_t* h,
-                               scalar_t* c) {
-  const scalar_t h_prev = h[j], c_prev = c[j];
-  forward_row<scalar_t, PEEP, PHASED, false>(a, a + 1, a + 2, a + 3, &h_prev, &c_prev, h + j, c + j, nullptr,
-                                             PEEP ? A.wci + j : nullptr, PEEP ? A.wcf + j : nullptr,
-                                             PEEP ? A.wco + j : nullptr, kj, 1);
-}
-
 template <typename scalar_t>
 static inline bool row_finite(const scalar_t* v, int64_t n) {
   bool ok = true;
@@ -1909,6 +1897,7 @@ int64_t infer_loop(const InferArgs<scalar_t>& A, const GateUnits* gu, scalar_t* 
   at::parallel_for(0, B, batch_grain(B), [&](int64_t b0, int64_t b1) {
     std::vector<double> phi(PHASED ? H : 0);
     std::vector<scalar_t> kk(PHASED ? H : 0), G(4 * H), hp(H), cp(H);
+    std::vector<scalar_t> ks(PHASED ? H : 0), hs(H), cs(H), pw(PEEP ? 3 * H : 0);  // (the open units, gathered)
     std::vector<int64_t> open(H);
     std::vector<char> dense_from_now(b1 - b0, 0);  // sparse: a sequence whose state is not all finite
     if (sparse)
@@ -1938,13 +1927,38 @@ int64_t infer_loop(const InferArgs<scalar_t>& A, const GateUnits* gu, scalar_t* 
         const bool dense_step = !sparse || dense_from_now[b - b0] || !row_finite(xt, I);
         if (!dense_step) {
           // the open units' pre-activations first (they read the previous h of every unit), then
-          // their updates in place; every closed unit keeps h and c
-          for (int64_t u = 0; u < n_open; ++u) unit_gates(A, open[u], xt, h, G.data() + 4 * u);
-          bool ok = true;
-          for (int64_t u = 0; u < n_open; ++u) {
+          // their updates: gathered into rows of n_open units (G holds i, f, g, o of the open units
+          // one after the other), forward_row over those rows at once (vectorised, as the dense
+          // loop's), the new h and c scattered back; every closed unit keeps h and c
+          scalar_t* a = G.data();
+          const int64_t n = n_open;
+          for (int64_t u = 0; u < n; ++u) {
             const int64_t j = open[u];
-            unit_update<scalar_t, PEEP, PHASED>(A, j, G.data() + 4 * u, PHASED ? kk.data() + j : nullptr, h, c);
-            ok &= is_finite_bits(h[j]) & is_finite_bits(c[j]);
+            scalar_t a4[4];
+            unit_gates(A, j, xt, h, a4);
+            a[u] = a4[0];
+            a[n + u] = a4[1];
+            a[2 * n + u] = a4[2];
+            a[3 * n + u] = a4[3];
+            hp[u] = h[j];
+            cp[u] = c[j];
+            if (PHASED) ks[u] = kk[j];
+            if (PEEP) {
+              pw[u] = A.wci[j];
+              pw[n + u] = A.wcf[j];
+              pw[2 * n + u] = A.wco[j];
+            }
+          }
+          forward_row<scalar_t, PEEP, PHASED, false>(a, a + n, a + 2 * n, a + 3 * n, hp.data(), cp.data(),
+                                                     hs.data(), cs.data(), nullptr, PEEP ? pw.data() : nullptr,
+                                                     PEEP ? pw.data() + n : nullptr, PEEP ? pw.data() + 2 * n : nullptr,
+                                                     PHASED ? ks.data() : nullptr, n);
+          bool ok = true;
+          for (int64_t u = 0; u < n; ++u) {
+            const int64_t j = open[u];
+            h[j] = hs[u];
+            c[j] = cs[u];
+            ok &= is_finite_bits(hs[u]) & is_finite_bits(cs[u]);
           }
           if (!ok) dense_from_now[b - b0] = 1;
           computed += n_open;
