@@ -546,35 +546,37 @@ inline int64_t unit_block(int64_t H) {
   return std::min(H, ((H + nt - 1) / nt + 15) / 16 * 16);
 }
 
-// The unit split's blocks of W_hh packed once per call for the micro-kernel: for each unit block
-// q and gate, B = (the block's rows of that gate)^T, K = H, N = the block's units. The per-step
-// products then read W_hh panel by panel instead of through at::addmm, which for these few rows
-// (M = B <= 32) packs its B again at every call. Not for short sequences (packing costs about one
-// step's product) nor float64 (no micro-kernel).
+// The unit split's blocks of W_hh packed once per call for the micro-kernel. Forward: for each
+// unit block q and gate, B = (the block's rows of that gate)^T, K = H, N = the block's units.
+// Backward: for each block, B = W_hh's columns of the block's units, K = 4H, N = its units
+// (dh_{t-1} += dG_t W_hh by columns of dh). The per-step products then read W_hh panel by panel
+// instead of through at::addmm, which for these few rows (M = B <= 32) packs its B again at every
+// call. Not for short sequences (packing costs about one step's product) nor float64.
 struct UnitPacks {
   std::vector<PackedB> p;
   Tensor zeros;  // the starting sums of set()
-  int64_t H = 0;
+  int64_t K = 0;
 
-  UnitPacks(const Tensor& w_hh, int64_t T) {
+  UnitPacks(const Tensor& w_hh, int64_t T, bool backward = false) {
     if (T < 8 || !Recurrent::packable(w_hh, /*transpose=*/true)) return;
-    H = w_hh.size(1);
-    const int64_t blk = unit_block(H), nb = (H + blk - 1) / blk;
+    const int64_t H = w_hh.size(1), blk = unit_block(H), nb = (H + blk - 1) / blk, per = backward ? 1 : 4;
+    K = backward ? 4 * H : H;
     const Tensor W = w_hh.detach().contiguous();
-    p.resize(4 * nb);
+    p.resize(per * nb);
     zeros = at::zeros({blk}, W.options());
-    at::parallel_for(0, 4 * nb, 1, [&](int64_t i0, int64_t i1) {
+    at::parallel_for(0, per * nb, 1, [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) {
-        const int64_t q = i / 4, gate = i % 4, u0 = q * blk, hb = std::min(blk, H - u0);
-        p[i] = pack_b(W.narrow(0, gate * H + u0, hb), /*K=*/H, /*N=*/hb, /*sk=*/1, /*sn=*/H);
+        const int64_t q = i / per, gate = i % per, u0 = q * blk, hb = std::min(blk, H - u0);
+        p[i] = backward ? pack_b(W.narrow(1, u0, hb), /*K=*/4 * H, /*N=*/hb, /*sk=*/H, /*sn=*/1)
+                        : pack_b(W.narrow(0, gate * H + u0, hb), /*K=*/H, /*N=*/hb, /*sk=*/1, /*sn=*/H);
       }
     });
   }
   bool on() const { return !p.empty(); }
-  // out (M rows of stride ldc) += hprev (M x H, contiguous) times block q's columns of the gate;
-  // with set, out = that product (not read)
-  void acc(int64_t q, int64_t gate, int64_t M, const float* hprev, float* out, int64_t ldc, bool set = false) const {
-    gemm_acc(M, hprev, H, p[4 * q + gate], out, ldc, set ? zeros.data_ptr<float>() : nullptr);
+  // out (M rows of stride ldc) += in (M x K, rows of stride lda) times pack i (forward: 4 q + gate;
+  // backward: q); with set, out = that product (not read)
+  void acc(int64_t i, int64_t M, const float* in, int64_t lda, float* out, int64_t ldc, bool set = false) const {
+    gemm_acc(M, in, lda, p[i], out, ldc, set ? zeros.data_ptr<float>() : nullptr);
   }
 };
 
@@ -599,7 +601,7 @@ void units_steps(Tensor& gbuf, Tensor& hbuf, Tensor& cbuf, const Tensor& W, cons
         for (int64_t gate = 0; gate < 4; ++gate) {  // + h_{t-1} W_hh^T, this block's columns of each gate
           if constexpr (std::is_same_v<scalar_t, float>) {
             if (up.on()) {
-              up.acc(q, gate, B, hprev.data_ptr<float>(), G + gate * H + u0, 4 * H);
+              up.acc(4 * q + gate, B, hprev.data_ptr<float>(), H, G + gate * H + u0, 4 * H);
               continue;
             }
           }
@@ -911,6 +913,7 @@ void units_backward(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, con
   const scalar_t* CS = cs.data_ptr<scalar_t>();
   const int64_t blk = unit_block(H), nb = (H + blk - 1) / blk;
   const Tensor W = w_hh.detach();  // (as in forward_loop)
+  const UnitPacks up(w_hh, T, /*backward=*/true);
   for (int64_t t = T - 1; t >= 0; --t) {
     const int64_t cur = (t + 1) % 2, prv = t % 2;
     at::parallel_for(0, nb, 1, [&](int64_t q0, int64_t q1) {
@@ -943,6 +946,12 @@ void units_backward(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, con
     at::parallel_for(0, nb, 1, [&](int64_t q0, int64_t q1) {  // dh_{t-1} += dG_t W_hh, by columns of dh
       for (int64_t q = q0; q < q1; ++q) {
         const int64_t u0 = q * blk, hb = std::min(blk, H - u0);
+        if constexpr (std::is_same_v<scalar_t, float>) {
+          if (up.on()) {
+            up.acc(q, B, dgt.data_ptr<float>(), 4 * H, dhprev.data_ptr<float>() + u0, H);
+            continue;
+          }
+        }
         dhprev.narrow(1, u0, hb).addmm_(dgt, W.narrow(1, u0, hb));
       }
     });
@@ -1188,8 +1197,8 @@ inline void ln_units_product(Tensor z, const Tensor& hprev, const Tensor& W, con
       const int64_t u0 = q * blk, hb = std::min(blk, H - u0);
       for (int64_t gate = 0; gate < 4; ++gate) {
         if (up.on() && z.scalar_type() == at::kFloat) {
-          up.acc(q, gate, z.size(0), hprev.data_ptr<float>(), z.data_ptr<float>() + gate * H + u0, z.stride(0),
-                 /*set=*/true);
+          up.acc(4 * q + gate, z.size(0), hprev.data_ptr<float>(), H, z.data_ptr<float>() + gate * H + u0,
+                 z.stride(0), /*set=*/true);
           continue;
         }
         Tensor out = z.narrow(1, gate * H + u0, hb);
