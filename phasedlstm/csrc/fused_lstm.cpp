@@ -1426,7 +1426,8 @@ void ln_backward_loop(const Tensor& grad_out, const Tensor& x, const Tensor& w_i
                       const Tensor& cs, Tensor& dh, Tensor& dc, Tensor& dx, Tensor& dwhh_t, Tensor& dwih_t,
                       Tensor& parts) {
   const int64_t T = zhh.size(0), B = zhh.size(1), I = x.size(2), H = w_hh.size(1), BH = B * H;
-  const Recurrent rec(w_hh, /*transpose=*/false), rin(w_ih, /*transpose=*/false);
+  const bool units = split_units(B, H);
+  const Recurrent rec(w_hh, /*transpose=*/false, /*pack=*/!units), rin(w_ih, /*transpose=*/false, /*pack=*/!units);
   Tensor dhb = at::empty({2, B, H}, dh.options()), dcb = at::empty({2, B, H}, dc.options());
   dhb[T % 2].copy_(dh);
   dcb[T % 2].copy_(dc);
@@ -1441,46 +1442,92 @@ void ln_backward_loop(const Tensor& grad_out, const Tensor& x, const Tensor& w_i
   const scalar_t* CS = cs.data_ptr<scalar_t>();
   const scalar_t* X = x.data_ptr<scalar_t>();
   const scalar_t* GO = grad_out.data_ptr<scalar_t>();
-  at::parallel_for(0, B, batch_grain(B), [&](int64_t b0, int64_t b1) {
+  // Scratch rows of one thread (the gate activations, recomputed from the normalised terms:
+  // cheaper than keeping them).
+  struct Scratch {
+    std::vector<scalar_t> act, da, dzn, dzc, dxc, c_scratch;
+    explicit Scratch(int64_t H) : act(4 * H), da(4 * H), dzn(4 * H), dzc(H), dxc(H), c_scratch(H) {}
+  };
+  // Row b of step t: the gradients of its normalised input and recurrent terms into dxr and dzr
+  // (4H each), the state gradients passed to step t - 1 (dh_{t-1} zeroed, for the product to add
+  // to), the LN parameters' sums into acc.
+  auto row = [&](int64_t t, int64_t b, scalar_t* dxr, scalar_t* dzr, scalar_t* acc, Scratch& w) {
+    const int64_t cur = (t + 1) % 2, prv = t % 2;
+    const int64_t r = b * H, p = t * BH + r, g8 = 8 * p;
+    const scalar_t *zr = Z + g8, *zi = Z + g8 + 4 * H;  // the normalised recurrent and input terms
+    const scalar_t *dh = DHB + cur * BH + r, *dc = DCB + cur * BH + r;
+    scalar_t *dhp = DHB + prv * BH + r, *dcp = DCB + prv * BH + r;
+    if (len != nullptr && t >= len[b]) {
+      zero_row(dxr, 4 * H);
+      zero_row(dzr, 4 * H);
+      copy_row(dh, dhp, H);
+      copy_row(dc, dcp, H);
+      return;
+    }
+    ln_gates_row(w.act.data(), zi, zr, P.g_ih, P.b_ih, P.g_hh, P.b_hh, CS + p, w.c_scratch.data(), H);
+    ln_backward_out_row(dh, GO + p, w.act.data() + 3 * H, ZC + p, P.g_c, P.b_c, w.da.data() + 3 * H, w.dzc.data(),
+                        acc + 16 * H, acc + 17 * H, H);
+    normalise_backward(ZC + p, w.dzc.data(), RC[t * B + b], H, w.dxc.data());
+    ln_backward_cell_row(w.act.data(), dc, w.dxc.data(), CS + p, w.da.data(), w.da.data() + H, w.da.data() + 2 * H,
+                         dcp, H);
+    // da is the gradient of a = LN_ih(x W_ih^T) + LN_hh(h W_hh^T): back through both
+    ln_backward_z_row(w.da.data(), zr, P.g_hh, acc, acc + 4 * H, w.dzn.data(), 4 * H);
+    normalise_backward(zr, w.dzn.data(), R[t * B + b], 4 * H, dzr);
+    ln_backward_z_row(w.da.data(), zi, P.g_ih, acc + 8 * H, acc + 12 * H, w.dzn.data(), 4 * H);
+    normalise_backward(zi, w.dzn.data(), RI[t * B + b], 4 * H, dxr);
+    zero_row(dhp, H);
+  };
+  if (units) {
+    // Few sequences and a large W_hh (split_units): per step the rows by sequences, then
+    // dh_{t-1} += dZ_t W_hh by columns of dh (each thread its units' columns of W_hh: no thread
+    // streams all of it), two parallel regions per step; the gradients of all steps' terms are
+    // kept, and dx and the weight gradients are one GEMM each at the end.
+    Tensor dzall = at::empty({T, B, 4 * H}, zhh.options()), dxall = at::empty({T, B, 4 * H}, zhh.options());
+    scalar_t* DZA = dzall.data_ptr<scalar_t>();
+    scalar_t* DXA = dxall.data_ptr<scalar_t>();
+    const Tensor W = w_hh.detach();
+    const UnitPacks up(w_hh, T, /*backward=*/true);
+    const int64_t blk = unit_block(H), nb = (H + blk - 1) / blk;
+    for (int64_t t = T - 1; t >= 0; --t) {
+      at::parallel_for(0, B, batch_grain(B), [&](int64_t b0, int64_t b1) {
+        scalar_t* acc = parts[at::get_thread_num()].data_ptr<scalar_t>();
+        Scratch w(H);
+        for (int64_t b = b0; b < b1; ++b) row(t, b, DXA + (t * B + b) * 4 * H, DZA + (t * B + b) * 4 * H, acc, w);
+      });
+      const Tensor dzt = dzall[t];
+      Tensor dhprev = dhb[t % 2];
+      at::parallel_for(0, nb, 1, [&](int64_t q0, int64_t q1) {
+        for (int64_t q = q0; q < q1; ++q) {
+          const int64_t u0 = q * blk, hb = std::min(blk, H - u0);
+          if constexpr (std::is_same_v<scalar_t, float>) {
+            if (up.on()) {
+              up.acc(q, B, dzt.data_ptr<float>(), 4 * H, dhprev.data_ptr<float>() + u0, H);
+              continue;
+            }
+          }
+          dhprev.narrow(1, u0, hb).addmm_(dzt, W.narrow(1, u0, hb));
+        }
+      });
+    }
+    const Tensor dz2 = dzall.view({T * B, 4 * H}), dx2w = dxall.view({T * B, 4 * H});
+    Tensor dx2 = dx.view({T * B, I});
+    at::mm_out(dx2, dx2w, w_ih.detach());
+    dwhh_t[0].addmm_(hs.narrow(0, 0, T).reshape({T * B, H}).t(), dz2);
+    dwih_t[0].addmm_(x.reshape({T * B, I}).t(), dx2w);
+  } else at::parallel_for(0, B, batch_grain(B), [&](int64_t b0, int64_t b1) {
     const int64_t Bt = b1 - b0, tid = at::get_thread_num();
     // per-thread sums: [d g_hh | d b_hh | d g_ih | d b_ih (4H each) | d g_c | d b_c (H each)]
     scalar_t* acc = parts[tid].data_ptr<scalar_t>();
-    std::vector<scalar_t> act(4 * H), da(4 * H), dzn(4 * H), dzc(H), dxc(H), c_scratch(H);
+    Scratch w(H);
     Tensor dxw = at::empty({Bt, 4 * H}, zhh.options()), dz = at::empty({Bt, 4 * H}, zhh.options());
     StepGrads<scalar_t> products(rec, rin, HS, X, B, H, I, b0, Bt, zhh.options());
     scalar_t* DX = dxw.data_ptr<scalar_t>();
     scalar_t* DZ = dz.data_ptr<scalar_t>();
     Tensor dwhh = dwhh_t[tid], dwih = dwih_t[tid];
     for (int64_t t = T - 1; t >= 0; --t) {
-      const int64_t cur = (t + 1) % 2, prv = t % 2;
-      for (int64_t b = b0; b < b1; ++b) {
-        const int64_t r = b * H, p = t * BH + r, g8 = 8 * p, o4 = 4 * (b - b0) * H;
-        const scalar_t *zr = Z + g8, *zi = Z + g8 + 4 * H;  // the normalised recurrent and input terms
-        const scalar_t *dh = DHB + cur * BH + r, *dc = DCB + cur * BH + r;
-        scalar_t *dhp = DHB + prv * BH + r, *dcp = DCB + prv * BH + r;
-        if (len != nullptr && t >= len[b]) {
-          zero_row(DX + o4, 4 * H);
-          zero_row(DZ + o4, 4 * H);
-          copy_row(dh, dhp, H);
-          copy_row(dc, dcp, H);
-          continue;
-        }
-        // the gate activations, recomputed from the normalised terms (cheaper than keeping them)
-        ln_gates_row(act.data(), zi, zr, P.g_ih, P.b_ih, P.g_hh, P.b_hh, CS + p, c_scratch.data(), H);
-        ln_backward_out_row(dh, GO + p, act.data() + 3 * H, ZC + p, P.g_c, P.b_c, da.data() + 3 * H, dzc.data(),
-                            acc + 16 * H, acc + 17 * H, H);
-        normalise_backward(ZC + p, dzc.data(), RC[t * B + b], H, dxc.data());
-        ln_backward_cell_row(act.data(), dc, dxc.data(), CS + p, da.data(), da.data() + H, da.data() + 2 * H, dcp,
-                             H);
-        // da is the gradient of a = LN_ih(x W_ih^T) + LN_hh(h W_hh^T): back through both
-        ln_backward_z_row(da.data(), zr, P.g_hh, acc, acc + 4 * H, dzn.data(), 4 * H);
-        normalise_backward(zr, dzn.data(), R[t * B + b], 4 * H, DZ + o4);
-        ln_backward_z_row(da.data(), zi, P.g_ih, acc + 8 * H, acc + 12 * H, dzn.data(), 4 * H);
-        normalise_backward(zi, dzn.data(), RI[t * B + b], 4 * H, DX + o4);
-        zero_row(dhp, H);
-      }
+      for (int64_t b = b0; b < b1; ++b) row(t, b, DX + 4 * (b - b0) * H, DZ + 4 * (b - b0) * H, acc, w);
       // dh_{t-1} (= 0, or the pass-through of finished sequences) += dZ W_hh; dx_t; weight sums
-      products(t, dxw, dz, dhb[prv].narrow(0, b0, Bt), dx[t].narrow(0, b0, Bt), dwhh, dwih);
+      products(t, dxw, dz, dhb[t % 2].narrow(0, b0, Bt), dx[t].narrow(0, b0, Bt), dwhh, dwih);
     }
   });
   dh.copy_(dhb[0]);
