@@ -259,41 +259,6 @@ static inline void micro_tile(int64_t K, const float* __restrict A, int64_t lda,
     }
 }
 
-template <bool FULL>
-inline void micro_rows(int64_t M, int64_t K, const float* A, int64_t lda, const float* bq, int64_t ldb, float* cq,
-                       int64_t ldc, int64_t ncols, const float* init) {
-  int64_t m = 0;
-  for (; m + 6 <= M; m += 6) micro_tile<6, FULL>(K, A + m * lda, lda, bq, ldb, cq + m * ldc, ldc, ncols, init);
-  switch (M - m) {
-    case 5: micro_tile<5, FULL>(K, A + m * lda, lda, bq, ldb, cq + m * ldc, ldc, ncols, init); break;
-    case 4: micro_tile<4, FULL>(K, A + m * lda, lda, bq, ldb, cq + m * ldc, ldc, ncols, init); break;
-    case 3: micro_tile<3, FULL>(K, A + m * lda, lda, bq, ldb, cq + m * ldc, ldc, ncols, init); break;
-    case 2: micro_tile<2, FULL>(K, A + m * lda, lda, bq, ldb, cq + m * ldc, ldc, ncols, init); break;
-    case 1: micro_tile<1, FULL>(K, A + m * lda, lda, bq, ldb, cq + m * ldc, ldc, ncols, init); break;
-    default: break;
-  }
-}
-
-// C (M x N) += A (M x K) B (K x N); B is packed (panel_stride = K * 64, ldb = 64) or row-major
-// (panel_stride = 64, ldb = its row stride). Rows of A and C have strides lda and ldc. With
-// init (an N-vector), C = init + A B instead: C is written, never read.
-inline void gemm_acc_any(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* Bq0,
-                         int64_t panel_stride, int64_t ldb, float* C, int64_t ldc, const float* init = nullptr) {
-  const int64_t panels = (N + kNR - 1) / kNR;
-  for (int64_t q = 0; q < panels; ++q) {
-    const float* bq = Bq0 + q * panel_stride;
-    const int64_t ncols = std::min(kNR, N - q * kNR);
-    float* cq = C + q * kNR;
-    const float* iq = init != nullptr ? init + q * kNR : nullptr;
-    if (ncols == kNR) micro_rows<true>(M, K, A, lda, bq, ldb, cq, ldc, ncols, iq);
-    else micro_rows<false>(M, K, A, lda, bq, ldb, cq, ldc, ncols, iq);
-  }
-}
-
-inline void gemm_acc(int64_t M, const float* A, int64_t lda, const PackedB& B, float* C, int64_t ldc,
-                     const float* init = nullptr) {
-  gemm_acc_any(M, B.N, B.K, A, lda, B.data.data_ptr<float>(), B.K * kNR, kNR, C, ldc, init);
-}
 #elif defined(__AVX2__) && defined(__FMA__)
 constexpr bool kHavePacked = true;
 
@@ -347,6 +312,10 @@ static inline void micro_tile(int64_t K, const float* __restrict A, int64_t lda,
 #undef PLSTM_STORE
 }
 
+#endif
+
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+// (the tiles above, 6 rows at a time, over the panels of B)
 template <bool FULL>
 inline void micro_rows(int64_t M, int64_t K, const float* A, int64_t lda, const float* bq, int64_t ldb, float* cq,
                        int64_t ldc, int64_t ncols, const float* init) {
@@ -362,8 +331,8 @@ inline void micro_rows(int64_t M, int64_t K, const float* A, int64_t lda, const 
   }
 }
 
-// C (M x N) += A (M x K) B (K x N); B is packed (panel_stride = K * 64, ldb = 64) or row-major
-// (panel_stride = 64, ldb = its row stride). Rows of A and C have strides lda and ldc. With
+// C (M x N) += A (M x K) B (K x N); B is packed (panel_stride = K * kNR, ldb = kNR) or row-major
+// (panel_stride = kNR, ldb = its row stride). Rows of A and C have strides lda and ldc. With
 // init (an N-vector), C = init + A B instead: C is written, never read.
 inline void gemm_acc_any(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* Bq0,
                          int64_t panel_stride, int64_t ldb, float* C, int64_t ldc, const float* init = nullptr) {
