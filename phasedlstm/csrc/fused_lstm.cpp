@@ -200,12 +200,17 @@ inline PackedB pack_b(const Tensor& src, int64_t K, int64_t N, int64_t sk, int64
   p.K = K;
   p.N = N;
   const int64_t panels = (N + kNR - 1) / kNR;
-  p.data = at::zeros({panels, K, kNR}, src.options());
+  p.data = at::empty({panels, K, kNR}, src.options());  // (every value written below: no zero pass)
   const float* s = src.data_ptr<float>();
   float* d = p.data.data_ptr<float>();
-  for (int64_t q = 0; q < panels; ++q)
-    for (int64_t k = 0; k < K; ++k)
-      for (int64_t c = 0; c < kNR && q * kNR + c < N; ++c) d[(q * K + k) * kNR + c] = s[(q * kNR + c) * sn + k * sk];
+  for (int64_t q = 0; q < panels; ++q) {
+    const int64_t nc = std::min(kNR, N - q * kNR);
+    for (int64_t k = 0; k < K; ++k) {
+      float* dk = d + (q * K + k) * kNR;
+      for (int64_t c = 0; c < nc; ++c) dk[c] = s[(q * kNR + c) * sn + k * sk];
+      for (int64_t c = nc; c < kNR; ++c) dk[c] = 0;  // the last panel's padding
+    }
+  }
   return p;
 }
 
