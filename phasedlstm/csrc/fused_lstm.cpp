@@ -529,12 +529,10 @@ inline int64_t unit_block(int64_t H) {
 struct UnitPacks {
   std::vector<PackedB> p;
   Tensor zeros;  // the starting sums of set()
-  int64_t K = 0;
 
   UnitPacks(const Tensor& w_hh, int64_t T, bool backward = false) {
     if (T < 8 || !Recurrent::packable(w_hh, /*transpose=*/true)) return;
     const int64_t H = w_hh.size(1), blk = unit_block(H), nb = (H + blk - 1) / blk, per = backward ? 1 : 4;
-    K = backward ? 4 * H : H;
     const Tensor W = w_hh.detach().contiguous();
     p.resize(per * nb);
     zeros = at::zeros({blk}, W.options());
@@ -553,6 +551,25 @@ struct UnitPacks {
     gemm_acc(M, in, lda, p[i], out, ldc, set ? zeros.data_ptr<float>() : nullptr);
   }
 };
+
+// The unit split's backward product dh_{t-1} += dG_t W_hh (dg: (B, 4H), dhprev: (B, H), both
+// contiguous), by columns of dh: each thread its units' columns of W_hh (packed in up, or W).
+template <typename scalar_t>
+void units_dh_product(Tensor& dhprev, const Tensor& dg, const Tensor& W, const UnitPacks& up) {
+  const int64_t B = dhprev.size(0), H = dhprev.size(1), blk = unit_block(H), nb = (H + blk - 1) / blk;
+  at::parallel_for(0, nb, 1, [&](int64_t q0, int64_t q1) {
+    for (int64_t q = q0; q < q1; ++q) {
+      const int64_t u0 = q * blk, hb = std::min(blk, H - u0);
+      if constexpr (std::is_same_v<scalar_t, float>) {
+        if (up.on()) {
+          up.acc(q, B, dg.data_ptr<float>(), 4 * H, dhprev.data_ptr<float>() + u0, H);
+          continue;
+        }
+      }
+      dhprev.narrow(1, u0, hb).addmm_(dg, W.narrow(1, u0, hb));
+    }
+  });
+}
 
 // Steps t0 .. t0+n-1 of the unit split (gbuf[slot] holds x_t W_ih^T + b): per step, each thread
 // its block of units: + h_{t-1} W_hh^T on its units' columns of the four gates, then their update.
@@ -917,18 +934,7 @@ void units_backward(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, con
     });
     const Tensor dgt = dgall[t];
     Tensor dhprev = dhb[prv];
-    at::parallel_for(0, nb, 1, [&](int64_t q0, int64_t q1) {  // dh_{t-1} += dG_t W_hh, by columns of dh
-      for (int64_t q = q0; q < q1; ++q) {
-        const int64_t u0 = q * blk, hb = std::min(blk, H - u0);
-        if constexpr (std::is_same_v<scalar_t, float>) {
-          if (up.on()) {
-            up.acc(q, B, dgt.data_ptr<float>(), 4 * H, dhprev.data_ptr<float>() + u0, H);
-            continue;
-          }
-        }
-        dhprev.narrow(1, u0, hb).addmm_(dgt, W.narrow(1, u0, hb));
-      }
-    });
+    units_dh_product<scalar_t>(dhprev, dgt, W, up);  // dh_{t-1} += dG_t W_hh, by columns of dh
   }
   const Tensor dg2 = dgall.view({T * B, 4 * H});
   Tensor dx2 = dx.view({T * B, I});
@@ -1461,7 +1467,6 @@ void ln_backward_loop(const Tensor& grad_out, const Tensor& x, const Tensor& w_i
     scalar_t* DXA = dxall.data_ptr<scalar_t>();
     const Tensor W = w_hh.detach();
     const UnitPacks up(w_hh, T, /*backward=*/true);
-    const int64_t blk = unit_block(H), nb = (H + blk - 1) / blk;
     for (int64_t t = T - 1; t >= 0; --t) {
       at::parallel_for(0, B, batch_grain(B), [&](int64_t b0, int64_t b1) {
         scalar_t* acc = parts[at::get_thread_num()].data_ptr<scalar_t>();
@@ -1470,18 +1475,7 @@ void ln_backward_loop(const Tensor& grad_out, const Tensor& x, const Tensor& w_i
       });
       const Tensor dzt = dzall[t];
       Tensor dhprev = dhb[t % 2];
-      at::parallel_for(0, nb, 1, [&](int64_t q0, int64_t q1) {
-        for (int64_t q = q0; q < q1; ++q) {
-          const int64_t u0 = q * blk, hb = std::min(blk, H - u0);
-          if constexpr (std::is_same_v<scalar_t, float>) {
-            if (up.on()) {
-              up.acc(q, B, dzt.data_ptr<float>(), 4 * H, dhprev.data_ptr<float>() + u0, H);
-              continue;
-            }
-          }
-          dhprev.narrow(1, u0, hb).addmm_(dzt, W.narrow(1, u0, hb));
-        }
-      });
+      units_dh_product<scalar_t>(dhprev, dzt, W, up);
     }
     const Tensor dz2 = dzall.view({T * B, 4 * H}), dx2w = dxall.view({T * B, 4 * H});
     Tensor dx2 = dx.view({T * B, I});
