@@ -89,11 +89,12 @@ main() {  # (one function, read whole before it runs: editing this file under a 
                     done ;;
             adding|adding-long|adding-20k)
                 # 100,000 training sequences per T (fresh, 10 epochs of 10,000); adding-long: the longer T, to run
-                # where a model solves T = 1000; adding-20k: the first, too small budget (10 epochs of 2,000)
+                # where a model solves T = 1000; adding-20k: the first, too small budget (10 epochs of 2,000);
+                # ADDING_MODELS=layernorm runs one model (the others are added by running the name again)
                 case "$name" in adding) Ts="100 200 500 1000" n=10000 d=adding ;; adding-long) Ts="2000 5000" n=10000 d=adding ;;
                                 adding-20k) Ts="100 200 500 1000 2000 5000" n=2000 d=adding-20k ;; esac
                 for T in $Ts; do
-                    $P compare --task adding --length "$T" --fresh yes --n-train "$n" --models lstm,layernorm,phased \
+                    $P compare --task adding --length "$T" --fresh yes --n-train "$n" --models "${ADDING_MODELS:-lstm,layernorm,phased}" \
                         --seeds 0 --epochs 10 --hidden-size 64 --proj-size 0 --batch-size 50 --out "runs/lecture/$d-$T" \
                         "${COMMON[@]}"
                 done ;;
