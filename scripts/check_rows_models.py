@@ -5,11 +5,13 @@ training images' range as the task does ((x - min) / (max - min) over the traini
 which for MNIST is 0 and 255), and each model's forward pass is written here from its
 equations in plain torch: the LSTM is torch.nn.LSTM loaded with the run's weights (same names
 and gate order), the Phased LSTM is its equations (peepholes, time gate at t = 0, 1, ..., 27,
-no leak at evaluation). Only the checkpoint file is read with torch.load.
+no leak at evaluation), the LN-LSTM too (layer norms of the input and recurrent terms and of
+the cell, any number of layers; dropout between layers is off at evaluation). Mean or last-step
+pooling, as the run's config says. Only the checkpoint file is read with torch.load.
 
 Usage: python scripts/check_rows_models.py [--mnist DIR] [RUN ...]
 (default DIR: $PHASEDLSTM_DATA/mnist or ~/.cache/phasedlstm/mnist, where `phasedlstm data
-fetch mnist` puts it; default runs: the two of results/models). Prints each model's accuracy
+fetch mnist` puts it; default runs: the rows models of results/models). Prints each model's accuracy
 beside the one its checkpoint recorded at the chosen epoch; exits 1 if any differs by more
 than one image in 10,000.
 """
@@ -25,7 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-RUNS = ["results/models/smnist-rows-lstm-seed0", "results/models/smnist-rows-phased-seed2"]
+RUNS = ["results/models/smnist-rows-lstm-seed0", "results/models/smnist-rows-phased-seed2",
+        "results/models/smnist-rows-last-lstm-seed1", "results/models/smnist-rows-ln2-seed1"]
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -72,6 +75,31 @@ def phased_features(sd: dict, z: torch.Tensor) -> torch.Tensor:
     return torch.stack(out, 1)
 
 
+def layer_norm(z: torch.Tensor, gain: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    mu = z.mean(-1, keepdim=True)
+    var = ((z - mu) ** 2).mean(-1, keepdim=True)  # (biased)
+    return (z - mu) / torch.sqrt(var + 1e-5) * gain + shift
+
+
+def layernorm_features(sd: dict, z: torch.Tensor, layers: int) -> torch.Tensor:
+    for layer in range(layers):
+        g = {k[4:-3]: v.double() for k, v in sd.items() if k.startswith("rnn.") and k.endswith(f"_l{layer}")}
+        B, T, _ = z.shape
+        H = g["weight_hh"].shape[1]
+        h = torch.zeros(B, H, dtype=torch.float64)
+        c = torch.zeros(B, H, dtype=torch.float64)
+        out = []
+        for t in range(T):
+            a = (layer_norm(z[:, t] @ g["weight_ih"].T, g["ln_ih_weight"], g["bias_ih"])
+                 + layer_norm(h @ g["weight_hh"].T, g["ln_hh_weight"], g["bias_hh"]))
+            ai, af, ag, ao = a.chunk(4, 1)
+            c = torch.sigmoid(af) * c + torch.sigmoid(ai) * torch.tanh(ag)
+            h = torch.sigmoid(ao) * torch.tanh(layer_norm(c, g["ln_c_weight"], g["ln_c_bias"]))
+            out.append(h)
+        z = torch.stack(out, 1)
+    return z
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     default = Path(os.environ.get("PHASEDLSTM_DATA", Path.home() / ".cache" / "phasedlstm")) / "mnist"
@@ -87,16 +115,24 @@ def main() -> int:
     for run in a.runs:
         ck = torch.load(Path(run) / "best.pt", map_location="cpu", weights_only=False)
         cfg, sd = ck["config"], ck["model"]
-        if cfg["task"] != "smnist-rows" or cfg.get("task_options", {}).get("classes") or cfg["pooling"] != "mean":
-            raise SystemExit(f"{run}: not a ten-class rows model with mean pooling")
-        if cfg["model"] not in ("lstm", "torch-lstm", "phased") or cfg.get("layers", 1) != 1:
-            raise SystemExit(f"{run}: this check has the equations of a one-layer LSTM and Phased LSTM only")
+        if cfg["task"] != "smnist-rows" or cfg.get("task_options", {}).get("classes"):
+            raise SystemExit(f"{run}: not a ten-class rows model")
+        if cfg["pooling"] not in ("mean", "last") or cfg.get("proj_size", 64) <= 0:
+            raise SystemExit(f"{run}: pooling {cfg['pooling']!r}, projection {cfg.get('proj_size')}: not checked here")
+        layers = cfg.get("layers", 1)
+        if cfg["model"] not in ("lstm", "torch-lstm", "phased", "layernorm") or (
+                layers != 1 and cfg["model"] != "layernorm"):
+            raise SystemExit(f"{run}: this check has the equations of a one-layer LSTM and Phased LSTM and of "
+                             f"the LN-LSTM only, not of a {layers}-layer {cfg['model']}")
+        features = {"lstm": lstm_features, "torch-lstm": lstm_features, "phased": phased_features,
+                    "layernorm": lambda sd, z: layernorm_features(sd, z, layers)}[cfg["model"]]
         with torch.no_grad():
             correct = 0
             for s in range(0, len(x), 1000):
                 z = x[s:s + 1000] @ sd["proj.weight"].double().T + sd["proj.bias"].double()
-                feats = (lstm_features if cfg["model"] in ("lstm", "torch-lstm") else phased_features)(sd, z)
-                logits = feats.mean(1) @ sd["head.weight"].double().T + sd["head.bias"].double()
+                feats = features(sd, z)
+                pooled = feats.mean(1) if cfg["pooling"] == "mean" else feats[:, -1]  # (all rows: 28 steps)
+                logits = pooled @ sd["head.weight"].double().T + sd["head.bias"].double()
                 correct += int((logits.argmax(1) == y[s:s + 1000]).sum())
         acc = correct / len(y)
         rec = next(h["test_acc"] for h in ck["history"] if h["epoch"] == ck["epoch"])
