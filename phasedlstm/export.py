@@ -40,6 +40,7 @@ class _Graphable(torch.nn.Module):
     def __init__(self, model):
         super().__init__()
         self.model = model
+        self.train(model.training)  # (a new Module is in training mode: the exporter would warn for an eval model)
 
     def forward(self, x, times, lengths):
         return self.model(x, times, lengths)

@@ -2,6 +2,7 @@
 at any batch size and length, equal to the eager model; `phasedlstm export` round trip."""
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -35,7 +36,11 @@ def test_onnx_model_runs_in_onnxruntime_at_other_sizes(kind, tmp_path):
     ort = pytest.importorskip("onnxruntime", reason="the optional extra export (onnxruntime) is not installed")
     pytest.importorskip("onnxscript", reason="the optional extra export (onnxscript) is not installed")
     model = _model(kind)
-    r = export(model, tmp_path / "m.onnx", "onnx")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        r = export(model, tmp_path / "m.onnx", "onnx")
+    # the model is exported in eval mode (no leak, no dropout), and the exporter must see it so
+    assert not [w for w in caught if "training mode" in str(w.message)]
     session = ort.InferenceSession(r["path"], providers=["CPUExecutionProvider"])
     for b, t in ((2, 3), (9, 40)):
         x, times, lengths = example_inputs(model, b, t, seed=b + t)
