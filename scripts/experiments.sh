@@ -90,21 +90,18 @@ main() {  # (one function, read whole before it runs: editing this file under a 
                         $P compare --task "$t" --models lstm,phased --seeds 0 --epochs 30 --hidden-size 128 \
                             --batch-size 128 --clip 1 --pooling mean --out "runs/lecture/$t-mean" "${COMMON[@]}"
                     done ;;
-            adding|adding-long|adding-20k)
+            adding|adding-long|adding-20k|adding-500k)
                 # 100,000 training sequences per T (fresh, 10 epochs of 10,000); adding-long: the longer T, to run
                 # where a model solves T = 1000; adding-20k: the first, too small budget (10 epochs of 2,000);
+                # adding-500k: the budget question, 500,000 (50 epochs of 10,000) at T = 100 and 500 (sixth session);
                 # ADDING_MODELS=layernorm runs one model (the others are added by running the name again)
+                models=lstm,layernorm,phased epochs=10
                 case "$name" in adding) Ts="100 200 500 1000" n=10000 d=adding ;; adding-long) Ts="2000 5000" n=10000 d=adding ;;
-                                adding-20k) Ts="100 200 500 1000 2000 5000" n=2000 d=adding-20k ;; esac
+                                adding-20k) Ts="100 200 500 1000 2000 5000" n=2000 d=adding-20k ;;
+                                adding-500k) Ts="100 500" n=10000 d=adding-500k models=lstm,phased epochs=50 ;; esac
                 for T in $Ts; do
-                    $P compare --task adding --length "$T" --fresh yes --n-train "$n" --models "${ADDING_MODELS:-lstm,layernorm,phased}" \
-                        --seeds 0 --epochs 10 --hidden-size 64 --proj-size 0 --batch-size 50 --out "runs/lecture/$d-$T" \
-                        "${COMMON[@]}"
-                done ;;
-            adding-500k)  # the budget question: 500,000 sequences (50 epochs of 10,000), T = 100 and 500 (sixth session)
-                for T in 100 500; do
-                    $P compare --task adding --length "$T" --fresh yes --n-train 10000 --models lstm,phased --seeds 0 \
-                        --epochs 50 --hidden-size 64 --proj-size 0 --batch-size 50 --out "runs/lecture/adding-500k-$T" \
+                    $P compare --task adding --length "$T" --fresh yes --n-train "$n" --models "${ADDING_MODELS:-$models}" \
+                        --seeds 0 --epochs "$epochs" --hidden-size 64 --proj-size 0 --batch-size 50 --out "runs/lecture/$d-$T" \
                         "${COMMON[@]}"
                 done ;;
             watch) # (no torch-lstm: its packed-sequence path ran 194 s / epoch on these 2618-step sequences,
