@@ -8,11 +8,11 @@ GEMM for the input and recurrent terms and one fused element-wise pass. The back
 written by hand in the same shape: per step the gate gradients, dh_{t-1}, dx_t and per-thread
 sums of the weight gradients. The time gate of all steps is computed before the loop (its
 own fused kernel, float64 phase), so autograd carries dk on to tau, s and r_on. For float32
-on AVX-512 CPUs the GEMMs use a register-blocked micro-kernel on weights packed once per call;
-elsewhere at::addmm. See the file's header for the layouts.
+on CPUs with AVX-512 or AVX2 and FMA the per-step GEMMs use a register-blocked micro-kernel on
+weights packed once per call; elsewhere at::addmm. See the file's header for the layouts.
 
 Building: compiled with ``torch.utils.cpp_extension.load`` against the installed torch on
-first use (about 15-35 s on 2 cores; one line says when it starts and ends) and cached under
+first use (1-2 minutes on 2 cores; one line says when it starts and ends) and cached under
 ``$PHASEDLSTM_EXT_DIR`` or ``~/.cache/phasedlstm/ext`` in a folder keyed on torch's version,
 the CPU's features (``-march=native``) and a hash of the kernel source and flags, so two
 checkouts or versions never share a build; later processes load it in milliseconds. One
@@ -105,6 +105,36 @@ def _say(msg: str) -> None:
     print(f"phasedlstm: {msg}", file=sys.stderr, flush=True)
 
 
+def _lock_holder(lock_file) -> str:
+    """Who holds the flock on lock_file: the pid from /proc/locks (Linux; the file's own content
+    names only the last process that got the lock, which may have released it since), with
+    "stopped" when that process is stopped (SIGSTOP, Ctrl-Z: it keeps the lock and never
+    finishes its build); elsewhere the pid the holder wrote into the file."""
+    lock_file.seek(0)
+    written = lock_file.read().strip() or "unknown"
+    try:
+        st = os.fstat(lock_file.fileno())
+        with open("/proc/locks") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return written
+    dev = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    for line in lines:
+        fields = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 4411 fe:00:5465246 0 EOF" (a waiter's line reads "1: -> FLOCK ...")
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == dev:
+            pid = fields[4]
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    state = f.read().rsplit(")", 1)[1].split()[0]
+            except (OSError, IndexError):
+                state = ""
+            if pid == str(os.getpid()):
+                return f"{pid}: this process itself"
+            return f"{pid}, stopped: resume it (kill -CONT {pid}) or stop it" if state in ("T", "t") else pid
+    return written
+
+
 def _build() -> None:
     import fcntl
     import time
@@ -131,18 +161,18 @@ def _build() -> None:
             # (a process that only loads a finished build holds the lock for a moment too: say
             # nothing unless the wait lasts)
             quiet, said = min(2.0, BUILD_WAIT_SECONDS / 2), False
-            lock_file.seek(0)
-            holder = lock_file.read().strip() or "unknown"
             while True:
                 try:
                     fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     break
                 except BlockingIOError:
                     if not said and time.monotonic() - start > quiet:
+                        holder = _lock_holder(lock_file)
                         _say(f"waiting for another process building the fused kernels in {directory} (pid "
                              f"{holder}); giving up after {BUILD_WAIT_SECONDS:.0f} s")
                         said = True
                     if time.monotonic() - start > BUILD_WAIT_SECONDS:
+                        holder = _lock_holder(lock_file)
                         raise TimeoutError(f"another process (pid {holder}) held the build lock of {directory} "
                                            f"for over {BUILD_WAIT_SECONDS:.0f} s") from None
                     time.sleep(0.05)

@@ -4,6 +4,7 @@ of one version share one without rebuilding it)."""
 
 import fcntl
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -53,6 +54,29 @@ def test_waiting_for_a_live_build_says_so_and_gives_up():
     assert f"waiting for another process building the fused kernels in {fast.ext_dir()} (pid {os.getpid()})" in r.stderr
     assert "loaded False" in r.stdout  # it gave up and runs the reference, with a warning
     assert _python(LOAD).stdout.strip() == "loaded True"  # once the lock is released, all is well
+
+
+@pytest.mark.skipif(not Path("/proc/locks").exists(), reason="needs Linux's /proc/locks")
+def test_waiting_names_the_real_holder_and_says_when_it_is_stopped():
+    """The file's content names only the last process that got the lock; the message must name
+    the one holding it now (from /proc/locks) and say when it is stopped: a builder stopped with
+    SIGSTOP or Ctrl-Z keeps the lock, and every other process would wait for it and give up."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, sys, time\n"
+         f"f = open({str(fast.ext_dir() / 'build.flock')!r}, 'a+')\n"
+         "fcntl.flock(f, fcntl.LOCK_EX)\nf.seek(0); f.truncate(); f.write('999999999'); f.flush()\n"
+         "print('locked', flush=True)\ntime.sleep(120)\n"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        os.kill(holder.pid, signal.SIGSTOP)
+        r = _python(LOAD, PHASEDLSTM_BUILD_WAIT="1")
+        assert (f"(pid {holder.pid}, stopped: resume it (kill -CONT {holder.pid}) or stop it)" in r.stderr
+                and "999999999" not in r.stderr), r.stderr
+        assert "loaded False" in r.stdout
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait()
+    assert _python(LOAD).stdout.strip() == "loaded True"  # the lock died with its holder
 
 
 def test_two_checkouts_of_one_version_share_one_build_without_rebuilding(tmp_path):
