@@ -454,6 +454,21 @@ def plain_config(d: dict, defaults: bool = False) -> dict:
     return json.loads(json.dumps(d))
 
 
+def _kernels_note(model, device) -> str:
+    """Which loop the run's recurrent layers take on the CPU, for its log: a run that fell back to
+    the reference loop (no compiler, a build that failed or was waited for too long) is several
+    times slower, and its log should say so at the start, not only in a warning."""
+    from phasedlstm import fast
+    from phasedlstm.layers import RecurrentLayer
+
+    layers = [m for m in model.modules() if isinstance(m, RecurrentLayer) and m.impl in ("auto", "fast")]
+    if torch.device(device).type != "cpu" or not layers:
+        return ""
+    if all(m.proj_size for m in layers):
+        return " (the reference loop: the fused kernels have no projections, proj_size > 0)"
+    return " (fused kernels)" if fast.load() else f" (the reference loop: fused kernels unavailable, {fast.unavailable_reason()})"
+
+
 def _train_locked(cfg, run_dir: Path, resume: bool, progress: bool, extra_epochs, epochs, log) -> dict:
     ck = None
     for tmp in run_dir.glob(".*.tmp"):  # half-written files of a killed process (we hold the folder's lock)
@@ -531,7 +546,7 @@ def _train_locked(cfg, run_dir: Path, resume: bool, progress: bool, extra_epochs
         if ck is not None:
             _write_metrics(run_dir, history)  # drop rows of epochs the checkpoint does not have
         log(f"{task.describe()}\nmodel {cfg.model}: {sum(p.numel() for p in model.parameters())} parameters, "
-            f"on {device}" + (f", {dist.world} processes" if dist.active else ""))
+            f"on {device}{_kernels_note(model, device)}" + (f", {dist.world} processes" if dist.active else ""))
     regression = task.num_classes == 0
 
     def state(epoch, step, epoch_state):

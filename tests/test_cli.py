@@ -54,6 +54,27 @@ def test_train_writes_run_folder(tmp_path):
     assert result["split"] == "test" and result["n"] == 32 and 0 <= result["accuracy"] <= 1
 
 
+def test_run_log_says_which_loop_the_layers_take(tmp_path):
+    """A run on the reference loop is several times slower; its log says so at the start."""
+    from phasedlstm import fast
+
+    args = ["train", "--task", "freq-async", "--n-train", "32", "--n-val", "16", "--n-test", "16", "--hidden-size",
+            "8", "--batch-size", "16", "--no-progress", "--epochs", "1", "--model"]
+    if fast.available():
+        r = cli(*args, "lstm", "--out", str(tmp_path / "a"))
+        assert "model lstm: " in r.stdout and ", on cpu (fused kernels)" in r.stdout, r.stdout
+    r = subprocess.run([sys.executable, "-m", "phasedlstm", *args, "phased", "--out", str(tmp_path / "b")],
+                       capture_output=True, text=True, env={**ENV, "PHASEDLSTM_NO_EXT": "1"}, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert ", on cpu (the reference loop: fused kernels unavailable, disabled by PHASEDLSTM_NO_EXT=1)" in r.stdout
+    from phasedlstm.layers import LSTM
+    from phasedlstm.train import _kernels_note
+    assert _kernels_note(LSTM(3, 8, proj_size=4), "cpu") == (
+        " (the reference loop: the fused kernels have no projections, proj_size > 0)")
+    r = cli(*args, "torch-lstm", "--out", str(tmp_path / "d"))
+    assert "model torch-lstm: " in r.stdout and ", on cpu\n" in r.stdout  # not ours: nothing to say
+
+
 def test_resume_after_sigkill_matches_uninterrupted(tmp_path):
     # --checkpoint-seconds 0: a checkpoint after every step, so the kill lands mid-epoch
     args = [*TINY, "--n-train", "960", "--hidden-size", "32", "--model", "lstm", "--epochs", "3",
