@@ -14,8 +14,9 @@ weights packed once per call; elsewhere at::addmm. See the file's header for the
 Building: compiled with ``torch.utils.cpp_extension.load`` against the installed torch on
 first use (1-2 minutes on 2 cores; one line says when it starts and ends) and cached under
 ``$PHASEDLSTM_EXT_DIR`` or ``~/.cache/phasedlstm/ext`` in a folder keyed on torch's version,
-the CPU's features (``-march=native``) and a hash of the kernel source and flags, so two
-checkouts or versions never share a build; later processes load it in milliseconds. One
+the CPU's features (``-march=native``) and a hash of the kernel source, the flags and torch's
+folder, so two versions or virtual environments never share a build (two checkouts run by one
+environment do); later processes load it in milliseconds. One
 process builds at a time (an flock, released by the kernel if the builder dies; a stale lock
 file of torch's from a killed build is removed); the others say they are waiting and give up
 after ``$PHASEDLSTM_BUILD_WAIT`` seconds (600), running the reference. Nothing is built at install time, so pip's build isolation never pulls a
@@ -88,12 +89,22 @@ def _flags() -> tuple[list[str], list[str]]:
 
 def ext_dir() -> Path:
     """Where this version of the kernels is built: keyed on torch's version, the CPU's flags and a
-    hash of the kernel source and build flags, so two versions never share (and rebuild) one build,
-    two checkouts of one version share it (it compiles a copy of the source kept inside it), and a
-    changed source is never loaded from an old build."""
+    hash of the kernel source, the build flags and torch's folder, so two versions or two virtual
+    environments never share (and rebuild) one build, two checkouts of one version run by one
+    environment share it (it compiles a copy of the source kept inside it), and a changed source
+    is never loaded from an old build."""
     cflags, ldflags = _flags()
-    digest = hashlib.sha1(_SOURCE.read_bytes() + " ".join(cflags + ldflags).encode()).hexdigest()[:10]
+    # torch's folder too: the build file names its include and library paths, so two virtual
+    # environments sharing one folder would rebuild it for each other at every first load (seen:
+    # a fresh clone's CI and the main checkout's runs, one to two minutes each time)
+    key = _SOURCE.read_bytes() + " ".join(cflags + ldflags).encode() + b"\0" + _torch_dir().encode()
+    digest = hashlib.sha1(key).hexdigest()[:10]
     return build_dir() / f"torch{torch.__version__.split('+')[0]}-{_cpu_tag()}-{digest}"
+
+
+def _torch_dir() -> str:
+    """Where the installed torch lives (its headers and libraries, which the build names)."""
+    return str(Path(torch.__file__).resolve().parent)
 
 
 #: how long a process waits for another one that is building the kernels, before it gives up

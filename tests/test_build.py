@@ -33,6 +33,14 @@ def test_cache_folder_is_keyed_on_the_kernel_source(tmp_path, monkeypatch):
     assert fast.ext_dir() != here and fast.ext_dir().parent == here.parent
 
 
+def test_cache_folder_is_keyed_on_torchs_folder(monkeypatch):
+    """Two virtual environments with the same torch version: the build file names each one's
+    include and library paths, so a shared folder would be rebuilt by each for the other."""
+    here = fast.ext_dir()
+    monkeypatch.setattr(fast, "_torch_dir", lambda: "/another/venv/lib/python3.11/site-packages/torch")
+    assert fast.ext_dir() != here and fast.ext_dir().parent == here.parent
+
+
 def test_stale_build_lock_of_a_killed_process_does_not_hang():
     """torch's lock file, left by a build killed with SIGKILL, once made every later process wait
     forever; the next process now removes it (holding our flock, no one else is building)."""
