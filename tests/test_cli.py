@@ -16,9 +16,10 @@ TINY = ["--task", "freq-async", "--n-train", "96", "--n-val", "32", "--n-test", 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def cli(*args, check=True, timeout=300):
-    r = subprocess.run([sys.executable, "-m", "phasedlstm", *args], capture_output=True, text=True, env=ENV,
-                       timeout=timeout)
+def cli(*args, check=True, timeout=300, env=None):
+    """Run ``phasedlstm ARGS``; env: variables to set beside ENV's."""
+    r = subprocess.run([sys.executable, "-m", "phasedlstm", *args], capture_output=True, text=True,
+                       env={**ENV, **(env or {})}, timeout=timeout)
     if check and r.returncode != 0:
         raise AssertionError(f"phasedlstm {' '.join(args)} exited {r.returncode}:\n{r.stdout}\n{r.stderr}")
     return r
@@ -63,9 +64,7 @@ def test_run_log_says_which_loop_the_layers_take(tmp_path):
     if fast.available():
         r = cli(*args, "lstm", "--out", str(tmp_path / "a"))
         assert "model lstm: " in r.stdout and ", on cpu (fused kernels)" in r.stdout, r.stdout
-    r = subprocess.run([sys.executable, "-m", "phasedlstm", *args, "phased", "--out", str(tmp_path / "b")],
-                       capture_output=True, text=True, env={**ENV, "PHASEDLSTM_NO_EXT": "1"}, timeout=300)
-    assert r.returncode == 0, r.stderr
+    r = cli(*args, "phased", "--out", str(tmp_path / "b"), env={"PHASEDLSTM_NO_EXT": "1"})
     assert ", on cpu (the reference loop: fused kernels unavailable, disabled by PHASEDLSTM_NO_EXT=1)" in r.stdout
     from phasedlstm.layers import LSTM
     from phasedlstm.train import _kernels_note
