@@ -224,6 +224,49 @@ def test_both_ways_of_sharing_a_step_among_threads_equal_the_reference(kind, dty
         torch.set_num_threads(threads)
 
 
+@pytest.mark.parametrize("kblock", ["16", None, "0"])
+@pytest.mark.parametrize("kind", list(LAYERS))
+def test_unit_split_products_by_blocks_of_k_equal_the_reference(kind, kblock, monkeypatch):
+    """The unit split's packed products run by blocks of K (128 rows by default, PHASEDLSTM_KBLOCK
+    sets it, 0 switches it off) with the next block prefetched. 13 sequences (tiles of 6 + 6 + 1
+    rows, so the prefetching second tile runs) and H = 200 on 2 threads: unit blocks of 112 + 88
+    units (a partial panel), K = 200 forward (128 + 72) and 800 backward; blocks of 16 make every
+    panel many blocks. Outputs, states and every gradient equal the reference's, and 40 steps
+    without gradients too."""
+    monkeypatch.setenv("PHASEDLSTM_SPLIT", "units")
+    if kblock is not None:
+        monkeypatch.setenv("PHASEDLSTM_KBLOCK", kblock)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.manual_seed(8)
+        kw = {"r_on": 0.4, "period_init": (0.5, 2.0)} if kind == "phased" else {}
+        ref = LAYERS[kind](3, 200, batch_first=True, impl="reference", **kw)
+        with torch.no_grad():
+            for name, p in ref.named_parameters():
+                if name.startswith(("weight_c", "ln_")):
+                    p.add_(torch.randn_like(p) * 0.3)
+        fst = copy.deepcopy(ref)
+        fst.impl = "fast"
+        x = torch.randn(13, 9, 3, requires_grad=True)
+        h0 = torch.randn(1, 13, 200, requires_grad=True)
+        c0 = torch.randn(1, 13, 200, requires_grad=True)
+        times = torch.rand(13, 9, dtype=torch.float64).mul(0.9).add(0.05).cumsum(1)
+        call = {"times": times} if kind == "phased" else {}
+        _assert_same(_run(ref, x, h0, c0, **call), _run(fst, x, h0, c0, **call), torch.float32)
+        fst.eval()
+        ref.eval()
+        if kind == "phased":
+            fst.sparse_inference = False  # (the dense fused loop)
+        xl = torch.randn(13, 40, 3)
+        with torch.no_grad():
+            (o1, (h1, c1)), (o2, (h2, c2)) = ref(xl), fst(xl)
+        for u, v in ((o1, o2), (h1, h2), (c1, c2)):
+            torch.testing.assert_close(v, u, rtol=1e-4, atol=2e-4)
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("kind", ["lstm", "peephole", "phased"])
 @pytest.mark.parametrize("dtype,packed", DTYPE_PACKED)
 @pytest.mark.parametrize("threads", [1, 2])

@@ -194,6 +194,34 @@ struct PackedB {
   int64_t K = 0, N = 0;
 };
 
+#if defined(__AVX2__)
+// 8 rows of src (stride sn) x 8 consecutive values -> 8 rows of d (stride ldd) x 8: an 8 x 8 transpose
+static inline void transpose8(const float* __restrict s, int64_t sn, float* __restrict d, int64_t ldd) {
+  const __m256 r0 = _mm256_loadu_ps(s), r1 = _mm256_loadu_ps(s + sn), r2 = _mm256_loadu_ps(s + 2 * sn),
+               r3 = _mm256_loadu_ps(s + 3 * sn), r4 = _mm256_loadu_ps(s + 4 * sn), r5 = _mm256_loadu_ps(s + 5 * sn),
+               r6 = _mm256_loadu_ps(s + 6 * sn), r7 = _mm256_loadu_ps(s + 7 * sn);
+  const __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1), t2 = _mm256_unpacklo_ps(r2, r3),
+               t3 = _mm256_unpackhi_ps(r2, r3), t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5),
+               t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+  const __m256 u0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0)),
+               u1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2)),
+               u2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0)),
+               u3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2)),
+               u4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0)),
+               u5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2)),
+               u6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0)),
+               u7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
+  _mm256_storeu_ps(d, _mm256_permute2f128_ps(u0, u4, 0x20));
+  _mm256_storeu_ps(d + ldd, _mm256_permute2f128_ps(u1, u5, 0x20));
+  _mm256_storeu_ps(d + 2 * ldd, _mm256_permute2f128_ps(u2, u6, 0x20));
+  _mm256_storeu_ps(d + 3 * ldd, _mm256_permute2f128_ps(u3, u7, 0x20));
+  _mm256_storeu_ps(d + 4 * ldd, _mm256_permute2f128_ps(u0, u4, 0x31));
+  _mm256_storeu_ps(d + 5 * ldd, _mm256_permute2f128_ps(u1, u5, 0x31));
+  _mm256_storeu_ps(d + 6 * ldd, _mm256_permute2f128_ps(u2, u6, 0x31));
+  _mm256_storeu_ps(d + 7 * ldd, _mm256_permute2f128_ps(u3, u7, 0x31));
+}
+#endif
+
 // Pack B (K x N) where B[k][n] = src[n * sn + k * sk].
 inline PackedB pack_b(const Tensor& src, int64_t K, int64_t N, int64_t sk, int64_t sn) {
   PackedB p;
@@ -205,7 +233,14 @@ inline PackedB pack_b(const Tensor& src, int64_t K, int64_t N, int64_t sk, int64
   float* d = p.data.data_ptr<float>();
   for (int64_t q = 0; q < panels; ++q) {
     const int64_t nc = std::min(kNR, N - q * kNR);
-    for (int64_t k = 0; k < K; ++k) {
+    int64_t k0 = 0;
+#if defined(__AVX2__)
+    if (sk == 1 && nc == kNR && std::getenv("PHASEDLSTM_TPACK") == nullptr) {  // rows of W along k: 8 x 8 transposes
+      for (; k0 + 8 <= K; k0 += 8)
+        for (int64_t c = 0; c < kNR; c += 8) transpose8(s + (q * kNR + c) * sn + k0, sn, d + (q * K + k0) * kNR + c, kNR);
+    }
+#endif
+    for (int64_t k = k0; k < K; ++k) {
       float* dk = d + (q * K + k) * kNR;
       for (int64_t c = 0; c < nc; ++c) dk[c] = s[(q * kNR + c) * sn + k * sk];
       for (int64_t c = nc; c < kNR; ++c) dk[c] = 0;  // the last panel's padding
@@ -223,7 +258,7 @@ constexpr bool kHavePacked = true;
 template <int MR, bool FULL>
 static inline void micro_tile(int64_t K, const float* __restrict A, int64_t lda, const float* __restrict Bp,
                               int64_t ldb, float* __restrict C, int64_t ldc, int64_t ncols,
-                              const float* __restrict init) {
+                              const float* __restrict init, const float* = nullptr) {
   __m512 acc[MR][4];
   __mmask16 mask[4];
   for (int j = 0; j < 4; ++j) {
@@ -274,7 +309,7 @@ constexpr bool kHavePacked = true;
 template <int MR, bool FULL>
 static inline void micro_tile(int64_t K, const float* __restrict A, int64_t lda, const float* __restrict Bp,
                               int64_t ldb, float* __restrict C, int64_t ldc, int64_t ncols,
-                              const float* __restrict init) {
+                              const float* __restrict init, const float* pf = nullptr) {
   const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   const __m256i m0 = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)ncols), lane);
   const __m256i m1 = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)ncols - 8), lane);
@@ -293,6 +328,7 @@ static inline void micro_tile(int64_t K, const float* __restrict A, int64_t lda,
 #pragma GCC unroll 4
   for (int64_t k = 0; k < K; ++k) {
     const float* b = Bp + k * ldb;
+    if (pf != nullptr) _mm_prefetch(reinterpret_cast<const char*>(pf + k * ldb), _MM_HINT_T0);
     const __m256 b0 = load(b, 0), b1 = load(b + 8, 1);
 #define PLSTM_STEP(r)                                          \
   if constexpr (MR > r) {                                      \
@@ -321,11 +357,13 @@ static inline void micro_tile(int64_t K, const float* __restrict A, int64_t lda,
 
 #if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
 // (the tiles above, 6 rows at a time, over the panels of B)
+// prefetch: K lines of B (stride ldb) fetched into L1 by the second tile of 6 rows (nullptr: none)
 template <bool FULL>
 inline void micro_rows(int64_t M, int64_t K, const float* A, int64_t lda, const float* bq, int64_t ldb, float* cq,
-                       int64_t ldc, int64_t ncols, const float* init) {
+                       int64_t ldc, int64_t ncols, const float* init, const float* prefetch = nullptr) {
   int64_t m = 0;
-  for (; m + 6 <= M; m += 6) micro_tile<6, FULL>(K, A + m * lda, lda, bq, ldb, cq + m * ldc, ldc, ncols, init);
+  for (; m + 6 <= M; m += 6)
+    micro_tile<6, FULL>(K, A + m * lda, lda, bq, ldb, cq + m * ldc, ldc, ncols, init, m == 6 ? prefetch : nullptr);
   switch (M - m) {
     case 5: micro_tile<5, FULL>(K, A + m * lda, lda, bq, ldb, cq + m * ldc, ldc, ncols, init); break;
     case 4: micro_tile<4, FULL>(K, A + m * lda, lda, bq, ldb, cq + m * ldc, ldc, ncols, init); break;
@@ -340,8 +378,26 @@ inline void micro_rows(int64_t M, int64_t K, const float* A, int64_t lda, const 
 // (panel_stride = kNR, ldb = its row stride). Rows of A and C have strides lda and ldc. With
 // init (an N-vector), C = init + A B instead: C is written, never read.
 inline void gemm_acc_any(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* Bq0,
-                         int64_t panel_stride, int64_t ldb, float* C, int64_t ldc, const float* init = nullptr) {
+                         int64_t panel_stride, int64_t ldb, float* C, int64_t ldc, const float* init = nullptr,
+                         int64_t kblock = 0) {
   const int64_t panels = (N + kNR - 1) / kNR;
+  if (kblock > 0 && M > 6 && panel_stride == K * kNR && ldb == kNR) {  // (see UnitPacks)
+    for (int64_t q = 0; q < panels; ++q) {
+      const float* bq = Bq0 + q * panel_stride;
+      const int64_t ncols = std::min(kNR, N - q * kNR);
+      float* cq = C + q * kNR;
+      for (int64_t k0 = 0; k0 < K; k0 += kblock) {
+        const int64_t kb = std::min(kblock, K - k0);
+        // the lines of the next block of B (this panel's next rows of K, or the next panel's first),
+        // fetched while the second tile of rows reads this block from cache
+        const float* next = k0 + kb < K ? bq + (k0 + kb) * kNR : (q + 1 < panels ? bq + panel_stride : nullptr);
+        const float* iq = init != nullptr && k0 == 0 ? init + q * kNR : nullptr;
+        if (ncols == kNR) micro_rows<true>(M, kb, A + k0, lda, bq + k0 * kNR, kNR, cq, ldc, ncols, iq, next);
+        else micro_rows<false>(M, kb, A + k0, lda, bq + k0 * kNR, kNR, cq, ldc, ncols, iq, next);
+      }
+    }
+    return;
+  }
   for (int64_t q = 0; q < panels; ++q) {
     const float* bq = Bq0 + q * panel_stride;
     const int64_t ncols = std::min(kNR, N - q * kNR);
@@ -353,14 +409,15 @@ inline void gemm_acc_any(int64_t M, int64_t N, int64_t K, const float* A, int64_
 }
 
 inline void gemm_acc(int64_t M, const float* A, int64_t lda, const PackedB& B, float* C, int64_t ldc,
-                     const float* init = nullptr) {
-  gemm_acc_any(M, B.N, B.K, A, lda, B.data.data_ptr<float>(), B.K * kNR, kNR, C, ldc, init);
+                     const float* init = nullptr, int64_t kblock = 0) {
+  gemm_acc_any(M, B.N, B.K, A, lda, B.data.data_ptr<float>(), B.K * kNR, kNR, C, ldc, init, kblock);
 }
 #else
 constexpr bool kHavePacked = false;
-inline void gemm_acc(int64_t, const float*, int64_t, const PackedB&, float*, int64_t, const float* = nullptr) {}
+inline void gemm_acc(int64_t, const float*, int64_t, const PackedB&, float*, int64_t, const float* = nullptr,
+                     int64_t = 0) {}
 inline void gemm_acc_any(int64_t, int64_t, int64_t, const float*, int64_t, const float*, int64_t, int64_t, float*,
-                         int64_t, const float* = nullptr) {}
+                         int64_t, const float* = nullptr, int64_t = 0) {}
 #endif
 
 // PHASEDLSTM_PACKED=0 switches the micro-kernel off (at::addmm_ for every product): the tests run
@@ -526,12 +583,26 @@ inline int64_t unit_block(int64_t H) {
 // (dh_{t-1} += dG_t W_hh by columns of dh). The per-step products then read W_hh panel by panel
 // instead of through at::addmm, which for these few rows (M = B <= 32) packs its B again at every
 // call. Not for short sequences (packing costs about one step's product) nor float64.
+// Each block of W_hh (H = 1024: 8 MiB per thread) is larger than a core's L2, so every step
+// streams it from L3, and with the 6-row tiles the first tile of rows waits on that stream while
+// the others re-read the panel from L2. The products here therefore run by blocks of kUnitKBlock
+// rows of K (a panel's block stays in L1 for all tiles of rows) and prefetch the next block during
+// the second tile. Forward (16, 100, 32, 1024), ratio to torch.nn.LSTM with / without (one
+// process, 2-core AVX2 EPYC, 2026-11-29): forward-only 1.04 / 1.12 and 1.01 / 1.09, training 0.88
+// / 0.96; K blocks of 64 and 256 gained less. Not for the batch split's products, whose B fits a
+// core's caches or is shared: (32, 100, 32, 512) forward-only 0.92 / 0.85, (256, 100, 32, 256)
+// 0.80 / 0.73. PHASEDLSTM_KBLOCK=0 switches it off (benchmarks).
+constexpr int64_t kUnitKBlock = 128;
+
 struct UnitPacks {
   std::vector<PackedB> p;
   Tensor zeros;  // the starting sums of set()
+  int64_t kblock = kUnitKBlock;
 
   UnitPacks(const Tensor& w_hh, int64_t T, bool backward = false) {
     if (T < 8 || !Recurrent::packable(w_hh, /*transpose=*/true)) return;
+    const char* e = std::getenv("PHASEDLSTM_KBLOCK");
+    if (e != nullptr) kblock = std::max<int64_t>(0, std::atoll(e));
     const int64_t H = w_hh.size(1), blk = unit_block(H), nb = (H + blk - 1) / blk, per = backward ? 1 : 4;
     const Tensor W = w_hh.detach().contiguous();
     p.resize(per * nb);
@@ -548,7 +619,7 @@ struct UnitPacks {
   // out (M rows of stride ldc) += in (M x K, rows of stride lda) times pack i (forward: 4 q + gate;
   // backward: q); with set, out = that product (not read)
   void acc(int64_t i, int64_t M, const float* in, int64_t lda, float* out, int64_t ldc, bool set = false) const {
-    gemm_acc(M, in, lda, p[i], out, ldc, set ? zeros.data_ptr<float>() : nullptr);
+    gemm_acc(M, in, lda, p[i], out, ldc, set ? zeros.data_ptr<float>() : nullptr, kblock);
   }
 };
 
