@@ -27,6 +27,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -235,7 +236,8 @@ inline PackedB pack_b(const Tensor& src, int64_t K, int64_t N, int64_t sk, int64
     const int64_t nc = std::min(kNR, N - q * kNR);
     int64_t k0 = 0;
 #if defined(__AVX2__)
-    if (sk == 1 && nc == kNR) {  // rows of W along k: by 8 x 8 transposes (3x the scalar loop at H = 1024)
+    if (sk == 1 && nc == kNR) {  // rows of W along k: by 8 x 8 transposes (the scalar loop's strided reads were
+      // 10% of a forward-only call of T = 8 at H = 1024)
       for (; k0 + 8 <= K; k0 += 8)
         for (int64_t c = 0; c < kNR; c += 8) transpose8(s + (q * kNR + c) * sn + k0, sn, d + (q * K + k0) * kNR + c, kNR);
     }
@@ -2205,10 +2207,28 @@ std::vector<Tensor> ln_forward_graph(const Tensor& x, const Tensor& w_ih, const 
   return unalias(r, 3);
 }
 
+// The micro-kernel's own rate on the calling thread, for the benchmark's reference: C (M x N) +=
+// A (M x K) B (K x N), B packed once and small enough for the core's L2, best of `repeats` timed
+// calls, in GFLOP/s; 0 where there is no micro-kernel (float64 and CPUs without AVX2 use at::addmm).
+double micro_kernel_gflops(int64_t M, int64_t K, int64_t N, int64_t repeats) {
+  if (!kHavePacked || M <= 0 || K <= 0 || N <= 0) return 0.0;
+  const Tensor a = at::randn({M, K}), w = at::randn({N, K});
+  Tensor c = at::zeros({M, N});
+  const PackedB b = pack_b(w, K, N, /*sk=*/1, /*sn=*/K);
+  double best = std::numeric_limits<double>::infinity();
+  for (int64_t r = 0; r < std::max<int64_t>(1, repeats) + 1; ++r) {  // (the first call warms up)
+    const auto t0 = std::chrono::steady_clock::now();
+    gemm_acc(M, a.data_ptr<float>(), K, b, c.data_ptr<float>(), N);
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (r > 0) best = std::min(best, s);
+  }
+  return 2.0 * M * K * N / best / 1e9;
+}
+
 }  // namespace
 
-
 TORCH_LIBRARY(phasedlstm_fused, m) {
+  m.def("micro_kernel_gflops(int M, int K, int N, int repeats) -> float", &micro_kernel_gflops);
   m.def("time_gate_forward(Tensor times, Tensor tau, Tensor s, Tensor r_on, float leak) -> Tensor");
   m.def("time_gate_backward(Tensor dk, Tensor times, Tensor tau, Tensor s, Tensor r_on, float leak) -> Tensor[]");
   m.def("lstm_forward(Tensor x, Tensor w_ih, Tensor bias, Tensor w_hh, Tensor h0, Tensor c0, Tensor peep, Tensor k, "
