@@ -305,3 +305,18 @@ def check_time_parameters(params, name_of) -> None:
             raise ValueError(f"{name} must be finite, but {bad.numel()} of its {q.numel()} values are not "
                              f"(first: {bad[0].item()}); the time gate is undefined. Training diverged, or the "
                              f"parameter was set by hand: reload a checkpoint or re-initialise it.")
+
+
+def check_gate_bias(gate_bias, bias: bool):
+    """``gate_bias``: None, or four finite numbers (input, forget, cell, output gate); returns a tuple."""
+    if gate_bias is None:
+        return None
+    try:
+        values = tuple(float(v) for v in gate_bias)
+    except (TypeError, ValueError):
+        raise TypeError(f"gate_bias must be four numbers (input, forget, cell, output gate), got {gate_bias!r}") from None
+    if len(values) != 4 or not all(math.isfinite(v) for v in values):
+        raise ValueError(f"gate_bias must be four finite numbers (input, forget, cell, output gate), got {gate_bias!r}")
+    if not bias:
+        raise ValueError("gate_bias needs bias=True (the layer has no biases to set)")
+    return values

@@ -35,6 +35,18 @@ def _str_list(s: str) -> list[str]:
     return [v.strip() for v in s.split(",") if v.strip()]
 
 
+def _gate_bias(text: str) -> list:
+    """--gate-bias: four comma-separated finite numbers (input, forget, cell, output gate)."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 4 or not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"expected four comma-separated numbers I,F,G,O (input, forget, cell, "
+                                         f"output gate), got {text!r}")
+    return values
+
+
 def _int_at_least(minimum: int):
     def parse(s: str) -> int:
         try:
@@ -87,6 +99,10 @@ def _add_training_args(p: argparse.ArgumentParser, single: bool = True, epochs: 
                    help="last valid step (the paper) or mean over valid steps (the lecture) (default: last)")
     g.add_argument("--forget-bias", type=float, default=None,
                    help="added to the forget-gate bias at init (default: 1; 0 is torch.nn.LSTM's init)")
+    g.add_argument("--gate-bias", type=_gate_bias, default=None, metavar="I,F,G,O",
+                   help="constant initial biases of the input, forget, cell and output gates instead of the "
+                        "uniform init plus --forget-bias; -0.1,0,0,0 is the Phased LSTM authors' for the "
+                        "frequency tasks (default: none)")
     g.add_argument("--learn-initial-state", action="store_true", help="learn h0 and c0 (default: zeros)")
     g.add_argument("--dropout", type=_fraction, default=0.0, help="dropout between recurrent layers (default: 0)")
     g.add_argument("--epochs", type=_int_at_least(1), default=epochs, help=f"(default: {epochs})")
@@ -184,7 +200,11 @@ def _config(args, task: str, model: str, seed: int):
             rnn.setdefault("shift_init", 100.0)
     elif rnn:
         raise SystemExit(f"error: the Phased LSTM options ({', '.join(sorted(rnn))}) apply to --model phased only")
-    tricks = {"forget_bias": args.forget_bias, "learn_initial_state": args.learn_initial_state or None}
+    if args.gate_bias is not None and args.forget_bias is not None:
+        raise SystemExit("error: --gate-bias sets every gate's initial bias, the forget gate's too: give it or "
+                         "--forget-bias, not both")
+    tricks = {"forget_bias": args.forget_bias, "gate_bias": args.gate_bias,
+              "learn_initial_state": args.learn_initial_state or None}
     for k, v in tricks.items():
         if v is not None:
             if model == "torch-lstm":

@@ -64,7 +64,7 @@ class RecurrentLayer(nn.Module):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 proj_size: int = 0, *, forget_bias: float = 1.0, learn_initial_state: bool = False,
+                 proj_size: int = 0, *, forget_bias: float = 1.0, gate_bias=None, learn_initial_state: bool = False,
                  impl: str = "auto", device=None, dtype=None):
         super().__init__()
         if impl not in IMPLS:
@@ -86,6 +86,7 @@ class RecurrentLayer(nn.Module):
         self.dropout = float(dropout)
         self.bidirectional = bidirectional
         self.forget_bias = float(forget_bias)
+        self.gate_bias = _checks.check_gate_bias(gate_bias, bias)
         self.learn_initial_state = learn_initial_state
         fk = {"device": device, "dtype": dtype}
         H, D = hidden_size, 2 if bidirectional else 1
@@ -133,7 +134,12 @@ class RecurrentLayer(nn.Module):
         if self.bias:
             H = self.hidden_size
             with torch.no_grad():
-                p["bias_ih"][H : 2 * H] += self.forget_bias
+                if self.gate_bias is not None:  # constants per gate (i, f, g, o) in bias_ih, bias_hh zero
+                    for k, v in enumerate(self.gate_bias):
+                        p["bias_ih"][k * H : (k + 1) * H] = v
+                    p["bias_hh"].zero_()
+                else:
+                    p["bias_ih"][H : 2 * H] += self.forget_bias
 
     def _precompute(self, x: Tensor, times: Tensor, p: dict) -> tuple:
         """State-free work of all steps: x (T, B, I), times (T, B) float64 -> tensors (T, B, ...)."""
@@ -461,7 +467,8 @@ class RecurrentLayer(nn.Module):
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
         defaults = {"num_layers": 1, "bias": True, "batch_first": False, "dropout": 0.0,
-                    "bidirectional": False, "proj_size": 0, "forget_bias": 1.0, "learn_initial_state": False,
+                    "bidirectional": False, "proj_size": 0, "forget_bias": 1.0, "gate_bias": None,
+                    "learn_initial_state": False,
                     "impl": "auto"}
         for name, default in defaults.items():
             if getattr(self, name) != default:
@@ -480,6 +487,10 @@ _LAYER_DOC = """
         bidirectional: add a backward direction (parameters suffixed ``_reverse``).
         forget_bias: added to the forget-gate part of ``bias_ih_l{k}`` at initialisation
             (default 1.0; 0 gives torch.nn.LSTM's initialisation).
+        gate_bias: four numbers (input, forget, cell, output gate): ``bias_ih_l{k}`` starts at
+            these constants, one per gate, and ``bias_hh_l{k}`` at zero, instead of the uniform
+            initialisation plus ``forget_bias`` (default None). (-0.1, 0, 0, 0) is the Phased
+            LSTM authors' initialisation for the frequency tasks.
         learn_initial_state: learn h0 and c0 (parameters ``h0``, ``c0`` of shape
             (num_layers * D, H), zeros at init) used when ``hx`` is None.
         impl: "auto" (default) runs the fused native loop of :mod:`phasedlstm.fast` where it

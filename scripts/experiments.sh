@@ -66,6 +66,12 @@ main() {  # (one function, read whole before it runs: editing this file under a 
                 $P compare --task "freq-$c" --models "${LONG_MODELS:-phased}" --seeds "${LONG_SEEDS:-0}" --epochs 120 \
                     --n-test 10000 --n-val 5000 --test-every 5 --lr-decay 0.5 --lr-decay-every 40 \
                     --out "runs/paper/freq-$c-long" "${COMMON[@]}" ;;
+            freq-*-authors)  # the paper's protocol with the authors' gate biases (input -0.1, the others 0,
+                # constant; bias_hh 0) instead of the library's uniform init plus 1 on the forget gate
+                c=${name#freq-}; c=${c%-authors}
+                $P compare --task "freq-$c" --models "${AUTHORS_MODELS:-phased,lstm}" --seeds "${AUTHORS_SEEDS:-0,1,2}" \
+                    --epochs 70 --n-test 10000 --test-every 5 --gate-bias=-0.1,0,0,0 \
+                    --out "runs/paper/freq-$c-authors" "${COMMON[@]}" ;;
             rows-027) rows rows-027-2ep 2 lstm,peephole,phased,layernorm,torch-lstm 0,1,2 --classes 0,2,7 ;;
             rows-027-conv) rows rows-027 20 lstm,peephole,phased,layernorm,torch-lstm 0,1,2 --classes 0,2,7 ;;  # to convergence
                 # (10 epochs first; the chosen epochs were the last ones, so extended to 20)

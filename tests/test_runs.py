@@ -224,6 +224,18 @@ def test_new_options_reach_the_configuration():
     assert resolve_task_options(cli._config(args, "watch", "phased", 0))["time_feature"] == "none"
     with pytest.raises(SystemExit, match="not torch-lstm"):
         cli._config(p.parse_args(["train", "--task", "watch", "--forget-bias", "0"]), "watch", "torch-lstm", 0)
+    args = p.parse_args(["train", "--task", "freq-async", "--gate-bias=-0.1,0,0,0"])
+    cfg = cli._config(args, "freq-async", "phased", 0)
+    assert cfg.rnn_options["gate_bias"] == [-0.1, 0.0, 0.0, 0.0]
+    from phasedlstm.train import build_model, build_task
+
+    m = build_model(cfg, build_task(cfg)).rnn
+    assert m.bias_ih_l0[:110].eq(torch.tensor(-0.1)).all() and not m.bias_ih_l0[110:].any()
+    with pytest.raises(SystemExit, match="not both"):
+        cli._config(p.parse_args(["train", "--task", "freq-async", "--gate-bias=0,0,0,0", "--forget-bias", "0"]),
+                    "freq-async", "phased", 0)
+    with pytest.raises(SystemExit):  # argparse: four numbers expected
+        p.parse_args(["train", "--task", "freq-async", "--gate-bias", "0,1"])
     with pytest.raises(ConfigError, match="must be t, dt or no"):
         resolve_task_options(TrainConfig(task="watch", time_feature="yes"))
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from phasedlstm import LSTM
+from phasedlstm import LSTM, LayerNormLSTM, PeepholeLSTM, PhasedLSTM
 
 
 def _pair(num_layers, bidirectional, batch_first, dtype=torch.float64):
@@ -100,11 +100,35 @@ def test_forget_bias_init():
     assert others.abs().max() <= bound
 
 
+@pytest.mark.parametrize("cls", [LSTM, PeepholeLSTM, PhasedLSTM, LayerNormLSTM])
+def test_gate_bias_init(cls):
+    """gate_bias=(i, f, g, o): every layer and direction's bias_ih starts at those constants per gate
+    and bias_hh at zero (the Phased LSTM authors' (-0.1, 0, 0, 0)); the weights keep their init;
+    wrong values are refused with what was expected."""
+    m = cls(3, 8, num_layers=2, bidirectional=True, gate_bias=(-0.1, 0.0, 0.5, 2.0))
+    want = torch.tensor([-0.1] * 8 + [0.0] * 8 + [0.5] * 8 + [2.0] * 8)
+    for name, p in m.named_parameters():
+        if name.startswith("bias_ih"):
+            assert torch.equal(p.detach(), want.to(p.dtype)), name
+        elif name.startswith("bias_hh"):
+            assert not p.detach().any(), name
+        elif name.startswith("weight_"):
+            assert p.detach().abs().max() <= 1 / 8**0.5 and p.detach().std() > 0, name
+    assert "gate_bias=(-0.1, 0.0, 0.5, 2.0)" in repr(m)
+    with pytest.raises(ValueError, match="four finite numbers"):
+        cls(3, 8, gate_bias=(0.0, 1.0, 0.0))
+    with pytest.raises(ValueError, match="four finite numbers"):
+        cls(3, 8, gate_bias=(0.0, float("nan"), 0.0, 0.0))
+    with pytest.raises(TypeError, match="four numbers"):
+        cls(3, 8, gate_bias="-0.1")
+    with pytest.raises(ValueError, match="needs bias=True"):
+        cls(3, 8, bias=False, gate_bias=(0.0, 0.0, 0.0, 0.0))
+
+
 # -- the rest of torch.nn.LSTM's surface: PackedSequence, flatten_parameters, all_weights --------
 
 from torch.nn.utils.rnn import PackedSequence, pack_sequence  # noqa: E402
 
-from phasedlstm import LayerNormLSTM, PeepholeLSTM, PhasedLSTM  # noqa: E402
 
 
 @pytest.mark.parametrize("num_layers", [1, 2])
