@@ -589,11 +589,12 @@ inline int64_t unit_block(int64_t H) {
 // streams it from L3, and with the 6-row tiles the first tile of rows waits on that stream while
 // the others re-read the panel from L2. The products here therefore run by blocks of kUnitKBlock
 // rows of K (a panel's block stays in L1 for all tiles of rows) and prefetch the next block during
-// the second tile. Forward (16, 100, 32, 1024), ratio to torch.nn.LSTM with / without (one
-// process, 2-core AVX2 EPYC, 2026-11-29): forward-only 1.04 / 1.12 and 1.01 / 1.09, training 0.88
-// / 0.96; K blocks of 64 and 256 gained less. Not for the batch split's products, whose B fits a
-// core's caches or is shared: (32, 100, 32, 512) forward-only 0.92 / 0.85, (256, 100, 32, 256)
-// 0.80 / 0.73. PHASEDLSTM_KBLOCK=0 switches it off (benchmarks).
+// the second tile (prefetches past the end of the data are harmless: they never fault). Ratio to
+// torch.nn.LSTM without / with, (16, 100, 32, 1024), one process, 2-core AVX2 EPYC, 2026-11-29:
+// LSTM forward-only 1.07 / 0.96, training 0.95 / 0.88; Phased LSTM 1.18 / 1.04, 0.97 / 0.89;
+// LN-LSTM 1.07 / 0.91, 1.03 / 0.93; blocks of 64 and 256 gained less or as much. Not for the batch
+// split's products, where it lost: (32, 100, 32, 512) forward-only 0.85 / 0.92, (256, 100, 32,
+// 256) 0.73 / 0.80. PHASEDLSTM_KBLOCK=0 switches it off (benchmarks), =N sets the block.
 constexpr int64_t kUnitKBlock = 128;
 
 struct UnitPacks {
