@@ -307,8 +307,9 @@ def check_time_parameters(params, name_of) -> None:
                              f"parameter was set by hand: reload a checkpoint or re-initialise it.")
 
 
-def check_gate_bias(gate_bias, bias: bool):
-    """``gate_bias``: None, or four finite numbers (input, forget, cell, output gate); returns a tuple."""
+def check_gate_bias(gate_bias, bias: bool, forget_bias: float = 1.0):
+    """``gate_bias``: None, or four finite numbers (input, forget, cell, output gate); returns a tuple.
+    It sets the forget gate's bias too, so a ``forget_bias`` other than its default is refused."""
     if gate_bias is None:
         return None
     try:
@@ -319,4 +320,7 @@ def check_gate_bias(gate_bias, bias: bool):
         raise ValueError(f"gate_bias must be four finite numbers (input, forget, cell, output gate), got {gate_bias!r}")
     if not bias:
         raise ValueError("gate_bias needs bias=True (the layer has no biases to set)")
+    if forget_bias != 1.0:
+        raise ValueError(f"gate_bias sets the forget gate's initial bias too ({values[1]}); give it or "
+                         f"forget_bias (got {forget_bias}), not both")
     return values

@@ -86,7 +86,7 @@ class RecurrentLayer(nn.Module):
         self.dropout = float(dropout)
         self.bidirectional = bidirectional
         self.forget_bias = float(forget_bias)
-        self.gate_bias = _checks.check_gate_bias(gate_bias, bias)
+        self.gate_bias = _checks.check_gate_bias(gate_bias, bias, self.forget_bias)
         self.learn_initial_state = learn_initial_state
         fk = {"device": device, "dtype": dtype}
         H, D = hidden_size, 2 if bidirectional else 1

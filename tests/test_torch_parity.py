@@ -123,6 +123,8 @@ def test_gate_bias_init(cls):
         cls(3, 8, gate_bias="-0.1")
     with pytest.raises(ValueError, match="needs bias=True"):
         cls(3, 8, bias=False, gate_bias=(0.0, 0.0, 0.0, 0.0))
+    with pytest.raises(ValueError, match="not both"):
+        cls(3, 8, forget_bias=0.0, gate_bias=(0.0, 0.0, 0.0, 0.0))
 
 
 # -- the rest of torch.nn.LSTM's surface: PackedSequence, flatten_parameters, all_weights --------
