@@ -36,15 +36,15 @@ def _str_list(s: str) -> list[str]:
 
 
 def _gate_bias(text: str) -> list:
-    """--gate-bias: four comma-separated finite numbers (input, forget, cell, output gate)."""
+    """--gate-bias: four comma-separated finite numbers (input, forget, cell, output gate), checked as
+    the layers check their gate_bias."""
+    from phasedlstm import _checks  # (here: it imports torch, which the CLI loads only when it needs it)
+
     try:
-        values = [float(v) for v in text.split(",")]
-    except ValueError:
-        values = []
-    if len(values) != 4 or not all(math.isfinite(v) for v in values):
+        return list(_checks.check_gate_bias([float(v) for v in text.split(",")], bias=True))
+    except (TypeError, ValueError):
         raise argparse.ArgumentTypeError(f"expected four comma-separated numbers I,F,G,O (input, forget, cell, "
-                                         f"output gate), got {text!r}")
-    return values
+                                         f"output gate), got {text!r}") from None
 
 
 def _int_at_least(minimum: int):

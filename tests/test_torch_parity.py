@@ -132,7 +132,6 @@ def test_gate_bias_init(cls):
 from torch.nn.utils.rnn import PackedSequence, pack_sequence  # noqa: E402
 
 
-
 @pytest.mark.parametrize("num_layers", [1, 2])
 @pytest.mark.parametrize("bidirectional", [False, True])
 @pytest.mark.parametrize("enforce_sorted", [False, True])

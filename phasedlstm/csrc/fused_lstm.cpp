@@ -383,30 +383,23 @@ inline void gemm_acc_any(int64_t M, int64_t N, int64_t K, const float* A, int64_
                          int64_t panel_stride, int64_t ldb, float* C, int64_t ldc, const float* init = nullptr,
                          int64_t kblock = 0) {
   const int64_t panels = (N + kNR - 1) / kNR;
-  if (kblock > 0 && M > 6 && panel_stride == K * kNR && ldb == kNR) {  // (see UnitPacks)
-    for (int64_t q = 0; q < panels; ++q) {
-      const float* bq = Bq0 + q * panel_stride;
-      const int64_t ncols = std::min(kNR, N - q * kNR);
-      float* cq = C + q * kNR;
-      for (int64_t k0 = 0; k0 < K; k0 += kblock) {
-        const int64_t kb = std::min(kblock, K - k0);
-        // the lines of the next block of B (this panel's next rows of K, or the next panel's first),
-        // fetched while the second tile of rows reads this block from cache
-        const float* next = k0 + kb < K ? bq + (k0 + kb) * kNR : (q + 1 < panels ? bq + panel_stride : nullptr);
-        const float* iq = init != nullptr && k0 == 0 ? init + q * kNR : nullptr;
-        if (ncols == kNR) micro_rows<true>(M, kb, A + k0, lda, bq + k0 * kNR, kNR, cq, ldc, ncols, iq, next);
-        else micro_rows<false>(M, kb, A + k0, lda, bq + k0 * kNR, kNR, cq, ldc, ncols, iq, next);
-      }
-    }
-    return;
-  }
+  // by blocks of K rows only where asked (see UnitPacks) and B is packed; otherwise one block of all K
+  const bool blocked = kblock > 0 && M > 6 && panel_stride == K * kNR && ldb == kNR;
+  const int64_t kstep = blocked ? kblock : std::max<int64_t>(K, 1);
   for (int64_t q = 0; q < panels; ++q) {
     const float* bq = Bq0 + q * panel_stride;
     const int64_t ncols = std::min(kNR, N - q * kNR);
     float* cq = C + q * kNR;
-    const float* iq = init != nullptr ? init + q * kNR : nullptr;
-    if (ncols == kNR) micro_rows<true>(M, K, A, lda, bq, ldb, cq, ldc, ncols, iq);
-    else micro_rows<false>(M, K, A, lda, bq, ldb, cq, ldc, ncols, iq);
+    for (int64_t k0 = 0; k0 == 0 || k0 < K; k0 += kstep) {
+      const int64_t kb = std::min(kstep, K - k0);
+      // the lines of the next block of B (this panel's next rows of K, or the next panel's first),
+      // fetched while the second tile of rows reads this block from cache
+      const float* next =
+          !blocked ? nullptr : (k0 + kb < K ? bq + (k0 + kb) * kNR : (q + 1 < panels ? bq + panel_stride : nullptr));
+      const float* iq = init != nullptr && k0 == 0 ? init + q * kNR : nullptr;
+      if (ncols == kNR) micro_rows<true>(M, kb, A + k0, lda, bq + k0 * ldb, ldb, cq, ldc, ncols, iq, next);
+      else micro_rows<false>(M, kb, A + k0, lda, bq + k0 * ldb, ldb, cq, ldc, ncols, iq, next);
+    }
   }
 }
 
