@@ -25,7 +25,7 @@ rows() {  # the lecture's model on sequential MNIST by rows (issue 11): projecti
 
 combo() {  # superimposed frequencies (issue 10): as freq, 100 epochs (the authors ran 300)
     local task=$1
-    $P compare --task "$task" --models phased,lstm --seeds 0 --epochs 100 --n-test 10000 --test-every 5 \
+    $P compare --task "$task" --models "${COMBO_MODELS:-phased,lstm}" --seeds 0 --epochs 100 --n-test 10000 --test-every 5 \
         --out "runs/paper/$task" "${COMMON[@]}"
 }
 
@@ -49,7 +49,12 @@ main() {  # (one function, read whole before it runs: editing this file under a 
                 c=${name#freq-}
                 freq "$c" phased,lstm 0,1,2
                 freq "$c" peephole,layernorm 0 ;;
-            freq-combo|freq-combo-hard) combo "$name" ;;
+            freq-async-others|freq-standard-others|freq-highres-others)  # the peephole and LN-LSTM of a
+                # condition alone, in their own folder (the runs of freq-COND's first line were not carried)
+                c=${name#freq-}; c=${c%-others}
+                $P compare --task "freq-$c" --models peephole,layernorm --seeds 0 --epochs 70 --n-test 10000 \
+                    --test-every 5 --out "runs/paper/freq-$c-others" "${COMMON[@]}" ;;
+            freq-combo|freq-combo-hard) combo "$name" ;;  # COMBO_MODELS=lstm: one model
             freq-*-decay)  # beyond the paper's protocol: the learning rate halved every 10 epochs (chosen on
                 # validation against the constant rate of the runs above; the test split as always)
                 c=${name#freq-}; c=${c%-decay}

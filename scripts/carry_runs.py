@@ -1,0 +1,109 @@
+"""Carry unfinished experiment runs from one session to the next through git.
+
+Each session starts from a fresh clone: ``runs/`` (not committed) is gone, and with it the
+checkpoints that ``compare`` resumes from. This script packs them into one committed file:
+
+    python scripts/carry_runs.py save      # at the end of a session: then commit carry/runs.tar
+    python scripts/carry_runs.py restore   # at the start of the next, before scripts/experiments.sh
+
+``save`` packs every experiment folder (a folder of ``runs/`` whose subfolders are runs) that
+holds at least one unfinished run (``last.pt`` short of its configured epochs, or stopped inside
+an epoch, or a ``config.json`` with no checkpoint yet), whole: its finished runs come along, so
+that ``compare`` does not train them again and ``phasedlstm report`` sees every model.
+``restore`` unpacks a run only where ``runs/`` does not already hold it with as many epochs.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tarfile
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+RUNS, CARRY = ROOT / "runs", ROOT / "carry" / "runs.tar"
+
+
+def progress(run: Path) -> tuple[int, int, bool]:
+    """(epochs done, epochs configured, finished) of one run folder, from last.pt (or config.json)."""
+    import json
+    last = run / "last.pt"
+    if last.exists():
+        ck = torch.load(last, map_location="cpu", weights_only=True)
+        done, step, total = ck["epoch"], ck["step"], ck["config"]["epochs"]
+        saved = json.loads((run / "config.json").read_text()) if (run / "config.json").exists() else {}
+        total = max(total, saved.get("epochs", total))  # an extension not checkpointed yet
+        return done, total, done >= total and step == 0
+    saved = json.loads((run / "config.json").read_text())
+    return 0, saved["epochs"], False
+
+
+def runs_under(folder: Path) -> list[Path]:
+    return sorted(p.parent for p in folder.rglob("config.json"))
+
+
+def save() -> int:
+    experiments = {}
+    for run in runs_under(RUNS):
+        done, total, finished = progress(run)
+        if not finished:
+            experiments.setdefault(run.parent, []).append(f"{run.relative_to(ROOT)} ({done}/{total} epochs)")
+    if not experiments:
+        print("no unfinished runs under runs/: nothing to carry")
+        if CARRY.exists():
+            CARRY.unlink()
+            print(f"removed {CARRY.relative_to(ROOT)} (commit its removal)")
+        return 0
+    CARRY.parent.mkdir(exist_ok=True)
+    tmp = CARRY.with_suffix(".tmp")
+    with tarfile.open(tmp, "w") as tar:
+        for exp, unfinished in sorted(experiments.items()):
+            tar.add(exp, arcname=str(exp.relative_to(ROOT)),
+                    filter=lambda t: None if t.name.endswith((".tmp", ".lock")) else t)
+            print(f"packed {exp.relative_to(ROOT)}: unfinished {', '.join(unfinished)}")
+    tmp.replace(CARRY)
+    print(f"{CARRY.relative_to(ROOT)}: {CARRY.stat().st_size / 2**20:.1f} MiB; commit it")
+    return 0
+
+
+def restore() -> int:
+    if not CARRY.exists():
+        print(f"no {CARRY.relative_to(ROOT)}: nothing to restore")
+        return 0
+    with tarfile.open(CARRY) as tar:
+        members = tar.getmembers()
+        for m in members:  # our own file, but refuse anything that would land outside runs/
+            if not (m.isfile() or m.isdir()) or Path(m.name).is_absolute() or ".." in Path(m.name).parts \
+                    or Path(m.name).parts[0] != "runs":
+                print(f"{CARRY}: refusing member {m.name!r}", file=sys.stderr)
+                return 1
+        staged = ROOT / "carry" / "staging"
+        if staged.exists():
+            import shutil
+            shutil.rmtree(staged)
+        tar.extractall(staged, filter="data")
+    import shutil
+    for run in runs_under(staged / "runs"):
+        target = RUNS / run.relative_to(staged / "runs")
+        if target.exists() and (target / "config.json").exists():
+            here, there = progress(target)[0], progress(run)[0]
+            if here >= there:
+                print(f"kept {target.relative_to(ROOT)} ({here} epochs here, {there} in the carry)")
+                continue
+            shutil.rmtree(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(run, target)
+        print(f"restored {target.relative_to(ROOT)} ({progress(target)[0]} epochs)")
+    shutil.rmtree(staged)
+    return 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("action", choices=["save", "restore"])
+    return save() if ap.parse_args().action == "save" else restore()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
