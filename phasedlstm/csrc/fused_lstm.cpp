@@ -449,6 +449,7 @@ inline void transpose_into(const scalar_t* src, int64_t m, int64_t n, int64_t ld
 struct Recurrent {
   Tensor b_for_aten;  // what at::addmm_ multiplies by
   PackedB packed;
+  Tensor zeros;  // (N, float32) with the packed kernel: set() writes 0 + A B, without a zeroing pass first
   bool use_packed = false;
 
   // Whether the micro-kernel serves this product: float32 on AVX-512 or AVX2, and N >= kNR
@@ -468,6 +469,7 @@ struct Recurrent {
       const int64_t R = w_hh.size(0), Cc = w_hh.size(1);  // (4H, H), row-major
       // transpose: B = W^T, B[k][n] = W[n][k] (K = H, N = 4H); else B = W, B[k][n] = W[k][n]
       packed = transpose ? pack_b(w_hh, Cc, R, /*sk=*/1, /*sn=*/Cc) : pack_b(w_hh, R, Cc, /*sk=*/Cc, /*sn=*/1);
+      zeros = at::zeros({packed.N}, w_hh.options());
     }
   }
 
@@ -487,8 +489,8 @@ struct Recurrent {
   void set(Tensor out_rows, const Tensor& in_rows) const {  // out_rows = in_rows B (no zeroing pass first)
     if constexpr (std::is_same_v<scalar_t, float>) {
       if (use_packed) {
-        out_rows.zero_();
-        acc<scalar_t>(out_rows, in_rows);
+        gemm_acc(in_rows.size(0), in_rows.data_ptr<float>(), in_rows.stride(0), packed, out_rows.data_ptr<float>(),
+                 out_rows.stride(0), zeros.data_ptr<float>());
         return;
       }
     }
@@ -1129,16 +1131,140 @@ std::vector<Tensor> lstm_backward(const Tensor& grad_out, const Tensor& grad_hn,
 // Layer-normalised LSTM
 // ---------------------------------------------------------------------------------------------
 
+// The reductions of the layer norms. A loop `s += x[j]` is one chain of dependent additions (GCC
+// vectorises it into one register of partial sums, 3-4 cycles per 8 values); these keep four
+// independent registers of partial sums (float32, AVX2) so that the row is read at the rate of
+// the loads. A fixed order: each result is deterministic, only differently rounded than the plain loop.
+template <typename scalar_t>
+struct RowSums {
+  // sum of x and max |x| (as bits for float: NaN above inf above every finite value, so the
+  // maximum says whether the row is finite without relying on how max treats NaN)
+  static void sum_absmax(const scalar_t* __restrict x, int64_t n, scalar_t& sum, scalar_t& big) {
+    scalar_t b = 0, m = 0;
+    bool finite = true;
+    for (int64_t j = 0; j < n; ++j) {
+      finite &= is_finite_bits(x[j]);
+      b = std::max(b, std::fabs(x[j]));
+      m += x[j];
+    }
+    sum = m;
+    big = finite ? b : std::numeric_limits<scalar_t>::infinity();
+  }
+  static scalar_t sum_sq_dev(const scalar_t* __restrict x, int64_t n, scalar_t mean) {
+    scalar_t v = 0;
+    for (int64_t j = 0; j < n; ++j) {
+      const scalar_t d = x[j] - mean;
+      v += d * d;
+    }
+    return v;
+  }
+  static void sum2(const scalar_t* __restrict a, const scalar_t* __restrict z, int64_t n, scalar_t& sa,
+                   scalar_t& saz) {
+    scalar_t p = 0, q = 0;
+    for (int64_t j = 0; j < n; ++j) {
+      p += a[j];
+      q += a[j] * z[j];
+    }
+    sa = p;
+    saz = q;
+  }
+};
+
+#if defined(__AVX2__) && defined(__FMA__)
+inline float hsum8(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+
+template <>
+struct RowSums<float> {
+  static void sum_absmax(const float* __restrict x, int64_t n, float& sum, float& big) {
+    const __m256i abs = _mm256_set1_epi32(0x7fffffff);
+    __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+    __m256i m0 = _mm256_setzero_si256(), m1 = m0;
+    int64_t j = 0;
+    for (; j + 32 <= n; j += 32) {
+      const __m256 a = _mm256_loadu_ps(x + j), b = _mm256_loadu_ps(x + j + 8), c = _mm256_loadu_ps(x + j + 16),
+                   d = _mm256_loadu_ps(x + j + 24);
+      s0 = _mm256_add_ps(s0, a);
+      s1 = _mm256_add_ps(s1, b);
+      s2 = _mm256_add_ps(s2, c);
+      s3 = _mm256_add_ps(s3, d);
+      m0 = _mm256_max_epu32(m0, _mm256_max_epu32(_mm256_and_si256(_mm256_castps_si256(a), abs),
+                                                 _mm256_and_si256(_mm256_castps_si256(b), abs)));
+      m1 = _mm256_max_epu32(m1, _mm256_max_epu32(_mm256_and_si256(_mm256_castps_si256(c), abs),
+                                                 _mm256_and_si256(_mm256_castps_si256(d), abs)));
+    }
+    for (; j + 8 <= n; j += 8) {
+      const __m256 a = _mm256_loadu_ps(x + j);
+      s0 = _mm256_add_ps(s0, a);
+      m0 = _mm256_max_epu32(m0, _mm256_and_si256(_mm256_castps_si256(a), abs));
+    }
+    alignas(32) uint32_t lanes[8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), _mm256_max_epu32(m0, m1));
+    float s = hsum8(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+    uint32_t mb = 0;
+    for (int i = 0; i < 8; ++i) mb = std::max(mb, lanes[i]);
+    for (; j < n; ++j) {
+      uint32_t bits;
+      std::memcpy(&bits, x + j, sizeof bits);
+      mb = std::max(mb, bits & 0x7fffffffu);
+      s += x[j];
+    }
+    sum = s;
+    if (mb >= 0x7f800000u) mb = 0x7f800000u;  // a NaN or an inf: +inf (not finite) either way
+    std::memcpy(&big, &mb, sizeof big);
+  }
+  static float sum_sq_dev(const float* __restrict x, int64_t n, float mean) {
+    const __m256 mu = _mm256_set1_ps(mean);
+    __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+    int64_t j = 0;
+    for (; j + 32 <= n; j += 32) {
+      const __m256 a = _mm256_sub_ps(_mm256_loadu_ps(x + j), mu), b = _mm256_sub_ps(_mm256_loadu_ps(x + j + 8), mu),
+                   c = _mm256_sub_ps(_mm256_loadu_ps(x + j + 16), mu),
+                   d = _mm256_sub_ps(_mm256_loadu_ps(x + j + 24), mu);
+      s0 = _mm256_fmadd_ps(a, a, s0);
+      s1 = _mm256_fmadd_ps(b, b, s1);
+      s2 = _mm256_fmadd_ps(c, c, s2);
+      s3 = _mm256_fmadd_ps(d, d, s3);
+    }
+    for (; j + 8 <= n; j += 8) {
+      const __m256 a = _mm256_sub_ps(_mm256_loadu_ps(x + j), mu);
+      s0 = _mm256_fmadd_ps(a, a, s0);
+    }
+    float v = hsum8(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+    for (; j < n; ++j) v += (x[j] - mean) * (x[j] - mean);
+    return v;
+  }
+  static void sum2(const float* __restrict a, const float* __restrict z, int64_t n, float& sa, float& saz) {
+    __m256 p0 = _mm256_setzero_ps(), p1 = p0, q0 = p0, q1 = p0;
+    int64_t j = 0;
+    for (; j + 16 <= n; j += 16) {
+      const __m256 a0 = _mm256_loadu_ps(a + j), a1 = _mm256_loadu_ps(a + j + 8);
+      p0 = _mm256_add_ps(p0, a0);
+      p1 = _mm256_add_ps(p1, a1);
+      q0 = _mm256_fmadd_ps(a0, _mm256_loadu_ps(z + j), q0);
+      q1 = _mm256_fmadd_ps(a1, _mm256_loadu_ps(z + j + 8), q1);
+    }
+    float p = hsum8(_mm256_add_ps(p0, p1)), q = hsum8(_mm256_add_ps(q0, q1));
+    for (; j < n; ++j) {
+      p += a[j];
+      q += a[j] * z[j];
+    }
+    sa = p;
+    saz = q;
+  }
+};
+#endif
+
 // Normalise x[0:n] in place to z = (x - mean) / sqrt(var + eps); returns 1 / sqrt(var + eps).
 // Rows with values beyond 2^40 are first scaled by a power of two (exact) and normalised as the
 // scaled row is, so that the squares never overflow (as phasedlstm.cells.layer_norm does).
 template <typename scalar_t>
 static inline scalar_t normalise(scalar_t* __restrict x, int64_t n) {
-  scalar_t big = 0, mean = 0;
-  for (int64_t j = 0; j < n; ++j) {  // (one pass: the largest magnitude and the sum)
-    big = std::max(big, std::fabs(x[j]));
-    mean += x[j];
-  }
+  scalar_t big, mean;  // (one pass: the largest magnitude and the sum)
+  RowSums<scalar_t>::sum_absmax(x, n, mean, big);
   if (!is_finite_bits(big)) {  // an inf or NaN in the row: its normalisation is undefined, as in the reference
     for (int64_t j = 0; j < n; ++j) x[j] = std::numeric_limits<scalar_t>::quiet_NaN();
     return std::numeric_limits<scalar_t>::quiet_NaN();
@@ -1154,12 +1280,7 @@ static inline scalar_t normalise(scalar_t* __restrict x, int64_t n) {
     }
   }
   mean /= n;
-  scalar_t var = 0;
-  for (int64_t j = 0; j < n; ++j) {
-    const scalar_t d = x[j] - mean;
-    var += d * d;
-  }
-  var /= n;
+  const scalar_t var = RowSums<scalar_t>::sum_sq_dev(x, n, mean) / n;
   const scalar_t rstd = scalar_t(1) / std::sqrt(var + scalar_t(kLnEps));  // (eps acts on the scaled row)
   for (int64_t j = 0; j < n; ++j) x[j] = (x[j] - mean) * rstd;
   return rstd / scale;
@@ -1169,11 +1290,8 @@ static inline scalar_t normalise(scalar_t* __restrict x, int64_t n) {
 template <typename scalar_t>
 static inline void normalise_backward(const scalar_t* __restrict z, const scalar_t* __restrict dz, scalar_t rstd,
                                       int64_t n, scalar_t* __restrict dx) {
-  scalar_t mean_dz = 0, mean_dzz = 0;
-  for (int64_t j = 0; j < n; ++j) {
-    mean_dz += dz[j];
-    mean_dzz += dz[j] * z[j];
-  }
+  scalar_t mean_dz, mean_dzz;
+  RowSums<scalar_t>::sum2(dz, z, n, mean_dz, mean_dzz);
   mean_dz /= n;
   mean_dzz /= n;
   for (int64_t j = 0; j < n; ++j) dx[j] = rstd * (dz[j] - mean_dz - z[j] * mean_dzz);
@@ -1263,10 +1381,15 @@ void ln_forward_loop(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, co
   const bool units = split_units(B, H);
   const Recurrent rec(w_hh, /*transpose=*/true, /*pack=*/!units);
   // zhh (T, B, 8H): per row the recurrent term h_{t-1} W_hh^T, then the input term x_t W_ih^T, both
-  // normalised in place below and kept for the backward. The input terms of all steps are one
-  // (multi-threaded) GEMM here: per step their K = I is small, and the backward needs them again.
-  Tensor zi_all = zhh.view({T * B, 8 * H}).narrow(1, 4 * H, 4 * H);
-  at::mm_out(zi_all, x.reshape({T * B, I}).detach(), w_ih.t().detach());
+  // normalised in place below and kept for the backward. The input terms: with the batch split and
+  // the micro-kernel each thread's per step (still in cache when normalised); otherwise those of all
+  // steps in one (multi-threaded) GEMM here.
+  const Recurrent rin(w_ih, /*transpose=*/true, /*pack=*/!units);
+  const bool per_step_in = !units && rin.use_packed;
+  if (!per_step_in) {
+    Tensor zi_all = zhh.view({T * B, 8 * H}).narrow(1, 4 * H, 4 * H);
+    at::mm_out(zi_all, x.reshape({T * B, I}).detach(), w_ih.t().detach());
+  }
   scalar_t* RI = rih.data_ptr<scalar_t>();
   scalar_t* Z = zhh.data_ptr<scalar_t>();
   scalar_t* R = rhh.data_ptr<scalar_t>();
@@ -1309,6 +1432,7 @@ void ln_forward_loop(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, co
     std::vector<scalar_t> act(4 * H);  // the gate activations of one row (the backward recomputes them)
     for (int64_t t = 0; t < T; ++t) {
       // z = h_{t-1} W_hh^T for this thread's rows (the first 4H of their zhh rows)
+      if (per_step_in) rin.set<scalar_t>(zhh[t].narrow(0, b0, Bt).narrow(1, 4 * H, 4 * H), x[t].narrow(0, b0, Bt));
       rec.set<scalar_t>(zhh[t].narrow(0, b0, Bt).narrow(1, 0, 4 * H), hs[t].narrow(0, b0, Bt));
       rows(t, b0, b1, act);
     }
@@ -1322,19 +1446,25 @@ template <typename scalar_t>
 void ln_infer_loop(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, const LnParams<scalar_t>& P,
                    const int64_t* len, Tensor& hbuf, Tensor& cbuf, Tensor& out) {
   const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = w_hh.size(1), BH = B * H;
-  const bool units = split_units(B, H);
+  // (with the micro-kernel, the packed inference forward's rule, as for the other layers: at (B, H) =
+  // (32, 512) on 2 threads the batch split ran 0.91x torch.nn.LSTM's time, the unit split 1.10x)
+  const bool units = split_units(B, H, /*packed_infer=*/Recurrent::packable(w_hh, /*transpose=*/true));
   const Recurrent rec(w_hh, /*transpose=*/true, /*pack=*/!units);
+  // With the batch split and the micro-kernel, each thread also multiplies its rows' inputs per
+  // step (x_t W_ih^T, K = I), into a buffer still in cache when the row is normalised, instead of
+  // one GEMM per chunk of steps whose result is read back from memory.
+  const Recurrent rin(w_ih, /*transpose=*/true, /*pack=*/!units);
+  const bool per_step_in = !units && rin.use_packed;
   const Tensor W = units ? w_hh.detach() : Tensor();
   const UnitPacks up(units ? w_hh : Tensor(), units ? T : 0);
   scalar_t* HS = hbuf.data_ptr<scalar_t>();
   scalar_t* CS = cbuf.data_ptr<scalar_t>();
   scalar_t* O = out.data_ptr<scalar_t>();
-  const int64_t chunk = infer_chunk(T, BH);
-  Tensor zi_all = at::empty({chunk, B, 4 * H}, x.options());
+  const int64_t chunk = per_step_in ? T : infer_chunk(T, BH);
+  Tensor zi_all = per_step_in ? Tensor() : at::empty({chunk, B, 4 * H}, x.options());
   Tensor z_all = units ? at::empty({B, 4 * H}, x.options()) : Tensor();  // (the unit split's recurrent terms)
-  scalar_t* ZI = zi_all.data_ptr<scalar_t>();
-  // rows b0..b1 of step t of the chunk from t0; Z: their recurrent terms, row b at Z + 4 (b - zb) H
-  auto rows = [&](int64_t t, int64_t t0, int64_t b0, int64_t b1, scalar_t* Z, int64_t zb, std::vector<scalar_t>& act,
+  // rows b0..b1 of step t; Z: their recurrent terms, ZI their input terms, row b at 4 (b - zb) H of each
+  auto rows = [&](int64_t t, int64_t b0, int64_t b1, scalar_t* Z, scalar_t* ZI, int64_t zb, std::vector<scalar_t>& act,
                   std::vector<scalar_t>& zc) {
     const int64_t sp = t % 2, sn = (t + 1) % 2;
     for (int64_t b = b0; b < b1; ++b) {
@@ -1344,26 +1474,39 @@ void ln_infer_loop(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, cons
         hold_row(hp, cp, hn, cn, O + t * BH + r, H);
         continue;
       }
-      scalar_t* zi = ZI + ((t - t0) * B + b) * 4 * H;
-      normalise(zi, 4 * H);
+      normalise(ZI + o4, 4 * H);
       normalise(Z + o4, 4 * H);
-      ln_gates_row(act.data(), zi, Z + o4, P.g_ih, P.b_ih, P.g_hh, P.b_hh, cp, zc.data(), H);
+      ln_gates_row(act.data(), ZI + o4, Z + o4, P.g_ih, P.b_ih, P.g_hh, P.b_hh, cp, zc.data(), H);
       copy_row(zc.data(), cn, H);
       normalise(zc.data(), H);
       ln_out_row(act.data() + 3 * H, zc.data(), P.g_c, P.b_c, hn, H);
       copy_row(hn, O + t * BH + r, H);
     }
   };
+  if (per_step_in) {  // one region for all steps
+    at::parallel_for(0, B, batch_grain(B), [&](int64_t b0, int64_t b1) {
+      const int64_t Bt = b1 - b0;
+      std::vector<scalar_t> act(4 * H), zc(H);
+      Tensor z_rows = at::empty({Bt, 4 * H}, x.options()), zi_rows = at::empty({Bt, 4 * H}, x.options());
+      for (int64_t t = 0; t < T; ++t) {
+        rin.set<scalar_t>(zi_rows, x[t].narrow(0, b0, Bt));
+        rec.set<scalar_t>(z_rows, hbuf[t % 2].narrow(0, b0, Bt));
+        rows(t, b0, b1, z_rows.data_ptr<scalar_t>(), zi_rows.data_ptr<scalar_t>(), b0, act, zc);
+      }
+    });
+    return;
+  }
   for (int64_t t0 = 0; t0 < T; t0 += chunk) {
     const int64_t n = std::min(chunk, T - t0);
     Tensor zi_n = zi_all.narrow(0, 0, n).view({n * B, 4 * H});
     at::mm_out(zi_n, x.narrow(0, t0, n).reshape({n * B, I}).detach(), w_ih.t().detach());
+    auto zi_of = [&](int64_t t) { return zi_all.data_ptr<scalar_t>() + (t - t0) * B * 4 * H; };
     if (units) {  // per step: the recurrent terms by units, then the rows
       for (int64_t t = t0; t < t0 + n; ++t) {
         ln_units_product(z_all, hbuf[t % 2], W, up);
         at::parallel_for(0, B, batch_grain(B), [&](int64_t b0, int64_t b1) {
           std::vector<scalar_t> act(4 * H), zc(H);
-          rows(t, t0, b0, b1, z_all.data_ptr<scalar_t>(), 0, act, zc);
+          rows(t, b0, b1, z_all.data_ptr<scalar_t>(), zi_of(t), 0, act, zc);
         });
       }
       continue;
@@ -1374,7 +1517,7 @@ void ln_infer_loop(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, cons
       Tensor z_rows = at::empty({Bt, 4 * H}, x.options());
       for (int64_t t = t0; t < t0 + n; ++t) {
         rec.set<scalar_t>(z_rows, hbuf[t % 2].narrow(0, b0, Bt));
-        rows(t, t0, b0, b1, z_rows.data_ptr<scalar_t>(), b0, act, zc);
+        rows(t, b0, b1, z_rows.data_ptr<scalar_t>(), zi_of(t) + b0 * 4 * H, b0, act, zc);
       }
     });
   }
