@@ -224,6 +224,37 @@ def test_both_ways_of_sharing_a_step_among_threads_equal_the_reference(kind, dty
         torch.set_num_threads(threads)
 
 
+@pytest.mark.parametrize("H", [3, 5, 13])
+@pytest.mark.parametrize("dtype,packed", DTYPE_PACKED)
+def test_layer_norm_rows_of_any_length_equal_the_reference(H, dtype, packed, monkeypatch):
+    """The LN-LSTM's row reductions (sum, largest magnitude, variance; the backward's two sums) run
+    by 32 and by 8 values with a scalar tail: rows of 4H = 12, 20, 52 and H = 3, 5, 13 values reach
+    every part. Outputs, states and gradients equal the reference's, also where an input row's
+    terms exceed 2^40 (the row is scaled before it is normalised) and on 2 threads, where each
+    thread multiplies its rows' inputs per step."""
+    monkeypatch.setenv("PHASEDLSTM_PACKED", packed)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.manual_seed(11)
+        ref = LayerNormLSTM(3, H, batch_first=True, impl="reference", dtype=dtype)
+        fst = copy.deepcopy(ref)
+        fst.impl = "fast"
+        x = torch.randn(4, 9, 3, dtype=dtype)
+        x[1, 2:4] *= 1e13  # input terms beyond 2^40 at two steps of one sequence
+        x.requires_grad_(True)
+        h0 = torch.randn(1, 4, H, dtype=dtype, requires_grad=True)
+        c0 = torch.randn(1, 4, H, dtype=dtype, requires_grad=True)
+        for call in ({}, {"lengths": torch.tensor([9, 3, 9, 5])}):
+            _assert_same(_run(ref, x, h0, c0, **call), _run(fst, x, h0, c0, **call), dtype)
+        with torch.no_grad():
+            (o1, (h1, c1)), (o2, (h2, c2)) = ref(x), fst(x)
+        for u, v in ((o1, o2), (h1, h2), (c1, c2)):
+            torch.testing.assert_close(v, u, **TOL[dtype])
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("kblock", ["16", None, "0"])
 @pytest.mark.parametrize("kind", list(LAYERS))
 def test_unit_split_products_by_blocks_of_k_equal_the_reference(kind, kblock, monkeypatch):
