@@ -4,13 +4,14 @@ Each session starts from a fresh clone: ``runs/`` (not committed) is gone, and w
 checkpoints that ``compare`` resumes from. This script packs them into one committed file:
 
     python scripts/carry_runs.py save      # at the end of a session: then commit carry/runs.tar
-    python scripts/carry_runs.py restore   # at the start of the next, before scripts/experiments.sh
+    python scripts/carry_runs.py restore   # at the start of the next (scripts/experiments.sh runs it)
 
 ``save`` packs every experiment folder (a folder of ``runs/`` whose subfolders are runs) that
 holds at least one unfinished run (``last.pt`` short of its configured epochs, or stopped inside
 an epoch, or a ``config.json`` with no checkpoint yet), whole: its finished runs come along, so
 that ``compare`` does not train them again and ``phasedlstm report`` sees every model.
-``restore`` unpacks a run only where ``runs/`` does not already hold it with as many epochs.
+``restore`` unpacks a run only where ``runs/`` does not already hold it with as many epochs, and
+never into a folder a running process holds.
 """
 from __future__ import annotations
 
@@ -21,8 +22,7 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-RUNS, CARRY = ROOT / "runs", ROOT / "carry" / "runs.tar"
+ROOT = Path(__file__).resolve().parent.parent  # (the checkout; tests pass another root)
 
 
 def progress(run: Path) -> tuple[int, int, bool]:
@@ -39,37 +39,53 @@ def progress(run: Path) -> tuple[int, int, bool]:
     return 0, saved["epochs"], False
 
 
+def in_use(run: Path) -> bool:
+    """Whether a training process holds the run folder (the flock on RUN/.lock that train takes)."""
+    import fcntl
+    if not (run / ".lock").exists():
+        return False
+    with open(run / ".lock", "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return False
+
+
 def runs_under(folder: Path) -> list[Path]:
     return sorted(p.parent for p in folder.rglob("config.json"))
 
 
-def save() -> int:
+def save(root: Path = ROOT) -> int:
+    RUNS, CARRY = root / "runs", root / "carry" / "runs.tar"
     experiments = {}
     for run in runs_under(RUNS):
         done, total, finished = progress(run)
         if not finished:
-            experiments.setdefault(run.parent, []).append(f"{run.relative_to(ROOT)} ({done}/{total} epochs)")
+            experiments.setdefault(run.parent, []).append(f"{run.relative_to(root)} ({done}/{total} epochs)")
     if not experiments:
         print("no unfinished runs under runs/: nothing to carry")
         if CARRY.exists():
             CARRY.unlink()
-            print(f"removed {CARRY.relative_to(ROOT)} (commit its removal)")
+            print(f"removed {CARRY.relative_to(root)} (commit its removal)")
         return 0
     CARRY.parent.mkdir(exist_ok=True)
     tmp = CARRY.with_suffix(".tmp")
     with tarfile.open(tmp, "w") as tar:
         for exp, unfinished in sorted(experiments.items()):
-            tar.add(exp, arcname=str(exp.relative_to(ROOT)),
+            tar.add(exp, arcname=str(exp.relative_to(root)),
                     filter=lambda t: None if t.name.endswith((".tmp", ".lock")) else t)
-            print(f"packed {exp.relative_to(ROOT)}: unfinished {', '.join(unfinished)}")
+            print(f"packed {exp.relative_to(root)}: unfinished {', '.join(unfinished)}")
     tmp.replace(CARRY)
-    print(f"{CARRY.relative_to(ROOT)}: {CARRY.stat().st_size / 2**20:.1f} MiB; commit it")
+    print(f"{CARRY.relative_to(root)}: {CARRY.stat().st_size / 2**20:.1f} MiB; commit it")
     return 0
 
 
-def restore() -> int:
+def restore(root: Path = ROOT) -> int:
+    RUNS, CARRY = root / "runs", root / "carry" / "runs.tar"
     if not CARRY.exists():
-        print(f"no {CARRY.relative_to(ROOT)}: nothing to restore")
+        print(f"no {CARRY.relative_to(root)}: nothing to restore")
         return 0
     with tarfile.open(CARRY) as tar:
         members = tar.getmembers()
@@ -78,7 +94,7 @@ def restore() -> int:
                     or Path(m.name).parts[0] != "runs":
                 print(f"{CARRY}: refusing member {m.name!r}", file=sys.stderr)
                 return 1
-        staged = ROOT / "carry" / "staging"
+        staged = root / "carry" / "staging"
         if staged.exists():
             import shutil
             shutil.rmtree(staged)
@@ -86,15 +102,18 @@ def restore() -> int:
     import shutil
     for run in runs_under(staged / "runs"):
         target = RUNS / run.relative_to(staged / "runs")
+        if in_use(target):
+            print(f"kept {target.relative_to(root)}: a run holds it (its .lock)")
+            continue
         if target.exists() and (target / "config.json").exists():
             here, there = progress(target)[0], progress(run)[0]
             if here >= there:
-                print(f"kept {target.relative_to(ROOT)} ({here} epochs here, {there} in the carry)")
+                print(f"kept {target.relative_to(root)} ({here} epochs here, {there} in the carry)")
                 continue
             shutil.rmtree(target)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copytree(run, target)
-        print(f"restored {target.relative_to(ROOT)} ({progress(target)[0]} epochs)")
+        print(f"restored {target.relative_to(root)} ({progress(target)[0]} epochs)")
     shutil.rmtree(staged)
     return 0
 

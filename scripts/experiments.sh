@@ -128,5 +128,6 @@ main() {  # (one function, read whole before it runs: editing this file under a 
     done
 }
 
+.venv/bin/python scripts/carry_runs.py restore  # the runs carried from the last session, if any
 main "$@"
 exit
