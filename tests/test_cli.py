@@ -84,10 +84,18 @@ def test_resume_after_sigkill_matches_uninterrupted(tmp_path):
     killed = tmp_path / "killed"
     p = subprocess.Popen([sys.executable, "-m", "phasedlstm", "train", *args, "--out", str(killed)],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+    def mid_second_epoch():  # (last.pt is replaced atomically: a read never sees half a file)
+        try:
+            ck = torch.load(killed / "last.pt", weights_only=True)
+        except FileNotFoundError:
+            return False
+        return ck["epoch"] == 1 and ck["step"] > 0
+
+    # killed as soon as a checkpoint inside the second epoch exists, however loaded the machine is
+    # (a fixed sleep after the first epoch's metrics could land before that epoch's first step)
     deadline = time.time() + 120
-    while time.time() < deadline and not ((killed / "metrics.csv").exists() and len(metrics(killed)) >= 1):
+    while time.time() < deadline and not mid_second_epoch():
         time.sleep(0.005)
-    time.sleep(0.1)  # into the second epoch
     os.kill(p.pid, signal.SIGKILL)
     p.wait()
     ck = torch.load(killed / "last.pt", weights_only=True)
