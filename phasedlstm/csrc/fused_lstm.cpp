@@ -1132,9 +1132,10 @@ std::vector<Tensor> lstm_backward(const Tensor& grad_out, const Tensor& grad_hn,
 // ---------------------------------------------------------------------------------------------
 
 // The reductions of the layer norms. A loop `s += x[j]` is one chain of dependent additions (GCC
-// vectorises it into one register of partial sums, 3-4 cycles per 8 values); these keep four
-// independent registers of partial sums (float32, AVX2) so that the row is read at the rate of
-// the loads. A fixed order: each result is deterministic, only differently rounded than the plain loop.
+// vectorises it into one register of partial sums, 3-4 cycles per 8 values); with float32 on
+// AVX2 these keep four independent registers of partial sums (two per sum in sum2) so that the
+// row is read at the rate of the loads; float64 and other CPUs keep the plain loops. A fixed
+// order: each result is deterministic, only differently rounded than the plain loop.
 template <typename scalar_t>
 struct RowSums {
   // sum of x and max |x| (as bits for float: NaN above inf above every finite value, so the
