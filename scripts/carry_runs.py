@@ -16,6 +16,9 @@ never into a folder a running process holds.
 from __future__ import annotations
 
 import argparse
+import fcntl
+import json
+import shutil
 import sys
 import tarfile
 from pathlib import Path
@@ -27,7 +30,6 @@ ROOT = Path(__file__).resolve().parent.parent  # (the checkout; tests pass anoth
 
 def progress(run: Path) -> tuple[int, int, bool]:
     """(epochs done, epochs configured, finished) of one run folder, from last.pt (or config.json)."""
-    import json
     last = run / "last.pt"
     if last.exists():
         ck = torch.load(last, map_location="cpu", weights_only=True)
@@ -41,7 +43,6 @@ def progress(run: Path) -> tuple[int, int, bool]:
 
 def in_use(run: Path) -> bool:
     """Whether a training process holds the run folder (the flock on RUN/.lock that train takes)."""
-    import fcntl
     if not (run / ".lock").exists():
         return False
     with open(run / ".lock", "a") as f:
@@ -96,10 +97,8 @@ def restore(root: Path = ROOT) -> int:
                 return 1
         staged = root / "carry" / "staging"
         if staged.exists():
-            import shutil
             shutil.rmtree(staged)
         tar.extractall(staged, filter="data")
-    import shutil
     for run in runs_under(staged / "runs"):
         target = RUNS / run.relative_to(staged / "runs")
         if in_use(target):
