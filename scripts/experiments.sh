@@ -42,7 +42,7 @@ motion() {  # real recordings (issue 11): 3 seeds; watch split by subject
         --batch-size 16 --out "runs/lecture/$out" "${COMMON[@]}" "$@"
 }
 
-main() {  # (one function, read whole before it runs: editing this file under a running stream is safe)
+experiments() {  # (one function, read whole before it runs)
     for name in "$@"; do
         case "$name" in
             freq-async|freq-standard|freq-highres)
@@ -128,6 +128,10 @@ main() {  # (one function, read whole before it runs: editing this file under a 
     done
 }
 
-.venv/bin/python scripts/carry_runs.py restore  # the runs carried from the last session, if any
-main "$@"
-exit
+main() {  # (bash reads a script as it runs it: the call and the exit share one line, so that an
+    # edit of this file while a stream runs never makes bash read on into shifted text)
+    .venv/bin/python scripts/carry_runs.py restore  # the runs carried from the last session, if any
+    experiments "$@"
+}
+
+main "$@"; exit
