@@ -10,10 +10,10 @@ COMMON=(--threads 1 --no-progress)
 
 freq() {  # the paper's frequency tasks (issue 10): 110 units, batch 32, Adam 1e-3, clip 10, 70 epochs,
     # fresh training data every epoch, 10,000 test sequences (the test split read every 5th epoch,
-    # at the last and at every new best on validation)
-    local cond=$1 models=$2 seeds=$3
+    # at the last and at every new best on validation); a fourth argument suffixes the folder
+    local cond=$1 models=$2 seeds=$3 suffix=${4:-}
     $P compare --task "freq-$cond" --models "$models" --seeds "$seeds" --epochs 70 --n-test 10000 \
-        --test-every 5 --out "runs/paper/freq-$cond" "${COMMON[@]}"
+        --test-every 5 --out "runs/paper/freq-$cond$suffix" "${COMMON[@]}"
 }
 
 rows() {  # the lecture's model on sequential MNIST by rows (issue 11): projection 64 -> layer (128) ->
@@ -52,8 +52,7 @@ experiments() {  # (one function, read whole before it runs)
             freq-async-others|freq-standard-others|freq-highres-others)  # the peephole and LN-LSTM of a
                 # condition alone, in their own folder (the runs of freq-COND's first line were not carried)
                 c=${name#freq-}; c=${c%-others}
-                $P compare --task "freq-$c" --models peephole,layernorm --seeds 0 --epochs 70 --n-test 10000 \
-                    --test-every 5 --out "runs/paper/freq-$c-others" "${COMMON[@]}" ;;
+                freq "$c" peephole,layernorm 0 -others ;;
             freq-combo|freq-combo-hard) combo "$name" ;;  # COMBO_MODELS=lstm: one model
             freq-*-decay)  # beyond the paper's protocol: the learning rate halved every 10 epochs (chosen on
                 # validation against the constant rate of the runs above; the test split as always)

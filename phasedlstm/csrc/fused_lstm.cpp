@@ -1484,23 +1484,12 @@ void ln_infer_loop(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, cons
       copy_row(hn, O + t * BH + r, H);
     }
   };
-  if (per_step_in) {  // one region for all steps
-    at::parallel_for(0, B, batch_grain(B), [&](int64_t b0, int64_t b1) {
-      const int64_t Bt = b1 - b0;
-      std::vector<scalar_t> act(4 * H), zc(H);
-      Tensor z_rows = at::empty({Bt, 4 * H}, x.options()), zi_rows = at::empty({Bt, 4 * H}, x.options());
-      for (int64_t t = 0; t < T; ++t) {
-        rin.set<scalar_t>(zi_rows, x[t].narrow(0, b0, Bt));
-        rec.set<scalar_t>(z_rows, hbuf[t % 2].narrow(0, b0, Bt));
-        rows(t, b0, b1, z_rows.data_ptr<scalar_t>(), zi_rows.data_ptr<scalar_t>(), b0, act, zc);
-      }
-    });
-    return;
-  }
   for (int64_t t0 = 0; t0 < T; t0 += chunk) {
-    const int64_t n = std::min(chunk, T - t0);
-    Tensor zi_n = zi_all.narrow(0, 0, n).view({n * B, 4 * H});
-    at::mm_out(zi_n, x.narrow(0, t0, n).reshape({n * B, I}).detach(), w_ih.t().detach());
+    const int64_t n = std::min(chunk, T - t0);  // (one chunk of all steps with per_step_in)
+    if (!per_step_in) {
+      Tensor zi_n = zi_all.narrow(0, 0, n).view({n * B, 4 * H});
+      at::mm_out(zi_n, x.narrow(0, t0, n).reshape({n * B, I}).detach(), w_ih.t().detach());
+    }
     auto zi_of = [&](int64_t t) { return zi_all.data_ptr<scalar_t>() + (t - t0) * B * 4 * H; };
     if (units) {  // per step: the recurrent terms by units, then the rows
       for (int64_t t = t0; t < t0 + n; ++t) {
@@ -1516,9 +1505,12 @@ void ln_infer_loop(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, cons
       const int64_t Bt = b1 - b0;
       std::vector<scalar_t> act(4 * H), zc(H);
       Tensor z_rows = at::empty({Bt, 4 * H}, x.options());
+      Tensor zi_rows = per_step_in ? at::empty({Bt, 4 * H}, x.options()) : Tensor();
       for (int64_t t = t0; t < t0 + n; ++t) {
+        if (per_step_in) rin.set<scalar_t>(zi_rows, x[t].narrow(0, b0, Bt));
         rec.set<scalar_t>(z_rows, hbuf[t % 2].narrow(0, b0, Bt));
-        rows(t, b0, b1, z_rows.data_ptr<scalar_t>(), zi_of(t) + b0 * 4 * H, b0, act, zc);
+        rows(t, b0, b1, z_rows.data_ptr<scalar_t>(),
+             per_step_in ? zi_rows.data_ptr<scalar_t>() : zi_of(t) + b0 * 4 * H, b0, act, zc);
       }
     });
   }
