@@ -96,8 +96,10 @@ experiments() {  # (one function, read whole before it runs)
             pixels) # mean over time (the lecture's pooling): chosen on validation against last-step pooling, with
                     # which the LSTM stayed at chance (validation 10.9% after 2 epochs; runs/lecture/smnist-pixels)
                     # while the mean reached 57.3% after one
-                    for t in smnist-pixels psmnist; do
-                        $P compare --task "$t" --models lstm,phased --seeds 0 --epochs 30 --hidden-size 128 \
+                    # PIXEL_TASKS / PIXEL_MODELS / PIXEL_EPOCHS: a part of it (about 10 min per epoch on one core;
+                    # a run of fewer epochs is extended by running again with more)
+                    for t in ${PIXEL_TASKS:-smnist-pixels psmnist}; do
+                        $P compare --task "$t" --models "${PIXEL_MODELS:-lstm,phased}" --seeds 0 --epochs "${PIXEL_EPOCHS:-30}" --hidden-size 128 \
                             --batch-size 128 --clip 1 --pooling mean --out "runs/lecture/$t-mean" "${COMMON[@]}"
                     done ;;
             adding|adding-long|adding-20k|adding-500k)
