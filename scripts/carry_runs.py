@@ -1,17 +1,21 @@
 """Carry unfinished experiment runs from one session to the next through git.
 
-Each session starts from a fresh clone: ``runs/`` (not committed) is gone, and with it the
-checkpoints that ``compare`` resumes from. This script packs them into one committed file:
+A session may start from a fresh clone (the first nine did; the tenth found the ninth's machine):
+then ``runs/`` (not committed) is gone, and with it the checkpoints that ``compare`` resumes from.
+This script packs them into one committed file:
 
     python scripts/carry_runs.py save      # at the end of a session: then commit carry/runs.tar
+    python scripts/carry_runs.py save --also runs/lecture/psmnist-mean   # and finished ones to extend
     python scripts/carry_runs.py restore   # at the start of the next (scripts/experiments.sh runs it)
 
 ``save`` packs every experiment folder (a folder of ``runs/`` whose subfolders are runs) that
 holds at least one unfinished run (``last.pt`` short of its configured epochs, or stopped inside
 an epoch, or a ``config.json`` with no checkpoint yet), whole: its finished runs come along, so
 that ``compare`` does not train them again and ``phasedlstm report`` sees every model.
-``restore`` unpacks a run only where ``runs/`` does not already hold it with as many epochs, and
-never into a folder a running process holds.
+``--also FOLDER`` packs an experiment folder of finished runs too (runs a later session is to
+extend with more epochs: without them it would train them again from the start). ``restore``
+unpacks a run only where ``runs/`` does not already hold it with as many epochs, and never into
+a folder a running process holds.
 """
 from __future__ import annotations
 
@@ -58,13 +62,20 @@ def runs_under(folder: Path) -> list[Path]:
     return sorted(p.parent for p in folder.rglob("config.json"))
 
 
-def save(root: Path = ROOT) -> int:
+def save(root: Path = ROOT, also: list[Path] = ()) -> int:
     RUNS, CARRY = root / "runs", root / "carry" / "runs.tar"
+    also = {(root / a).resolve() for a in also}
+    for a in sorted(also):
+        if not a.is_relative_to(RUNS.resolve()) or not runs_under(a):
+            print(f"--also {a}: not an experiment folder under {RUNS} (no run folders in it)", file=sys.stderr)
+            return 1
     experiments = {}
     for run in runs_under(RUNS):
         done, total, finished = progress(run)
         if not finished:
             experiments.setdefault(run.parent, []).append(f"{run.relative_to(root)} ({done}/{total} epochs)")
+        elif run.parent.resolve() in also:
+            experiments.setdefault(run.parent, [])
     if not experiments:
         print("no unfinished runs under runs/: nothing to carry")
         if CARRY.exists():
@@ -77,7 +88,8 @@ def save(root: Path = ROOT) -> int:
         for exp, unfinished in sorted(experiments.items()):
             tar.add(exp, arcname=str(exp.relative_to(root)),
                     filter=lambda t: None if t.name.endswith((".tmp", ".lock")) else t)
-            print(f"packed {exp.relative_to(root)}: unfinished {', '.join(unfinished)}")
+            print(f"packed {exp.relative_to(root)}: " +
+                  (f"unfinished {', '.join(unfinished)}" if unfinished else "finished runs, to extend (--also)"))
     tmp.replace(CARRY)
     print(f"{CARRY.relative_to(root)}: {CARRY.stat().st_size / 2**20:.1f} MiB; commit it")
     return 0
@@ -120,7 +132,12 @@ def restore(root: Path = ROOT) -> int:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("action", choices=["save", "restore"])
-    return save() if ap.parse_args().action == "save" else restore()
+    ap.add_argument("--also", nargs="+", default=[], type=Path, metavar="FOLDER",
+                    help="save: experiment folders under runs/ to pack even where all their runs are finished")
+    args = ap.parse_args()
+    if args.also and args.action != "save":
+        ap.error("--also goes with save")
+    return save(also=[p.resolve() for p in args.also]) if args.action == "save" else restore()
 
 
 if __name__ == "__main__":

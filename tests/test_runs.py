@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import tarfile
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -354,6 +355,13 @@ def test_carry_packs_unfinished_experiments_whole_and_restores_them_into_a_fresh
     assert "kept runs/paper/a/lstm-seed0 (7 epochs here, 3 in the carry)" in out
     assert torch.load(new / "runs" / "paper" / "a" / "lstm-seed0" / "last.pt")["epoch"] == 7
     assert not (new / "carry" / "staging").exists()
+    # --also: an experiment of finished runs, packed to be extended in a later session
+    assert carry.save(old, also=[old / "runs" / "paper" / "b"]) == 0
+    with tarfile.open(old / "carry" / "runs.tar") as tar:
+        names = tar.getnames()
+    assert "runs/paper/b/lstm-seed0/last.pt" in names and "runs/paper/a/lstm-seed0/last.pt" in names
+    assert carry.save(old, also=[old / "elsewhere"]) == 1  # not a folder of runs: refused, said
+    assert "not an experiment folder" in capsys.readouterr().err
     # nothing unfinished: nothing packed, and a stale carry file is removed
     for run in ("a/lstm-seed0", "c/lstm-seed0", "d/lstm-seed0"):
         shutil.rmtree(old / "runs" / "paper" / run)
