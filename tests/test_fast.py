@@ -98,6 +98,32 @@ def test_fast_inference_equals_reference(kind):
 
 
 @pytest.mark.parametrize("kind", list(LAYERS))
+@pytest.mark.parametrize("packed", ["1", "0"])
+def test_inference_gives_the_training_forwards_numbers_bit_for_bit(kind, packed, monkeypatch):
+    """float32: a model scored without gradients (evaluation, an exported program, which runs the
+    training forward's kernel) gives exactly the numbers of the same forward with gradients. Both
+    are fused, but inference keeps nothing and runs its own loop; with -ffast-math the compiler
+    may round the same row function differently where it is inlined into each (seen: the LN-LSTM,
+    up to 6e-6 apart), so the row functions are compiled once."""
+    monkeypatch.setenv("PHASEDLSTM_PACKED", packed)
+    for B, T, H in ((7, 23, 8), (2, 3, 8), (5, 61, 24)):
+        torch.manual_seed(B)
+        m = LAYERS[kind](3, H, num_layers=2, bidirectional=True, batch_first=True, impl="fast").eval()
+        if kind == "phased":
+            m.sparse_inference = False  # (the sparse path has its own equality tests: tests/test_sparse.py)
+        x = torch.randn(B, T, 3) * 3
+        lengths = torch.randint(2, T + 1, (B,))
+        lengths[0] = T
+        kw = {"lengths": lengths, "times": torch.rand(B, T).mul(2).cumsum(1)} if kind == "phased" else {"lengths": lengths}
+        with torch.no_grad():
+            o1, (h1, c1) = m(x, **kw)
+        o2, (h2, c2) = m(x, **kw)
+        assert o2.requires_grad
+        for u, v in ((o1, o2), (h1, h2), (c1, c2)):
+            assert torch.equal(u, v.detach()), f"{kind} (B, T, H) = {(B, T, H)}: {(u - v).abs().max():.3g} apart"
+
+
+@pytest.mark.parametrize("kind", list(LAYERS))
 def test_fast_streaming_equals_one_call(kind):
     torch.manual_seed(1)
     _, fst = _pair(kind, torch.float64, num_layers=2)
