@@ -1,7 +1,8 @@
 """Carry unfinished experiment runs from one session to the next through git.
 
-A session may start from a fresh clone (the first nine did; the tenth found the ninth's machine):
-then ``runs/`` (not committed) is gone, and with it the checkpoints that ``compare`` resumes from.
+A session may start from a fresh clone (the ninth did, and lost the eighth's runs; the tenth found
+the ninth's machine): then ``runs/`` (not committed) is gone, and with it the checkpoints that
+``compare`` resumes from.
 This script packs them into one committed file:
 
     python scripts/carry_runs.py save      # at the end of a session: then commit carry/runs.tar

@@ -1308,10 +1308,11 @@ static inline void normalise_backward(const scalar_t* __restrict z, const scalar
 // a = g_ih * zi + b_ih + g_hh * z + b_hh (4H), then the gate activations in place and the
 // new cell state.
 template <typename scalar_t>
-[[gnu::noinline]] static void ln_gates_row(scalar_t* __restrict a, const scalar_t* __restrict zi, const scalar_t* __restrict z,
-                                const scalar_t* __restrict g_ih, const scalar_t* __restrict b_ih,
-                                const scalar_t* __restrict g_hh, const scalar_t* __restrict b_hh,
-                                const scalar_t* __restrict cp, scalar_t* __restrict c, int64_t H) {
+[[gnu::noinline]] static void ln_gates_row(scalar_t* __restrict a, const scalar_t* __restrict zi,
+                                           const scalar_t* __restrict z, const scalar_t* __restrict g_ih,
+                                           const scalar_t* __restrict b_ih, const scalar_t* __restrict g_hh,
+                                           const scalar_t* __restrict b_hh, const scalar_t* __restrict cp,
+                                           scalar_t* __restrict c, int64_t H) {
   for (int64_t j = 0; j < 4 * H; ++j) a[j] = g_ih[j] * zi[j] + b_ih[j] + g_hh[j] * z[j] + b_hh[j];
   scalar_t *ai = a, *af = a + H, *ag = a + 2 * H, *ao = a + 3 * H;
   for (int64_t j = 0; j < H; ++j) {
@@ -1327,8 +1328,8 @@ template <typename scalar_t>
 // h = o * tanh(g_c * zc + b_c)
 template <typename scalar_t>
 [[gnu::noinline]] static void ln_out_row(const scalar_t* __restrict o, const scalar_t* __restrict zc,
-                              const scalar_t* __restrict g_c, const scalar_t* __restrict b_c, scalar_t* __restrict h,
-                              int64_t H) {
+                                         const scalar_t* __restrict g_c, const scalar_t* __restrict b_c,
+                                         scalar_t* __restrict h, int64_t H) {
   for (int64_t j = 0; j < H; ++j) h[j] = o[j] * tanh_(g_c[j] * zc[j] + b_c[j]);
 }
 
