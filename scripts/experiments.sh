@@ -106,12 +106,13 @@ experiments() {  # (one function, read whole before it runs)
                 # 100,000 training sequences per T (fresh, 10 epochs of 10,000); adding-long: the longer T, to run
                 # where a model solves T = 1000; adding-20k: the first, too small budget (10 epochs of 2,000);
                 # adding-500k: the budget question, 500,000 (50 epochs of 10,000) at T = 100 and 500 (sixth session);
-                # ADDING_MODELS=layernorm runs one model (the others are added by running the name again)
+                # ADDING_MODELS=layernorm runs one model (the others are added by running the name again);
+                # ADDING_LENGTHS=5000 one length
                 models=lstm,layernorm,phased epochs=10
                 case "$name" in adding) Ts="100 200 500 1000" n=10000 d=adding ;; adding-long) Ts="2000 5000" n=10000 d=adding ;;
                                 adding-20k) Ts="100 200 500 1000 2000 5000" n=2000 d=adding-20k ;;
                                 adding-500k) Ts="100 500" n=10000 d=adding-500k models=lstm,phased epochs=50 ;; esac
-                for T in $Ts; do
+                for T in ${ADDING_LENGTHS:-$Ts}; do  # ADDING_LENGTHS="5000": only those of the name's lengths
                     $P compare --task adding --length "$T" --fresh yes --n-train "$n" --models "${ADDING_MODELS:-$models}" \
                         --seeds 0 --epochs "$epochs" --hidden-size 64 --proj-size 0 --batch-size 50 --out "runs/lecture/$d-$T" \
                         "${COMMON[@]}"
