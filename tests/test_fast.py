@@ -21,10 +21,10 @@ TOL = {torch.float64: dict(rtol=1e-9, atol=1e-11), torch.float32: dict(rtol=1e-4
 DTYPE_PACKED = [(torch.float64, "1"), (torch.float32, "1"), (torch.float32, "0")]
 
 
-def _pair(kind, dtype, **kw):
+def _pair(kind, dtype, input_size=3, hidden_size=6, **kw):
     if kind == "phased":
         kw = {"r_on": 0.4, "period_init": (0.5, 2.0), **kw}
-    ref = LAYERS[kind](3, 6, batch_first=True, impl="reference", dtype=dtype, **kw)
+    ref = LAYERS[kind](input_size, hidden_size, batch_first=True, impl="reference", dtype=dtype, **kw)
     with torch.no_grad():  # non-trivial peepholes, gains and biases
         for name, p in ref.named_parameters():
             if name.startswith(("weight_c", "ln_")):
@@ -315,14 +315,7 @@ def test_unit_split_weight_gradients_equal_the_reference(kind, atb, monkeypatch)
     torch.set_num_threads(2)
     try:
         torch.manual_seed(9)
-        kw = {"r_on": 0.4, "period_init": (0.5, 2.0)} if kind == "phased" else {}
-        ref = LAYERS[kind](5, 37, batch_first=True, impl="reference", **kw)
-        with torch.no_grad():
-            for name, p in ref.named_parameters():
-                if name.startswith(("weight_c", "ln_")):
-                    p.add_(torch.randn_like(p) * 0.3)
-        fst = copy.deepcopy(ref)
-        fst.impl = "fast"
+        ref, fst = _pair(kind, torch.float32, input_size=5, hidden_size=37)
         x = torch.randn(7, 43, 5, requires_grad=True)
         h0 = torch.randn(1, 7, 37, requires_grad=True)
         c0 = torch.randn(1, 7, 37, requires_grad=True)
@@ -349,14 +342,7 @@ def test_unit_split_products_by_blocks_of_k_equal_the_reference(kind, kblock, mo
     torch.set_num_threads(2)
     try:
         torch.manual_seed(8)
-        kw = {"r_on": 0.4, "period_init": (0.5, 2.0)} if kind == "phased" else {}
-        ref = LAYERS[kind](3, 200, batch_first=True, impl="reference", **kw)
-        with torch.no_grad():
-            for name, p in ref.named_parameters():
-                if name.startswith(("weight_c", "ln_")):
-                    p.add_(torch.randn_like(p) * 0.3)
-        fst = copy.deepcopy(ref)
-        fst.impl = "fast"
+        ref, fst = _pair(kind, torch.float32, hidden_size=200)
         x = torch.randn(13, 9, 3, requires_grad=True)
         h0 = torch.randn(1, 13, 200, requires_grad=True)
         c0 = torch.randn(1, 13, 200, requires_grad=True)
