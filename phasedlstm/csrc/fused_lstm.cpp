@@ -195,6 +195,14 @@ struct PackedB {
   int64_t K = 0, N = 0;
 };
 
+// One operand of the weight-gradient product (gemm_atb_parts below): C += A^T B
+struct AtbPart {
+  const float* a;  // (K x m), rows of stride lda; nullptr: a row of ones (m = 1)
+  int64_t lda, m;
+  float* c;  // (m x N), rows of stride ldc
+  int64_t ldc;
+};
+
 #if defined(__AVX2__)
 // 8 rows of src (stride sn) x 8 consecutive values -> 8 rows of d (stride ldd) x 8: an 8 x 8 transpose
 static inline void transpose8(const float* __restrict s, int64_t sn, float* __restrict d, int64_t ldd) {
@@ -414,22 +422,15 @@ inline void gemm_acc(int64_t M, const float* A, int64_t lda, const PackedB& B, f
 // B is the large operand (dG: K x 4H), read once for all parts. Per chunk of K rows the threads
 // pack B into panels (K x kNR, read from L2 by the tiles) and the parts' A transposed (rows of K,
 // streamed), then split the panels, each tile summing over the whole chunk in registers. At (M, N,
-// K) = (512, 2048, 3200) on the 2-core AVX2 EPYC: 122 GFLOP/s against 100 for the same tiles over
-// blocks of 256 rows of K (C loaded and stored per block) and 70-100 for MKL's sgemm with the
-// transposed operand (standalone copy of these tiles, 2026-11-29).
-struct AtbPart {
-  const float* a;  // (K x m), rows of stride lda; nullptr: a row of ones (m = 1)
-  int64_t lda, m;
-  float* c;  // (m x N), rows of stride ldc
-  int64_t ldc;
-};
-
+// K) = (512, 2048, 3200) on the 2-core AVX2 EPYC: 106 GFLOP/s against 87-97 for MKL's sgemm with the
+// transposed operand, in one process (2026-11-29); a standalone copy ran 122, and 100 with the same
+// tiles over blocks of 256 rows of K (C loaded and stored per block).
 inline void gemm_atb_parts(int64_t N, int64_t K, const float* B, int64_t ldb, const std::vector<AtbPart>& parts,
                            int64_t chunk = 0) {
   const int64_t panels = (N + kNR - 1) / kNR;
   int64_t mt = 0;
   for (const auto& p : parts) mt += p.m;
-  // chunks of K: packed B at most 16 MiB (16 Mi / 4 floats over panels * kNR per row), rows a multiple of 8
+  // chunks of K: packed B at most 16 MiB (4 Mi floats over panels * kNR per row), rows a multiple of 8
   const int64_t kch = chunk > 0 ? chunk : std::max<int64_t>(256, (int64_t(4) << 20) / (panels * kNR) / 8 * 8);
   const int64_t kmax = std::min(K, kch);
   // (buffers kept by the calling thread between calls: a fresh 16 MiB allocation is mapped and
@@ -496,12 +497,6 @@ inline void gemm_acc(int64_t, const float*, int64_t, const PackedB&, float*, int
                      int64_t = 0) {}
 inline void gemm_acc_any(int64_t, int64_t, int64_t, const float*, int64_t, const float*, int64_t, int64_t, float*,
                          int64_t, const float* = nullptr, int64_t = 0) {}
-struct AtbPart {
-  const float* a;
-  int64_t lda, m;
-  float* c;
-  int64_t ldc;
-};
 inline void gemm_atb_parts(int64_t, int64_t, const float*, int64_t, const std::vector<AtbPart>&, int64_t = 0) {}
 inline bool atb_enabled() { return false; }
 #endif
