@@ -430,7 +430,8 @@ inline void gemm_atb_parts(int64_t N, int64_t K, const float* B, int64_t ldb, co
   const int64_t panels = (N + kNR - 1) / kNR;
   int64_t mt = 0;
   for (const auto& p : parts) mt += p.m;
-  // chunks of K: packed B at most 16 MiB (4 Mi floats over panels * kNR per row), rows a multiple of 8
+  // chunks of K: packed B at most 16 MiB (4 Mi floats over panels * kNR per row) but at least 256 rows
+  // (so more where 4H > 4096), rows a multiple of 8
   const int64_t kch = chunk > 0 ? chunk : std::max<int64_t>(256, (int64_t(4) << 20) / (panels * kNR) / 8 * 8);
   const int64_t kmax = std::min(K, kch);
   // (buffers kept by the calling thread between calls: a fresh 16 MiB allocation is mapped and
