@@ -102,6 +102,11 @@ experiments() {  # (one function, read whole before it runs)
                         $P compare --task "$t" --models "${PIXEL_MODELS:-lstm,phased}" --seeds 0 --epochs "${PIXEL_EPOCHS:-30}" --hidden-size 128 \
                             --batch-size 128 --clip 1 --pooling mean --out "runs/lecture/$t-mean" "${COMMON[@]}"
                     done ;;
+            pixels-decay)  # twelfth session: the unpermuted pixels' Phased LSTM with the rate halved every 4 of
+                # 16 epochs, from scratch (against the constant rate of `pixels`, chosen on validation)
+                $P compare --task smnist-pixels --models phased --seeds 0 --epochs 16 --hidden-size 128 --batch-size 128 \
+                    --clip 1 --pooling mean --lr-decay 0.5 --lr-decay-every 4 --out runs/lecture/smnist-pixels-decay \
+                    "${COMMON[@]}" ;;
             adding|adding-long|adding-20k|adding-500k)
                 # 100,000 training sequences per T (fresh, 10 epochs of 10,000); adding-long: the longer T, to run
                 # where a model solves T = 1000; adding-20k: the first, too small budget (10 epochs of 2,000);
