@@ -36,6 +36,13 @@ tricks() {  # the lecture's tricks, one at a time against the LSTM of rows-10 (i
         --batch-size 128 --out runs/lecture/tricks-last "${COMMON[@]}"
 }
 
+pixels() {  # the lecture's model on sequential MNIST by pixels (issue 11): 784 steps of 1, as rows with
+    # clip 1; one seed (about 12 min per epoch on one core)
+    local task=$1 out=$2 models=$3 epochs=$4; shift 4
+    $P compare --task "$task" --models "$models" --seeds 0 --epochs "$epochs" --hidden-size 128 \
+        --batch-size 128 --clip 1 --pooling mean --out "runs/lecture/$out" "${COMMON[@]}" "$@"
+}
+
 motion() {  # real recordings (issue 11): 3 seeds; watch split by subject
     local task=$1 out=$2 models=$3; shift 3
     $P compare --task "$task" --models "$models" --seeds 0,1,2 --epochs 60 --hidden-size 64 --pooling mean \
@@ -99,14 +106,11 @@ experiments() {  # (one function, read whole before it runs)
                     # PIXEL_TASKS / PIXEL_MODELS / PIXEL_EPOCHS: a part of it (about 10 min per epoch on one core;
                     # a run of fewer epochs is extended by running again with more)
                     for t in ${PIXEL_TASKS:-smnist-pixels psmnist}; do
-                        $P compare --task "$t" --models "${PIXEL_MODELS:-lstm,phased}" --seeds 0 --epochs "${PIXEL_EPOCHS:-30}" --hidden-size 128 \
-                            --batch-size 128 --clip 1 --pooling mean --out "runs/lecture/$t-mean" "${COMMON[@]}"
+                        pixels "$t" "$t-mean" "${PIXEL_MODELS:-lstm,phased}" "${PIXEL_EPOCHS:-30}"
                     done ;;
             pixels-decay)  # twelfth session: the unpermuted pixels' Phased LSTM with the rate halved every 4 of
                 # 16 epochs, from scratch (against the constant rate of `pixels`, chosen on validation)
-                $P compare --task smnist-pixels --models phased --seeds 0 --epochs 16 --hidden-size 128 --batch-size 128 \
-                    --clip 1 --pooling mean --lr-decay 0.5 --lr-decay-every 4 --out runs/lecture/smnist-pixels-decay \
-                    "${COMMON[@]}" ;;
+                pixels smnist-pixels smnist-pixels-decay phased 16 --lr-decay 0.5 --lr-decay-every 4 ;;
             adding|adding-long|adding-20k|adding-500k)
                 # 100,000 training sequences per T (fresh, 10 epochs of 10,000); adding-long: the longer T, to run
                 # where a model solves T = 1000; adding-20k: the first, too small budget (10 epochs of 2,000);
