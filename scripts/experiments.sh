@@ -32,8 +32,7 @@ combo() {  # superimposed frequencies (issue 10): as freq, 100 epochs (the autho
 tricks() {  # the lecture's tricks, one at a time against the LSTM of rows-10 (issue 11)
     rows tricks-forget0 10 lstm 0,1,2 --forget-bias 0
     rows tricks-h0 10 lstm 0,1,2 --learn-initial-state
-    $P compare --task smnist-rows --models lstm --seeds 0,1,2 --epochs 10 --hidden-size 128 --pooling last \
-        --batch-size 128 --out runs/lecture/tricks-last "${COMMON[@]}"
+    rows tricks-last 10 lstm 0,1,2 --pooling last  # (the later --pooling wins over rows' mean)
 }
 
 pixels() {  # the lecture's model on sequential MNIST by pixels (issue 11): 784 steps of 1, as rows with
