@@ -3,7 +3,8 @@
 A run folder holds
 
 - ``config.json``: the full configuration (everything needed to rebuild task and model);
-- ``metrics.csv``: one row per epoch (epoch, train/val/test loss and accuracy, seconds, lr);
+- ``metrics.csv``: one row per epoch (epoch, train/val/test loss and accuracy, seconds, lr;
+  seconds: the epoch's training time, summed across a kill and resume inside it);
 - ``last.pt``: the latest state, written at the end of every epoch and every
   ``checkpoint_seconds`` inside an epoch; ``best.pt``: the model with the best validation
   metric so far.
@@ -526,6 +527,7 @@ def _train_locked(cfg, run_dir: Path, resume: bool, progress: bool, extra_epochs
     gen = torch.Generator().manual_seed(cfg.seed)
     history: list[dict] = []
     start_epoch, start_step, running = 0, 0, [0.0, 0.0, 0.0]  # loss sum, correct, count
+    seconds_before = 0.0  # of the epoch resumed inside, trained before its checkpoint
     best = None
     epoch_gen_state = None
     if ck is not None:
@@ -538,6 +540,11 @@ def _train_locked(cfg, run_dir: Path, resume: bool, progress: bool, extra_epochs
         gen.set_state(ck["generator_state"])
         epoch_gen_state = ck["epoch_generator_state"] if start_step else None
         torch.set_rng_state(ck["torch_rng_state"])
+        # the resumed epoch's seconds: those trained before the checkpoint plus those after the resume
+        seconds_before = ck.get("epoch_seconds", 0.0) if start_step else 0.0
+        if start_step and "epoch_seconds" not in ck:
+            log(f"note: {run_dir / 'last.pt'} predates the recording of an epoch's seconds in checkpoints: "
+                f"epoch {start_epoch + 1}'s seconds in metrics.csv will count only the time since this resume")
         log(f"resuming {run_dir} at epoch {start_epoch + 1}, step {start_step}")
     if dist.main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -549,11 +556,11 @@ def _train_locked(cfg, run_dir: Path, resume: bool, progress: bool, extra_epochs
             f"on {device}{_kernels_note(model, device)}" + (f", {dist.world} processes" if dist.active else ""))
     regression = task.num_classes == 0
 
-    def state(epoch, step, epoch_state):
+    def state(epoch, step, epoch_state, epoch_seconds=0.0):
         return {"config": asdict(cfg), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "epoch": epoch, "step": step, "running": list(running), "history": history, "best": best,
                 "generator_state": gen.get_state(), "epoch_generator_state": epoch_state,
-                "torch_rng_state": torch.get_rng_state()}
+                "torch_rng_state": torch.get_rng_state(), "epoch_seconds": epoch_seconds}
 
     last_row = history[-1] if history else {}
     try:
@@ -574,7 +581,7 @@ def _train_locked(cfg, run_dir: Path, resume: bool, progress: bool, extra_epochs
                        if task.balanced else "") + (f" on each of {dist.world} processes" if dist.active else "")
                     + ": use more training data (--n-train) or a smaller --batch-size")
             if epoch > start_epoch or start_step == 0:
-                running, start_step = [0.0, 0.0, 0.0], 0
+                running, start_step, seconds_before = [0.0, 0.0, 0.0], 0, 0.0
             model.train()
             last_ck = time.monotonic()
             bar = _progress(range(start_step, len(order)), len(order) - start_step,
@@ -601,9 +608,10 @@ def _train_locked(cfg, run_dir: Path, resume: bool, progress: bool, extra_epochs
                         post["acc"] = f"{100 * running[1] / running[2]:.1f}%"
                     bar.set_postfix(post)
                 if dist.main and time.monotonic() - last_ck > cfg.checkpoint_seconds and step + 1 < len(order):
-                    save_checkpoint(run_dir / "last.pt", state(epoch, step + 1, epoch_gen_state))
+                    save_checkpoint(run_dir / "last.pt", state(epoch, step + 1, epoch_gen_state,
+                                                               seconds_before + time.perf_counter() - t0))
                     last_ck = time.monotonic()
-            train_seconds = time.perf_counter() - t0
+            train_seconds = seconds_before + time.perf_counter() - t0
             loss_sum, correct, count = dist.sum(running)
             val_loss, val_acc = evaluate(model, task.val, device=device)
             row = {"epoch": epoch + 1, "train_loss": loss_sum / count,

@@ -101,18 +101,50 @@ def test_resume_after_sigkill_matches_uninterrupted(tmp_path):
     ck = torch.load(killed / "last.pt", weights_only=True)
     assert ck["epoch"] < 3, "the run finished before it could be killed; make it longer"
     assert ck["step"] > 0, "killed between epochs; the test means to kill mid-epoch"
+    assert ck["epoch_seconds"] > 0  # the killed epoch's training time so far travels in the checkpoint
 
     r = cli("train", "--resume", str(killed), "--no-progress")
-    assert "resuming" in r.stdout
+    assert "resuming" in r.stdout and "predates" not in r.stdout
     a, b = metrics(full), metrics(killed)
     assert len(a) == len(b) == 3
     for ra, rb in zip(a, b):
         for k in ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc"):
             assert ra[k] == rb[k], (k, ra, rb)
+    # the resumed epoch's seconds count its time before the kill too, not only the time since the resume
+    assert float(b[ck["epoch"]]["seconds"]) >= ck["epoch_seconds"]
     fa = torch.load(full / "last.pt", weights_only=True)["model"]
     fb = torch.load(killed / "last.pt", weights_only=True)["model"]
     for k in fa:
         torch.testing.assert_close(fa[k], fb[k], rtol=0, atol=0)
+
+
+def test_resume_from_a_checkpoint_without_epoch_seconds_says_so(tmp_path):
+    # checkpoints written before epoch_seconds existed still resume; the partial seconds are announced
+    args = [*TINY, "--n-train", "960", "--hidden-size", "32", "--model", "lstm", "--epochs", "1",
+            "--checkpoint-seconds", "0"]
+    run = tmp_path / "run"
+    p = subprocess.Popen([sys.executable, "-m", "phasedlstm", "train", *args, "--out", str(run)],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+    deadline = time.time() + 120
+    ck = None
+    while time.time() < deadline:
+        try:
+            ck = torch.load(run / "last.pt", weights_only=True)
+        except FileNotFoundError:
+            time.sleep(0.005)
+            continue
+        break
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    ck = torch.load(run / "last.pt", weights_only=True)
+    assert ck["epoch"] == 0 and ck["step"] > 0, "the run got past its first epoch before the kill; make it longer"
+    from phasedlstm.train import save_checkpoint
+    for k in ("epoch_seconds", "sha256", "format", "version"):  # (the last three: save_checkpoint writes them anew)
+        del ck[k]
+    save_checkpoint(run / "last.pt", ck)
+    r = cli("train", "--resume", str(run), "--no-progress")
+    assert "predates the recording of an epoch's seconds" in r.stdout and "epoch 1's seconds" in r.stdout
+    assert len(metrics(run)) == 1
 
 
 def test_bad_checkpoints_are_refused(tmp_path):
