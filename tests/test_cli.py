@@ -74,6 +74,27 @@ def test_run_log_says_which_loop_the_layers_take(tmp_path):
     assert "model torch-lstm: " in r.stdout and ", on cpu\n" in r.stdout  # not ours: nothing to say
 
 
+def train_and_kill(args, out, ready):
+    """Start ``phasedlstm train ARGS --out OUT``, SIGKILL it as soon as its last.pt satisfies
+    ``ready(checkpoint)`` (however loaded the machine is: a fixed sleep could land anywhere), and
+    return that last.pt as read after the kill."""
+    p = subprocess.Popen([sys.executable, "-m", "phasedlstm", "train", *args, "--out", str(out)],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+
+    def reached():  # (last.pt is replaced atomically: a read never sees half a file)
+        try:
+            return ready(torch.load(out / "last.pt", weights_only=True))
+        except FileNotFoundError:
+            return False
+
+    deadline = time.time() + 120
+    while time.time() < deadline and not reached():
+        time.sleep(0.005)
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    return torch.load(out / "last.pt", weights_only=True)
+
+
 def test_resume_after_sigkill_matches_uninterrupted(tmp_path):
     # --checkpoint-seconds 0: a checkpoint after every step, so the kill lands mid-epoch
     args = [*TINY, "--n-train", "960", "--hidden-size", "32", "--model", "lstm", "--epochs", "3",
@@ -82,23 +103,7 @@ def test_resume_after_sigkill_matches_uninterrupted(tmp_path):
     cli("train", *args, "--out", str(full))
 
     killed = tmp_path / "killed"
-    p = subprocess.Popen([sys.executable, "-m", "phasedlstm", "train", *args, "--out", str(killed)],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
-    def mid_second_epoch():  # (last.pt is replaced atomically: a read never sees half a file)
-        try:
-            ck = torch.load(killed / "last.pt", weights_only=True)
-        except FileNotFoundError:
-            return False
-        return ck["epoch"] == 1 and ck["step"] > 0
-
-    # killed as soon as a checkpoint inside the second epoch exists, however loaded the machine is
-    # (a fixed sleep after the first epoch's metrics could land before that epoch's first step)
-    deadline = time.time() + 120
-    while time.time() < deadline and not mid_second_epoch():
-        time.sleep(0.005)
-    os.kill(p.pid, signal.SIGKILL)
-    p.wait()
-    ck = torch.load(killed / "last.pt", weights_only=True)
+    ck = train_and_kill(args, killed, lambda ck: ck["epoch"] == 1 and ck["step"] > 0)
     assert ck["epoch"] < 3, "the run finished before it could be killed; make it longer"
     assert ck["step"] > 0, "killed between epochs; the test means to kill mid-epoch"
     assert ck["epoch_seconds"] > 0  # the killed epoch's training time so far travels in the checkpoint
@@ -123,20 +128,7 @@ def test_resume_from_a_checkpoint_without_epoch_seconds_says_so(tmp_path):
     args = [*TINY, "--n-train", "960", "--hidden-size", "32", "--model", "lstm", "--epochs", "1",
             "--checkpoint-seconds", "0"]
     run = tmp_path / "run"
-    p = subprocess.Popen([sys.executable, "-m", "phasedlstm", "train", *args, "--out", str(run)],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
-    deadline = time.time() + 120
-    ck = None
-    while time.time() < deadline:
-        try:
-            ck = torch.load(run / "last.pt", weights_only=True)
-        except FileNotFoundError:
-            time.sleep(0.005)
-            continue
-        break
-    os.kill(p.pid, signal.SIGKILL)
-    p.wait()
-    ck = torch.load(run / "last.pt", weights_only=True)
+    ck = train_and_kill(args, run, lambda ck: True)  # killed at its first checkpoint
     assert ck["epoch"] == 0 and ck["step"] > 0, "the run got past its first epoch before the kill; make it longer"
     from phasedlstm.train import save_checkpoint
     for k in ("epoch_seconds", "sha256", "format", "version"):  # (the last three: save_checkpoint writes them anew)
