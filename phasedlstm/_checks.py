@@ -1,8 +1,11 @@
 """Argument checks: every error says what was expected and what came.
 
-All checks run eagerly, before any computation, and raise ``ValueError`` (a value
-is out of range or of the wrong shape) or ``TypeError`` (the wrong kind of object or
-dtype), so a user never has to decode a shape error from deep inside torch.
+All checks run eagerly, before any computation, and raise :class:`InputError` (a value is out
+of range or of the wrong shape) or :class:`InputTypeError` (the wrong kind of object or dtype),
+so a user never has to decode a shape error from deep inside torch. Both classes derive from
+the exception classes ``torch.nn.LSTM`` raises in the same places as well as from the Python
+convention's, so ``except RuntimeError`` written for torch and ``except ValueError`` both catch
+them.
 """
 
 from __future__ import annotations
@@ -19,15 +22,38 @@ from torch import Tensor
 _FLOAT32_EXACT = 2.0**24
 
 
+class InputError(ValueError, RuntimeError):
+    """An argument of the wrong shape or value. A ValueError, and a RuntimeError as torch.nn.LSTM
+    raises for a wrong input or state shape or an empty sequence."""
+
+
+class InputTypeError(TypeError, ValueError):
+    """An argument of the wrong type or dtype. A TypeError, and a ValueError as torch.nn.LSTM
+    raises for an input whose dtype differs from its parameters'."""
+
+
 def _shape(t) -> tuple:
     return tuple(t.shape)
 
 
+def _has_shape(t: Tensor, want: tuple) -> bool:
+    """t.shape == want, the number of dimensions compared first: comparing tuples of different
+    lengths compares their leading sizes, which a traced graph records as a guard (for example that
+    the batch size differs from the number of steps)."""
+    return t.dim() == len(want) and all(a == b for a, b in zip(t.shape, want))
+
+
 def check_int(name: str, value, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+        raise InputTypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
     if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+        raise InputError(f"{name} must be >= {minimum}, got {value}")
+
+
+def check_bool(name: str, value) -> None:
+    """A flag must be a bool (as torch.nn.LSTM requires of bias and batch_first): 0 or "True" is refused."""
+    if not isinstance(value, bool):
+        raise InputTypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
 
 
 def check_sizes(input_size, hidden_size) -> None:
@@ -38,12 +64,11 @@ def check_sizes(input_size, hidden_size) -> None:
 def check_layer_options(num_layers, dropout, bidirectional, batch_first) -> None:
     check_int("num_layers", num_layers, 1)
     if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real):
-        raise TypeError(f"dropout must be a number in [0, 1], got {type(dropout).__name__} {dropout!r}")
+        raise InputTypeError(f"dropout must be a number in [0, 1], got {type(dropout).__name__} {dropout!r}")
     if not 0.0 <= dropout <= 1.0:
-        raise ValueError(f"dropout must be in [0, 1], got {dropout}")
-    for name, v in (("bidirectional", bidirectional), ("batch_first", batch_first)):
-        if not isinstance(v, bool):
-            raise TypeError(f"{name} must be a bool, got {type(v).__name__} {v!r}")
+        raise InputError(f"dropout must be in [0, 1], got {dropout}")
+    check_bool("bidirectional", bidirectional)
+    check_bool("batch_first", batch_first)
     if dropout > 0 and num_layers == 1:
         warnings.warn(
             f"dropout={dropout} has no effect with num_layers=1: dropout acts between layers",
@@ -55,20 +80,20 @@ def check_time_options(period_init, r_on, leak) -> None:
     try:
         a, b = (float(v) for v in period_init)
     except (TypeError, ValueError):
-        raise TypeError(f"period_init must be a pair (a, b) of numbers, got {period_init!r}") from None
+        raise InputTypeError(f"period_init must be a pair (a, b) of numbers, got {period_init!r}") from None
     if not (math.isfinite(a) and math.isfinite(b)) or not a < b:
-        raise ValueError(f"period_init must be finite and increasing, (a, b) with a < b, got ({a}, {b})")
+        raise InputError(f"period_init must be finite and increasing, (a, b) with a < b, got ({a}, {b})")
     if isinstance(r_on, bool) or not isinstance(r_on, numbers.Real):
-        raise TypeError(f"r_on must be a number in (0, 1], got {type(r_on).__name__} {r_on!r}")
+        raise InputTypeError(f"r_on must be a number in (0, 1], got {type(r_on).__name__} {r_on!r}")
     if not 0.0 < r_on <= 1.0:
-        raise ValueError(f"r_on must be in (0, 1], got {r_on}")
+        raise InputError(f"r_on must be in (0, 1], got {r_on}")
     if isinstance(leak, bool) or not isinstance(leak, numbers.Real) or not 0.0 <= leak < 1.0:
-        raise ValueError(f"leak must be a number in [0, 1), got {leak!r}")
+        raise InputError(f"leak must be a number in [0, 1), got {leak!r}")
 
 
 def _check_tensor(name: str, value) -> Tensor:
     if not isinstance(value, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+        raise InputTypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
     return value
 
 
@@ -76,30 +101,30 @@ def _check_like_params(module, name: str, t: Tensor) -> None:
     """Same dtype and device as the module's parameters."""
     ref = module.weight_ih if hasattr(module, "weight_ih") else module.weight_ih_l0
     if not t.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+        raise InputTypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
     if t.dtype != ref.dtype:
-        raise TypeError(
+        raise InputTypeError(
             f"{name} has dtype {t.dtype} but the module's parameters have dtype {ref.dtype}; "
             f"convert one of them (e.g. module.to({t.dtype}))"
         )
     if t.device != ref.device:
-        raise ValueError(f"{name} is on device {t.device} but the module's parameters are on {ref.device}")
+        raise InputError(f"{name} is on device {t.device} but the module's parameters are on {ref.device}")
 
 
 def check_state(module, hx, expected: tuple, like: Tensor, expected_h: tuple | None = None):
     """hx must be a pair (h, c) of tensors of shape ``expected`` (h: ``expected_h`` if given, with
     projections); returns it."""
     if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-        raise TypeError(f"hx must be a tuple (h_0, c_0) of two tensors, got {type(hx).__name__}")
+        raise InputTypeError(f"hx must be a tuple (h_0, c_0) of two tensors, got {type(hx).__name__}")
     for name, t in zip(("h_0", "c_0"), hx):
         _check_tensor(name, t)
         want = expected_h if (name == "h_0" and expected_h is not None) else expected
-        if _shape(t) != want:
-            raise ValueError(f"Expected {name} of shape {want}, got {_shape(t)}")
+        if not _has_shape(t, want):
+            raise InputError(f"Expected {name} of shape {want}, got {_shape(t)}")
         if t.dtype != like.dtype:
-            raise TypeError(f"{name} has dtype {t.dtype} but input has dtype {like.dtype}")
+            raise InputTypeError(f"{name} has dtype {t.dtype} but input has dtype {like.dtype}")
         if t.device != like.device:
-            raise ValueError(f"{name} is on device {t.device} but input is on {like.device}")
+            raise InputError(f"{name} is on device {t.device} but input is on {like.device}")
     return hx[0], hx[1]
 
 
@@ -108,10 +133,10 @@ def check_cell_input(cell, input, hx):
     _check_tensor("input", input)
     _check_like_params(cell, "input", input)
     if input.dim() not in (1, 2):
-        raise ValueError(f"Expected input of shape (batch, {cell.input_size}) or ({cell.input_size},), "
+        raise InputError(f"Expected input of shape (batch, {cell.input_size}) or ({cell.input_size},), "
                          f"got {_shape(input)}")
     if input.shape[-1] != cell.input_size:
-        raise ValueError(f"Expected input with {cell.input_size} features (last dimension), "
+        raise InputError(f"Expected input with {cell.input_size} features (last dimension), "
                          f"got {_shape(input)}")
     batched = input.dim() == 2
     x = input if batched else input.unsqueeze(0)
@@ -141,7 +166,7 @@ def _check_times_values(times: Tensor, valid: Tensor | None) -> None:
         return
     if not torch.isfinite(times).all():
         b, t = (~torch.isfinite(times)).nonzero()[0].tolist()
-        raise ValueError(f"times must be finite (padding included), got {times[b, t].item()} "
+        raise InputError(f"times must be finite (padding included), got {times[b, t].item()} "
                          f"at sample {b}, step {t}")
     if times.shape[1] > 1:
         decreasing = times[:, 1:] < times[:, :-1]
@@ -150,7 +175,7 @@ def _check_times_values(times: Tensor, valid: Tensor | None) -> None:
         if decreasing.any():
             b, t = decreasing.nonzero()[0].tolist()
             row = times[b if times.shape[0] > 1 else 0]
-            raise ValueError(
+            raise InputError(
                 f"times must be non-decreasing within each sequence's valid steps, but sample {b} "
                 f"goes from {row[t].item()} at step {t} to {row[t + 1].item()} at step {t + 1}"
             )
@@ -192,15 +217,15 @@ def check_cell_time(time, x: Tensor) -> Tensor:
     else:
         _check_tensor("time", time)
         if time.dtype == torch.bool or time.is_complex():
-            raise TypeError(f"time must be a real number or a float/int tensor, got dtype {time.dtype}")
+            raise InputTypeError(f"time must be a real number or a float/int tensor, got dtype {time.dtype}")
         if time.dim() > 1 or (time.dim() == 1 and time.shape[0] != B):
-            raise ValueError(f"Expected time as a number or a tensor of shape () or ({B},), got {_shape(time)}")
+            raise InputError(f"Expected time as a number or a tensor of shape () or ({B},), got {_shape(time)}")
         if time.device != x.device:
-            raise ValueError(f"time is on device {time.device} but input is on {x.device}")
+            raise InputError(f"time is on device {time.device} but input is on {x.device}")
         _warn_imprecise_times(time)
         t = time.to(torch.float64).expand(B)
     if not torch.isfinite(t).all():
-        raise ValueError("time must be finite")
+        raise InputError("time must be finite")
     return t
 
 
@@ -215,10 +240,10 @@ def check_layer_input(module, input, hx, times, lengths):
     I, H = module.input_size, module.hidden_size
     if input.dim() not in (2, 3):
         want = "(batch, seq, features)" if module.batch_first else "(seq, batch, features)"
-        raise ValueError(f"Expected input of 3 dimensions {want} or 2 dimensions (seq, features), "
+        raise InputError(f"Expected input of 3 dimensions {want} or 2 dimensions (seq, features), "
                          f"got {input.dim()} dimensions of shape {_shape(input)}")
     if input.shape[-1] != I:
-        raise ValueError(f"Expected input with {I} features (last dimension), got shape {_shape(input)}")
+        raise InputError(f"Expected input with {I} features (last dimension), got shape {_shape(input)}")
     batched = input.dim() == 3
     if not batched:
         x = input.unsqueeze(1)
@@ -228,21 +253,21 @@ def check_layer_input(module, input, hx, times, lengths):
         x = input
     T, B = x.shape[0], x.shape[1]
     if T < 1:
-        raise ValueError(f"Expected a sequence of at least one step, got shape {_shape(input)}")
+        raise InputError(f"Expected a sequence of at least one step, got shape {_shape(input)}")
 
     # lengths
     valid = None
     if lengths is not None:
         if not batched:
-            raise ValueError("lengths is only accepted for batched input; slice an unbatched sequence instead")
+            raise InputError("lengths is only accepted for batched input; slice an unbatched sequence instead")
         if not isinstance(lengths, Tensor):
             try:
                 lengths = torch.as_tensor(lengths)
             except (TypeError, ValueError, RuntimeError):
-                raise TypeError(f"lengths must be a tensor of {B} integers, got {type(lengths).__name__}") from None
+                raise InputTypeError(f"lengths must be a tensor of {B} integers, got {type(lengths).__name__}") from None
         if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
-            raise TypeError(f"lengths must be an integer tensor, got dtype {lengths.dtype}")
-        if _shape(lengths) != (B,):
+            raise InputTypeError(f"lengths must be an integer tensor, got dtype {lengths.dtype}")
+        if not _has_shape(lengths, (B,)):
             hint = ""
             if lengths.dim() == 1 and lengths.shape[0] == T and T != B:
                 if module.batch_first:
@@ -253,10 +278,10 @@ def check_layer_input(module, input, hx, times, lengths):
                     hint = (f": that is the size of input's dimension 0, which the layer reads as the sequence "
                             f"(batch_first=False: (seq, batch, feature)); if your input is (batch, seq, feature), "
                             f"construct the layer with batch_first=True")
-            raise ValueError(f"Expected lengths of shape ({B},) (one per sequence), got {_shape(lengths)}{hint}")
+            raise InputError(f"Expected lengths of shape ({B},) (one per sequence), got {_shape(lengths)}{hint}")
         lo, hi = (1, T) if _tracing() else (int(lengths.min()), int(lengths.max()))
         if lo < 1 or hi > T:
-            raise ValueError(f"lengths must be in [1, {T}] (the padded sequence length), got values in [{lo}, {hi}]")
+            raise InputError(f"lengths must be in [1, {T}] (the padded sequence length), got values in [{lo}, {hi}]")
         lengths = lengths.to(device=x.device, dtype=torch.int64)
         valid = torch.arange(T, device=x.device).unsqueeze(0) < lengths.unsqueeze(1)  # (B, T)
 
@@ -266,22 +291,22 @@ def check_layer_input(module, input, hx, times, lengths):
     else:
         _check_tensor("times", times)
         if times.dtype == torch.bool or times.is_complex():
-            raise TypeError(f"times must be a float32, float64 or integer tensor, got dtype {times.dtype}")
+            raise InputTypeError(f"times must be a float32, float64 or integer tensor, got dtype {times.dtype}")
         if times.device != x.device:
-            raise ValueError(f"times is on device {times.device} but input is on {x.device}")
-        if _shape(times) == (T,):  # shared by the batch: kept as an expanded view (the fast path uses that)
+            raise InputError(f"times is on device {times.device} but input is on {x.device}")
+        if _has_shape(times, (T,)):  # shared by the batch: kept as an expanded view (the fast path uses that)
             _warn_imprecise_times(times)
             t64 = times.to(torch.float64)
             _check_times_values(t64.unsqueeze(0), valid)
             times = t64.unsqueeze(1).expand(T, B)
-        elif batched and _shape(times) == (B, T):
+        elif batched and _has_shape(times, (B, T)):
             _warn_imprecise_times(times)
             times = times.to(torch.float64)
             _check_times_values(times, valid)
             times = times.t()  # (T, B)
         else:
             want = f"({B}, {T}) or ({T},)" if batched else f"({T},)"
-            raise ValueError(f"Expected times of shape {want} (batch, seq) or (seq,), got {_shape(times)}")
+            raise InputError(f"Expected times of shape {want} (batch, seq) or (seq,), got {_shape(times)}")
 
     # hx
     LD = module.num_layers * (2 if module.bidirectional else 1)
@@ -302,12 +327,12 @@ def check_time_parameters(params, name_of) -> None:
         if not bool(torch.isfinite(q).all()):
             name = name_of(q)
             bad = q.detach()[~torch.isfinite(q.detach())]
-            raise ValueError(f"{name} must be finite, but {bad.numel()} of its {q.numel()} values are not "
+            raise InputError(f"{name} must be finite, but {bad.numel()} of its {q.numel()} values are not "
                              f"(first: {bad[0].item()}); the time gate is undefined. Training diverged, or the "
                              f"parameter was set by hand: reload a checkpoint or re-initialise it.")
 
 
-def check_gate_bias(gate_bias, bias: bool, forget_bias: float = 1.0):
+def check_gate_bias(gate_bias, bias: bool, forget_bias: float = 0.0):
     """``gate_bias``: None, or four finite numbers (input, forget, cell, output gate); returns a tuple.
     It sets the forget gate's bias too, so a ``forget_bias`` other than its default is refused."""
     if gate_bias is None:
@@ -315,12 +340,12 @@ def check_gate_bias(gate_bias, bias: bool, forget_bias: float = 1.0):
     try:
         values = tuple(float(v) for v in gate_bias)
     except (TypeError, ValueError):
-        raise TypeError(f"gate_bias must be four numbers (input, forget, cell, output gate), got {gate_bias!r}") from None
+        raise InputTypeError(f"gate_bias must be four numbers (input, forget, cell, output gate), got {gate_bias!r}") from None
     if len(values) != 4 or not all(math.isfinite(v) for v in values):
-        raise ValueError(f"gate_bias must be four finite numbers (input, forget, cell, output gate), got {gate_bias!r}")
+        raise InputError(f"gate_bias must be four finite numbers (input, forget, cell, output gate), got {gate_bias!r}")
     if not bias:
-        raise ValueError("gate_bias needs bias=True (the layer has no biases to set)")
-    if forget_bias != 1.0:
-        raise ValueError(f"gate_bias sets the forget gate's initial bias too ({values[1]}); give it or "
+        raise InputError("gate_bias needs bias=True (the layer has no biases to set)")
+    if forget_bias != 0.0:
+        raise InputError(f"gate_bias sets the forget gate's initial bias too ({values[1]}); give it or "
                          f"forget_bias (got {forget_bias}), not both")
     return values

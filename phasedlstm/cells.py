@@ -227,10 +227,11 @@ def init_time_parameters_(period: Tensor, shift: Tensor, r_on: Tensor, period_in
 class _CellBase(nn.Module):
     """Shared constructor and state handling of the four cells."""
 
-    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, forget_bias: float = 1.0,
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, forget_bias: float = 0.0,
                  device=None, dtype=None):
         super().__init__()
         _checks.check_sizes(input_size, hidden_size)
+        _checks.check_bool("bias", bias)
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.bias = bias
@@ -280,13 +281,13 @@ class LSTMCell(_CellBase):
         hidden_size: H, the number of units.
         bias: use ``bias_ih`` and ``bias_hh``.
         forget_bias: added to the forget-gate part of ``bias_ih`` at initialisation
-            (default 1.0; 0 gives torch's initialisation).
+            (default 0, torch's initialisation; 1.0 is the usual LSTM trick).
 
     Inputs: ``input`` (B, I) or (I,); ``hx`` = (h, c), each (B, H) or (H,), zeros if None.
     Outputs: (h_t, c_t), each (B, H) or (H,).
     """
 
-    def __init__(self, input_size, hidden_size, bias=True, forget_bias=1.0, device=None, dtype=None):
+    def __init__(self, input_size, hidden_size, bias=True, forget_bias=0.0, device=None, dtype=None):
         super().__init__(input_size, hidden_size, bias, forget_bias, device, dtype)
         self.reset_parameters()
 
@@ -318,7 +319,7 @@ class PeepholeLSTMCell(_CellBase):
     Arguments, inputs and outputs as :class:`LSTMCell`.
     """
 
-    def __init__(self, input_size, hidden_size, bias=True, forget_bias=1.0, device=None, dtype=None):
+    def __init__(self, input_size, hidden_size, bias=True, forget_bias=0.0, device=None, dtype=None):
         super().__init__(input_size, hidden_size, bias, forget_bias, device, dtype)
         fk = {"device": device, "dtype": dtype}
         self.weight_ci = nn.Parameter(torch.empty(hidden_size, **fk))
@@ -371,7 +372,7 @@ class PhasedLSTMCell(_CellBase):
     timestamp of this step, a number or a tensor of shape (B,) (float32, float64 or int).
     """
 
-    def __init__(self, input_size, hidden_size, bias=True, forget_bias=1.0, *, period_init=(1.0, 6.0),
+    def __init__(self, input_size, hidden_size, bias=True, forget_bias=0.0, *, period_init=(1.0, 6.0),
                  r_on=0.05, leak=DEFAULT_LEAK, peepholes=True, learn_period=True, learn_shift=True,
                  learn_r_on=True, device=None, dtype=None):
         super().__init__(input_size, hidden_size, bias, forget_bias, device, dtype)
@@ -428,7 +429,7 @@ class LayerNormLSTMCell(_CellBase):
     ``ln_c_bias`` (0), each (H,). With ``bias=False`` no normalisation has a shift.
     """
 
-    def __init__(self, input_size, hidden_size, bias=True, forget_bias=1.0, device=None, dtype=None):
+    def __init__(self, input_size, hidden_size, bias=True, forget_bias=0.0, device=None, dtype=None):
         super().__init__(input_size, hidden_size, bias, forget_bias, device, dtype)
         fk = {"device": device, "dtype": dtype}
         self.ln_ih_weight = nn.Parameter(torch.empty(4 * hidden_size, **fk))

@@ -40,6 +40,7 @@ import weakref
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 _SOURCE = Path(__file__).parent / "csrc" / "fused_lstm.cpp"
@@ -212,6 +213,35 @@ def _build() -> None:
             _say(f"built the fused kernels in {time.monotonic() - t0:.0f} s")
 
 
+def load_built() -> bool:
+    """Load the kernels if this version is already built for this machine (a dlopen, milliseconds);
+    build nothing. ``import phasedlstm`` calls it, so that a program exported with torch.export finds
+    the kernels' operators when it is loaded in a fresh process. Building on import would make every
+    first import on a new machine wait for the compiler; :func:`load` builds on first use instead.
+    Skips (returning False) while another process holds the build lock, and never raises."""
+    if _state["loaded"] or _state["error"] is not None or os.environ.get("PHASEDLSTM_NO_EXT") == "1":
+        return _state["loaded"]
+    try:
+        import fcntl
+
+        directory = ext_dir()
+        library = directory / "phasedlstm_fused.so"
+        if not library.is_file() or (directory / "lock").exists():  # (torch's build lock: load() clears a stale one)
+            return False
+        with _lock, open(directory / "build.flock", "a+") as lock_file:
+            try:  # a shared lock: no process is writing the library now
+                fcntl.flock(lock_file, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            if not _state["loaded"]:
+                torch.ops.load_library(str(library))
+                _register_graph_ops()
+                _state["loaded"] = True
+    except Exception:  # (a damaged build: load() rebuilds it on first use)
+        return False
+    return _state["loaded"]
+
+
 def load() -> bool:
     """Build (first time) or load the kernels; True if they are usable. Never raises."""
     if _state["loaded"] or _state["error"] is not None:
@@ -228,6 +258,12 @@ def load() -> bool:
                 except Exception as e:  # no compiler, failed build, ...
                     _state["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
     return _state["loaded"]
+
+
+# Traced code (torch.compile, torch.export) takes load()'s value at trace time instead of tracing its
+# lock, which Dynamo cannot: what torch.compiler.assume_constant_result does, without importing Dynamo
+# (half a second) at every `import phasedlstm`.
+load._dynamo_marked_constant = True
 
 
 def available() -> bool:
@@ -263,15 +299,72 @@ def _lengths(lengths: Tensor | None) -> Tensor:
     return torch.empty(0, dtype=torch.int64) if lengths is None else lengths.to(torch.int64).contiguous()
 
 
-def _first_order_only() -> None:
-    """The kernels' backward computes first derivatives only; a backward asked to build a graph
-    (create_graph=True: double backward, gradient penalties, Hessian-vector products) must not
-    silently return gradients that carry no graph."""
-    if torch.is_grad_enabled():
-        raise RuntimeError(
-            "phasedlstm: the fused kernels compute first derivatives only, and this backward was asked for "
-            "a differentiable graph (create_graph=True). For higher derivatives use the reference "
-            "implementation: construct the layer with impl='reference' (or set layer.impl = 'reference').")
+def _through_reference(*grads) -> bool:
+    """Whether a backward must differentiate the reference equations instead of running the kernel's:
+    when it is asked to build a graph (create_graph=True: double backward, gradient penalties,
+    Hessian-vector products), which the kernel's hand-written derivatives cannot, or when its incoming
+    gradients are batched (``is_grads_batched=True``, ``jacobian(vectorize=True)``), which the kernel
+    has no batching rule for."""
+    f = torch._C._functorch
+    return torch.is_grad_enabled() or any(
+        isinstance(g, Tensor) and (f.is_batchedtensor(g) or f.is_legacy_batchedtensor(g)) for g in grads)
+
+
+def _reference_grads(reference, inputs, needs, grads) -> tuple:
+    """The gradients of ``reference(*inputs)`` (its outputs paired with ``grads``) with respect to the
+    inputs for which ``needs`` is True (None for the others); themselves differentiable when grad
+    mode is on. The saved inputs keep their place in the caller's graph, so a second derivative
+    reaches whatever they were computed from."""
+    with torch.enable_grad():
+        ins = [t.detach().requires_grad_() if n and not t.requires_grad else t for t, n in zip(inputs, needs)]
+        outs = reference(*ins)
+    wrt = [t for t, n in zip(ins, needs) if n]
+    if not wrt:
+        return tuple(None for _ in needs)
+    got = iter(torch.autograd.grad(outs, wrt, grads, create_graph=torch.is_grad_enabled(), allow_unused=True))
+    return tuple(next(got) if n else None for n in needs)
+
+
+def _reference_loop(x, h0, c0, lengths, step):
+    """Run ``step(t, h, c) -> (h, c)`` over the T steps of x (T, B, ...) with the layers' masking: past
+    a sequence's end (``lengths``, or empty for all steps valid) its state is kept and its output is zero."""
+    h, c, outs = h0, c0, []
+    for t in range(x.shape[0]):
+        h_new, c_new = step(t, h, c)
+        if lengths.numel():
+            valid = (t < lengths).unsqueeze(1)
+            h, c = torch.where(valid, h_new, h), torch.where(valid, c_new, c)
+            outs.append(torch.where(valid, h_new, torch.zeros_like(h_new)))
+        else:
+            h, c = h_new, c_new
+            outs.append(h)
+    return torch.stack(outs), h, c
+
+
+def reference_lstm(x, w_ih, bias, w_hh, h0, c0, peep, k, lengths):
+    """lstm_forward's equations in plain PyTorch, with its arguments (empty tensors for absent ones):
+    the step functions of :mod:`phasedlstm.cells`."""
+    from phasedlstm import cells
+
+    pre = F.linear(x, w_ih, bias if bias.numel() else None)  # (T, B, 4H)
+    wci, wcf, wco = peep.unbind(0) if peep.numel() else (None, None, None)
+
+    def step(t, h, c):
+        if k.numel():
+            return cells.phased_step(pre[t], k[t], h, c, w_hh, None, wci, wcf, wco)
+        return cells.peephole_step(pre[t], h, c, w_hh, None, wci, wcf, wco)
+
+    return _reference_loop(x, h0, c0, lengths, step)
+
+
+def reference_layernorm_lstm(x, w_ih, g_ih, b_ih, w_hh, h0, c0, g_hh, b_hh, g_c, b_c, lengths):
+    """ln_forward's equations in plain PyTorch, with its arguments (empty tensors for absent biases)."""
+    from phasedlstm import cells
+
+    opt = (lambda t: t if t.numel() else None)  # noqa: E731
+    pre = cells.layernorm_input(x, w_ih, g_ih, opt(b_ih))
+    return _reference_loop(x, h0, c0, lengths,
+                           lambda t, h, c: cells.layernorm_step(pre[t], h, c, w_hh, g_hh, opt(b_hh), g_c, opt(b_c)))
 
 
 def _needs_grad(*tensors) -> bool:
@@ -285,14 +378,17 @@ class _FusedLSTM(torch.autograd.Function):
     def forward(ctx, x, w_ih, bias, w_hh, h0, c0, peep, k, lengths):
         out, hn, cn, acts, hs, cs = torch.ops.phasedlstm_fused.lstm_forward(
             x, w_ih, bias, w_hh, h0, c0, peep, k, lengths, True)
-        ctx.save_for_backward(x, w_ih, w_hh, peep, k, lengths, acts, hs, cs)
+        ctx.save_for_backward(x, w_ih, w_hh, peep, k, lengths, acts, hs, cs, bias, h0, c0)
         ctx.has_bias = bias.numel() > 0
         return out, hn, cn
 
     @staticmethod
     def backward(ctx, g_out, g_hn, g_cn):
-        _first_order_only()
-        return _lstm_grads(ctx.saved_tensors, ctx.has_bias, g_out, g_hn, g_cn)
+        x, w_ih, w_hh, peep, k, lengths, *kept, bias, h0, c0 = ctx.saved_tensors
+        if _through_reference(g_out, g_hn, g_cn):
+            return _reference_grads(reference_lstm, (x, w_ih, bias, w_hh, h0, c0, peep, k, lengths),
+                                    ctx.needs_input_grad, (g_out, g_hn, g_cn))
+        return _lstm_grads((x, w_ih, w_hh, peep, k, lengths, *kept), ctx.has_bias, g_out, g_hn, g_cn)
 
 
 def _grad_or_empty(g, like: Tensor) -> Tensor:
@@ -323,7 +419,11 @@ class _FusedTimeGate(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, d_k):
-        _first_order_only()
+        if _through_reference(d_k):
+            from phasedlstm.cells import time_gate as reference_gate
+
+            return _reference_grads(lambda *a: reference_gate(*a, ctx.leak), ctx.saved_tensors,
+                                    ctx.needs_input_grad[:4], (d_k,)) + (None,)
         grads = _gate_grads(ctx.saved_tensors, ctx.leak, d_k)
         return tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad[:4])) + (None,)
 
@@ -352,14 +452,19 @@ class _FusedLayerNormLSTM(torch.autograd.Function):
     def forward(ctx, x, w_ih, g_ih, b_ih, w_hh, h0, c0, g_hh, b_hh, g_c, b_c, lengths):
         out, hn, cn, *saved = torch.ops.phasedlstm_fused.ln_forward(
             x, w_ih, g_ih, b_ih, w_hh, h0, c0, g_hh, b_hh, g_c, b_c, lengths, True)
-        ctx.save_for_backward(x, w_ih, g_ih, b_ih, w_hh, g_hh, b_hh, g_c, b_c, lengths, *saved)
+        ctx.save_for_backward(x, w_ih, g_ih, b_ih, w_hh, g_hh, b_hh, g_c, b_c, lengths, *saved, h0, c0)
         ctx.has_bias = b_ih.numel() > 0, b_hh.numel() > 0, b_c.numel() > 0
         return out, hn, cn
 
     @staticmethod
     def backward(ctx, g_out, g_hn, g_cn):
-        _first_order_only()
-        return _ln_grads(ctx.saved_tensors, ctx.has_bias, g_out, g_hn, g_cn)
+        *saved, h0, c0 = ctx.saved_tensors
+        if _through_reference(g_out, g_hn, g_cn):
+            x, w_ih, g_ih, b_ih, w_hh, g_hh, b_hh, g_c, b_c, lengths = saved[:10]
+            return _reference_grads(reference_layernorm_lstm,
+                                    (x, w_ih, g_ih, b_ih, w_hh, h0, c0, g_hh, b_hh, g_c, b_c, lengths),
+                                    ctx.needs_input_grad, (g_out, g_hn, g_cn))
+        return _ln_grads(saved, ctx.has_bias, g_out, g_hn, g_cn)
 
 
 def _ln_grads(saved, has_bias, g_out, g_hn, g_cn, copy=False) -> tuple:

@@ -64,13 +64,14 @@ class RecurrentLayer(nn.Module):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 proj_size: int = 0, *, forget_bias: float = 1.0, gate_bias=None, learn_initial_state: bool = False,
+                 proj_size: int = 0, *, forget_bias: float = 0.0, gate_bias=None, learn_initial_state: bool = False,
                  impl: str = "auto", device=None, dtype=None):
         super().__init__()
         if impl not in IMPLS:
             raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
         self.impl = impl
         _checks.check_sizes(input_size, hidden_size)
+        _checks.check_bool("bias", bias)
         _checks.check_int("proj_size", proj_size, 0)
         if proj_size and not self._projections:
             raise ValueError(f"proj_size is supported by LSTM and PeepholeLSTM, not {type(self).__name__}")
@@ -467,7 +468,7 @@ class RecurrentLayer(nn.Module):
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
         defaults = {"num_layers": 1, "bias": True, "batch_first": False, "dropout": 0.0,
-                    "bidirectional": False, "proj_size": 0, "forget_bias": 1.0, "gate_bias": None,
+                    "bidirectional": False, "proj_size": 0, "forget_bias": 0.0, "gate_bias": None,
                     "learn_initial_state": False,
                     "impl": "auto"}
         for name, default in defaults.items():
@@ -486,7 +487,8 @@ _LAYER_DOC = """
         dropout: dropout on the output of every layer but the last, in training mode.
         bidirectional: add a backward direction (parameters suffixed ``_reverse``).
         forget_bias: added to the forget-gate part of ``bias_ih_l{k}`` at initialisation
-            (default 1.0; 0 gives torch.nn.LSTM's initialisation).
+            (default 0, torch.nn.LSTM's initialisation; 1.0 is the usual LSTM trick, and the
+            command line's default).
         gate_bias: four numbers (input, forget, cell, output gate): ``bias_ih_l{k}`` starts at
             these constants, one per gate, and ``bias_hh_l{k}`` at zero, instead of the uniform
             initialisation plus ``forget_bias`` (default None). (-0.1, 0, 0, 0) is the Phased
@@ -528,8 +530,8 @@ class LSTM(RecurrentLayer):
         \end{aligned}
 
     Parameters have torch.nn.LSTM's names, shapes and gate order, so a torch.nn.LSTM
-    ``state_dict`` loads unchanged and then gives the same outputs and gradients. The one
-    difference is the default ``forget_bias=1.0`` at initialisation. ``times`` is accepted
+    ``state_dict`` loads unchanged and then gives the same outputs and gradients, and the
+    default initialisation is torch.nn.LSTM's. ``times`` is accepted
     and checked (so layers can be swapped) but does not enter the equations. ``proj_size > 0``
     adds torch.nn.LSTM's projection h_t = W_hr (o * tanh(c_t)) (``weight_hr_l{k}``, (P, H)); it
     runs on the reference loop.

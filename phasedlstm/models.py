@@ -51,7 +51,8 @@ class SequenceModel(nn.Module):
         proj_size: size of the input projection (0: none; the layer sees x itself).
         pooling: "last" (the last valid step) or "mean" (the mean over valid steps).
         dropout: between recurrent layers.
-        rnn_kwargs: passed to the recurrent layer (e.g. period_init, r_on for "phased").
+        rnn_kwargs: passed to the recurrent layer (e.g. period_init, r_on for "phased");
+            ``forget_bias`` defaults to 1.0 here (0 in the layers) unless ``gate_bias`` is given.
     """
 
     def __init__(self, model: str, input_size: int, hidden_size: int, output_size: int, num_layers: int = 1,
@@ -67,6 +68,8 @@ class SequenceModel(nn.Module):
         self.pooling = pooling
         self.proj = nn.Linear(input_size, proj_size) if proj_size > 0 else nn.Identity()
         rnn_in = proj_size if proj_size > 0 else input_size
+        if model != "torch-lstm" and "gate_bias" not in rnn_kwargs:
+            rnn_kwargs.setdefault("forget_bias", 1.0)  # the experiments' init: +1 on the forget gate
         self.rnn = MODELS[model](rnn_in, hidden_size, num_layers, batch_first=True, dropout=dropout, **rnn_kwargs)
         self.head = nn.Linear(hidden_size, output_size)
 

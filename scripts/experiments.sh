@@ -107,13 +107,13 @@ experiments() {  # (one function, read whole before it runs)
                     for t in ${PIXEL_TASKS:-smnist-pixels psmnist}; do
                         pixels "$t" "$t-mean" "${PIXEL_MODELS:-lstm,phased}" "${PIXEL_EPOCHS:-30}"
                     done ;;
-            pixels-decay)  # twelfth session: the unpermuted pixels' Phased LSTM with the rate halved every 4 of
-                # 16 epochs, from scratch (against the constant rate of `pixels`, chosen on validation)
+            pixels-decay)  # the unpermuted pixels' Phased LSTM with the rate halved every 4 of 16 epochs
+                # (against the constant rate of `pixels`, chosen on validation)
                 pixels smnist-pixels smnist-pixels-decay phased 16 --lr-decay 0.5 --lr-decay-every 4 ;;
             adding|adding-long|adding-20k|adding-500k)
                 # 100,000 training sequences per T (fresh, 10 epochs of 10,000); adding-long: the longer T, to run
                 # where a model solves T = 1000; adding-20k: the first, too small budget (10 epochs of 2,000);
-                # adding-500k: the budget question, 500,000 (50 epochs of 10,000) at T = 100 and 500 (sixth session);
+                # adding-500k: the budget question, 500,000 (50 epochs of 10,000) at T = 100 and 500;
                 # ADDING_MODELS=layernorm runs one model (the others are added by running the name again);
                 # ADDING_LENGTHS=5000 one length
                 models=lstm,layernorm,phased epochs=10
@@ -140,7 +140,6 @@ experiments() {  # (one function, read whole before it runs)
 
 main() {  # (bash reads a script as it runs it: the call and the exit share one line, so that an
     # edit of this file while a stream runs never makes bash read on into shifted text)
-    .venv/bin/python scripts/carry_runs.py restore  # the runs carried from the last session, if any
     experiments "$@"
 }
 

@@ -21,3 +21,19 @@ def pytest_sessionfinish(session, exitstatus):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--slow", action="store_true",
+                     help="also run the tests marked slow (subprocess CLI runs, kill and resume, DDP, builds, "
+                          "export, compile, the wheel, real data)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """The fast tier by default: tests marked ``slow`` are deselected unless --slow is given."""
+    if config.getoption("--slow"):
+        return
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if not item.get_closest_marker("slow")]

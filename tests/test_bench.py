@@ -4,7 +4,10 @@ import json
 import subprocess
 import sys
 
+import pytest
 
+
+@pytest.mark.slow
 def test_bench_smoke(tmp_path):
     out = tmp_path / "bench.json"
     r = subprocess.run([sys.executable, "-m", "phasedlstm", "bench", "--shapes", "3,4,2,5;2,3,1,4;2,3,1,4,ps,2bi",

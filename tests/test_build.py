@@ -41,6 +41,7 @@ def test_cache_folder_is_keyed_on_torchs_folder(monkeypatch):
     assert fast.ext_dir() != here and fast.ext_dir().parent == here.parent
 
 
+@pytest.mark.slow
 def test_stale_build_lock_of_a_killed_process_does_not_hang():
     """torch's lock file, left by a build killed with SIGKILL, once made every later process wait
     forever; the next process now removes it (holding our flock, no one else is building)."""
@@ -51,6 +52,7 @@ def test_stale_build_lock_of_a_killed_process_does_not_hang():
     assert not stale.exists()
 
 
+@pytest.mark.slow
 def test_waiting_for_a_live_build_says_so_and_gives_up():
     with open(fast.ext_dir() / "build.flock", "a+") as f:
         fcntl.flock(f, fcntl.LOCK_EX)  # another process "is building"
@@ -64,6 +66,7 @@ def test_waiting_for_a_live_build_says_so_and_gives_up():
     assert _python(LOAD).stdout.strip() == "loaded True"  # once the lock is released, all is well
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/locks").exists(), reason="needs Linux's /proc/locks")
 def test_waiting_names_the_real_holder_and_says_when_it_is_stopped():
     """The file's content names only the last process that got the lock; the message must name
@@ -87,6 +90,7 @@ def test_waiting_names_the_real_holder_and_says_when_it_is_stopped():
     assert _python(LOAD).stdout.strip() == "loaded True"  # the lock died with its holder
 
 
+@pytest.mark.slow
 def test_two_checkouts_of_one_version_share_one_build_without_rebuilding(tmp_path):
     """The cache folder is keyed on the source's content, so two checkouts share it; the build
     must name a path that does not depend on the checkout (a copy of the source inside the

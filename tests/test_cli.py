@@ -1,5 +1,6 @@
 """The command line, run for real in subprocesses: run folders, resume after SIGKILL, bad checkpoints, DDP."""
 
+import pytest
 import csv
 import io
 import json
@@ -30,6 +31,7 @@ def metrics(run):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_train_writes_run_folder(tmp_path):
     run = tmp_path / "run"
     r = cli("train", *TINY, "--model", "phased", "--epochs", "2", "--out", str(run))
@@ -55,6 +57,7 @@ def test_train_writes_run_folder(tmp_path):
     assert result["split"] == "test" and result["n"] == 32 and 0 <= result["accuracy"] <= 1
 
 
+@pytest.mark.slow
 def test_run_log_says_which_loop_the_layers_take(tmp_path):
     """A run on the reference loop is several times slower; its log says so at the start."""
     from phasedlstm import fast
@@ -95,6 +98,7 @@ def train_and_kill(args, out, ready):
     return torch.load(out / "last.pt", weights_only=True)
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_matches_uninterrupted(tmp_path):
     # --checkpoint-seconds 0: a checkpoint after every step, so the kill lands mid-epoch
     args = [*TINY, "--n-train", "960", "--hidden-size", "32", "--model", "lstm", "--epochs", "3",
@@ -123,6 +127,7 @@ def test_resume_after_sigkill_matches_uninterrupted(tmp_path):
         torch.testing.assert_close(fa[k], fb[k], rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_resume_from_a_checkpoint_without_epoch_seconds_says_so(tmp_path):
     # checkpoints written before epoch_seconds existed still resume; the partial seconds are announced
     args = [*TINY, "--n-train", "960", "--hidden-size", "32", "--model", "lstm", "--epochs", "1",
@@ -139,6 +144,7 @@ def test_resume_from_a_checkpoint_without_epoch_seconds_says_so(tmp_path):
     assert len(metrics(run)) == 1
 
 
+@pytest.mark.slow
 def test_bad_checkpoints_are_refused(tmp_path):
     run = tmp_path / "run"
     cli("train", *TINY, "--model", "lstm", "--epochs", "1", "--out", str(run))
@@ -166,6 +172,7 @@ def test_bad_checkpoints_are_refused(tmp_path):
     assert r.returncode == 1 and "refused" in r.stderr
 
 
+@pytest.mark.slow
 def test_compare_and_report(tmp_path):
     out = tmp_path / "cmp"
     r = cli("compare", *TINY, "--models", "lstm,phased", "--seeds", "0,1", "--epochs", "1", "--out", str(out))
@@ -180,6 +187,7 @@ def test_compare_and_report(tmp_path):
     assert r.stdout.count("finished already") == 4
 
 
+@pytest.mark.slow
 def test_cli_errors():
     r = cli("train", "--task", "adding", "--classes", "1,2", check=False)
     assert r.returncode != 0 and "--classes does not apply to task adding" in r.stderr
@@ -192,6 +200,7 @@ def test_cli_errors():
     assert "freq-async" in r.stdout and "basic-motions" in r.stdout
 
 
+@pytest.mark.slow
 def test_two_process_ddp_on_loopback(tmp_path):
     run = tmp_path / "ddp"
     # --standalone: rendezvous on localhost with a port the OS picks (no race for a free port)

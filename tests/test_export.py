@@ -31,6 +31,7 @@ def test_torch_export_program_runs_at_other_sizes(kind, tmp_path):
             torch.testing.assert_close(program(*args), model(*args), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ONNX_LAYERS)
 def test_onnx_model_runs_in_onnxruntime_at_other_sizes(kind, tmp_path):
     ort = pytest.importorskip("onnxruntime", reason="the optional extra export (onnxruntime) is not installed")
@@ -54,6 +55,7 @@ def test_torch_lstm_runs_are_refused_with_a_message(tmp_path):
         export(_model("torch-lstm"), tmp_path / "m.onnx", "onnx")
 
 
+@pytest.mark.slow
 def test_export_command_round_trip(tmp_path, capsys):
     pytest.importorskip("onnxruntime", reason="the optional extra export (onnxruntime) is not installed")
     run = tmp_path / "run"

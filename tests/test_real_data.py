@@ -18,6 +18,7 @@ def _need(name, marker):
         pytest.skip(f"{name} not fetched into {data_dir()} (run `phasedlstm data fetch {name}`)")
 
 
+@pytest.mark.slow
 def test_mnist():
     _need("mnist", "t10k-labels-idx1-ubyte")
     task = get_task("smnist-rows", val_fraction=0.0)
@@ -28,6 +29,7 @@ def test_mnist():
     assert float(task.train.x.min()) == 0.0 and float(task.train.x.max()) == 1.0
 
 
+@pytest.mark.slow
 def test_fashion_mnist():
     _need("fashion-mnist", "t10k-labels-idx1-ubyte.gz")
     task = get_task("fashion-pixels", val_fraction=0.0)
@@ -36,6 +38,7 @@ def test_fashion_mnist():
     assert np.bincount(task.test.y.numpy()).tolist() == [1000] * 10
 
 
+@pytest.mark.slow
 def test_watch():
     _need("watch", "watch.npz")
     task = get_task("watch")
@@ -47,6 +50,7 @@ def test_watch():
     assert not set(s["train"]) & set(s["test"])
 
 
+@pytest.mark.slow
 def test_basic_motions():
     _need("basic-motions", "BasicMotions_TEST.ts")
     task = get_task("basic-motions", val_fraction=0.0)
@@ -55,6 +59,7 @@ def test_basic_motions():
     assert np.bincount(task.test.y.numpy()).tolist() == [10, 10, 10, 10]
 
 
+@pytest.mark.slow
 def test_committed_rows_models_score_what_results_states_with_data_read_independently():
     """scripts/check_rows_models.py reads the MNIST test set with its own IDX parser and runs the
     committed rows models (LSTM and Phased LSTM of rows-10, the LSTM with last-step pooling, the

@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import subprocess
-import tarfile
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -37,6 +36,7 @@ def _cli(*args, cwd=None):
                           env=env, cwd=cwd, timeout=300)
 
 
+@pytest.mark.slow
 def test_second_process_in_the_same_folder_is_refused(tmp_path):
     run = tmp_path / "run"
     with _RunLock(run):  # this process trains there
@@ -103,6 +103,7 @@ def test_compare_never_reuses_a_run_of_other_settings(tmp_path):
     assert load_checkpoint(run / "last.pt")["config"]["hidden_size"] == 4
 
 
+@pytest.mark.slow
 def test_resume_refuses_conflicting_flags_and_extends_by_n(tmp_path):
     run = tmp_path / "run"
     train(TrainConfig(**{**CFG, "epochs": 1}), run, **QUIET)
@@ -242,6 +243,7 @@ def test_new_options_reach_the_configuration():
         resolve_task_options(TrainConfig(task="watch", time_feature="yes"))
 
 
+@pytest.mark.slow
 def test_baseline_on_statistics(tmp_path, monkeypatch):
     pytest.importorskip("sklearn", reason="the optional extra baselines (scikit-learn) is not installed")
     from phasedlstm import baseline
@@ -304,67 +306,3 @@ def test_report_prints_a_solved_mse_that_a_trivial_one_can_be_told_from():
     acc = {**row, "metric": "test accuracy", "seeds": 3, "mean": 98.2946, "sd": 0.1234}
     assert "| 98.29% ± 0.12 |" in report.format_table([acc])
 
-
-def _carry_module():
-    import importlib.util
-    path = Path(__file__).resolve().parent.parent / "scripts" / "carry_runs.py"
-    spec = importlib.util.spec_from_file_location("carry_runs", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def _fake_run(folder: Path, epoch: int, epochs: int, step: int = 0) -> None:
-    folder.mkdir(parents=True)
-    (folder / "config.json").write_text(json.dumps({"epochs": epochs}))
-    torch.save({"epoch": epoch, "step": step, "config": {"epochs": epochs}}, folder / "last.pt")
-    (folder / "metrics.csv").write_text(f"epoch\n{epoch}\n")
-
-
-def test_carry_packs_unfinished_experiments_whole_and_restores_them_into_a_fresh_checkout(tmp_path, capsys):
-    """scripts/carry_runs.py: each session starts from a fresh clone, so the unfinished runs travel
-    in carry/runs.tar. An experiment with an unfinished run (short of its epochs, stopped inside an
-    epoch, or with no checkpoint yet) is packed whole, its finished runs too; one with only finished
-    runs is not. Restoring into a checkout without runs/ brings back the same files; a second
-    restore keeps what is there, and a folder with more epochs than the carry is never replaced."""
-    carry = _carry_module()
-    old, new = tmp_path / "old", tmp_path / "new"
-    runs = old / "runs" / "paper"
-    _fake_run(runs / "a" / "lstm-seed0", 3, 10)  # unfinished
-    _fake_run(runs / "a" / "phased-seed0", 10, 10)  # finished, packed with its experiment
-    _fake_run(runs / "b" / "lstm-seed0", 10, 10)  # an experiment of finished runs only
-    _fake_run(runs / "c" / "lstm-seed0", 10, 10, step=5)  # an extension stopped inside an epoch
-    (runs / "d" / "lstm-seed0").mkdir(parents=True)  # started, no checkpoint yet
-    (runs / "d" / "lstm-seed0" / "config.json").write_text(json.dumps({"epochs": 4}))
-    assert carry.save(old) == 0
-    (new / "carry").mkdir(parents=True)
-    (old / "carry" / "runs.tar").rename(new / "carry" / "runs.tar")
-    assert carry.restore(new) == 0
-    got = sorted(str(p.relative_to(new / "runs")) for p in (new / "runs").rglob("*") if p.is_file())
-    want = sorted(str(p.relative_to(old / "runs")) for p in (old / "runs").rglob("*")
-                  if p.is_file() and "/b/" not in str(p))
-    assert got == want
-    for f in got:
-        assert (new / "runs" / f).read_bytes() == (old / "runs" / f).read_bytes()
-    # a run that went on here (more epochs than the carry) is kept, not replaced
-    shutil.rmtree(new / "runs" / "paper" / "a" / "lstm-seed0")
-    _fake_run(new / "runs" / "paper" / "a" / "lstm-seed0", 7, 10)
-    capsys.readouterr()
-    assert carry.restore(new) == 0
-    out = capsys.readouterr().out
-    assert "kept runs/paper/a/lstm-seed0 (7 epochs here, 3 in the carry)" in out
-    assert torch.load(new / "runs" / "paper" / "a" / "lstm-seed0" / "last.pt")["epoch"] == 7
-    assert not (new / "carry" / "staging").exists()
-    # --also: an experiment of finished runs, packed to be extended in a later session
-    assert carry.save(old, also=[old / "runs" / "paper" / "b"]) == 0
-    with tarfile.open(old / "carry" / "runs.tar") as tar:
-        names = tar.getnames()
-    assert "runs/paper/b/lstm-seed0/last.pt" in names and "runs/paper/a/lstm-seed0/last.pt" in names
-    assert carry.save(old, also=[old / "elsewhere"]) == 1  # not a folder of runs: refused, said
-    assert "not an experiment folder" in capsys.readouterr().err
-    # nothing unfinished: nothing packed, and a stale carry file is removed
-    for run in ("a/lstm-seed0", "c/lstm-seed0", "d/lstm-seed0"):
-        shutil.rmtree(old / "runs" / "paper" / run)
-    (old / "carry" / "runs.tar").write_bytes(b"stale")
-    assert carry.save(old) == 0
-    assert not (old / "carry" / "runs.tar").exists()

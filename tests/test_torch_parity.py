@@ -90,13 +90,13 @@ def test_parameter_names_match_torch():
 
 
 def test_forget_bias_init():
-    torch_like = LSTM(3, 8, forget_bias=0.0)
     default = LSTM(3, 8)
+    plus_one = LSTM(3, 8, forget_bias=1.0)
     bound = 1 / 8**0.5
-    assert torch_like.bias_ih_l0.abs().max() <= bound
-    f = default.bias_ih_l0[8:16]
+    assert default.bias_ih_l0.abs().max() <= bound
+    f = plus_one.bias_ih_l0[8:16]
     assert ((f >= 1 - bound) & (f <= 1 + bound)).all()
-    others = torch.cat([default.bias_ih_l0[:8], default.bias_ih_l0[16:]])
+    others = torch.cat([plus_one.bias_ih_l0[:8], plus_one.bias_ih_l0[16:]])
     assert others.abs().max() <= bound
 
 
@@ -124,7 +124,7 @@ def test_gate_bias_init(cls):
     with pytest.raises(ValueError, match="needs bias=True"):
         cls(3, 8, bias=False, gate_bias=(0.0, 0.0, 0.0, 0.0))
     with pytest.raises(ValueError, match="not both"):
-        cls(3, 8, forget_bias=0.0, gate_bias=(0.0, 0.0, 0.0, 0.0))
+        cls(3, 8, forget_bias=1.0, gate_bias=(0.0, 0.0, 0.0, 0.0))
 
 
 # -- the rest of torch.nn.LSTM's surface: PackedSequence, flatten_parameters, all_weights --------

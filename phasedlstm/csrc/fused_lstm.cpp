@@ -180,9 +180,8 @@ static inline void hold_row(const scalar_t* __restrict hp, const scalar_t* __res
 // For float32 we pack B once per call into panels of kNR columns and run a register-blocked
 // micro-kernel: with AVX-512 6 rows x 64 columns of accumulators (4 zmm per row), with AVX2 and
 // FMA 6 rows x 16 columns (2 ymm per row, 12 of the 16 registers). Elsewhere (float64, CPUs
-// with neither) at::addmm_ does it. For small M, MKL's sgemm packs B again at every call: at
-// (M, K, N) = (16, 1024, 4096) on 2 threads it ran at 42 GFLOP/s where this kernel on B packed
-// once runs at 95-160 (2-core AVX2 EPYC, 2026-11-28).
+// with neither) at::addmm_ does it. For small M, MKL's sgemm packs B again at every call, which
+// this kernel, on B packed once per call, avoids (figures in docs/speed.md).
 
 #if defined(__AVX512F__)
 constexpr int64_t kNR = 64;  // panel width: 4 zmm registers
@@ -313,8 +312,8 @@ static inline void micro_tile(int64_t K, const float* __restrict A, int64_t lda,
 constexpr bool kHavePacked = true;
 
 // The AVX2 tile: MR (1-6) rows x 16 columns. The accumulators are named variables, not an array:
-// GCC 12 keeps an array of __m256 in memory and stores it at every k (measured: 30 GFLOP/s
-// instead of 65-85 on one core). FULL: all 16 columns valid; otherwise C (and a row-major B, which
+// GCC 12 keeps an array of __m256 in memory and stores it at every k, at less than half the
+// rate. FULL: all 16 columns valid; otherwise C (and a row-major B, which
 // may end inside the panel) are read and written under a mask.
 template <int MR, bool FULL>
 static inline void micro_tile(int64_t K, const float* __restrict A, int64_t lda, const float* __restrict Bp,
@@ -421,10 +420,8 @@ inline void gemm_acc(int64_t M, const float* A, int64_t lda, const PackedB& B, f
 // a part without A is a row of ones, so its C row gets the column sums of B: the bias gradient).
 // B is the large operand (dG: K x 4H), read once for all parts. Per chunk of K rows the threads
 // pack B into panels (K x kNR, read from L2 by the tiles) and the parts' A transposed (rows of K,
-// streamed), then split the panels, each tile summing over the whole chunk in registers. At (M, N,
-// K) = (512, 2048, 3200) on the 2-core AVX2 EPYC: 106 GFLOP/s against 87-97 for MKL's sgemm with the
-// transposed operand, in one process (2026-11-29); a standalone copy ran 122, and 100 with the same
-// tiles over blocks of 256 rows of K (C loaded and stored per block).
+// streamed), then split the panels, each tile summing over the whole chunk in registers (C loaded
+// and stored once per chunk, not per block of K).
 inline void gemm_atb_parts(int64_t N, int64_t K, const float* B, int64_t ldb, const std::vector<AtbPart>& parts,
                            int64_t chunk = 0) {
   const int64_t panels = (N + kNR - 1) / kNR;
@@ -669,14 +666,10 @@ inline bool split_units(int64_t B, int64_t H, bool packed_infer = false) {
   if (e != nullptr && std::strcmp(e, "units") == 0) return true;
   if (e != nullptr && std::strcmp(e, "batch") == 0) return false;
   const int64_t nt = at::get_num_threads();
-  // A/B of both splits with the packed kernel, forward-only, ratio to torch.nn.LSTM (2-core AVX2
-  // EPYC, 2026-11-28, fifth session): units / batch at (B, H) = (32, 512) 1.24 / 0.90, (32, 768)
-  // 1.04 / 0.89, (8, 512) 1.10 / 0.88, (16, 512) 1.20 / 1.22, (16, 768) 1.20 / 1.37, (16, 1024)
-  // 1.22 / 1.47
+  // The thresholds are where the unit split measured faster than the batch split on 2 cores (the
+  // figures are in docs/speed.md): forward-only with the packed kernel from H = 768 at up to 8
+  // sequences per thread; otherwise from H = 512 at up to 16.
   if (packed_infer) return nt > 1 && H >= 768 && B <= 8 * nt;
-  // measured on 2 cores (A/B of both splits, 2026-11-28, third session; results/bench-units.txt in git
-  // history, removed in the fourth when results/bench.txt covered those shapes): H = 512 with
-  // B = 32 and H = 1024 with B = 16 gain; H = 384 with B = 32 and H = 512 with B = 64 lose
   return nt > 1 && H >= 512 && B <= 16 * nt;
 }
 
@@ -696,12 +689,9 @@ inline int64_t unit_block(int64_t H) {
 // streams it from L3, and with the 6-row tiles the first tile of rows waits on that stream while
 // the others re-read the panel from L2. The products here therefore run by blocks of kUnitKBlock
 // rows of K (a panel's block stays in L1 for all tiles of rows) and prefetch the next block during
-// the second tile (prefetches past the end of the data are harmless: they never fault). Ratio to
-// torch.nn.LSTM without / with, (16, 100, 32, 1024), one process, 2-core AVX2 EPYC, 2026-11-29:
-// LSTM forward-only 1.07 / 0.96, training 0.95 / 0.88; Phased LSTM 1.18 / 1.04, 0.97 / 0.89;
-// LN-LSTM 1.07 / 0.91, 1.03 / 0.93; blocks of 64 and 256 gained less or as much. Not for the batch
-// split's products, where it lost: (32, 100, 32, 512) forward-only 0.85 / 0.92, (256, 100, 32,
-// 256) 0.73 / 0.80. PHASEDLSTM_KBLOCK=0 switches it off (benchmarks), =N sets the block.
+// the second tile (prefetches past the end of the data are harmless: they never fault). Not for the
+// batch split's products, whose blocks of W stay in L2 and where it measured slower (docs/speed.md).
+// PHASEDLSTM_KBLOCK=0 switches it off (benchmarks), =N sets the block.
 constexpr int64_t kUnitKBlock = 128;
 
 struct UnitPacks {
@@ -1373,11 +1363,11 @@ struct RowSums<float> {
 #endif
 
 // The LN-LSTM's row functions below (normalise, ln_gates_row, ln_out_row) are compiled once, not
-// inlined: with -ffast-math GCC rounded the same function differently where it was inlined into
-// the training forward and into the inference loop (fused multiply-adds and vector code chosen per
-// context), so a model scored without gradients (or an exported one, which runs the training
-// kernel) was up to 6e-6 apart from itself (tests/test_fast.py::test_inference_gives_the_training_
-// forwards_numbers_bit_for_bit). One call per row of 4H values: no measurable cost.
+// inlined: with -ffast-math GCC rounds the same function differently where it is inlined into the
+// training forward and into the inference loop (fused multiply-adds and vector code chosen per
+// context), and a model scored without gradients must give the training forward's numbers bit for
+// bit (tests/test_fast.py::test_inference_gives_the_training_forwards_numbers_bit_for_bit). One call
+// per row of 4H values: no measurable cost.
 //
 // Normalise x[0:n] in place to z = (x - mean) / sqrt(var + eps); returns 1 / sqrt(var + eps).
 // Rows with values beyond 2^40 are first scaled by a power of two (exact) and normalised as the
@@ -1805,8 +1795,8 @@ void ln_backward_loop(const Tensor& grad_out, const Tensor& x, const Tensor& w_i
     Tensor dx2 = dx.view({T * B, I});
     at::mm_out(dx2, dx2w, w_ih.detach());
     acc_atb<scalar_t>(dz2, {{hs.narrow(0, 0, T).reshape({T * B, H}), dwhh_t[0]}});
-    // (dW_ih's product on its own dX: a pass of packing over all of dX for a product of I rows
-    // only; with the micro-kernel it gained nothing over MKL in four A/B runs)
+    // (dW_ih's product on its own dX stays with MKL: the micro-kernel would pack all of dX for a
+    // product of I rows only)
     dwih_t[0].addmm_(x.reshape({T * B, I}).t(), dx2w);
   } else at::parallel_for(0, B, batch_grain(B), [&](int64_t b0, int64_t b1) {
     const int64_t Bt = b1 - b0, tid = at::get_thread_num();
