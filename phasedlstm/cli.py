@@ -366,9 +366,19 @@ def cmd_export(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from phasedlstm.report import report
+    from phasedlstm.report import report, update_tables
 
-    report(args.runs, args.out)
+    if args.runs:
+        report(args.runs, args.out)
+    if args.tables:
+        path = Path(args.tables)
+        text = path.read_text()
+        new = update_tables(text, path.parent)
+        if new != text:
+            path.write_text(new)
+        print(f"{path}: tables {'redrawn' if new != text else 'already current'}")
+    if not args.runs and not args.tables:
+        raise SystemExit("error: give run folders to report, or --tables FILE")
     return 0
 
 
@@ -472,8 +482,10 @@ def build_parser() -> argparse.ArgumentParser:
     ex.set_defaults(func=cmd_export)
 
     r = command("report", help="redraw tables and plots from run folders")
-    r.add_argument("runs", nargs="+", help="run folders, or folders holding run folders")
+    r.add_argument("runs", nargs="*", help="run folders, or folders holding run folders")
     r.add_argument("--out", help="where to write (default: the first folder)")
+    r.add_argument("--tables", metavar="FILE", help="redraw the tables of a Markdown file (RESULTS.md) from the "
+                   "summary.csv of the folders each names (<!-- table: FOLDER ... --> ... <!-- end table -->)")
     r.set_defaults(func=cmd_report)
 
     da = command("data", help="datasets")

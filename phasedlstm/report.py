@@ -1,5 +1,10 @@
 """Tables and plots from run folders (config.json + metrics.csv, and last.pt for the gate plots).
 
+A report written to another folder (``--out``) keeps a copy of each run's config.json and
+metrics.csv there, one folder per run, so ``phasedlstm report OUT`` draws the same tables again from
+that folder alone (a results folder committed without checkpoints). :func:`update_tables` fills the
+tables of a Markdown file (RESULTS.md) from the ``summary.csv`` files it names.
+
 - ``summary.md`` / ``summary.csv``: per model, the test metric of the epoch chosen on
   validation (what best.pt holds; mean ± s.d. over seeds) and the training time per epoch;
 - ``curves.png``: learning curves of all models on one figure (mean over seeds, band = s.d.);
@@ -13,6 +18,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 import statistics
 from pathlib import Path
 
@@ -22,6 +28,8 @@ matplotlib.use("Agg")  # files only, no screen needed
 import matplotlib.ticker  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+
+from phasedlstm._files import atomic_write_bytes  # noqa: E402
 
 MODEL_ORDER = ["lstm", "torch-lstm", "peephole", "layernorm", "phased"]
 
@@ -122,6 +130,49 @@ def _spread(r, unit="") -> str:
     if r["seeds"] == 1:
         return f"{r['mean']:.{d}f}{unit} (1 seed)"
     return f"{r['mean']:.{d}f}{unit} ± {r['sd']:.{d}f}"
+
+
+_TABLE = re.compile(r"(<!-- table: (?P<folders>[^>]*?) -->\n)(?P<body>.*?)(<!-- end table -->)", re.S)
+
+
+def read_summary(folder) -> list[dict]:
+    """The rows of a report's summary.csv, with numbers as numbers."""
+    with open(Path(folder) / "summary.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        r["seeds"], r["epochs"] = int(r["seeds"]), int(r["epochs"])
+        r["unfinished"] = int(r.get("unfinished") or 0)
+        r["planned_epochs"] = int(r.get("planned_epochs") or r["epochs"])
+        r["mean"], r["sd"], r["seconds_per_epoch"] = float(r["mean"]), float(r["sd"]), float(r["seconds_per_epoch"])
+    return rows
+
+
+def update_tables(markdown: str, root=".") -> str:
+    """Every block ``<!-- table: FOLDER [FOLDER ...] -->`` ... ``<!-- end table -->`` of ``markdown``
+    redrawn from those folders' summary.csv (paths relative to ``root``), one table per block."""
+    def table(m):
+        names = m["folders"].split()
+        if all(n.endswith(".json") for n in names):  # `phasedlstm baseline --json` files
+            return m.group(1) + format_baseline_table([Path(root) / n for n in names]) + "\n" + m.group(4)
+        rows = [r for folder in names for r in read_summary(Path(root) / folder)]
+        return m.group(1) + format_table(rows) + "\n" + m.group(4)
+
+    return _TABLE.sub(table, markdown)
+
+
+def format_baseline_table(paths) -> str:
+    """One row per file of `phasedlstm baseline --json`: test accuracy over its seeds and the
+    classifier validation chose for each seed."""
+    lines = ["| baseline file | task | seeds | test accuracy (mean ± s.d.) | chosen per seed |", "|---|---|---|---|---|"]
+    for p in paths:
+        runs = json.loads(Path(p).read_text())
+        acc = [100.0 * r["test_accuracy"] for r in runs]
+        r0 = runs[0]
+        task = r0["task"] + "".join(f", {k} {v}" for k, v in sorted(r0.get("task_options", {}).items()))
+        lines.append(f"| {Path(p).name} | {task} | {len(acc)} | "
+                     f"{_spread({'seeds': len(acc), 'mean': statistics.mean(acc), 'sd': _sd(acc)}, '%')} | "
+                     f"{', '.join(r['chosen'] for r in runs)} |")
+    return "\n".join(lines)
 
 
 def format_table(rows) -> str:
@@ -243,6 +294,12 @@ def report(paths, out_dir=None, log=print, gates: bool = True) -> dict:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
+    for r in runs:  # the runs' own records beside the report, so that it can be drawn again from `out` alone
+        keep = out / r["dir"].name
+        if keep.resolve() != r["dir"].resolve():
+            keep.mkdir(exist_ok=True)
+            for name in ("config.json", "metrics.csv"):
+                atomic_write_bytes(keep / name, (r["dir"] / name).read_bytes())
     plot_curves(runs, out / "curves.png")
     plot_final(rows, out / "final.png", settings(runs[0]["config"]))
     written = [out / "summary.md", out / "summary.csv", out / "curves.png", out / "final.png"]

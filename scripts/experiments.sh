@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 P=".venv/bin/phasedlstm"
 COMMON=(--threads 1 --no-progress)
 
-freq() {  # the paper's frequency tasks (issue 10): 110 units, batch 32, Adam 1e-3, clip 10, 70 epochs,
+freq() {  # the paper's frequency tasks: 110 units, batch 32, Adam 1e-3, clip 10, 70 epochs,
     # fresh training data every epoch, 10,000 test sequences (the test split read every 5th epoch,
     # at the last and at every new best on validation); a fourth argument suffixes the folder
     local cond=$1 models=$2 seeds=$3 suffix=${4:-}
@@ -16,33 +16,33 @@ freq() {  # the paper's frequency tasks (issue 10): 110 units, batch 32, Adam 1e
         --test-every 5 --out "runs/paper/freq-$cond$suffix" "${COMMON[@]}"
 }
 
-rows() {  # the lecture's model on sequential MNIST by rows (issue 11): projection 64 -> layer (128) ->
+rows() {  # the lecture's model on sequential MNIST by rows: projection 64 -> layer (128) ->
     # mean over time -> linear -> log-softmax; Adam 1e-3, batch 128, clip 10
     local out=$1 epochs=$2 models=$3 seeds=$4; shift 4
     $P compare --task smnist-rows --models "$models" --seeds "$seeds" --epochs "$epochs" --hidden-size 128 \
         --pooling mean --batch-size 128 --out "runs/lecture/$out" "${COMMON[@]}" "$@"
 }
 
-combo() {  # superimposed frequencies (issue 10): as freq, 100 epochs (the authors ran 300)
+combo() {  # superimposed frequencies: as freq, 100 epochs (the authors ran 300)
     local task=$1
     $P compare --task "$task" --models "${COMBO_MODELS:-phased,lstm}" --seeds 0 --epochs 100 --n-test 10000 --test-every 5 \
         --out "runs/paper/$task" "${COMMON[@]}"
 }
 
-tricks() {  # the lecture's tricks, one at a time against the LSTM of rows-10 (issue 11)
+tricks() {  # the lecture's tricks, one at a time against the LSTM of rows-10
     rows tricks-forget0 10 lstm 0,1,2 --forget-bias 0
     rows tricks-h0 10 lstm 0,1,2 --learn-initial-state
     rows tricks-last 10 lstm 0,1,2 --pooling last  # (the later --pooling wins over rows' mean)
 }
 
-pixels() {  # the lecture's model on sequential MNIST by pixels (issue 11): 784 steps of 1, as rows with
+pixels() {  # the lecture's model on sequential MNIST by pixels: 784 steps of 1, as rows with
     # clip 1; one seed (about 12 min per epoch on one core)
     local task=$1 out=$2 models=$3 epochs=$4; shift 4
     $P compare --task "$task" --models "$models" --seeds 0 --epochs "$epochs" --hidden-size 128 \
         --batch-size 128 --clip 1 --pooling mean --out "runs/lecture/$out" "${COMMON[@]}" "$@"
 }
 
-motion() {  # real recordings (issue 11): 3 seeds; watch split by subject
+motion() {  # real recordings: 3 seeds; watch split by subject
     local task=$1 out=$2 models=$3; shift 3
     $P compare --task "$task" --models "$models" --seeds 0,1,2 --epochs 60 --hidden-size 64 --pooling mean \
         --batch-size 16 --out "runs/lecture/$out" "${COMMON[@]}" "$@"

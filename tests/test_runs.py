@@ -306,3 +306,43 @@ def test_report_prints_a_solved_mse_that_a_trivial_one_can_be_told_from():
     acc = {**row, "metric": "test accuracy", "seeds": 3, "mean": 98.2946, "sd": 0.1234}
     assert "| 98.29% ± 0.12 |" in report.format_table([acc])
 
+
+
+def test_a_report_written_elsewhere_can_be_drawn_again_from_that_folder_alone(tmp_path):
+    """report --out keeps each run's config.json and metrics.csv beside the tables: a results folder
+    committed without the runs' checkpoints redraws the same summary."""
+    from phasedlstm import report
+
+    runs = tmp_path / "runs"
+    train(TrainConfig(**{**CFG, "epochs": 2}), runs / "lstm-seed0", **QUIET)
+    train(TrainConfig(**{**CFG, "epochs": 2, "seed": 1}), runs / "lstm-seed1", **QUIET)
+    first = report.report([runs], tmp_path / "results", log=lambda *a: None)
+    assert sorted(p.name for p in (tmp_path / "results" / "lstm-seed0").iterdir()) == ["config.json", "metrics.csv"]
+    again = report.report([tmp_path / "results"], log=lambda *a: None)
+    assert again["table"] == first["table"]
+    assert report.read_summary(tmp_path / "results")[0]["mean"] == pytest.approx(first["rows"][0]["mean"])
+
+
+def test_results_tables_are_drawn_from_the_summaries_and_an_edit_by_hand_is_seen(tmp_path):
+    from phasedlstm import report
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "summary.csv").write_text(
+        "model,task,metric,seeds,epochs,chosen_epochs,mean,sd,seconds_per_epoch\n"
+        "phased,freq-async,test accuracy,3,70,\"65,60,56\",98.66,0.2260,11.99\n")
+    text = "# R\n\n<!-- table: a -->\nold\n<!-- end table -->\n"
+    drawn = report.update_tables(text, tmp_path)
+    assert "| phased | freq-async | 3 | 70 | 98.66% ± 0.23 | 65,60,56 | 12.0 |" in drawn
+    assert report.update_tables(drawn, tmp_path) == drawn
+    assert report.update_tables(drawn.replace("98.66%", "98.96%"), tmp_path) == drawn
+
+
+def test_every_table_in_results_md_is_what_the_committed_summaries_give():
+    """RESULTS.md's tables are drawn from results/*/summary.csv (`phasedlstm report --tables
+    RESULTS.md`): a figure edited by hand, or a summary changed without redrawing, fails here."""
+    from phasedlstm import report
+
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "RESULTS.md").read_text()
+    assert text.count("<!-- table:") >= 10
+    assert report.update_tables(text, root) == text
