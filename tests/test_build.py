@@ -43,8 +43,8 @@ def test_cache_folder_is_keyed_on_torchs_folder(monkeypatch):
 
 @pytest.mark.slow
 def test_stale_build_lock_of_a_killed_process_does_not_hang():
-    """torch's lock file, left by a build killed with SIGKILL, once made every later process wait
-    forever; the next process now removes it (holding our flock, no one else is building)."""
+    """torch's lock file, left by a build killed with SIGKILL, would make every later process wait
+    forever; the next process removes it (holding our flock, no one else is building)."""
     stale = fast.ext_dir() / "lock"
     stale.write_text("")
     r = _python(LOAD)
