@@ -31,6 +31,17 @@ def _int_list(s: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {s!r}") from None
 
 
+def _class_list(s: str) -> list[int]:
+    """--classes: two or more distinct digits 0-9 (the image tasks' classes)."""
+    classes = _int_list(s)
+    dup = sorted({c for c in classes if classes.count(c) > 1})
+    if dup:
+        raise argparse.ArgumentTypeError(f"each class once, got {s!r} (repeated: {','.join(map(str, dup))})")
+    if len(classes) < 2 or any(not 0 <= c <= 9 for c in classes):
+        raise argparse.ArgumentTypeError(f"expected two or more distinct classes from 0-9, got {s!r}")
+    return classes
+
+
 def _str_list(s: str) -> list[str]:
     return [v.strip() for v in s.split(",") if v.strip()]
 
@@ -139,7 +150,7 @@ def _add_training_args(p: argparse.ArgumentParser, single: bool = True, epochs: 
                    help="frequency tasks: append the timestamp as an input feature (yes/no; auto: for models "
                         "without a time gate, as the paper's baselines); watch: append t or dt (the gap "
                         "since the previous sample) as a channel (auto: none) (default: auto)")
-    d.add_argument("--classes", type=_int_list, default=None, help="image tasks: class subset, e.g. 0,2,7")
+    d.add_argument("--classes", type=_class_list, default=None, help="image tasks: class subset, e.g. 0,2,7")
     d.add_argument("--small", action="store_true", default=None, help="image tasks: a seeded 5000/1000 subset")
     d.add_argument("--val-fraction", type=_fraction, default=None, help="image/motion tasks: validation share")
     d.add_argument("--perm-seed", type=int, default=None, help="psmnist: seed of the pixel permutation")

@@ -433,9 +433,39 @@ def train(cfg: TrainConfig | None, run_dir, resume: bool = False, progress: bool
     """
     run_dir = Path(run_dir)
     main_rank = int(os.environ.get("RANK", "0")) == 0
+    if main_rank:
+        _check_run_folder(run_dir, resume)
     lock = _RunLock(run_dir) if main_rank else contextlib.nullcontext()
     with lock:
         return _train_locked(cfg, run_dir, resume, progress, extra_epochs, epochs, log)
+
+
+#: the files a run folder holds (besides the temporary files of an interrupted write)
+_RUN_FILES = {"config.json", "metrics.csv", "last.pt", "best.pt", ".lock"}
+
+
+def _check_run_folder(run_dir: Path, resume: bool) -> None:
+    """A run is written only into a folder of its own: a new one, an empty one, or one a run wrote
+    (its config.json is a run configuration). A folder that holds anything else — someone's files,
+    another tool's config.json — is refused, never taken over; so is a path below a file."""
+    for parent in (run_dir, *run_dir.parents):
+        if parent.exists() and not parent.is_dir():
+            raise ConfigError(f"{run_dir}: {parent} is a file, not a folder; choose another --out")
+    if resume or not run_dir.is_dir():
+        return
+    others = sorted(p.name for p in run_dir.iterdir() if p.name not in _RUN_FILES and not p.name.endswith(".tmp"))
+    saved = None
+    if (run_dir / "config.json").is_file():
+        try:
+            saved = json.loads((run_dir / "config.json").read_text())
+        except (OSError, ValueError):
+            saved = None
+    ours = isinstance(saved, dict) and {"task", "model", "hidden_size", "epochs", "seed"} <= set(saved)
+    present = sorted(p.name for p in run_dir.iterdir() if p.name in _RUN_FILES - {".lock"})
+    if others or (present and not ours):
+        what = ", ".join(sorted(others + present)[:6])
+        raise ConfigError(f"{run_dir} holds files that are not a phasedlstm run ({what}); a run writes only into "
+                          f"a new folder, an empty one or its own. Choose another --out")
 
 
 def lr_at(cfg: TrainConfig, epoch: int) -> float:

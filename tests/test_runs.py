@@ -61,6 +61,29 @@ def test_folder_with_only_a_configuration_resumes_or_is_taken_over(tmp_path):
         assert row["epoch"] == 2 and load_checkpoint(run / "last.pt")["epoch"] == 2
 
 
+def test_a_folder_that_is_not_a_run_is_refused_never_taken_over(tmp_path):
+    """train --out into someone's folder: nothing there is replaced, and the message says why."""
+    cfg = TrainConfig(**CFG)
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "config.json").write_text('{"model_type": "bert"}')
+    (theirs / "notes.txt").write_text("mine")
+    foreign_metrics = tmp_path / "metrics-only"
+    foreign_metrics.mkdir()
+    (foreign_metrics / "metrics.csv").write_text("step,loss\n1,0.5\n")
+    for folder, named in ((theirs, "config.json, notes.txt"), (foreign_metrics, "metrics.csv")):
+        before = {p.name: p.read_bytes() for p in folder.iterdir()}
+        with pytest.raises(ConfigError, match=f"not a phasedlstm run \\({named}\\)"):
+            train(cfg, folder, **QUIET)
+        assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(ConfigError, match="is a file, not a folder"):
+        train(cfg, tmp_path / "a-file" / "run", **QUIET)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert train(cfg, empty, **QUIET)["epoch"] == 2  # an empty folder is fine
+
+
 def test_kill_between_best_and_last_leaves_them_consistent(tmp_path, monkeypatch):
     """A kill after an epoch's first checkpoint write: after resume, best.pt holds the epoch with
     the best validation score in metrics, never an older one."""
@@ -178,6 +201,9 @@ def test_crafted_sizes_are_refused_before_allocating(tmp_path):
     (["--proj-size", "-1"], "--proj-size: expected an integer >= 0"),
     (["--lr", "inf"], "--lr: expected a finite number > 0"),
     (["--dropout", "1"], "--dropout: expected a number in [0, 1)"),
+    (["--classes", "0,0,2"], "--classes: each class once, got '0,0,2' (repeated: 0)"),
+    (["--classes", "11"], "--classes: expected two or more distinct classes from 0-9"),
+    (["--classes", "3"], "--classes: expected two or more distinct classes from 0-9"),
 ])
 def test_values_that_cannot_train_are_refused_at_parse_time(args, message, capsys):
     with pytest.raises(SystemExit) as e:

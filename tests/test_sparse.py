@@ -7,10 +7,11 @@ import math
 import os
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
-from phasedlstm import LSTM, PeepholeLSTM, PhasedLSTM, fast
+from phasedlstm import LSTM, LayerNormLSTM, PeepholeLSTM, PhasedLSTM, fast
 
 if os.environ.get("PHASEDLSTM_REQUIRE_EXT") == "1" and not fast.available():  # CI sets it: no silent skip
     raise RuntimeError(f"PHASEDLSTM_REQUIRE_EXT=1 but the fused kernels are unavailable: {fast.unavailable_reason()}")
@@ -295,6 +296,52 @@ def test_stream_refuses_time_going_back():
         b.push(torch.randn(3, 2), torch.tensor([1.0, 1.5, 3.0]))
     with pytest.raises(ValueError, match="x_t must be"):
         b.push(torch.randn(3, 1, 2), 4.0)
+
+
+@pytest.mark.parametrize("earlier, later", [
+    (5.0, torch.tensor(4.0, dtype=torch.float64)),          # a number, then a 0-d tensor
+    (torch.tensor([5.0]), 4),                               # a 1-element tensor, then an int
+    (np.float64(5.0), np.int64(4)),                         # NumPy scalars
+    (1_700_000_000_000_000_001, 1_700_000_000_000_000_000),  # int64 nanoseconds, back by 1 ns
+    (torch.tensor(1_700_000_000_000_000_001), torch.tensor([1_700_000_000_000_000_000])),
+])
+def test_stream_refuses_time_going_back_in_every_form(earlier, later):
+    from phasedlstm import Stream
+
+    s = Stream(PhasedLSTM(2, 4).eval())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (int64 nanoseconds beyond 2**53 warn that the phase rounds)
+        s.push(torch.randn(2), earlier)
+        with pytest.raises(ValueError, match="must not decrease"):
+            s.push(torch.randn(2), later)
+        s.push(torch.randn(2), earlier)  # the same time again is allowed
+
+
+def test_stream_keeps_the_time_by_value_and_needs_it_for_a_time_gate():
+    from phasedlstm import Stream
+
+    s = Stream(PhasedLSTM(2, 4).eval())
+    buf = torch.tensor(5.0, dtype=torch.float64)
+    s.push(torch.randn(2), buf)
+    buf.fill_(1.0)  # the caller reuses its buffer: the stream's last time stays 5
+    with pytest.raises(ValueError, match="must not decrease"):
+        s.push(torch.randn(2), buf)
+    with pytest.raises(ValueError, match="t is required"):
+        s.push(torch.randn(2), None)
+    with pytest.raises(ValueError, match="finite"):
+        s.push(torch.randn(2), float("nan"))
+    with pytest.raises(TypeError, match="t must be a number"):
+        s.push(torch.randn(2), True)
+    plain = Stream(LSTM(2, 4).eval())  # no time gate: t may be left out
+    assert plain.push(torch.randn(2)).shape == (4,)
+
+
+@pytest.mark.parametrize("cls", [LSTM, PeepholeLSTM, PhasedLSTM, LayerNormLSTM])
+def test_stream_refuses_a_bidirectional_layer(cls):
+    from phasedlstm import Stream
+
+    with pytest.raises(ValueError, match="unidirectional"):
+        Stream(cls(2, 4, bidirectional=True))
 
 
 # -- where a closed unit's update would be NaN, sparse steps must not hide it -----------------------

@@ -248,6 +248,8 @@ def test_class_subset_relabelled():
     assert (task.train.y == 2).sum() == sevens  # 7 -> 2 (sorted order 0, 2, 7)
     with pytest.raises(ValueError, match=r"classes \[11\] are not in the data"):
         image_task("smnist-rows", _tiny_mnist(), "rows", classes=[1, 11])
+    with pytest.raises(ValueError, match=r"each be given once, got \[0, 0, 2\] \(repeated: \[0\]\)"):
+        image_task("smnist-rows", _tiny_mnist(), "rows", classes=[0, 0, 2])  # a 3-class head for 2 digits
 
 
 def test_validation_split_seeded_and_disjoint():

@@ -58,6 +58,9 @@ def image_task(name: str, arrays, view: str = "rows", classes=None, val_fraction
     tr_y, te_y = tr_y.astype(np.int64), te_y.astype(np.int64)
     all_classes = sorted(set(np.unique(tr_y).tolist()))
     if classes is not None:
+        repeated = sorted({int(c) for c in classes if list(classes).count(c) > 1})
+        if repeated:
+            raise ValueError(f"classes must each be given once, got {list(classes)} (repeated: {repeated})")
         unknown = sorted(set(int(c) for c in classes) - set(all_classes))
         if unknown:
             raise ValueError(f"classes {unknown} are not in the data, whose classes are {all_classes}")
