@@ -87,6 +87,39 @@ def _finite(minimum: float, strict: bool):
     return parse
 
 
+def _in_range(low: float, high: float, low_open: bool, high_open: bool):
+    """A finite number in an interval, e.g. (0, 1] for --r-on."""
+    text = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+
+    def parse(s: str) -> float:
+        try:
+            v = float(s)
+        except ValueError:
+            v = float("nan")
+        ok = math.isfinite(v) and (v > low if low_open else v >= low) and (v < high if high_open else v <= high)
+        if not ok:
+            raise argparse.ArgumentTypeError(f"expected a number in {text}, got {s!r}")
+        return v
+
+    parse.__name__ = "number"
+    return parse
+
+
+#: the largest B of --period-init A B: periods exp(B) must be finite in float32 (exp(88.7) overflows)
+PERIOD_INIT_MAX = 88.0
+
+
+def _period_exponent(s: str) -> float:
+    return _in_range(-PERIOD_INIT_MAX, PERIOD_INIT_MAX, False, False)(s)
+
+
+def _seed(s: str) -> int:
+    v = _int_at_least(0)(s)
+    if v >= 2**63:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**63), got {s!r}")
+    return v
+
+
 def _fraction(s: str) -> float:
     v = _finite(0.0, False)(s)
     if v >= 1:
@@ -118,14 +151,14 @@ def _add_training_args(p: argparse.ArgumentParser, single: bool = True, epochs: 
     g.add_argument("--dropout", type=_fraction, default=0.0, help="dropout between recurrent layers (default: 0)")
     g.add_argument("--epochs", type=_int_at_least(1), default=epochs, help=f"(default: {epochs})")
     g.add_argument("--batch-size", type=_int_at_least(1), default=32, help="(default: 32)")
-    g.add_argument("--lr", type=_finite(0.0, True), default=1e-3, help="Adam learning rate (default: 1e-3)")
+    g.add_argument("--lr", type=_in_range(0.0, 10.0, True, False), default=1e-3, help="Adam learning rate (default: 1e-3)")
     g.add_argument("--lr-decay", type=_finite(0.0, True), default=1.0,
                    help="multiply the learning rate by this every --lr-decay-every epochs, in (0, 1] (default: 1, "
                         "constant)")
     g.add_argument("--lr-decay-every", type=_int_at_least(1), default=10, help="(default: 10)")
     g.add_argument("--clip", type=_finite(0.0, False), default=10.0, help="gradient-norm clipping, 0 for none (default: 10)")
     if single:
-        g.add_argument("--seed", type=_int_at_least(0), default=0,
+        g.add_argument("--seed", type=_seed, default=0,
                        help="seeds data, initialisation and shuffling (default: 0)")
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="(default: auto)")
     g.add_argument("--threads", type=_int_at_least(1), default=None, help="torch CPU threads (default: torch's choice)")
@@ -136,12 +169,12 @@ def _add_training_args(p: argparse.ArgumentParser, single: bool = True, epochs: 
                         "validation (default: 1)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     ph = p.add_argument_group("Phased LSTM")
-    ph.add_argument("--period-init", type=float, nargs=2, metavar=("A", "B"), default=None,
+    ph.add_argument("--period-init", type=_period_exponent, nargs=2, metavar=("A", "B"), default=None,
                     help="tau ~ exp(U(A, B)) at init (default: 1 3 on frequency tasks, else 1 6)")
     ph.add_argument("--shift-init", type=_finite(0.0, True), default=None,
                     help="s ~ U(0, S) at init (default: 100 ms on frequency tasks, as the authors; else U(0, tau))")
-    ph.add_argument("--r-on", type=float, default=None, help="initial open ratio (default: 0.05)")
-    ph.add_argument("--leak", type=float, default=None, help="leak alpha in training (default: 1e-3)")
+    ph.add_argument("--r-on", type=_in_range(0.0, 1.0, True, False), default=None, help="initial open ratio (default: 0.05)")
+    ph.add_argument("--leak", type=_in_range(0.0, 1.0, False, True), default=None, help="leak alpha in training (default: 1e-3)")
     ph.add_argument("--fixed-period", action="store_true", help="do not learn the periods")
     ph.add_argument("--fixed-shift", action="store_true", help="do not learn the shifts")
     ph.add_argument("--fixed-r-on", action="store_true", help="do not learn the open ratios")
@@ -205,6 +238,9 @@ def _config(args, task: str, model: str, seed: int):
     for k, v in phased_args.items():
         if v is not None:
             rnn[k] = tuple(v) if k == "period_init" else v
+    if "period_init" in rnn and not rnn["period_init"][0] < rnn["period_init"][1]:
+        raise SystemExit(f"error: --period-init A B draws log-periods from U(A, B): A must be below B, got "
+                         f"{rnn['period_init'][0]:g} {rnn['period_init'][1]:g}")
     if model == "phased":  # the authors' initialisation for the frequency tasks: tau ~ exp(U(1, 3)), s ~ U(0, 100) ms
         rnn.setdefault("period_init", (1.0, 3.0) if task.startswith("freq-") else (1.0, 6.0))
         if task.startswith("freq-"):

@@ -192,7 +192,7 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for, but torch sees no CUDA device")
+        raise ConfigError("--device cuda was asked for, but torch sees no CUDA device")
     return torch.device(name)
 
 

@@ -199,8 +199,14 @@ def test_crafted_sizes_are_refused_before_allocating(tmp_path):
     (["--checkpoint-seconds", "nan"], "--checkpoint-seconds: expected a finite number >= 0"),
     (["--threads", "0"], "--threads: expected an integer >= 1"),
     (["--proj-size", "-1"], "--proj-size: expected an integer >= 0"),
-    (["--lr", "inf"], "--lr: expected a finite number > 0"),
+    (["--lr", "inf"], "--lr: expected a number in (0, 10]"),
     (["--dropout", "1"], "--dropout: expected a number in [0, 1)"),
+    (["--r-on", "0"], "--r-on: expected a number in (0, 1]"),
+    (["--r-on", "nan"], "--r-on: expected a number in (0, 1]"),
+    (["--leak", "1"], "--leak: expected a number in [0, 1)"),
+    (["--period-init", "1", "1000"], "--period-init: expected a number in [-88, 88]"),
+    (["--seed", "99999999999999999999"], "--seed: expected an integer in [0, 2**63)"),
+    (["--lr", "1e308"], "--lr: expected a number in (0, 10]"),
     (["--classes", "0,0,2"], "--classes: each class once, got '0,0,2' (repeated: 0)"),
     (["--classes", "11"], "--classes: expected two or more distinct classes from 0-9"),
     (["--classes", "3"], "--classes: expected two or more distinct classes from 0-9"),
@@ -372,3 +378,22 @@ def test_every_table_in_results_md_is_what_the_committed_summaries_give():
     text = (root / "RESULTS.md").read_text()
     assert text.count("<!-- table:") >= 10
     assert report.update_tables(text, root) == text
+
+
+def test_settings_refused_before_training_say_so_in_one_line(tmp_path, capsys):
+    """--period-init A B with A >= B, and --device cuda without a GPU: one line, no traceback, nothing trained."""
+    out = tmp_path / "r"
+    with pytest.raises(SystemExit, match="A must be below B, got 3 1"):
+        cli.main(["train", "--task", "freq-async", "--model", "phased", "--period-init", "3", "1", "--out", str(out)])
+    if not torch.cuda.is_available():
+        assert cli.main(["train", "--task", "freq-async", "--device", "cuda", "--out", str(out), "--no-progress"]) == 1
+        assert "--device cuda was asked for, but torch sees no CUDA device" in capsys.readouterr().err
+    assert not (out / "last.pt").exists()
+
+
+def test_period_init_beyond_float32_is_refused_at_construction():
+    from phasedlstm import PhasedLSTM, PhasedLSTMCell
+
+    for cls in (PhasedLSTM, PhasedLSTMCell):
+        with pytest.raises(ValueError, match="beyond float32's range"):
+            cls(2, 4, period_init=(1, 1000))
