@@ -29,6 +29,7 @@ tests prove both give the same outputs and gradients.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import platform
@@ -43,7 +44,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-_SOURCE = Path(__file__).parent / "csrc" / "fused_lstm.cpp"
+#: the kernels' sources: csrc/*.cpp (compiled, as one extension) and the headers they include
+CSRC = Path(__file__).parent / "csrc"
+
+
+def sources() -> list[Path]:
+    """The kernels' files, sorted by name (what the build compiles and what its cache key hashes)."""
+    return sorted(p for p in CSRC.iterdir() if p.suffix in (".cpp", ".h"))
 _lock = threading.Lock()
 _state: dict = {"loaded": False, "error": None, "warned": False}
 
@@ -98,7 +105,8 @@ def ext_dir() -> Path:
     # torch's folder too: the build file names its include and library paths, so two virtual
     # environments sharing one folder would rebuild it for each other at every first load (seen:
     # a fresh clone's CI and the main checkout's runs, one to two minutes each time)
-    key = _SOURCE.read_bytes() + " ".join(cflags + ldflags).encode() + b"\0" + _torch_dir().encode()
+    key = b"".join(p.name.encode() + b"\0" + p.read_bytes() + b"\0" for p in sources())
+    key += " ".join(cflags + ldflags).encode() + b"\0" + _torch_dir().encode()
     digest = hashlib.sha1(key).hexdigest()[:10]
     return build_dir() / f"torch{torch.__version__.split('+')[0]}-{_cpu_tag()}-{digest}"
 
@@ -196,17 +204,20 @@ def _build() -> None:
         fresh = not (directory / "phasedlstm_fused.so").exists()
         if fresh:
             _say(f"building the fused kernels (1-2 minutes on 2 cores, once per machine and version) in {directory}")
-        # build from a copy inside the folder: the folder is keyed on the source's content, so two
+        # build from a copy inside the folder: the folder is keyed on the sources' content, so two
         # checkouts of one version share it, and a build file naming either checkout's path would
         # make ninja rebuild whenever the other one loads it
-        source = directory / _SOURCE.name
-        code = _SOURCE.read_bytes()
-        if not source.exists() or source.read_bytes() != code:
-            tmp = directory / (_SOURCE.name + f".{os.getpid()}.tmp")
-            tmp.write_bytes(code)
-            os.replace(tmp, source)
+        compiled = []
+        for src in sources():
+            copy, code = directory / src.name, src.read_bytes()
+            if not copy.exists() or copy.read_bytes() != code:
+                tmp = directory / (src.name + f".{os.getpid()}.tmp")
+                tmp.write_bytes(code)
+                os.replace(tmp, copy)
+            if src.suffix == ".cpp":
+                compiled.append(str(copy))
         t0 = time.monotonic()
-        cpp_extension.load(name="phasedlstm_fused", sources=[str(source)], extra_cflags=cflags,
+        cpp_extension.load(name="phasedlstm_fused", sources=compiled, extra_cflags=cflags,
                            extra_ldflags=ldflags, build_directory=str(directory), is_python_module=False,
                            verbose=os.environ.get("PHASEDLSTM_EXT_VERBOSE") == "1")
         if fresh:
@@ -264,6 +275,39 @@ def load() -> bool:
 # lock, which Dynamo cannot: what torch.compiler.assume_constant_result does, without importing Dynamo
 # (half a second) at every `import phasedlstm`.
 load._dynamo_marked_constant = True
+
+
+_SPLITS = {"auto": 0, "units": 1, "batch": 2}
+
+
+@contextlib.contextmanager
+def tuning(*, packed: bool | None = None, atb: bool | None = None, running_rows: bool | None = None,
+           split: str | None = None, kblock: int | None = None):
+    """The kernels' tuning switches for the duration of a block (tests and benchmarks; the defaults
+    are the strategies of docs/speed.md, or what the PHASEDLSTM_PACKED, _ATB, _RUNNING_ROWS, _SPLIT
+    and _KBLOCK environment variables said when the kernels loaded). ``packed``: the micro-kernel
+    (False: at::addmm); ``atb``: the unit split's weight gradients by the micro-kernel (False: MKL);
+    ``running_rows``: with lengths, multiply only the sequences still running; ``split``: "auto",
+    "units" or "batch"; ``kblock``: the unit split's products by blocks of this many rows of K (0:
+    whole). Restored on exit."""
+    if not load():
+        raise RuntimeError(f"the fused kernels are not available: {_state['error']}")
+    ops = torch.ops.phasedlstm_testing
+    before = tuple(ops.get_options())
+    now = dict(zip(("packed", "atb", "running_rows", "split", "kblock"), before))
+    for name, value in (("packed", packed), ("atb", atb), ("running_rows", running_rows), ("kblock", kblock)):
+        if value is not None:
+            now[name] = value
+    if split is not None:
+        if split not in _SPLITS:
+            raise ValueError(f"split must be one of {sorted(_SPLITS)}, got {split!r}")
+        now["split"] = _SPLITS[split]
+    ops.set_options(bool(now["packed"]), bool(now["atb"]), bool(now["running_rows"]), int(now["split"]),
+                    int(now["kblock"]))
+    try:
+        yield
+    finally:
+        ops.set_options(*before)
 
 
 def available() -> bool:

@@ -1,7 +1,7 @@
 """Training step with sequences of different lengths: products on the running rows only, or on all.
 
 The fused loops multiply only the sequences still running once a quarter of a thread's
-sequences have ended (PHASEDLSTM_RUNNING_ROWS=0 switches that off). This times one training
+sequences have ended (fast.tuning(running_rows=False) switches that off). This times one training
 step (forward + backward) both ways, interleaved in one process, at the lengths of the
 frequency tasks (uniform over a range, as their generators draw them), and prints medians and
 the ratio. Run it with nothing else on the machine.
@@ -12,7 +12,6 @@ Usage: python scripts/bench_lengths.py [--threads 1,2] [--repeats 7]
 from __future__ import annotations
 
 import argparse
-import os
 
 import torch
 
@@ -48,12 +47,11 @@ def main() -> None:
                 kw = {"times": times} if layer == "phased" else {}
 
                 def step(running):
-                    os.environ["PHASEDLSTM_RUNNING_ROWS"] = "1" if running else "0"
-                    out, _ = m(x, lengths=lengths, **kw)
-                    out.sum().backward()
+                    with fast.tuning(running_rows=running):
+                        out, _ = m(x, lengths=lengths, **kw)
+                        out.sum().backward()
 
                 ms = _median_ms([_Mode("all", step, False), _Mode("running", step, True)], "run", a.repeats, 2)
-                os.environ.pop("PHASEDLSTM_RUNNING_ROWS")
                 full, run = ms["all"], ms["running"]
                 print(f"{threads:>7}  {name:<30} {layer:<7} {full:9.1f} {run:9.1f} {run / full:6.2f}")
 

@@ -37,3 +37,20 @@ def pytest_collection_modifyitems(config, items):
     if slow:
         config.hook.pytest_deselected(items=slow)
         items[:] = [item for item in items if not item.get_closest_marker("slow")]
+
+
+@pytest.fixture
+def tune():
+    """``tune(packed="0", split="units", ...)``: the fused kernels' tuning switches for this test
+    (phasedlstm.fast.tuning), restored after it; flags as the environment variables spell them."""
+    from contextlib import ExitStack
+
+    from phasedlstm import fast
+
+    def value(name, v):
+        if name in ("packed", "atb", "running_rows") and isinstance(v, str):
+            return v != "0"
+        return int(v) if name == "kblock" else v
+
+    with ExitStack() as stack:
+        yield lambda **kw: stack.enter_context(fast.tuning(**{k: value(k, v) for k, v in kw.items()}))

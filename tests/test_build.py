@@ -24,13 +24,19 @@ def _python(code, **env):
 
 
 def test_cache_folder_is_keyed_on_the_kernel_source(tmp_path, monkeypatch):
+    import shutil
+
     here = fast.ext_dir()
-    copy = tmp_path / "fused_lstm.cpp"
-    copy.write_bytes(fast._SOURCE.read_bytes())
-    monkeypatch.setattr(fast, "_SOURCE", copy)
-    assert fast.ext_dir() == here  # same source, same build
-    copy.write_bytes(fast._SOURCE.read_bytes() + b"\n// another version\n")
-    assert fast.ext_dir() != here and fast.ext_dir().parent == here.parent
+    copy = tmp_path / "csrc"
+    shutil.copytree(fast.CSRC, copy)
+    monkeypatch.setattr(fast, "CSRC", copy)
+    assert fast.ext_dir() == here  # same sources, same build
+    for name in ("lstm_backward.cpp", "gemm.h"):  # a change in any file, header or not
+        original = (copy / name).read_bytes()
+        (copy / name).write_bytes(original + b"\n// another version\n")
+        assert fast.ext_dir() != here and fast.ext_dir().parent == here.parent
+        (copy / name).write_bytes(original)
+    assert fast.ext_dir() == here
 
 
 def test_cache_folder_is_keyed_on_torchs_folder(monkeypatch):
@@ -105,7 +111,7 @@ def test_two_checkouts_of_one_version_share_one_build_without_rebuilding(tmp_pat
                            env={**os.environ, "PYTHONPATH": where})
         assert "loaded True" in r.stdout, r.stderr
     ninja = (fast.ext_dir() / "build.ninja").read_text()
-    assert str(fast.ext_dir() / "fused_lstm.cpp") in ninja  # (the venv's include paths may name a checkout)
+    assert str(fast.ext_dir() / "lstm_forward.cpp") in ninja  # (the venv's include paths may name a checkout)
     assert str(other / "phasedlstm") not in ninja and str(root / "phasedlstm") not in ninja
     r = subprocess.run([sys.executable, "-c", LOAD], capture_output=True, text=True, timeout=600,
                        env={**os.environ, "PYTHONPATH": str(other), "PHASEDLSTM_EXT_VERBOSE": "1"})

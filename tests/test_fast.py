@@ -16,7 +16,7 @@ LAYERS = {"lstm": LSTM, "peephole": PeepholeLSTM, "phased": PhasedLSTM, "layerno
 # float32: the two paths sum in different orders and the kernels use vectorised exp/tanh;
 # tolerances relative to the size of each tensor (rtol 1e-4, atol 1e-4 x its largest value)
 TOL = {torch.float64: dict(rtol=1e-9, atol=1e-11), torch.float32: dict(rtol=1e-4, atol=1e-4)}
-# PHASEDLSTM_PACKED: "1" the register-blocked micro-kernel where it serves (float32 on AVX2 and
+# packed (fast.tuning): "1" the register-blocked micro-kernel where it serves (float32 on AVX2 and
 # AVX-512 CPUs), "0" at::addmm for every product; float64 always takes at::addmm
 DTYPE_PACKED = [(torch.float64, "1"), (torch.float32, "1"), (torch.float32, "0")]
 
@@ -56,10 +56,10 @@ def _assert_same(a, b, dtype):
 @pytest.mark.parametrize("kind", list(LAYERS))
 @pytest.mark.parametrize("dtype,packed", DTYPE_PACKED)
 @pytest.mark.parametrize("bidirectional", [False, True])
-def test_fast_equals_reference(kind, dtype, bidirectional, packed, monkeypatch):
+def test_fast_equals_reference(kind, dtype, bidirectional, packed, tune):
     """packed = 0 (PHASEDLSTM_PACKED): every product through at::addmm instead of the register-
     blocked micro-kernel, which serves float32 on AVX2 and AVX-512 CPUs; both paths are tested."""
-    monkeypatch.setenv("PHASEDLSTM_PACKED", packed)
+    tune(packed=packed)
     torch.manual_seed(0)
     ref, fst = _pair(kind, dtype, num_layers=2, bidirectional=bidirectional)
     D = 2 if bidirectional else 1
@@ -99,13 +99,13 @@ def test_fast_inference_equals_reference(kind):
 
 @pytest.mark.parametrize("kind", list(LAYERS))
 @pytest.mark.parametrize("packed", ["1", "0"])
-def test_inference_gives_the_training_forwards_numbers_bit_for_bit(kind, packed, monkeypatch):
+def test_inference_gives_the_training_forwards_numbers_bit_for_bit(kind, packed, tune):
     """float32: a model scored without gradients (evaluation, an exported program, which runs the
     training forward's kernel) gives exactly the numbers of the same forward with gradients. Both
     are fused, but inference keeps nothing and runs its own loop; with -ffast-math the compiler
     may round the same row function differently where it is inlined into each (seen: the LN-LSTM,
     up to 6e-6 apart), so the row functions are compiled once."""
-    monkeypatch.setenv("PHASEDLSTM_PACKED", packed)
+    tune(packed=packed)
     for B, T, H in ((7, 23, 8), (2, 3, 8), (5, 61, 24)):
         torch.manual_seed(B)
         m = LAYERS[kind](3, H, num_layers=2, bidirectional=True, batch_first=True, impl="fast").eval()
@@ -199,15 +199,15 @@ def test_without_kernels_the_reference_runs_and_says_so_once():
 @pytest.mark.parametrize("split", ["units", "batch"])
 @pytest.mark.parametrize("kind", ["lstm", "peephole", "phased", "layernorm"])
 @pytest.mark.parametrize("dtype,packed", DTYPE_PACKED)
-def test_both_ways_of_sharing_a_step_among_threads_equal_the_reference(kind, dtype, split, packed, monkeypatch):
+def test_both_ways_of_sharing_a_step_among_threads_equal_the_reference(kind, dtype, split, packed, tune):
     """A step's work is shared among threads by sequences, or (few sequences and a large W_hh) by
     units: each thread its units' rows of W_hh; PHASEDLSTM_SPLIT forces one. Both give the
     reference's outputs, states and gradients, with the micro-kernel (its unit blocks of W_hh
     packed once per call) and without (PHASEDLSTM_PACKED=0). H = 40 on 2 threads makes unequal
     unit blocks (32 + 8: a full and a partial panel); shared and per-sample timestamps, lengths,
     and 400 steps without gradients (the inference loop works in chunks of steps) are covered."""
-    monkeypatch.setenv("PHASEDLSTM_SPLIT", split)
-    monkeypatch.setenv("PHASEDLSTM_PACKED", packed)
+    tune(split=split)
+    tune(packed=packed)
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -252,13 +252,13 @@ def test_both_ways_of_sharing_a_step_among_threads_equal_the_reference(kind, dty
 
 @pytest.mark.parametrize("H", [3, 5, 13])
 @pytest.mark.parametrize("dtype,packed", DTYPE_PACKED)
-def test_layer_norm_rows_of_any_length_equal_the_reference(H, dtype, packed, monkeypatch):
+def test_layer_norm_rows_of_any_length_equal_the_reference(H, dtype, packed, tune):
     """The LN-LSTM's row reductions (sum, largest magnitude, variance; the backward's two sums) run
     by 32 and by 8 values with a scalar tail: rows of 4H = 12, 20, 52 and H = 3, 5, 13 values reach
     every part. Outputs, states and gradients equal the reference's, also where an input row's
     terms exceed 2^40 (the row is scaled before it is normalised) and on 2 threads, where each
     thread multiplies its rows' inputs per step."""
-    monkeypatch.setenv("PHASEDLSTM_PACKED", packed)
+    tune(packed=packed)
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -284,33 +284,33 @@ def test_layer_norm_rows_of_any_length_equal_the_reference(H, dtype, packed, mon
 @pytest.mark.parametrize("atb", ["1", "0"])
 @pytest.mark.parametrize("K,M,N,chunk", [(1000, 37, 148, 64), (1000, 37, 148, 0), (7, 1, 5, 0), (305, 3, 160, 8),
                                          (2000, 40, 4096, 0)])
-def test_weight_gradient_product_equals_float64(K, M, N, chunk, atb, monkeypatch):
+def test_weight_gradient_product_equals_float64(K, M, N, chunk, atb, tune):
     """The weight gradients over all steps, C += A^T B and bias += B's column sums, by the blocked
     micro-kernel (PHASEDLSTM_ATB=1, the default; 0: at::addmm): chunks of K that do not divide it
     (and 8-row groups with a tail), a partial last panel of B (N = 148, 5), a single row of A, and
     N = 4096, whose default chunk (1024 rows: 16 MiB of packed B) splits K = 2000 in two. Equal to the
     float64 product within float32's rounding over K terms."""
-    monkeypatch.setenv("PHASEDLSTM_ATB", atb)
+    tune(atb=atb)
     torch.manual_seed(K + M + N)
     a, b, c, bias = torch.randn(K, M), torch.randn(K, N), torch.randn(M, N), torch.randn(N)
     c0, bias0 = c.double(), bias.double()
-    torch.ops.phasedlstm_fused.atb_acc(c, a, b, bias, chunk)
+    torch.ops.phasedlstm_testing.atb_acc(c, a, b, bias, chunk)
     want_c, want_b = c0 + a.double().t() @ b.double(), bias0 + b.double().sum(0)
     torch.testing.assert_close(c.double(), want_c, rtol=1e-5, atol=1e-5 * float(want_c.abs().max()))
     torch.testing.assert_close(bias.double(), want_b, rtol=1e-5, atol=1e-5 * float(want_b.abs().max()))
     with pytest.raises(RuntimeError, match=r"expected A \(K, M\), B \(K, N\), C \(M, N\)"):
-        torch.ops.phasedlstm_fused.atb_acc(c, a[:-1], b, bias, chunk)
+        torch.ops.phasedlstm_testing.atb_acc(c, a[:-1], b, bias, chunk)
 
 
 @pytest.mark.parametrize("atb", ["1", "0"])
 @pytest.mark.parametrize("kind", list(LAYERS))
-def test_unit_split_weight_gradients_equal_the_reference(kind, atb, monkeypatch):
+def test_unit_split_weight_gradients_equal_the_reference(kind, atb, tune):
     """With the unit split, the backward sums the weight and bias gradients over all steps at its
     end, with the blocked micro-kernel (dW_hh, dW_ih and the bias in one pass over dG) or at::addmm
     (PHASEDLSTM_ATB=0). H = 37 makes a partial last panel of 4H = 148 columns and K = 7 x 43 = 301
     steps x sequences a tail after groups of 8 rows. Every gradient equals the reference's."""
-    monkeypatch.setenv("PHASEDLSTM_SPLIT", "units")
-    monkeypatch.setenv("PHASEDLSTM_ATB", atb)
+    tune(split="units")
+    tune(atb=atb)
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -328,16 +328,16 @@ def test_unit_split_weight_gradients_equal_the_reference(kind, atb, monkeypatch)
 
 @pytest.mark.parametrize("kblock", ["16", None, "0"])
 @pytest.mark.parametrize("kind", list(LAYERS))
-def test_unit_split_products_by_blocks_of_k_equal_the_reference(kind, kblock, monkeypatch):
+def test_unit_split_products_by_blocks_of_k_equal_the_reference(kind, kblock, tune):
     """The unit split's packed products run by blocks of K (128 rows by default, PHASEDLSTM_KBLOCK
     sets it, 0 switches it off) with the next block prefetched. 13 sequences (tiles of 6 + 6 + 1
     rows, so the prefetching second tile runs) and H = 200 on 2 threads: unit blocks of 112 + 88
     units (a partial panel), K = 200 forward (128 + 72) and 800 backward; blocks of 16 make every
     panel many blocks. Outputs, states and every gradient equal the reference's, and 40 steps
     without gradients too."""
-    monkeypatch.setenv("PHASEDLSTM_SPLIT", "units")
+    tune(split="units")
     if kblock is not None:
-        monkeypatch.setenv("PHASEDLSTM_KBLOCK", kblock)
+        tune(kblock=kblock)
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -365,13 +365,13 @@ def test_unit_split_products_by_blocks_of_k_equal_the_reference(kind, kblock, mo
 @pytest.mark.parametrize("kind", ["lstm", "peephole", "phased"])
 @pytest.mark.parametrize("dtype,packed", DTYPE_PACKED)
 @pytest.mark.parametrize("threads", [1, 2])
-def test_products_on_the_running_rows_only_equal_the_reference(kind, dtype, threads, packed, monkeypatch):
+def test_products_on_the_running_rows_only_equal_the_reference(kind, dtype, threads, packed, tune):
     """With lengths, once a quarter of a thread's rows have ended, the fused loops multiply only
     the rows still running (forward and backward); lengths from 1 to T in one batch, so every
     step of the loop runs with a different set of rows: outputs, states and every gradient equal
     the reference's. With and without the micro-kernel (PHASEDLSTM_PACKED); on one thread its
     tiles of 6 rows run (13 rows: 6 + 6 + 1)."""
-    monkeypatch.setenv("PHASEDLSTM_PACKED", packed)
+    tune(packed=packed)
     prev = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

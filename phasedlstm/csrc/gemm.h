@@ -1,0 +1,384 @@
+// The recurrent products: a register-blocked GEMM micro-kernel on weights packed once per call,
+// and the weight gradients over all steps (C += A^T B).
+#pragma once
+
+#include "common.h"
+
+namespace phasedlstm {
+
+// ---------------------------------------------------------------------------------------------
+// The recurrent product of one thread's rows: C (M x N) += A (M x K) B, with B packed once
+// ---------------------------------------------------------------------------------------------
+// Per step the recurrent GEMM is small (M = the thread's sequences, K = H, N = 4H, or the
+// transpose in the backward) and runs once per step for thousands of steps, on the same B.
+// For float32 we pack B once per call into panels of kNR columns and run a register-blocked
+// micro-kernel: with AVX-512 6 rows x 64 columns of accumulators (4 zmm per row), with AVX2 and
+// FMA 6 rows x 16 columns (2 ymm per row, 12 of the 16 registers). Elsewhere (float64, CPUs
+// with neither) at::addmm_ does it. For small M, MKL's sgemm packs B again at every call, which
+// this kernel, on B packed once per call, avoids (figures in docs/speed.md).
+
+#if defined(__AVX512F__)
+constexpr int64_t kNR = 64;  // panel width: 4 zmm registers
+#else
+constexpr int64_t kNR = 16;  // panel width: 2 ymm registers
+#endif
+
+struct PackedB {
+  Tensor data;  // (panels, K, 64), zero-padded past N
+  int64_t K = 0, N = 0;
+};
+
+// One operand of the weight-gradient product (gemm_atb_parts below): C += A^T B
+struct AtbPart {
+  const float* a;  // (K x m), rows of stride lda; nullptr: a row of ones (m = 1)
+  int64_t lda, m;
+  float* c;  // (m x N), rows of stride ldc
+  int64_t ldc;
+};
+
+#if defined(__AVX2__)
+// 8 rows of src (stride sn) x 8 consecutive values -> 8 rows of d (stride ldd) x 8: an 8 x 8 transpose
+static inline void transpose8(const float* __restrict s, int64_t sn, float* __restrict d, int64_t ldd) {
+  const __m256 r0 = _mm256_loadu_ps(s), r1 = _mm256_loadu_ps(s + sn), r2 = _mm256_loadu_ps(s + 2 * sn),
+               r3 = _mm256_loadu_ps(s + 3 * sn), r4 = _mm256_loadu_ps(s + 4 * sn), r5 = _mm256_loadu_ps(s + 5 * sn),
+               r6 = _mm256_loadu_ps(s + 6 * sn), r7 = _mm256_loadu_ps(s + 7 * sn);
+  const __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1), t2 = _mm256_unpacklo_ps(r2, r3),
+               t3 = _mm256_unpackhi_ps(r2, r3), t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5),
+               t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+  const __m256 u0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0)),
+               u1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2)),
+               u2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0)),
+               u3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2)),
+               u4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0)),
+               u5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2)),
+               u6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0)),
+               u7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
+  _mm256_storeu_ps(d, _mm256_permute2f128_ps(u0, u4, 0x20));
+  _mm256_storeu_ps(d + ldd, _mm256_permute2f128_ps(u1, u5, 0x20));
+  _mm256_storeu_ps(d + 2 * ldd, _mm256_permute2f128_ps(u2, u6, 0x20));
+  _mm256_storeu_ps(d + 3 * ldd, _mm256_permute2f128_ps(u3, u7, 0x20));
+  _mm256_storeu_ps(d + 4 * ldd, _mm256_permute2f128_ps(u0, u4, 0x31));
+  _mm256_storeu_ps(d + 5 * ldd, _mm256_permute2f128_ps(u1, u5, 0x31));
+  _mm256_storeu_ps(d + 6 * ldd, _mm256_permute2f128_ps(u2, u6, 0x31));
+  _mm256_storeu_ps(d + 7 * ldd, _mm256_permute2f128_ps(u3, u7, 0x31));
+}
+#endif
+
+// Pack B (K x N) where B[k][n] = src[n * sn + k * sk].
+inline PackedB pack_b(const Tensor& src, int64_t K, int64_t N, int64_t sk, int64_t sn) {
+  PackedB p;
+  p.K = K;
+  p.N = N;
+  const int64_t panels = (N + kNR - 1) / kNR;
+  p.data = at::empty({panels, K, kNR}, src.options());  // (every value written below: no zero pass)
+  const float* s = src.data_ptr<float>();
+  float* d = p.data.data_ptr<float>();
+  for (int64_t q = 0; q < panels; ++q) {
+    const int64_t nc = std::min(kNR, N - q * kNR);
+    int64_t k0 = 0;
+#if defined(__AVX2__)
+    if (sk == 1 && nc == kNR) {  // rows of W along k: by 8 x 8 transposes (the scalar loop's strided reads were
+      // 10% of a forward-only call of T = 8 at H = 1024)
+      for (; k0 + 8 <= K; k0 += 8)
+        for (int64_t c = 0; c < kNR; c += 8) transpose8(s + (q * kNR + c) * sn + k0, sn, d + (q * K + k0) * kNR + c, kNR);
+    }
+#endif
+    for (int64_t k = k0; k < K; ++k) {
+      float* dk = d + (q * K + k) * kNR;
+      for (int64_t c = 0; c < nc; ++c) dk[c] = s[(q * kNR + c) * sn + k * sk];
+      for (int64_t c = nc; c < kNR; ++c) dk[c] = 0;  // the last panel's padding
+    }
+  }
+  return p;
+}
+
+#if defined(__AVX512F__)
+constexpr bool kHavePacked = true;
+
+// FULL: all 64 columns valid (plain loads; masked loads are several times slower on some
+// CPUs, so only the last, partial panel uses them).
+// init: if not null, C is not read; every row starts from init (a bias vector) instead.
+template <int MR, bool FULL>
+static inline void micro_tile(int64_t K, const float* __restrict A, int64_t lda, const float* __restrict Bp,
+                              int64_t ldb, float* __restrict C, int64_t ldc, int64_t ncols,
+                              const float* __restrict init, const float* = nullptr) {
+  __m512 acc[MR][4];
+  __mmask16 mask[4];
+  for (int j = 0; j < 4; ++j) {
+    const int64_t left = ncols - 16 * j;
+    mask[j] = left >= 16 ? (__mmask16)0xFFFF : (left <= 0 ? (__mmask16)0 : (__mmask16)((1u << left) - 1));
+  }
+  for (int r = 0; r < MR; ++r)
+    for (int j = 0; j < 4; ++j) {
+      const float* src = init != nullptr ? init + 16 * j : C + r * ldc + 16 * j;
+      acc[r][j] = FULL ? _mm512_loadu_ps(src) : _mm512_maskz_loadu_ps(mask[j], src);
+    }
+  for (int64_t k = 0; k < K; ++k) {
+    const float* b = Bp + k * ldb;  // masked in a partial panel: a row-major B may end inside it
+    __m512 b0, b1, b2, b3;
+    if (FULL) {
+      b0 = _mm512_loadu_ps(b);
+      b1 = _mm512_loadu_ps(b + 16);
+      b2 = _mm512_loadu_ps(b + 32);
+      b3 = _mm512_loadu_ps(b + 48);
+    } else {
+      b0 = _mm512_maskz_loadu_ps(mask[0], b);
+      b1 = _mm512_maskz_loadu_ps(mask[1], b + 16);
+      b2 = _mm512_maskz_loadu_ps(mask[2], b + 32);
+      b3 = _mm512_maskz_loadu_ps(mask[3], b + 48);
+    }
+    for (int r = 0; r < MR; ++r) {
+      const __m512 a = _mm512_set1_ps(A[r * lda + k]);
+      acc[r][0] = _mm512_fmadd_ps(a, b0, acc[r][0]);
+      acc[r][1] = _mm512_fmadd_ps(a, b1, acc[r][1]);
+      acc[r][2] = _mm512_fmadd_ps(a, b2, acc[r][2]);
+      acc[r][3] = _mm512_fmadd_ps(a, b3, acc[r][3]);
+    }
+  }
+  for (int r = 0; r < MR; ++r)
+    for (int j = 0; j < 4; ++j) {
+      if (FULL) _mm512_storeu_ps(C + r * ldc + 16 * j, acc[r][j]);
+      else _mm512_mask_storeu_ps(C + r * ldc + 16 * j, mask[j], acc[r][j]);
+    }
+}
+
+#elif defined(__AVX2__) && defined(__FMA__)
+constexpr bool kHavePacked = true;
+
+// The AVX2 tile: MR (1-6) rows x 16 columns. The accumulators are named variables, not an array:
+// GCC 12 keeps an array of __m256 in memory and stores it at every k, at less than half the
+// rate. FULL: all 16 columns valid; otherwise C (and a row-major B, which
+// may end inside the panel) are read and written under a mask.
+template <int MR, bool FULL>
+static inline void micro_tile(int64_t K, const float* __restrict A, int64_t lda, const float* __restrict Bp,
+                              int64_t ldb, float* __restrict C, int64_t ldc, int64_t ncols,
+                              const float* __restrict init, const float* pf = nullptr) {
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i m0 = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)ncols), lane);
+  const __m256i m1 = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)ncols - 8), lane);
+  auto load = [&](const float* src, int j) {
+    return FULL ? _mm256_loadu_ps(src) : _mm256_maskload_ps(src, j == 0 ? m0 : m1);
+  };
+#define PLSTM_DECL(r)                                                         \
+  __m256 c##r##0 = _mm256_setzero_ps(), c##r##1 = _mm256_setzero_ps();        \
+  if constexpr (MR > r) {                                                     \
+    const float* src = init != nullptr ? init : C + r * ldc;                  \
+    c##r##0 = load(src, 0);                                                   \
+    c##r##1 = load(src + 8, 1);                                               \
+  }
+  PLSTM_DECL(0) PLSTM_DECL(1) PLSTM_DECL(2) PLSTM_DECL(3) PLSTM_DECL(4) PLSTM_DECL(5)
+#undef PLSTM_DECL
+#pragma GCC unroll 4
+  for (int64_t k = 0; k < K; ++k) {
+    const float* b = Bp + k * ldb;
+    if (pf != nullptr) _mm_prefetch(reinterpret_cast<const char*>(pf + k * ldb), _MM_HINT_T0);
+    const __m256 b0 = load(b, 0), b1 = load(b + 8, 1);
+#define PLSTM_STEP(r)                                          \
+  if constexpr (MR > r) {                                      \
+    const __m256 a = _mm256_broadcast_ss(A + r * lda + k);     \
+    c##r##0 = _mm256_fmadd_ps(a, b0, c##r##0);                 \
+    c##r##1 = _mm256_fmadd_ps(a, b1, c##r##1);                 \
+  }
+    PLSTM_STEP(0) PLSTM_STEP(1) PLSTM_STEP(2) PLSTM_STEP(3) PLSTM_STEP(4) PLSTM_STEP(5)
+#undef PLSTM_STEP
+  }
+#define PLSTM_STORE(r)                                                                           \
+  if constexpr (MR > r) {                                                                        \
+    if (FULL) {                                                                                  \
+      _mm256_storeu_ps(C + r * ldc, c##r##0);                                                    \
+      _mm256_storeu_ps(C + r * ldc + 8, c##r##1);                                                \
+    } else {                                                                                     \
+      _mm256_maskstore_ps(C + r * ldc, m0, c##r##0);                                             \
+      _mm256_maskstore_ps(C + r * ldc + 8, m1, c##r##1);                                         \
+    }                                                                                            \
+  }
+  PLSTM_STORE(0) PLSTM_STORE(1) PLSTM_STORE(2) PLSTM_STORE(3) PLSTM_STORE(4) PLSTM_STORE(5)
+#undef PLSTM_STORE
+}
+
+#endif
+
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+// (the tiles above, 6 rows at a time, over the panels of B)
+// prefetch: K lines of B (stride ldb) fetched into L1 by the second tile of 6 rows (nullptr: none)
+template <bool FULL>
+inline void micro_rows(int64_t M, int64_t K, const float* A, int64_t lda, const float* bq, int64_t ldb, float* cq,
+                       int64_t ldc, int64_t ncols, const float* init, const float* prefetch = nullptr) {
+  int64_t m = 0;
+  for (; m + 6 <= M; m += 6)
+    micro_tile<6, FULL>(K, A + m * lda, lda, bq, ldb, cq + m * ldc, ldc, ncols, init, m == 6 ? prefetch : nullptr);
+  switch (M - m) {
+    case 5: micro_tile<5, FULL>(K, A + m * lda, lda, bq, ldb, cq + m * ldc, ldc, ncols, init); break;
+    case 4: micro_tile<4, FULL>(K, A + m * lda, lda, bq, ldb, cq + m * ldc, ldc, ncols, init); break;
+    case 3: micro_tile<3, FULL>(K, A + m * lda, lda, bq, ldb, cq + m * ldc, ldc, ncols, init); break;
+    case 2: micro_tile<2, FULL>(K, A + m * lda, lda, bq, ldb, cq + m * ldc, ldc, ncols, init); break;
+    case 1: micro_tile<1, FULL>(K, A + m * lda, lda, bq, ldb, cq + m * ldc, ldc, ncols, init); break;
+    default: break;
+  }
+}
+
+// C (M x N) += A (M x K) B (K x N); B is packed (panel_stride = K * kNR, ldb = kNR) or row-major
+// (panel_stride = kNR, ldb = its row stride). Rows of A and C have strides lda and ldc. With
+// init (an N-vector), C = init + A B instead: C is written, never read.
+inline void gemm_acc_any(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* Bq0,
+                         int64_t panel_stride, int64_t ldb, float* C, int64_t ldc, const float* init = nullptr,
+                         int64_t kblock = 0) {
+  const int64_t panels = (N + kNR - 1) / kNR;
+  // by blocks of K rows only where asked (see UnitPacks) and B is packed; otherwise one block of all K
+  const bool blocked = kblock > 0 && M > 6 && panel_stride == K * kNR && ldb == kNR;
+  const int64_t kstep = blocked ? kblock : std::max<int64_t>(K, 1);
+  for (int64_t q = 0; q < panels; ++q) {
+    const float* bq = Bq0 + q * panel_stride;
+    const int64_t ncols = std::min(kNR, N - q * kNR);
+    float* cq = C + q * kNR;
+    for (int64_t k0 = 0; k0 == 0 || k0 < K; k0 += kstep) {
+      const int64_t kb = std::min(kstep, K - k0);
+      // the lines of the next block of B (this panel's next rows of K, or the next panel's first),
+      // fetched while the second tile of rows reads this block from cache
+      const float* next =
+          !blocked ? nullptr : (k0 + kb < K ? bq + (k0 + kb) * kNR : (q + 1 < panels ? bq + panel_stride : nullptr));
+      const float* iq = init != nullptr && k0 == 0 ? init + q * kNR : nullptr;
+      if (ncols == kNR) micro_rows<true>(M, kb, A + k0, lda, bq + k0 * ldb, ldb, cq, ldc, ncols, iq, next);
+      else micro_rows<false>(M, kb, A + k0, lda, bq + k0 * ldb, ldb, cq, ldc, ncols, iq, next);
+    }
+  }
+}
+
+inline void gemm_acc(int64_t M, const float* A, int64_t lda, const PackedB& B, float* C, int64_t ldc,
+                     const float* init = nullptr, int64_t kblock = 0) {
+  gemm_acc_any(M, B.N, B.K, A, lda, B.data.data_ptr<float>(), B.K * kNR, kNR, C, ldc, init, kblock);
+}
+
+// The weight gradients over all steps: C_p (M_p x N) += A_p^T B for a few parts p at once, with
+// A_p (K x M_p) and B (K x N) row-major (K = T * B rows: for example h_{t-1} and dG of every step;
+// a part without A is a row of ones, so its C row gets the column sums of B: the bias gradient).
+// B is the large operand (dG: K x 4H), read once for all parts. Per chunk of K rows the threads
+// pack B into panels (K x kNR, read from L2 by the tiles) and the parts' A transposed (rows of K,
+// streamed), then split the panels, each tile summing over the whole chunk in registers (C loaded
+// and stored once per chunk, not per block of K).
+inline void gemm_atb_parts(int64_t N, int64_t K, const float* B, int64_t ldb, const std::vector<AtbPart>& parts,
+                           int64_t chunk = 0) {
+  const int64_t panels = (N + kNR - 1) / kNR;
+  int64_t mt = 0;
+  for (const auto& p : parts) mt += p.m;
+  // chunks of K: packed B at most 16 MiB (4 Mi floats over panels * kNR per row) but at least 256 rows
+  // (so more where 4H > 4096), rows a multiple of 8
+  const int64_t kch = chunk > 0 ? chunk : std::max<int64_t>(256, (int64_t(4) << 20) / (panels * kNR) / 8 * 8);
+  const int64_t kmax = std::min(K, kch);
+  // (buffers kept by the calling thread between calls: a fresh 16 MiB allocation is mapped and
+  // faulted in page by page at every call, which cost more than the packing itself)
+  static thread_local std::vector<float> bp_keep, ap_keep;
+  if (bp_keep.size() < size_t(panels * kmax * kNR)) bp_keep.resize(panels * kmax * kNR);
+  if (ap_keep.size() < size_t(mt * kmax)) ap_keep.resize(mt * kmax);
+  float* const bpd = bp_keep.data();
+  float* const apd = ap_keep.data();
+  for (int64_t k0 = 0; k0 < K; k0 += kch) {
+    const int64_t kc = std::min(kch, K - k0);
+    at::parallel_for(0, (kc + 7) / 8, 1, [&](int64_t e0, int64_t e1) {  // packing, by groups of 8 rows of K
+      for (int64_t e = e0; e < e1; ++e) {
+        const int64_t ka = e * 8, kb = std::min(kc, ka + 8);
+        for (int64_t k = ka; k < kb; ++k)
+          for (int64_t q = 0; q < panels; ++q) {
+            const int64_t nc = std::min(kNR, N - q * kNR);
+            float* d = bpd + (q * kc + k) * kNR;
+            std::memcpy(d, B + (k0 + k) * ldb + q * kNR, nc * sizeof(float));
+            for (int64_t c = nc; c < kNR; ++c) d[c] = 0;
+          }
+        int64_t row = 0;  // ap[row][k] = A_p[k0 + k][m]
+        for (const auto& p : parts) {
+          float* d = apd + row * kc;
+          if (p.a == nullptr) {
+            std::fill(d + ka, d + kb, 1.0f);
+          } else {
+            int64_t m = 0;
+#if defined(__AVX2__)
+            if (kb - ka == 8)
+              for (; m + 8 <= p.m; m += 8) transpose8(p.a + (k0 + ka) * p.lda + m, p.lda, d + m * kc + ka, kc);
+#endif
+            for (; m < p.m; ++m)
+              for (int64_t k = ka; k < kb; ++k) d[m * kc + k] = p.a[(k0 + k) * p.lda + m];
+          }
+          row += p.m;
+        }
+      }
+    });
+    at::parallel_for(0, panels, 1, [&](int64_t q0, int64_t q1) {
+      for (int64_t q = q0; q < q1; ++q) {
+        const int64_t nc = std::min(kNR, N - q * kNR);
+        const float* bq = bpd + q * kc * kNR;
+        int64_t row = 0;
+        for (const auto& p : parts) {
+          const float* a = apd + row * kc;
+          if (nc == kNR) micro_rows<true>(p.m, kc, a, kc, bq, kNR, p.c + q * kNR, p.ldc, nc, nullptr);
+          else micro_rows<false>(p.m, kc, a, kc, bq, kNR, p.c + q * kNR, p.ldc, nc, nullptr);
+          row += p.m;
+        }
+      }
+    });
+  }
+}
+
+// options().atb = false: the weight gradients over all steps with at::addmm_ (MKL) instead
+inline bool atb_enabled() { return options().atb; }
+#else
+constexpr bool kHavePacked = false;
+inline void gemm_acc(int64_t, const float*, int64_t, const PackedB&, float*, int64_t, const float* = nullptr,
+                     int64_t = 0) {}
+inline void gemm_acc_any(int64_t, int64_t, int64_t, const float*, int64_t, const float*, int64_t, int64_t, float*,
+                         int64_t, const float* = nullptr, int64_t = 0) {}
+inline void gemm_atb_parts(int64_t, int64_t, const float*, int64_t, const std::vector<AtbPart>&, int64_t = 0) {}
+inline bool atb_enabled() { return false; }
+#endif
+
+// options().packed = false switches the micro-kernel off (at::addmm_ for every product): the tests
+// run both paths, the benchmarks compare them.
+inline bool packed_enabled() { return options().packed; }
+
+// C += A B for 2-D tensors whose rows are contiguous (inner stride 1), on this thread.
+template <typename scalar_t>
+inline void acc_ab(Tensor C, const Tensor& A, const Tensor& B) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    // (not on AVX2: there the weight gradients' products, on a row-major dG that is not packed,
+    // were slower than MKL's: (256, 100, 32, 256) LSTM training 0.77x -> 0.94x torch.nn.LSTM)
+    if (kHavePacked && kNR == 64 && packed_enabled()) {
+      gemm_acc_any(A.size(0), B.size(1), A.size(1), A.data_ptr<float>(), A.stride(0), B.data_ptr<float>(), kNR,
+                   B.stride(0), C.data_ptr<float>(), C.stride(0));
+      return;
+    }
+  }
+  C.addmm_(A, B);
+}
+
+// The weight gradients over all steps, at the end of a backward (outside parallel regions: it
+// parallelises itself): for each (A, C) of parts, C += A^T B, or C += the column sums of B where A
+// is undefined (a bias). A (K x M), B (K x N) and C with contiguous rows.
+template <typename scalar_t>
+inline void acc_atb(const Tensor& B, const std::vector<std::pair<Tensor, Tensor>>& parts, int64_t chunk = 0) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (kHavePacked && packed_enabled() && atb_enabled() && B.stride(1) == 1) {
+      std::vector<AtbPart> ps;
+      for (const auto& part : parts) {
+        const Tensor &a = part.first, &c = part.second;
+        TORCH_CHECK(c.stride(-1) == 1 && (!a.defined() || a.stride(1) == 1), "acc_atb: rows must be contiguous");
+        if (a.defined()) ps.push_back({a.data_ptr<float>(), a.stride(0), a.size(1), c.data_ptr<float>(), c.stride(0)});
+        else ps.push_back({nullptr, 0, 1, c.data_ptr<float>(), 0});
+      }
+      gemm_atb_parts(B.size(1), B.size(0), B.data_ptr<float>(), B.stride(0), ps, chunk);
+      return;
+    }
+  }
+  for (const auto& part : parts) {
+    Tensor c = part.second;
+    if (part.first.defined()) c.addmm_(part.first.t(), B);
+    else c.add_(B.sum(0));
+  }
+}
+
+// dst (n x m) = src (m x n)^T, src rows of stride lds
+template <typename scalar_t>
+inline void transpose_into(const scalar_t* src, int64_t m, int64_t n, int64_t lds, scalar_t* dst) {
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < n; ++j) dst[j * m + i] = src[i * lds + j];
+}
+
+}  // namespace phasedlstm

@@ -1,0 +1,242 @@
+// The LSTM, peephole LSTM and Phased LSTM over all steps of one direction: the hand-written backward.
+#include "schedule.h"
+#include "ops.h"
+
+namespace phasedlstm {
+
+template <typename scalar_t, bool PEEP, bool PHASED>
+static inline void backward_row(const scalar_t* __restrict gi, const scalar_t* __restrict gf,
+                                const scalar_t* __restrict gg, const scalar_t* __restrict go,
+                                const scalar_t* __restrict dh, const scalar_t* __restrict dc,
+                                const scalar_t* __restrict gout, const scalar_t* __restrict hp,
+                                const scalar_t* __restrict cp, const scalar_t* __restrict cn,
+                                const scalar_t* __restrict kk,
+                                const scalar_t* __restrict wci, const scalar_t* __restrict wcf,
+                                const scalar_t* __restrict wco, scalar_t* __restrict dai_, scalar_t* __restrict daf_,
+                                scalar_t* __restrict dag_, scalar_t* __restrict dao_, scalar_t* __restrict dhp,
+                                scalar_t* __restrict dcp, scalar_t* __restrict dk, scalar_t* __restrict acc_i,
+                                scalar_t* __restrict acc_f, scalar_t* __restrict acc_o, int64_t H) {
+  for (int64_t j = 0; j < H; ++j) {
+    const scalar_t dht = dh[j] + gout[j];
+    const scalar_t dct = dc[j];
+    const scalar_t i = gi[j], f = gf[j], g = gg[j], o = go[j];
+    const scalar_t c_prev = cp[j];
+    const scalar_t c = PHASED ? f * c_prev + i * g : cn[j];  // c~_t (recomputed for the Phased LSTM)
+    const scalar_t tc = tanh_(c);
+    scalar_t dh_til = dht, dc_til = dct, dh_p = 0, dc_p = 0;
+    if (PHASED) {
+      dk[j] += dht * (o * tc - hp[j]) + dct * (c - c_prev);  // accumulates: dk is shared when kB == 1
+      dh_til = kk[j] * dht;
+      dc_til = kk[j] * dct;
+      dh_p = (1 - kk[j]) * dht;
+      dc_p = (1 - kk[j]) * dct;
+    }
+    const scalar_t dao = dh_til * tc * o * (1 - o);
+    dc_til += dh_til * o * (1 - tc * tc);
+    if (PEEP) dc_til += dao * wco[j];
+    const scalar_t dai = dc_til * g * i * (1 - i);
+    const scalar_t daf = dc_til * c_prev * f * (1 - f);
+    const scalar_t dag = dc_til * i * (1 - g * g);
+    dc_p += dc_til * f;
+    if (PEEP) {
+      dc_p += dai * wci[j] + daf * wcf[j];
+      acc_i[j] += dai * c_prev;
+      acc_f[j] += daf * c_prev;
+      acc_o[j] += dao * c;
+    }
+    dai_[j] = dai;
+    daf_[j] = daf;
+    dag_[j] = dag;
+    dao_[j] = dao;
+    dhp[j] = dh_p;
+    dcp[j] = dc_p;
+  }
+}
+
+// past the end: the state passed through unchanged; the zero output has no gradient path. n
+// units; the four gates' gradients at dg + q * stride (stride = H for a whole row)
+template <typename scalar_t>
+static inline void pass_row(const scalar_t* __restrict dh, const scalar_t* __restrict dc, scalar_t* __restrict dg,
+                            int64_t stride, scalar_t* __restrict dhp, scalar_t* __restrict dcp, int64_t n) {
+  for (int64_t q = 0; q < 4; ++q) zero_row(dg + q * stride, n);
+  for (int64_t j = 0; j < n; ++j) {
+    dhp[j] = dh[j];
+    dcp[j] = dc[j];
+  }
+}
+
+// The backward of the unit split: per step, the element-wise pass over each thread's units
+// (all sequences) gives the gate gradients dG_t, kept for every step; then dh_{t-1} += dG_t W_hh,
+// each thread its block of dh's columns. The weight gradients, dx and db are each one GEMM over
+// all steps at the end (into the first thread's partials).
+template <typename scalar_t, bool PEEP, bool PHASED>
+void units_backward(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, const scalar_t* wci, const scalar_t* K,
+                    int64_t kB, const scalar_t* GO, const int64_t* len, const Tensor& acts, const Tensor& hs,
+                    const Tensor& cs, Tensor& dhb, Tensor& dcb, Tensor& dx, Tensor& dwhh_t, Tensor& dwih_t,
+                    Tensor& dbias, Tensor& dpeep_parts, scalar_t* DK) {
+  const int64_t T = acts.size(0), B = acts.size(1), I = x.size(2), H = w_hh.size(1), BH = B * H;
+  scalar_t* DHB = dhb.data_ptr<scalar_t>();
+  scalar_t* DCB = dcb.data_ptr<scalar_t>();
+  Tensor dgall = at::empty({T, B, 4 * H}, acts.options());
+  scalar_t* DGA = dgall.data_ptr<scalar_t>();
+  const scalar_t* A = acts.data_ptr<scalar_t>();
+  const scalar_t* HS = hs.data_ptr<scalar_t>();
+  const scalar_t* CS = cs.data_ptr<scalar_t>();
+  const int64_t blk = unit_block(H), nb = (H + blk - 1) / blk;
+  const Tensor W = w_hh.detach();  // (as in forward_loop)
+  const UnitPacks up(w_hh, T, /*backward=*/true);
+  for (int64_t t = T - 1; t >= 0; --t) {
+    const int64_t cur = (t + 1) % 2, prv = t % 2;
+    at::parallel_for(0, nb, 1, [&](int64_t q0, int64_t q1) {
+      const int64_t tid = at::get_thread_num();
+      scalar_t* acc = PEEP ? dpeep_parts[tid].data_ptr<scalar_t>() : nullptr;
+      scalar_t* dk_base = PHASED ? (kB == 1 ? DK + tid * T * H : DK) : nullptr;
+      for (int64_t q = q0; q < q1; ++q) {
+        const int64_t u0 = q * blk, hb = std::min(blk, H - u0);
+        for (int64_t b = 0; b < B; ++b) {
+          const int64_t r = b * H + u0, p = t * BH + r, n = (t + 1) * BH + r, g4 = t * 4 * BH + 4 * b * H + u0;
+          const scalar_t *dhc = DHB + cur * BH + r, *dcc = DCB + cur * BH + r;
+          scalar_t *dhp = DHB + prv * BH + r, *dcp = DCB + prv * BH + r;
+          scalar_t* d = DGA + g4;
+          if (len != nullptr && t >= len[b]) {
+            pass_row(dhc, dcc, d, H, dhp, dcp, hb);
+            continue;
+          }
+          const scalar_t* g = A + g4;
+          backward_row<scalar_t, PEEP, PHASED>(
+              g, g + H, g + 2 * H, g + 3 * H, dhc, dcc, GO + p, HS + p, CS + p, CS + n,
+              PHASED ? K + t * kB * H + (kB == 1 ? u0 : r) : nullptr, PEEP ? wci + u0 : nullptr,
+              PEEP ? wci + H + u0 : nullptr, PEEP ? wci + 2 * H + u0 : nullptr, d, d + H, d + 2 * H, d + 3 * H, dhp,
+              dcp, PHASED ? dk_base + (kB == 1 ? t * H + u0 : p) : nullptr, PEEP ? acc + u0 : nullptr,
+              PEEP ? acc + H + u0 : nullptr, PEEP ? acc + 2 * H + u0 : nullptr, hb);
+        }
+      }
+    });
+    const Tensor dgt = dgall[t];
+    Tensor dhprev = dhb[prv];
+    units_dh_product<scalar_t>(dhprev, dgt, W, up);  // dh_{t-1} += dG_t W_hh, by columns of dh
+  }
+  const Tensor dg2 = dgall.view({T * B, 4 * H});
+  Tensor dx2 = dx.view({T * B, I});
+  at::mm_out(dx2, dg2, w_ih);
+  // dW_hh^T += h_{t-1}^T dG, dW_ih^T += x_t^T dG and db += the sum of dG's rows, one pass over dG
+  acc_atb<scalar_t>(dg2, {{hs.narrow(0, 0, T).reshape({T * B, H}), dwhh_t[0]},
+                          {x.reshape({T * B, I}), dwih_t[0]},
+                          {Tensor(), dbias[0]}});
+}
+
+// The backward, all in one parallel region over the batch. Per step and thread: the
+// element-wise pass gives the gate gradients dG of its rows (kept for this step only), then
+//   dh_{t-1} += dG W_hh,  dx_t = dG W_ih,  and the weight-gradient sums
+//   dW_hh^T += h_{t-1}^T dG,  dW_ih^T += x_t^T dG,  db += sum of dG rows
+// accumulate in per-thread partials, added up at the end. (For few sequences and a large W_hh:
+// units_backward.)
+template <typename scalar_t, bool PEEP, bool PHASED>
+void backward_loop(const Tensor& grad_out, const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, const Tensor& peep,
+                   const Tensor& k, const int64_t* len, const Tensor& acts, const Tensor& hs, const Tensor& cs,
+                   Tensor& dh, Tensor& dc, Tensor& dx, Tensor& dwhh_t, Tensor& dwih_t, Tensor& dbias,
+                   Tensor& dpeep_parts, Tensor& dk, bool units) {
+  const int64_t T = acts.size(0), B = acts.size(1), I = x.size(2), H = w_hh.size(1), BH = B * H;
+  const scalar_t* wci = PEEP ? peep.data_ptr<scalar_t>() : nullptr;
+  const scalar_t* wcf = PEEP ? wci + H : nullptr;
+  const scalar_t* wco = PEEP ? wci + 2 * H : nullptr;
+  const Recurrent rec(w_hh, /*transpose=*/false, /*pack=*/!units), rin(w_ih, /*transpose=*/false, /*pack=*/!units);
+  const int64_t* run_len = running_rows_enabled() ? len : nullptr;  // (products on the running rows)
+  // dh and dc ping-pong: slot (t + 1) % 2 holds the gradient wrt the state after step t
+  Tensor dhb = at::empty({2, B, H}, dh.options()), dcb = at::empty({2, B, H}, dc.options());
+  dhb[T % 2].copy_(dh);
+  dcb[T % 2].copy_(dc);
+  scalar_t* DHB = dhb.data_ptr<scalar_t>();
+  scalar_t* DCB = dcb.data_ptr<scalar_t>();
+  const scalar_t* A = acts.data_ptr<scalar_t>();
+  const scalar_t* HS = hs.data_ptr<scalar_t>();
+  const scalar_t* CS = cs.data_ptr<scalar_t>();
+  const scalar_t* X = x.data_ptr<scalar_t>();
+  const scalar_t* K = PHASED ? k.data_ptr<scalar_t>() : nullptr;
+  const int64_t kB = PHASED ? k.size(1) : 0;
+  const scalar_t* GO = grad_out.data_ptr<scalar_t>();
+  scalar_t* DK = PHASED ? dk.data_ptr<scalar_t>() : nullptr;
+  if (units)
+    units_backward<scalar_t, PEEP, PHASED>(x, w_ih, w_hh, wci, K, kB, GO, len, acts, hs, cs, dhb, dcb, dx, dwhh_t,
+                                           dwih_t, dbias, dpeep_parts, DK);
+  else at::parallel_for(0, B, batch_grain(B), [&](int64_t b0, int64_t b1) {
+    const int64_t Bt = b1 - b0, tid = at::get_thread_num();
+    scalar_t* acc = PEEP ? dpeep_parts[tid].data_ptr<scalar_t>() : nullptr;
+    // dk: (T, B, H) per sequence, or with shared timestamps (kB == 1) this thread's sum (T, H)
+    scalar_t* dk_base = PHASED ? (kB == 1 ? DK + tid * T * H : DK) : nullptr;
+    Tensor dg = at::empty({Bt, 4 * H}, acts.options());  // this step's gate gradients, this thread's rows
+    StepGrads<scalar_t> products(rec, rin, HS, X, B, H, I, b0, Bt, acts.options());
+    Tensor dwhh = dwhh_t[tid], dwih = dwih_t[tid], db = dbias[tid];
+    scalar_t* DG = dg.data_ptr<scalar_t>();
+    scalar_t* DB = db.data_ptr<scalar_t>();
+    std::vector<int64_t> rows;  // the rows still running at step t (with lengths)
+    for (int64_t t = T - 1; t >= 0; --t) {
+      const int64_t cur = (t + 1) % 2, prv = t % 2;
+      const bool compact = running_rows(run_len, t, b0, b1, rows);
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t r = b * H, p = t * BH + r, n = (t + 1) * BH + r, g4 = t * 4 * BH + 4 * r;
+        const scalar_t *dh = DHB + cur * BH + r, *dc = DCB + cur * BH + r;
+        scalar_t *dhp = DHB + prv * BH + r, *dcp = DCB + prv * BH + r;
+        scalar_t* d = DG + (b - b0) * 4 * H;
+        if (len != nullptr && t >= len[b]) {
+          pass_row(dh, dc, d, H, dhp, dcp, H);
+          continue;
+        }
+        const scalar_t* g = A + g4;
+        backward_row<scalar_t, PEEP, PHASED>(g, g + H, g + 2 * H, g + 3 * H, dh, dc, GO + p, HS + p, CS + p, CS + n,
+                                             PHASED ? K + t * kB * H + (kB == 1 ? 0 : r) : nullptr, wci, wcf, wco, d,
+                                             d + H, d + 2 * H, d + 3 * H, dhp, dcp,
+                                             PHASED ? dk_base + (kB == 1 ? t * H : p) : nullptr,
+                                             PEEP ? acc : nullptr, PEEP ? acc + H : nullptr,
+                                             PEEP ? acc + 2 * H : nullptr, H);
+        add_row(d, DB, 4 * H);
+      }
+      if (compact) products.running(t, rows, DG, DHB + prv * BH, dx[t].narrow(0, b0, Bt), dwhh, dwih);
+      else products(t, dg, dg, dhb[prv].narrow(0, b0, Bt), dx[t].narrow(0, b0, Bt), dwhh, dwih);
+    }
+  });
+  dh.copy_(dhb[0]);
+  dc.copy_(dcb[0]);
+}
+
+std::vector<Tensor> lstm_backward(const Tensor& grad_out, const Tensor& grad_hn, const Tensor& grad_cn,
+                                  const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, const Tensor& peep,
+                                  const Tensor& k, const Tensor& lengths, const Tensor& acts, const Tensor& hs,
+                                  const Tensor& cs) {
+  const int64_t T = acts.size(0), B = acts.size(1), I = x.size(2), H = w_hh.size(1);
+  const int64_t nt = at::get_num_threads();
+  auto opts = acts.options();
+  const bool peephole = present(peep), phased = present(k);
+  Tensor dh = present(grad_hn) ? grad_hn.contiguous().clone() : at::zeros({B, H}, opts);
+  Tensor dc = present(grad_cn) ? grad_cn.contiguous().clone() : at::zeros({B, H}, opts);
+  Tensor dx = at::empty({T, B, I}, opts);
+  Tensor dwhh_t = at::zeros({nt, H, 4 * H}, opts), dwih_t = at::zeros({nt, I, 4 * H}, opts);
+  Tensor dbias = at::zeros({nt, 4 * H}, opts);
+  const bool shared_k = phased && k.size(1) == 1;
+  // dk accumulates: zeros, per sequence (T, B, H), or per thread (threads, T, H) when shared
+  Tensor dk = !phased ? at::empty({0}, opts) : (shared_k ? at::zeros({nt, T, H}, opts) : at::zeros({T, B, H}, opts));
+  Tensor dpeep_parts = peephole ? at::zeros({nt, 3, H}, opts) : at::empty({0}, opts);
+  const Tensor go = present(grad_out) ? grad_out.contiguous() : at::zeros({T, B, H}, opts);
+  const Tensor xc = x.contiguous(), wi = w_ih.contiguous(), w = w_hh.contiguous();
+  const Tensor kc = phased ? k.contiguous() : k;
+  const int64_t* len = present(lengths) ? lengths.data_ptr<int64_t>() : nullptr;
+  const bool units = split_units(B, H);
+  AT_DISPATCH_FLOATING_TYPES(acts.scalar_type(), "lstm_backward", [&] {
+    auto run = [&](auto peep_flag, auto phased_flag) {
+      backward_loop<scalar_t, decltype(peep_flag)::value, decltype(phased_flag)::value>(
+          go, xc, wi, w, peep, kc, len, acts, hs, cs, dh, dc, dx, dwhh_t, dwih_t, dbias, dpeep_parts, dk, units);
+    };
+    using Y = std::true_type;
+    using N = std::false_type;
+    if (phased && peephole) run(Y{}, Y{});
+    else if (phased) run(N{}, Y{});
+    else if (peephole) run(Y{}, N{});
+    else run(N{}, N{});
+  });
+  Tensor dw_hh = dwhh_t.sum(0).t().contiguous(), dw_ih = dwih_t.sum(0).t().contiguous(), db = dbias.sum(0);
+  Tensor dpeep = peephole ? dpeep_parts.sum(0) : at::empty({0}, opts);
+  if (shared_k) dk = dk.sum(0).unsqueeze(1);  // (T, 1, H)
+  return {dx, dw_ih, db, dw_hh, dh, dc, dpeep, dk};
+}
+
+}  // namespace phasedlstm

@@ -1,0 +1,253 @@
+// How one step's work is shared among threads: by sequences (the batch split) or by units (the
+// unit split, for few sequences and a large W_hh), and the running rows of a padded batch.
+#pragma once
+
+#include "gemm.h"
+
+namespace phasedlstm {
+
+// The recurrent product for this thread's rows: out_rows (M x N) += in_rows (M x K) B, where B
+// is W_hh^T (forward: K = H, N = 4H) or W_hh (backward: K = 4H, N = H).
+struct Recurrent {
+  Tensor b_for_aten;  // what at::addmm_ multiplies by
+  PackedB packed;
+  Tensor zeros;  // (N, float32) with the packed kernel: set() writes 0 + A B, without a zeroing pass first
+  bool use_packed = false;
+
+  // Whether the micro-kernel serves this product: float32 on AVX-512 or AVX2, and N >= kNR
+  // (narrower products, e.g. dx = dG W_ih for a few input features, waste most of a panel and
+  // stay with at::addmm_).
+  static bool packable(const Tensor& w, bool transpose) {
+    return kHavePacked && w.scalar_type() == at::kFloat && (transpose ? w.size(0) : w.size(1)) >= kNR && packed_enabled();
+  }
+
+  // pack = false: never pack (the caller multiplies by W some other way on the packed path)
+  Recurrent(const Tensor& w_hh, bool transpose, bool pack = true) {
+    // (detached: grad mode is per thread, and a worker's product with a weight that requires grad
+    // would be tracked, or refused by the out= variant)
+    b_for_aten = (transpose ? w_hh.t() : w_hh).detach();
+    use_packed = pack && packable(w_hh, transpose);
+    if (use_packed) {
+      const int64_t R = w_hh.size(0), Cc = w_hh.size(1);  // (4H, H), row-major
+      // transpose: B = W^T, B[k][n] = W[n][k] (K = H, N = 4H); else B = W, B[k][n] = W[k][n]
+      packed = transpose ? pack_b(w_hh, Cc, R, /*sk=*/1, /*sn=*/Cc) : pack_b(w_hh, R, Cc, /*sk=*/Cc, /*sn=*/1);
+      zeros = at::zeros({packed.N}, w_hh.options());
+    }
+  }
+
+  template <typename scalar_t>
+  void acc(Tensor out_rows, const Tensor& in_rows) const {  // rows are contiguous (row strides K and N)
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      if (use_packed) {
+        gemm_acc(in_rows.size(0), in_rows.data_ptr<float>(), in_rows.stride(0), packed, out_rows.data_ptr<float>(),
+                 out_rows.stride(0));
+        return;
+      }
+    }
+    out_rows.addmm_(in_rows, b_for_aten);
+  }
+
+  template <typename scalar_t>
+  void set(Tensor out_rows, const Tensor& in_rows) const {  // out_rows = in_rows B (no zeroing pass first)
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      if (use_packed) {
+        gemm_acc(in_rows.size(0), in_rows.data_ptr<float>(), in_rows.stride(0), packed, out_rows.data_ptr<float>(),
+                 out_rows.stride(0), zeros.data_ptr<float>());
+        return;
+      }
+    }
+    at::mm_out(out_rows, in_rows, b_for_aten);
+  }
+};
+
+// Sequences of different lengths: once a quarter or more of a thread's rows have ended, the
+// per-step products run on the rows still running only (gathered into a compact block, the
+// results scattered back), instead of multiplying ended rows whose results are thrown away.
+// The lengths of a batch of the frequency tasks are uniform over a range (the high-resolution
+// one: 150-1250 steps), so about 40% of the products of a step loop are on ended rows.
+// options().running_rows = false switches it off (benchmarks: scripts/bench_lengths.py).
+inline bool running_rows_enabled() { return options().running_rows; }
+
+// rows: the thread's rows b (global indices) with t < len[b]; returns whether to compact.
+inline bool running_rows(const int64_t* len, int64_t t, int64_t b0, int64_t b1, std::vector<int64_t>& rows) {
+  if (len == nullptr) return false;
+  rows.clear();
+  for (int64_t b = b0; b < b1; ++b)
+    if (t < len[b]) rows.push_back(b);
+  return int64_t(rows.size()) * 4 <= (b1 - b0) * 3;
+}
+
+template <typename scalar_t>
+inline void gather_rows(const scalar_t* src, int64_t lds, const std::vector<int64_t>& rows, int64_t off, int64_t n,
+                        scalar_t* dst) {  // dst row i = src row (rows[i] - off), n values each
+  for (size_t i = 0; i < rows.size(); ++i) copy_row(src + (rows[i] - off) * lds, dst + i * n, n);
+}
+
+template <typename scalar_t>
+inline void scatter_rows(const scalar_t* src, const std::vector<int64_t>& rows, int64_t off, int64_t n, scalar_t* dst,
+                         int64_t ldd) {  // dst row (rows[i] - off) = src row i
+  for (size_t i = 0; i < rows.size(); ++i) copy_row(src + i * n, dst + (rows[i] - off) * ldd, n);
+}
+
+// Inference computes the input terms of a chunk of steps at a time: about 2^18 gate values (1 MiB
+// in float32) per chunk, so long sequences need no (T, B, 4H) buffer.
+inline int64_t infer_chunk(int64_t T, int64_t BH) {
+  return std::max<int64_t>(1, std::min<int64_t>(T, (int64_t(1) << 18) / (4 * BH) + 1));
+}
+
+// Parallel over the batch, serial over time: each thread runs the whole time loop for its own
+// block of sequences (rows never interact), so there is no fork/join per step. Inside, the
+// per-step GEMM runs single-threaded on the thread's rows.
+inline int64_t batch_grain(int64_t B) {
+  const int64_t n = std::max<int64_t>(1, at::get_num_threads());
+  return std::max<int64_t>(1, (B + n - 1) / n);
+}
+
+// Split over units instead of sequences, for few sequences and a large W_hh: with the batch
+// split every thread streams all of W_hh (16 H^2 bytes in float32) through its cache every step;
+// here each thread multiplies by its own block of W_hh's rows (the four gates of its units) and
+// updates those units, at the price of a fork/join per step (the next step needs every unit's
+// h). PHASEDLSTM_SPLIT=units or =batch forces one of them (for tests and benchmarks).
+// packed_infer: the inference forward of the LSTM, peephole or Phased LSTM with the micro-kernel
+// (float32, AVX2 or AVX-512), whose batch split multiplies [x_t | h_{t-1}] by packed panels of W
+// and keeps up to a larger W_hh.
+inline bool split_units(int64_t B, int64_t H, bool packed_infer = false) {
+  if (options().split != 0) return options().split == 1;
+  const int64_t nt = at::get_num_threads();
+  // The thresholds are where the unit split measured faster than the batch split on 2 cores (the
+  // figures are in docs/speed.md): forward-only with the packed kernel from H = 768 at up to 8
+  // sequences per thread; otherwise from H = 512 at up to 16.
+  if (packed_infer) return nt > 1 && H >= 768 && B <= 8 * nt;
+  return nt > 1 && H >= 512 && B <= 16 * nt;
+}
+
+// The unit blocks of the unit split: one per thread, multiples of 16 units
+inline int64_t unit_block(int64_t H) {
+  const int64_t nt = std::max<int64_t>(1, at::get_num_threads());
+  return std::min(H, ((H + nt - 1) / nt + 15) / 16 * 16);
+}
+
+// The unit split's blocks of W_hh packed once per call for the micro-kernel. Forward: for each
+// unit block q and gate, B = (the block's rows of that gate)^T, K = H, N = the block's units.
+// Backward: for each block, B = W_hh's columns of the block's units, K = 4H, N = its units
+// (dh_{t-1} += dG_t W_hh by columns of dh). The per-step products then read W_hh panel by panel
+// instead of through at::addmm, which for these few rows (M = B <= 32) packs its B again at every
+// call. Not for short sequences (packing costs about one step's product) nor float64.
+// Each block of W_hh (H = 1024: 8 MiB per thread) is larger than a core's L2, so every step
+// streams it from L3, and with the 6-row tiles the first tile of rows waits on that stream while
+// the others re-read the panel from L2. The products here therefore run by blocks of kUnitKBlock
+// rows of K (a panel's block stays in L1 for all tiles of rows) and prefetch the next block during
+// the second tile (prefetches past the end of the data are harmless: they never fault). Not for the
+// batch split's products, whose blocks of W stay in L2 and where it measured slower (docs/speed.md).
+// PHASEDLSTM_KBLOCK=0 switches it off (benchmarks), =N sets the block.
+constexpr int64_t kUnitKBlock = 128;
+
+struct UnitPacks {
+  std::vector<PackedB> p;
+  Tensor zeros;  // the starting sums of set()
+  int64_t kblock = kUnitKBlock;
+
+  UnitPacks(const Tensor& w_hh, int64_t T, bool backward = false) {
+    if (T < 8 || !Recurrent::packable(w_hh, /*transpose=*/true)) return;
+    kblock = options().kblock;
+    const int64_t H = w_hh.size(1), blk = unit_block(H), nb = (H + blk - 1) / blk, per = backward ? 1 : 4;
+    const Tensor W = w_hh.detach().contiguous();
+    p.resize(per * nb);
+    zeros = at::zeros({blk}, W.options());
+    at::parallel_for(0, per * nb, 1, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t q = i / per, gate = i % per, u0 = q * blk, hb = std::min(blk, H - u0);
+        p[i] = backward ? pack_b(W.narrow(1, u0, hb), /*K=*/4 * H, /*N=*/hb, /*sk=*/H, /*sn=*/1)
+                        : pack_b(W.narrow(0, gate * H + u0, hb), /*K=*/H, /*N=*/hb, /*sk=*/1, /*sn=*/H);
+      }
+    });
+  }
+  bool on() const { return !p.empty(); }
+  // out (M rows of stride ldc) += in (M x K, rows of stride lda) times pack i (forward: 4 q + gate;
+  // backward: q); with set, out = that product (not read)
+  void acc(int64_t i, int64_t M, const float* in, int64_t lda, float* out, int64_t ldc, bool set = false) const {
+    gemm_acc(M, in, lda, p[i], out, ldc, set ? zeros.data_ptr<float>() : nullptr, kblock);
+  }
+};
+
+// The unit split's backward product dh_{t-1} += dG_t W_hh (dg: (B, 4H), dhprev: (B, H), both
+// contiguous), by columns of dh: each thread its units' columns of W_hh (packed in up, or W).
+template <typename scalar_t>
+void units_dh_product(Tensor& dhprev, const Tensor& dg, const Tensor& W, const UnitPacks& up) {
+  const int64_t B = dhprev.size(0), H = dhprev.size(1), blk = unit_block(H), nb = (H + blk - 1) / blk;
+  at::parallel_for(0, nb, 1, [&](int64_t q0, int64_t q1) {
+    for (int64_t q = q0; q < q1; ++q) {
+      const int64_t u0 = q * blk, hb = std::min(blk, H - u0);
+      if constexpr (std::is_same_v<scalar_t, float>) {
+        if (up.on()) {
+          up.acc(q, B, dg.data_ptr<float>(), 4 * H, dhprev.data_ptr<float>() + u0, H);
+          continue;
+        }
+      }
+      dhprev.narrow(1, u0, hb).addmm_(dg, W.narrow(1, u0, hb));
+    }
+  });
+}
+
+// The matrix products of one backward step on this thread's rows, given the gradients of the
+// input term (d_in, wrt x_t W_ih^T) and of the recurrent term (d_rec, wrt h_{t-1} W_hh^T):
+//   dh_{t-1} += d_rec W_hh,  dx_t = d_in W_ih,  dW_hh^T += h_{t-1}^T d_rec,  dW_ih^T += x_t^T d_in
+// (for the LSTM both are the gate gradients dG).
+template <typename scalar_t>
+struct StepGrads {
+  const Recurrent &rec, &rin;
+  const scalar_t *HS, *X;
+  int64_t B, H, I, b0, Bt;
+  Tensor h_t, x_t;  // scratch: h_{t-1}^T and x_t^T of the rows
+  StepGrads(const Recurrent& rec_, const Recurrent& rin_, const scalar_t* HS_, const scalar_t* X_, int64_t B_,
+            int64_t H_, int64_t I_, int64_t b0_, int64_t Bt_, const at::TensorOptions& opts)
+      : rec(rec_), rin(rin_), HS(HS_), X(X_), B(B_), H(H_), I(I_), b0(b0_), Bt(Bt_),
+        h_t(at::empty({H_, Bt_}, opts)), x_t(at::empty({I_, Bt_}, opts)) {}
+
+  void operator()(int64_t t, const Tensor& d_in, const Tensor& d_rec, Tensor dh_prev_rows, Tensor dx_rows,
+                  Tensor& dwhh, Tensor& dwih) {
+    rec.acc<scalar_t>(dh_prev_rows, d_rec);
+    dx_rows.zero_();
+    rin.acc<scalar_t>(dx_rows, d_in);
+    transpose_into(HS + t * B * H + b0 * H, Bt, H, H, h_t.data_ptr<scalar_t>());
+    acc_ab<scalar_t>(dwhh, h_t, d_rec);
+    transpose_into(X + (t * B + b0) * I, Bt, I, I, x_t.data_ptr<scalar_t>());
+    acc_ab<scalar_t>(dwih, x_t, d_in);
+  }
+
+  // The same for the LSTM's gate gradients dg (rows of this thread, 4H each) on the running rows
+  // only (global indices; an ended row's dG is zero, so it adds nothing to any product, and its
+  // dx_t is zero).
+  // dg and dx_rows: this thread's rows; dh_prev: the whole batch's.
+  void running(int64_t t, const std::vector<int64_t>& rows, const scalar_t* dg, scalar_t* dh_prev, Tensor dx_rows,
+               Tensor& dwhh, Tensor& dwih) {
+    const int64_t m = int64_t(rows.size());
+    dx_rows.zero_();
+    if (m == 0) return;
+    if (!dgc.defined()) {
+      dgc = at::empty({Bt, 4 * H}, h_t.options());
+      dhc = at::empty({Bt, H}, h_t.options());
+      dxc = at::empty({Bt, I}, h_t.options());
+    }
+    const Tensor g = dgc.narrow(0, 0, m);
+    gather_rows(dg, 4 * H, rows, b0, 4 * H, dgc.data_ptr<scalar_t>());
+    gather_rows(dh_prev, H, rows, 0, H, dhc.data_ptr<scalar_t>());  // (dh_prev: all rows of the batch)
+    rec.acc<scalar_t>(dhc.narrow(0, 0, m), g);
+    scatter_rows(dhc.data_ptr<scalar_t>(), rows, 0, H, dh_prev, H);
+    Tensor dxm = dxc.narrow(0, 0, m);
+    dxm.zero_();
+    rin.acc<scalar_t>(dxm, g);
+    scatter_rows(dxc.data_ptr<scalar_t>(), rows, b0, I, dx_rows.data_ptr<scalar_t>(), I);
+    scalar_t* ht = h_t.data_ptr<scalar_t>();  // h_{t-1}^T of the running rows, (H, m)
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < H; ++j) ht[j * m + i] = HS[t * B * H + rows[i] * H + j];
+    acc_ab<scalar_t>(dwhh, h_t.view({-1}).narrow(0, 0, H * m).view({H, m}), g);
+    scalar_t* xt = x_t.data_ptr<scalar_t>();
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < I; ++j) xt[j * m + i] = X[(t * B + rows[i]) * I + j];
+    acc_ab<scalar_t>(dwih, x_t.view({-1}).narrow(0, 0, I * m).view({I, m}), g);
+  }
+  Tensor dgc, dhc, dxc;  // scratch of running(): the running rows' dG, dh_{t-1} and dx_t
+};
+
+}  // namespace phasedlstm

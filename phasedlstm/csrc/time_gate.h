@@ -1,0 +1,199 @@
+// The Phased LSTM's time gate, row by row: shared by the gate of all steps (time_gate.cpp) and
+// inference (infer.cpp), which computes it inside its loop.
+#pragma once
+
+#include "common.h"
+
+namespace phasedlstm {
+
+// ---------------------------------------------------------------------------------------------
+// The time gate of all steps (before the loop): k = piecewise(phi), phi = ((t - s) mod tau) / tau
+// ---------------------------------------------------------------------------------------------
+// Phase arithmetic in float64 and without -ffast-math's reassociation, so timestamps as large
+// as 1e9 keep their phase. Like phasedlstm.cells.time_gate: tau_e = max(|tau|, 1e-6),
+// r = clamp(|r_on|, 1e-6, 1), a true modulo (the result is in [0, tau_e) also for t < s).
+
+#pragma GCC push_options
+#pragma GCC optimize("no-fast-math")
+
+constexpr double kTimeEps = 1e-6;
+
+// Per-unit constants of the gate, in float64: tau_e = max(|tau|, eps), r = clamp(|r_on|, eps, 1),
+// and the derivatives of those two maps (torch's conventions for abs and clamp at the edges).
+struct GateUnits {
+  std::vector<double> te, s, r, dte, dr;
+  // for the backward: 1 / tau_e, dte / tau_e^2, 2 / r, 2 / r^2 (multiplications in its loop)
+  std::vector<double> inv_te, dte_te2, two_r, two_r2;
+  template <typename scalar_t>
+  GateUnits(const scalar_t* tau, const scalar_t* shift, const scalar_t* r_on, int64_t H)
+      : te(H), s(H), r(H), dte(H), dr(H), inv_te(H), dte_te2(H), two_r(H), two_r2(H) {
+    for (int64_t j = 0; j < H; ++j) {
+      const double t = tau[j], q = r_on[j];
+      te[j] = std::max(std::fabs(t), kTimeEps);
+      s[j] = shift[j];
+      r[j] = std::min(std::max(std::fabs(q), kTimeEps), 1.0);
+      dte[j] = std::fabs(t) >= kTimeEps ? (t > 0 ? 1.0 : (t < 0 ? -1.0 : 0.0)) : 0.0;
+      dr[j] = (std::fabs(q) >= kTimeEps && std::fabs(q) <= 1.0) ? (q > 0 ? 1.0 : (q < 0 ? -1.0 : 0.0)) : 0.0;
+      inv_te[j] = 1.0 / te[j];
+      dte_te2[j] = dte[j] / (te[j] * te[j]);
+      two_r[j] = 2.0 / r[j];
+      two_r2[j] = 2.0 / (r[j] * r[j]);
+    }
+  }
+};
+
+// phi = ((t - s) mod tau_e) / tau_e, equal to torch.remainder (phasedlstm.cells.phase) for every
+// finite input. The remainder is exact: with n = floor(u / tau_e), fma(-tau_e, n, u) is u - n tau_e
+// rounded once, and that value is representable, so it is exact; a quotient rounded across an
+// integer gives n off by one, which one correction by tau_e fixes (again exactly). This holds
+// while n is an exact integer of modest size; beyond |u / tau_e| >= 2^50 (timestamps of 1e18 ns,
+// or a shift of 1e30, where the old floor-based formula gave phases far outside [0, 1)) the row
+// is recomputed with std::fmod and torch's sign rule, which is exact for any size.
+constexpr double kFastQuotient = 1125899906842624.0;  // 2^50
+
+static inline double phase_exact(double u, double te) {  // torch.remainder(u, te) / te
+  double m = std::fmod(u, te);
+  if (m != 0 && m < 0) m += te;  // te > 0
+  return m / te;
+}
+
+// phi of one timestamp for every unit, into phi (H); true if it is exact for all of them.
+static inline bool phase_row_fast(double t, const double* __restrict s, const double* __restrict te,
+                                  double* __restrict phi, int64_t H) {
+  bool ok = true;
+  int64_t j = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+  // the same operations, 4 units at a time (each one is IEEE-exact, so the result is the scalar
+  // loop's to the bit; GCC does not vectorise that loop by itself)
+  const __m256d tt = _mm256_set1_pd(t), zero = _mm256_setzero_pd(), big = _mm256_set1_pd(kFastQuotient),
+                sign = _mm256_set1_pd(-0.0);
+  int small = 0xF;
+  for (; j + 4 <= H; j += 4) {
+    const __m256d tev = _mm256_loadu_pd(te + j);
+    const __m256d u = _mm256_sub_pd(tt, _mm256_loadu_pd(s + j));
+    const __m256d q = _mm256_div_pd(u, tev);
+    small &= _mm256_movemask_pd(_mm256_cmp_pd(_mm256_andnot_pd(sign, q), big, _CMP_LT_OQ));
+    __m256d r = _mm256_fnmadd_pd(tev, _mm256_floor_pd(q), u);
+    const __m256d neg = _mm256_cmp_pd(r, zero, _CMP_LT_OQ);
+    const __m256d over = _mm256_andnot_pd(neg, _mm256_cmp_pd(r, tev, _CMP_GE_OQ));
+    r = _mm256_blendv_pd(r, _mm256_add_pd(r, tev), neg);
+    r = _mm256_blendv_pd(r, _mm256_sub_pd(r, tev), over);
+    _mm256_storeu_pd(phi + j, _mm256_div_pd(r, tev));
+  }
+  ok = small == 0xF;
+#endif
+  for (; j < H; ++j) {
+    const double u = t - s[j], q = u / te[j];
+    ok &= std::fabs(q) < kFastQuotient;
+    double m = std::fma(-te[j], std::floor(q), u);
+    m = m < 0 ? m + te[j] : (m >= te[j] ? m - te[j] : m);
+    phi[j] = m / te[j];
+  }
+  return ok;
+}
+
+static inline void phase_row(double t, const double* s, const double* te, double* phi, int64_t H) {
+  if (!phase_row_fast(t, s, te, phi, H))
+    for (int64_t j = 0; j < H; ++j) phi[j] = phase_exact(t - s[j], te[j]);
+}
+
+template <typename scalar_t>
+static inline void gate_forward_row(const double* __restrict phi, const double* __restrict r, double leak,
+                                    scalar_t* __restrict k, int64_t H) {
+  int64_t j = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+  const __m256d two = _mm256_set1_pd(2.0), half = _mm256_set1_pd(0.5), lk = _mm256_set1_pd(leak);
+  for (; j + 4 <= H; j += 4) {  // as the scalar loop below, to the bit
+    const __m256d p = _mm256_loadu_pd(phi + j), rr = _mm256_loadu_pd(r + j);
+    const __m256d a = _mm256_div_pd(_mm256_mul_pd(two, p), rr);
+    const __m256d up = _mm256_cmp_pd(p, _mm256_mul_pd(rr, half), _CMP_LT_OQ);
+    const __m256d on = _mm256_cmp_pd(p, rr, _CMP_LT_OQ);
+    __m256d v = _mm256_blendv_pd(_mm256_mul_pd(lk, p), _mm256_sub_pd(two, a), on);
+    v = _mm256_blendv_pd(v, a, up);
+    if constexpr (std::is_same_v<scalar_t, float>) _mm_storeu_ps(k + j, _mm256_cvtpd_ps(v));
+    else _mm256_storeu_pd(k + j, v);
+  }
+#endif
+  for (; j < H; ++j) {
+    const double p = phi[j];
+    k[j] = static_cast<scalar_t>(p < r[j] / 2 ? 2 * p / r[j] : (p < r[j] ? 2 - 2 * p / r[j] : leak * p));
+  }
+}
+
+// The open units (k > 0) of one row of phases at leak 0, and their k (as gate_forward_row's);
+// the k of the others is left as it was. Returns how many are open, listed in `open`.
+template <typename scalar_t>
+static inline int64_t open_units(const double* __restrict phi, const double* __restrict r, scalar_t* __restrict k,
+                                 int64_t* __restrict open, int64_t H) {
+  int64_t n = 0;
+  for (int64_t j = 0; j < H; ++j) {
+    const double p = phi[j];
+    if (p < r[j]) {
+      const scalar_t v = static_cast<scalar_t>(p < r[j] / 2 ? 2 * p / r[j] : 2 - 2 * p / r[j]);
+      if (v != scalar_t(0)) {
+        k[j] = v;
+        open[n++] = j;
+      }
+    }
+  }
+  return n;
+}
+
+// One row of the gate's backward: the per-unit sums of d tau, d s, d r_on (added to a_tau, a_s, a_r)
+// and the gradient wrt the row's timestamp (returned). Per unit: dk/dphi = 2/r rising, -2/r
+// falling, the leak closed; dk/dr = -2 phi/r^2 rising, 2 phi/r^2 falling; dphi/du = 1/tau_e and
+// dphi/dtau_e = -(t - s)/tau_e^2 (u = t - s). The per-unit constants come from GateUnits, so the
+// loop only multiplies; AVX2 takes 4 units at a time with the scalar loop's operations, and sums
+// the timestamp's gradient in 4 lanes (one chain of H dependent additions took a third of the time).
+template <typename scalar_t>
+static inline double gate_backward_row(double t, const double* __restrict phi, const scalar_t* __restrict dk,
+                                       const GateUnits& U, double leak, double* __restrict a_tau,
+                                       double* __restrict a_s, double* __restrict a_r, int64_t H) {
+  const double *s = U.s.data(), *r = U.r.data(), *it = U.inv_te.data(), *it2 = U.dte_te2.data(),
+               *c1 = U.two_r.data(), *c2 = U.two_r2.data(), *drq = U.dr.data();
+  int64_t j = 0;
+  double d_t = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+  const __m256d tt = _mm256_set1_pd(t), half = _mm256_set1_pd(0.5), lk = _mm256_set1_pd(leak),
+                zero = _mm256_setzero_pd(), sign = _mm256_set1_pd(-0.0);
+  __m256d sum = zero;
+  for (; j + 4 <= H; j += 4) {
+    const __m256d p = _mm256_loadu_pd(phi + j), rr = _mm256_loadu_pd(r + j);
+    __m256d g;
+    if constexpr (std::is_same_v<scalar_t, float>) g = _mm256_cvtps_pd(_mm_loadu_ps(dk + j));
+    else g = _mm256_loadu_pd(dk + j);
+    const __m256d u = _mm256_sub_pd(tt, _mm256_loadu_pd(s + j));
+    const __m256d up = _mm256_cmp_pd(p, _mm256_mul_pd(rr, half), _CMP_LT_OQ);
+    const __m256d on = _mm256_cmp_pd(p, rr, _CMP_LT_OQ);
+    const __m256d a1 = _mm256_loadu_pd(c1 + j), a2 = _mm256_mul_pd(p, _mm256_loadu_pd(c2 + j));
+    const __m256d dphi = _mm256_blendv_pd(lk, _mm256_blendv_pd(_mm256_xor_pd(a1, sign), a1, up), on);
+    const __m256d dr = _mm256_blendv_pd(zero, _mm256_blendv_pd(a2, _mm256_xor_pd(a2, sign), up), on);
+    const __m256d gd = _mm256_mul_pd(g, dphi);
+    const __m256d d = _mm256_mul_pd(gd, _mm256_loadu_pd(it + j));
+    _mm256_storeu_pd(a_tau + j, _mm256_sub_pd(_mm256_loadu_pd(a_tau + j),
+                                              _mm256_mul_pd(_mm256_mul_pd(gd, u), _mm256_loadu_pd(it2 + j))));
+    _mm256_storeu_pd(a_s + j, _mm256_sub_pd(_mm256_loadu_pd(a_s + j), d));
+    _mm256_storeu_pd(a_r + j, _mm256_add_pd(_mm256_loadu_pd(a_r + j),
+                                            _mm256_mul_pd(_mm256_mul_pd(g, dr), _mm256_loadu_pd(drq + j))));
+    sum = _mm256_add_pd(sum, d);
+  }
+  // the 4 lanes' sum, written out here: a call of hsum (compiled with -ffast-math, below) from this
+  // no-fast-math region might not be inlined (GCC does not inline across differing optimize options)
+  const __m128d q = _mm_add_pd(_mm256_castpd256_pd128(sum), _mm256_extractf128_pd(sum, 1));
+  d_t = _mm_cvtsd_f64(_mm_add_sd(q, _mm_unpackhi_pd(q, q)));
+#endif
+  for (; j < H; ++j) {
+    const double u = t - s[j], p = phi[j], g = dk[j];
+    const bool up = p < r[j] * 0.5, on = p < r[j];
+    const double dphi = on ? (up ? c1[j] : -c1[j]) : leak;
+    const double dr = on ? (up ? -(p * c2[j]) : p * c2[j]) : 0.0;
+    const double gd = g * dphi, d = gd * it[j];
+    a_tau[j] = a_tau[j] - (gd * u) * it2[j];
+    a_s[j] = a_s[j] - d;
+    a_r[j] = a_r[j] + (g * dr) * drq[j];
+    d_t += d;
+  }
+  return d_t;
+}
+
+}  // namespace phasedlstm
