@@ -269,7 +269,7 @@ def run(shapes, layers, threads=2, repeats=7, warmup=2, reference=False, memory=
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    fast_ok = fast.available()
+    fast_ok = fast.load()
     config = {"torch": torch.__version__, "threads": threads, "cpu": cpu_model(), "python": platform.python_version(),
               "repeats": repeats, "warmup": warmup, "fused_kernels": fast_ok,
               "fused_kernels_error": None if fast_ok else fast.unavailable_reason(),

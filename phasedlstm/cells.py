@@ -124,7 +124,6 @@ def layernorm_step(
     ``xw_ln`` is ``LN_ih(W_ih x_t)``: the normalised input pre-activation with its gain
     ``ln_ih_weight`` and shift ``bias_ih`` applied (shape (B, 4H)).
     """
-    four_h = weight_hh.shape[0]
     a = xw_ln + layer_norm(F.linear(h, weight_hh), ln_hh_weight, bias_hh)
     a_i, a_f, a_g, a_o = a.chunk(4, dim=-1)
     i = torch.sigmoid(a_i)

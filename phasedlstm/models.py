@@ -73,10 +73,6 @@ class SequenceModel(nn.Module):
         self.rnn = MODELS[model](rnn_in, hidden_size, num_layers, batch_first=True, dropout=dropout, **rnn_kwargs)
         self.head = nn.Linear(hidden_size, output_size)
 
-    @property
-    def uses_time(self) -> bool:
-        return isinstance(self.rnn, PhasedLSTM)
-
     def features(self, x: Tensor, times: Tensor, lengths: Tensor) -> Tensor:
         """The recurrent layer's outputs (B, T, H), zero past each sequence's end."""
         z = self.proj(x)

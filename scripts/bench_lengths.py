@@ -30,7 +30,7 @@ def main() -> None:
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--repeats", type=int, default=7)
     a = ap.parse_args()
-    if not fast.available():
+    if not fast.load():
         raise SystemExit(f"the fused kernels are unavailable: {fast.unavailable_reason()}")
     print(f"torch {torch.__version__}; median ms of a training step, {a.repeats} interleaved repeats")
     print(f"{'threads':>7}  {'lengths':<30} {'layer':<7} {'all rows':>9} {'running':>9} {'ratio':>6}")

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from phasedlstm import fast
+from phasedlstm import _build, fast
 
-pytestmark = pytest.mark.skipif(not fast.available(), reason=f"fused kernels unavailable: {fast.unavailable_reason()}")
+pytestmark = pytest.mark.skipif(not fast.load(), reason=f"fused kernels unavailable: {fast.unavailable_reason()}")
 
-LOAD = "from phasedlstm import fast; print('loaded', fast.available())"
+LOAD = "from phasedlstm import fast; print('loaded', fast.load())"
 
 
 def _python(code, **env):
@@ -29,7 +29,7 @@ def test_cache_folder_is_keyed_on_the_kernel_source(tmp_path, monkeypatch):
     here = fast.ext_dir()
     copy = tmp_path / "csrc"
     shutil.copytree(fast.CSRC, copy)
-    monkeypatch.setattr(fast, "CSRC", copy)
+    monkeypatch.setattr(_build, "CSRC", copy)
     assert fast.ext_dir() == here  # same sources, same build
     for name in ("lstm_backward.cpp", "gemm.h"):  # a change in any file, header or not
         original = (copy / name).read_bytes()
@@ -43,7 +43,7 @@ def test_cache_folder_is_keyed_on_torchs_folder(monkeypatch):
     """Two virtual environments with the same torch version: the build file names each one's
     include and library paths, so a shared folder would be rebuilt by each for the other."""
     here = fast.ext_dir()
-    monkeypatch.setattr(fast, "_torch_dir", lambda: "/another/venv/lib/python3.11/site-packages/torch")
+    monkeypatch.setattr(_build, "_torch_dir", lambda: "/another/venv/lib/python3.11/site-packages/torch")
     assert fast.ext_dir() != here and fast.ext_dir().parent == here.parent
 
 

@@ -64,7 +64,7 @@ def test_run_log_says_which_loop_the_layers_take(tmp_path):
 
     args = ["train", "--task", "freq-async", "--n-train", "32", "--n-val", "16", "--n-test", "16", "--hidden-size",
             "8", "--batch-size", "16", "--no-progress", "--epochs", "1", "--model"]
-    if fast.available():
+    if fast.load():
         r = cli(*args, "lstm", "--out", str(tmp_path / "a"))
         assert "model lstm: " in r.stdout and ", on cpu (fused kernels)" in r.stdout, r.stdout
     r = cli(*args, "phased", "--out", str(tmp_path / "b"), env={"PHASEDLSTM_NO_EXT": "1"})

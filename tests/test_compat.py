@@ -21,7 +21,7 @@ from phasedlstm import (LSTM, LayerNormLSTM, LayerNormLSTMCell, LSTMCell, Peepho
 LAYERS = [LSTM, PeepholeLSTM, PhasedLSTM, LayerNormLSTM]
 CELLS = [LSTMCell, PeepholeLSTMCell, PhasedLSTMCell, LayerNormLSTMCell]
 ROOT = Path(__file__).resolve().parents[1]
-needs_kernels = pytest.mark.skipif(not fast.available(), reason=f"fused kernels unavailable: {fast.unavailable_reason()}")
+needs_kernels = pytest.mark.skipif(not fast.load(), reason=f"fused kernels unavailable: {fast.unavailable_reason()}")
 
 
 # -- exceptions: torch's classes, our messages ---------------------------------------------------
@@ -308,7 +308,7 @@ def test_a_wheel_carries_the_kernels_and_builds_them_from_a_plain_install(tmp_pa
     assert r.returncode == 0, r.stdout + r.stderr
     (wheel,) = wheels.glob("phasedlstm-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert "phasedlstm/csrc/fused_lstm.cpp" in names
+    assert {f"phasedlstm/csrc/{p.name}" for p in fast.sources()} <= set(names)  # every .cpp and .h
     # a fresh virtual environment: torch (and ninja) from this one through a .pth, which makes its
     # directory importable without this checkout's editable install; the wheel unpacked as pip does
     env_dir = tmp_path / "venv"

@@ -11,7 +11,7 @@ from phasedlstm import cli, fast
 from phasedlstm.export import ExportError, example_inputs, export
 from phasedlstm.models import SequenceModel
 
-pytestmark = pytest.mark.skipif(not fast.available(), reason=f"fused kernels unavailable: {fast.unavailable_reason()}")
+pytestmark = pytest.mark.skipif(not fast.load(), reason=f"fused kernels unavailable: {fast.unavailable_reason()}")
 ONNX_LAYERS = ["lstm", "peephole", "phased", "layernorm"]
 
 

@@ -9,9 +9,9 @@ import torch
 
 from phasedlstm import LSTM, LayerNormLSTM, PeepholeLSTM, PhasedLSTM, fast
 
-if os.environ.get("PHASEDLSTM_REQUIRE_EXT") == "1" and not fast.available():  # CI sets it: no silent skip
+if os.environ.get("PHASEDLSTM_REQUIRE_EXT") == "1" and not fast.load():  # CI sets it: no silent skip
     raise RuntimeError(f"PHASEDLSTM_REQUIRE_EXT=1 but the fused kernels are unavailable: {fast.unavailable_reason()}")
-pytestmark = pytest.mark.skipif(not fast.available(), reason=f"fused kernels unavailable: {fast.unavailable_reason()}")
+pytestmark = pytest.mark.skipif(not fast.load(), reason=f"fused kernels unavailable: {fast.unavailable_reason()}")
 
 LAYERS = [LSTM, PeepholeLSTM, PhasedLSTM, LayerNormLSTM]
 

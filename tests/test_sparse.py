@@ -13,9 +13,9 @@ import torch
 
 from phasedlstm import LSTM, LayerNormLSTM, PeepholeLSTM, PhasedLSTM, fast
 
-if os.environ.get("PHASEDLSTM_REQUIRE_EXT") == "1" and not fast.available():  # CI sets it: no silent skip
+if os.environ.get("PHASEDLSTM_REQUIRE_EXT") == "1" and not fast.load():  # CI sets it: no silent skip
     raise RuntimeError(f"PHASEDLSTM_REQUIRE_EXT=1 but the fused kernels are unavailable: {fast.unavailable_reason()}")
-pytestmark = pytest.mark.skipif(not fast.available(), reason=f"fused kernels unavailable: {fast.unavailable_reason()}")
+pytestmark = pytest.mark.skipif(not fast.load(), reason=f"fused kernels unavailable: {fast.unavailable_reason()}")
 
 # float64 to 1e-12 and float32 to 1e-5, relative to each tensor's largest value
 TOL = {torch.float64: 1e-12, torch.float32: 1e-5}
