@@ -501,188 +501,242 @@ def _kernels_note(model, device) -> str:
 
 
 def _train_locked(cfg, run_dir: Path, resume: bool, progress: bool, extra_epochs, epochs, log) -> dict:
-    ck = None
     for tmp in run_dir.glob(".*.tmp"):  # half-written files of a killed process (we hold the folder's lock)
         tmp.unlink(missing_ok=True)
     if extra_epochs is not None and (not isinstance(extra_epochs, int) or extra_epochs < 1):
         raise ConfigError(f"extra epochs must be an integer >= 1 (that many epochs are trained beyond the run's "
                           f"total), got {extra_epochs!r}")
+    ck = None
     if resume:
-        saved = _read_config_json(run_dir)
-        if (run_dir / "last.pt").exists():
-            ck = load_checkpoint(run_dir / "last.pt")
-            cfg = TrainConfig.from_dict(ck["config"])
-            if saved is not None:
-                # config.json mirrors the checkpoint's configuration; an edit would be silently ignored.
-                # Compared as JSON holds them (a tuple in the checkpoint is a list in config.json).
-                # A key that the run's version did not have yet counts as its default.
-                kept, shown = plain_config(ck["config"], defaults=True), plain_config(saved, defaults=True)
-                differ = sorted(k for k in set(shown) | set(kept) if k != "epochs" and shown.get(k) != kept.get(k))
-                if differ:
-                    raise ConfigError(
-                        f"{run_dir / 'config.json'} differs from the configuration the run was trained with "
-                        f"(in {', '.join(differ)}); a run continues as it was configured. Restore config.json "
-                        f"(or delete it: last.pt holds the configuration), or start a new run with --out")
-                if isinstance(saved.get("epochs"), int) and saved["epochs"] > cfg.epochs:
-                    cfg.epochs = saved["epochs"]  # an extension whose first checkpoint was not written yet
-        elif saved is not None:
-            cfg = TrainConfig.from_dict(saved)
-            log(f"{run_dir} holds no checkpoint yet (stopped before its first one): starting it from epoch 1")
-        else:
-            raise CheckpointError(f"{run_dir}: no run to resume (neither last.pt nor config.json)")
-        done = ck["epoch"] if ck is not None else 0
-        if epochs is not None:
-            if epochs < max(done, 1):
-                raise ConfigError(f"{run_dir} has trained {done} epochs; a total of {epochs} would train nothing")
-            cfg.epochs = epochs
-        if extra_epochs is not None:
-            cfg.epochs += extra_epochs
-        elif done >= cfg.epochs and (ck is None or ck["step"] == 0):
-            log(f"{run_dir}: finished ({done} of {cfg.epochs} epochs); nothing to train "
-                f"(--extend-epochs N trains N more)")
-            return ck["history"][-1] if ck and ck["history"] else {}
+        cfg, ck, finished = _reconcile_resume(run_dir, extra_epochs, epochs, log)
+        if finished is not None:
+            return finished
     elif (run_dir / "last.pt").exists():
         raise FileExistsError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
                               f"or choose another --out")
     elif (run_dir / "config.json").exists():
         log(f"taking over {run_dir}: it holds a configuration but no checkpoint (a run stopped before its first)")
     cfg.validate()
-    device = pick_device(cfg.device)
-    dist = _Dist(device)
-    torch.manual_seed(cfg.seed)
-    task = build_task(cfg)
-    model = build_model(cfg, task).to(device)
-    ddp_model = nn.parallel.DistributedDataParallel(model) if dist.active else model
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    history: list[dict] = []
-    start_epoch, start_step, running = 0, 0, [0.0, 0.0, 0.0]  # loss sum, correct, count
-    seconds_before = 0.0  # of the epoch resumed inside, trained before its checkpoint
-    best = None
-    epoch_gen_state = None
-    if ck is not None:
-        model.load_state_dict(ck["model"])
-        optimizer.load_state_dict(ck["optimizer"])
-        history = list(ck["history"])
-        start_epoch, start_step = ck["epoch"], ck["step"]
-        running = list(ck["running"])
-        best = ck["best"]
-        gen.set_state(ck["generator_state"])
-        epoch_gen_state = ck["epoch_generator_state"] if start_step else None
+    run = _Run(cfg, run_dir, progress, log)
+    try:
+        if ck is not None:
+            run.restore(ck)
+        run.start()
+        for epoch in range(run.start_epoch, cfg.epochs):
+            train_seconds = run.train_epoch(epoch)
+            run.end_epoch(epoch, train_seconds)
+        run.check_replicas()
+    except BaseException:
+        run.dist.close(ok=False)  # a failing rank must not wait in a barrier for the others
+        raise
+    run.dist.close()
+    return run.last_row
+
+
+def _reconcile_resume(run_dir: Path, extra_epochs, epochs, log):
+    """The configuration a resumed run continues with (from last.pt, or config.json before the first
+    checkpoint), its epochs extended as asked -> (cfg, checkpoint or None, the last row if there is
+    nothing to train, else None)."""
+    ck = None
+    saved = _read_config_json(run_dir)
+    if (run_dir / "last.pt").exists():
+        ck = load_checkpoint(run_dir / "last.pt")
+        cfg = TrainConfig.from_dict(ck["config"])
+        if saved is not None:
+            # config.json mirrors the checkpoint's configuration; an edit would be silently ignored.
+            # Compared as JSON holds them (a tuple in the checkpoint is a list in config.json).
+            # A key that the run's version did not have yet counts as its default.
+            kept, shown = plain_config(ck["config"], defaults=True), plain_config(saved, defaults=True)
+            differ = sorted(k for k in set(shown) | set(kept) if k != "epochs" and shown.get(k) != kept.get(k))
+            if differ:
+                raise ConfigError(
+                    f"{run_dir / 'config.json'} differs from the configuration the run was trained with "
+                    f"(in {', '.join(differ)}); a run continues as it was configured. Restore config.json "
+                    f"(or delete it: last.pt holds the configuration), or start a new run with --out")
+            if isinstance(saved.get("epochs"), int) and saved["epochs"] > cfg.epochs:
+                cfg.epochs = saved["epochs"]  # an extension whose first checkpoint was not written yet
+    elif saved is not None:
+        cfg = TrainConfig.from_dict(saved)
+        log(f"{run_dir} holds no checkpoint yet (stopped before its first one): starting it from epoch 1")
+    else:
+        raise CheckpointError(f"{run_dir}: no run to resume (neither last.pt nor config.json)")
+    done = ck["epoch"] if ck is not None else 0
+    if epochs is not None:
+        if epochs < max(done, 1):
+            raise ConfigError(f"{run_dir} has trained {done} epochs; a total of {epochs} would train nothing")
+        cfg.epochs = epochs
+    if extra_epochs is not None:
+        cfg.epochs += extra_epochs
+    elif done >= cfg.epochs and (ck is None or ck["step"] == 0):
+        log(f"{run_dir}: finished ({done} of {cfg.epochs} epochs); nothing to train "
+            f"(--extend-epochs N trains N more)")
+        return cfg, ck, (ck["history"][-1] if ck and ck["history"] else {})
+    return cfg, ck, None
+
+
+class _Run:
+    """One run's training state: the model, optimizer and generators, the history, and where in an
+    epoch it stands; its methods are the phases of training (restore, an epoch, an epoch's end)."""
+
+    def __init__(self, cfg: TrainConfig, run_dir: Path, progress: bool, log):
+        self.cfg, self.run_dir, self.progress, self.log = cfg, run_dir, progress, log
+        self.device = pick_device(cfg.device)
+        self.dist = _Dist(self.device)
+        torch.manual_seed(cfg.seed)
+        self.task = build_task(cfg)
+        self.model = build_model(cfg, self.task).to(self.device)
+        self.ddp_model = nn.parallel.DistributedDataParallel(self.model) if self.dist.active else self.model
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.history: list[dict] = []
+        self.start_epoch, self.start_step = 0, 0
+        self.running = [0.0, 0.0, 0.0]  # loss sum, correct, count
+        self.seconds_before = 0.0  # of the epoch resumed inside, trained before its checkpoint
+        self.best = None
+        self.epoch_gen_state = None
+        self.regression = self.task.num_classes == 0
+        self.resumed = False
+        self.last_row: dict = {}
+
+    def restore(self, ck: dict) -> None:
+        """Continue from a checkpoint: parameters, optimizer, history, generators, the step inside its epoch."""
+        self.model.load_state_dict(ck["model"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        self.history = list(ck["history"])
+        self.start_epoch, self.start_step = ck["epoch"], ck["step"]
+        self.running = list(ck["running"])
+        self.best = ck["best"]
+        self.gen.set_state(ck["generator_state"])
+        self.epoch_gen_state = ck["epoch_generator_state"] if self.start_step else None
         torch.set_rng_state(ck["torch_rng_state"])
         # the resumed epoch's seconds: those trained before the checkpoint plus those after the resume
-        seconds_before = ck.get("epoch_seconds", 0.0) if start_step else 0.0
-        if start_step and "epoch_seconds" not in ck:
-            log(f"note: {run_dir / 'last.pt'} predates the recording of an epoch's seconds in checkpoints: "
-                f"epoch {start_epoch + 1}'s seconds in metrics.csv will count only the time since this resume")
-        log(f"resuming {run_dir} at epoch {start_epoch + 1}, step {start_step}")
-    if dist.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_path(run_dir / "config.json") as tmp:
-            tmp.write_text(json.dumps(asdict(cfg), indent=2) + "\n")
-        if ck is not None:
-            _write_metrics(run_dir, history)  # drop rows of epochs the checkpoint does not have
-        log(f"{task.describe()}\nmodel {cfg.model}: {sum(p.numel() for p in model.parameters())} parameters, "
-            f"on {device}{_kernels_note(model, device)}" + (f", {dist.world} processes" if dist.active else ""))
-    regression = task.num_classes == 0
+        self.seconds_before = ck.get("epoch_seconds", 0.0) if self.start_step else 0.0
+        if self.start_step and "epoch_seconds" not in ck:
+            self.log(f"note: {self.run_dir / 'last.pt'} predates the recording of an epoch's seconds in "
+                     f"checkpoints: epoch {self.start_epoch + 1}'s seconds in metrics.csv will count only the "
+                     f"time since this resume")
+        self.log(f"resuming {self.run_dir} at epoch {self.start_epoch + 1}, step {self.start_step}")
+        self.resumed = True
 
-    def state(epoch, step, epoch_state, epoch_seconds=0.0):
-        return {"config": asdict(cfg), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "epoch": epoch, "step": step, "running": list(running), "history": history, "best": best,
-                "generator_state": gen.get_state(), "epoch_generator_state": epoch_state,
+    def start(self) -> None:
+        """The run folder's config.json (and, resumed, its metrics cut back to the checkpoint), and the log's head."""
+        cfg, dist = self.cfg, self.dist
+        self.last_row = self.history[-1] if self.history else {}
+        if not dist.main:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.run_dir / "config.json") as tmp:
+            tmp.write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+        if self.resumed:
+            _write_metrics(self.run_dir, self.history)  # drop rows of epochs the checkpoint does not have
+        self.log(f"{self.task.describe()}\nmodel {cfg.model}: {sum(p.numel() for p in self.model.parameters())} "
+                 f"parameters, on {self.device}{_kernels_note(self.model, self.device)}"
+                 + (f", {dist.world} processes" if dist.active else ""))
+
+    def state(self, epoch, step, epoch_state, epoch_seconds=0.0) -> dict:
+        """A checkpoint's contents."""
+        return {"config": asdict(self.cfg), "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "epoch": epoch, "step": step, "running": list(self.running), "history": self.history,
+                "best": self.best, "generator_state": self.gen.get_state(), "epoch_generator_state": epoch_state,
                 "torch_rng_state": torch.get_rng_state(), "epoch_seconds": epoch_seconds}
 
-    last_row = history[-1] if history else {}
-    try:
-        for epoch in range(start_epoch, cfg.epochs):
-            t0 = time.perf_counter()
-            for group in optimizer.param_groups:  # step decay: a function of the epoch alone (resumes alike)
-                group["lr"] = lr_at(cfg, epoch)
-            if epoch_gen_state is not None:  # resuming inside this epoch: rebuild its batch order
-                gen.set_state(epoch_gen_state)
-            epoch_gen_state = gen.get_state()
-            train_set = task.train_for_epoch(epoch)  # fresh-data mode: this epoch's own sequences
-            order = train_set.epoch_order(cfg.batch_size, shuffle=True, generator=gen, balanced=task.balanced,
-                                          shard=(dist.rank, dist.world))
-            if not any(len(index) for index in order):
-                raise ConfigError(
-                    f"{len(train_set)} training sequences make no batch of {cfg.batch_size}"
-                    + (" (a balanced batch takes half its samples from the special class, half from the rest)"
-                       if task.balanced else "") + (f" on each of {dist.world} processes" if dist.active else "")
-                    + ": use more training data (--n-train) or a smaller --batch-size")
-            if epoch > start_epoch or start_step == 0:
-                running, start_step, seconds_before = [0.0, 0.0, 0.0], 0, 0.0
-            model.train()
-            last_ck = time.monotonic()
-            bar = _progress(range(start_step, len(order)), len(order) - start_step,
-                            f"epoch {epoch + 1}/{cfg.epochs}", progress and dist.main)
-            for step in bar:
-                x, t, n, y = (v.to(device) for v in train_set[order[step]])
-                out = ddp_model(x, t, n)
-                loss = model.loss(out, y)
-                if not torch.isfinite(loss):
-                    raise NonFiniteLoss(f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {step + 1}; "
-                                        f"stopped. The last good checkpoint is {run_dir / 'last.pt'}")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.clip > 0:
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-                optimizer.step()
-                running[0] += loss.item() * len(y)
-                running[2] += len(y)
-                if not regression:
-                    running[1] += int((out.argmax(1) == y).sum())
-                if progress and dist.main and hasattr(bar, "set_postfix"):
-                    post = {"loss": f"{running[0] / running[2]:.4f}"}
-                    if not regression:
-                        post["acc"] = f"{100 * running[1] / running[2]:.1f}%"
-                    bar.set_postfix(post)
-                if dist.main and time.monotonic() - last_ck > cfg.checkpoint_seconds and step + 1 < len(order):
-                    save_checkpoint(run_dir / "last.pt", state(epoch, step + 1, epoch_gen_state,
-                                                               seconds_before + time.perf_counter() - t0))
-                    last_ck = time.monotonic()
-            train_seconds = seconds_before + time.perf_counter() - t0
-            loss_sum, correct, count = dist.sum(running)
-            val_loss, val_acc = evaluate(model, task.val, device=device)
-            row = {"epoch": epoch + 1, "train_loss": loss_sum / count,
-                   "train_acc": None if regression else correct / count,
-                   "val_loss": val_loss, "val_acc": val_acc, "test_loss": None, "test_acc": None,
-                   "seconds": round(train_seconds, 3), "lr": optimizer.param_groups[0]["lr"]}
-            score = _selection_score(row, len(task.val) > 0)
-            improved = best is None or score > best
+    def train_epoch(self, epoch: int) -> float:
+        """The training steps of one epoch (from the resumed step, if any), with a checkpoint every
+        checkpoint_seconds inside it. -> its seconds of training."""
+        cfg, dist, task = self.cfg, self.dist, self.task
+        t0 = time.perf_counter()
+        for group in self.optimizer.param_groups:  # step decay: a function of the epoch alone (resumes alike)
+            group["lr"] = lr_at(cfg, epoch)
+        if self.epoch_gen_state is not None:  # resuming inside this epoch: rebuild its batch order
+            self.gen.set_state(self.epoch_gen_state)
+        self.epoch_gen_state = self.gen.get_state()
+        train_set = task.train_for_epoch(epoch)  # fresh-data mode: this epoch's own sequences
+        order = train_set.epoch_order(cfg.batch_size, shuffle=True, generator=self.gen, balanced=task.balanced,
+                                      shard=(dist.rank, dist.world))
+        if not any(len(index) for index in order):
+            raise ConfigError(
+                f"{len(train_set)} training sequences make no batch of {cfg.batch_size}"
+                + (" (a balanced batch takes half its samples from the special class, half from the rest)"
+                   if task.balanced else "") + (f" on each of {dist.world} processes" if dist.active else "")
+                + ": use more training data (--n-train) or a smaller --batch-size")
+        if epoch > self.start_epoch or self.start_step == 0:
+            self.running, self.start_step, self.seconds_before = [0.0, 0.0, 0.0], 0, 0.0
+        self.model.train()
+        last_ck = time.monotonic()
+        bar = _progress(range(self.start_step, len(order)), len(order) - self.start_step,
+                        f"epoch {epoch + 1}/{cfg.epochs}", self.progress and dist.main)
+        running = self.running
+        for step in bar:
+            x, t, n, y = (v.to(self.device) for v in train_set[order[step]])
+            out = self.ddp_model(x, t, n)
+            loss = self.model.loss(out, y)
+            if not torch.isfinite(loss):
+                raise NonFiniteLoss(f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {step + 1}; "
+                                    f"stopped. The last good checkpoint is {self.run_dir / 'last.pt'}")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.clip > 0:
+                nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip)
+            self.optimizer.step()
+            running[0] += loss.item() * len(y)
+            running[2] += len(y)
+            if not self.regression:
+                running[1] += int((out.argmax(1) == y).sum())
+            if self.progress and dist.main and hasattr(bar, "set_postfix"):
+                post = {"loss": f"{running[0] / running[2]:.4f}"}
+                if not self.regression:
+                    post["acc"] = f"{100 * running[1] / running[2]:.1f}%"
+                bar.set_postfix(post)
+            if dist.main and time.monotonic() - last_ck > cfg.checkpoint_seconds and step + 1 < len(order):
+                save_checkpoint(self.run_dir / "last.pt", self.state(epoch, step + 1, self.epoch_gen_state,
+                                                                     self.seconds_before + time.perf_counter() - t0))
+                last_ck = time.monotonic()
+        return self.seconds_before + time.perf_counter() - t0
+
+    def end_epoch(self, epoch: int, train_seconds: float) -> None:
+        """Validation (and the test split when due), selection, checkpoints, metrics.csv and the log line."""
+        cfg, task, device, regression = self.cfg, self.task, self.device, self.regression
+        loss_sum, correct, count = self.dist.sum(self.running)
+        val_loss, val_acc = evaluate(self.model, task.val, device=device)
+        row = {"epoch": epoch + 1, "train_loss": loss_sum / count,
+               "train_acc": None if regression else correct / count,
+               "val_loss": val_loss, "val_acc": val_acc, "test_loss": None, "test_acc": None,
+               "seconds": round(train_seconds, 3), "lr": self.optimizer.param_groups[0]["lr"]}
+        score = _selection_score(row, len(task.val) > 0)
+        improved = self.best is None or score > self.best
+        if improved:
+            self.best = score
+        # the test split: every test_every epochs, at the last, and whenever validation picks a new best
+        # (so the epoch chosen on validation always has its test figure; selection never reads it)
+        if improved or (epoch + 1) % cfg.test_every == 0 or epoch + 1 == cfg.epochs:
+            row["test_loss"], row["test_acc"] = evaluate(self.model, task.test, device=device)
+        self.history.append(row)
+        self.last_row = row
+        self.running = [0.0, 0.0, 0.0]
+        if self.dist.main:
+            # best.pt first: a kill between the two writes then leaves last.pt one epoch behind, and the
+            # resumed run repeats that epoch (deterministically) and rewrites best.pt; the other order
+            # could leave a best.pt older than the best epoch that last.pt records
             if improved:
-                best = score
-            # the test split: every test_every epochs, at the last, and whenever validation picks a new best
-            # (so the epoch chosen on validation always has its test figure; selection never reads it)
-            if improved or (epoch + 1) % cfg.test_every == 0 or epoch + 1 == cfg.epochs:
-                row["test_loss"], row["test_acc"] = evaluate(model, task.test, device=device)
-            history.append(row)
-            last_row = row
-            running = [0.0, 0.0, 0.0]
-            if dist.main:
-                # best.pt first: a kill between the two writes then leaves last.pt one epoch behind, and the
-                # resumed run repeats that epoch (deterministically) and rewrites best.pt; the other order
-                # could leave a best.pt older than the best epoch that last.pt records
-                if improved:
-                    save_checkpoint(run_dir / "best.pt", state(epoch + 1, 0, None))
-                save_checkpoint(run_dir / "last.pt", state(epoch + 1, 0, None))
-                _write_metrics(run_dir, history)
-                parts = [f"{split} loss {_fmt(row[split + '_loss'])}"
-                         + ("" if regression else f" acc {_fmt(row[split + '_acc'], True)}")
-                         for split in ("train", "val", "test")]
-                log(f"epoch {epoch + 1}/{cfg.epochs}: {' | '.join(parts)} | {row['seconds']:.1f}s"
-                    + (" (best)" if improved else ""))
-            epoch_gen_state = None
-        if dist.active:  # DDP keeps replicas equal; check it rather than trust it
-            sums = dist.gather_checksum(model)
-            if dist.main:
-                agree = all(abs(v - sums[0]) <= 1e-6 * max(1.0, abs(sums[0])) for v in sums)
-                log(f"parameter checksums of {dist.world} ranks: {', '.join(f'{v:.8f}' for v in sums)} -> "
-                    + ("ranks agree" if agree else "RANKS DISAGREE"))
-                if not agree:
-                    raise RuntimeError("distributed replicas diverged")
-    except BaseException:
-        dist.close(ok=False)  # a failing rank must not wait in a barrier for the others
-        raise
-    dist.close()
-    return last_row
+                save_checkpoint(self.run_dir / "best.pt", self.state(epoch + 1, 0, None))
+            save_checkpoint(self.run_dir / "last.pt", self.state(epoch + 1, 0, None))
+            _write_metrics(self.run_dir, self.history)
+            parts = [f"{split} loss {_fmt(row[split + '_loss'])}"
+                     + ("" if regression else f" acc {_fmt(row[split + '_acc'], True)}")
+                     for split in ("train", "val", "test")]
+            self.log(f"epoch {epoch + 1}/{cfg.epochs}: {' | '.join(parts)} | {row['seconds']:.1f}s"
+                     + (" (best)" if improved else ""))
+        self.epoch_gen_state = None
+
+    def check_replicas(self) -> None:
+        """Under DDP the ranks' parameters must agree at the end: checked rather than trusted."""
+        dist = self.dist
+        if not dist.active:
+            return
+        sums = dist.gather_checksum(self.model)
+        if dist.main:
+            agree = all(abs(v - sums[0]) <= 1e-6 * max(1.0, abs(sums[0])) for v in sums)
+            self.log(f"parameter checksums of {dist.world} ranks: {', '.join(f'{v:.8f}' for v in sums)} -> "
+                     + ("ranks agree" if agree else "RANKS DISAGREE"))
+            if not agree:
+                raise RuntimeError("distributed replicas diverged")
