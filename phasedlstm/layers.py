@@ -228,7 +228,7 @@ class RecurrentLayer(nn.Module):
 
     def _fast_path(self, x: Tensor) -> bool:
         """Whether this call takes the fused native loop (see :mod:`phasedlstm.fast`)."""
-        if self.impl == "reference":
+        if self.impl == "reference" or torch.jit.is_tracing():  # (torch.jit.trace records the reference's ops)
             return False
         if torch._C._functorch.maybe_current_level() is not None and not fast.tracing():
             # inside torch.func's vmap / grad / jacrev: the kernels have no batching rules; the reference
@@ -343,7 +343,8 @@ class RecurrentLayer(nn.Module):
         if (not self._streamable or self.impl == "reference" or self.impl == "scan" or input.dim() != 3
                 or input.shape[1 if self.batch_first else 0] != 1 or self.proj_size or not fast._state["loaded"]
                 or input.device.type != "cpu" or (self.training and self.dropout > 0 and self.num_layers > 1)
-                or torch.compiler.is_compiling() or torch._C._functorch.maybe_current_level() is not None
+                or torch.compiler.is_compiling() or torch.jit.is_tracing()
+                or torch._C._functorch.maybe_current_level() is not None
                 or torch.is_autocast_enabled("cpu")):
             return None
         B, H, D = input.shape[0 if self.batch_first else 1], self.hidden_size, 2 if self.bidirectional else 1

@@ -340,3 +340,29 @@ def test_a_wheel_carries_the_kernels_and_builds_them_from_a_plain_install(tmp_pa
 def test_the_package_exports_its_error_classes():
     assert issubclass(phasedlstm.InputError, ValueError) and issubclass(phasedlstm.InputError, RuntimeError)
     assert issubclass(phasedlstm.InputTypeError, TypeError) and issubclass(phasedlstm.InputTypeError, ValueError)
+
+
+@pytest.mark.parametrize("cls", LAYERS)
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_jit_trace_works_with_its_defaults(cls, mode):
+    """torch.jit.trace (which the jit.script error names) records the reference loop's operators: its
+    own check (check_trace, a second invocation compared) passes and the trace equals eager."""
+    import warnings
+
+    torch.manual_seed(0)
+    m = getattr(cls(3, 5, batch_first=True), mode)()
+    x, times = torch.randn(2, 7, 3), torch.rand(2, 7, dtype=torch.float64).cumsum(1)
+
+    class WithTimes(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = m
+
+        def forward(self, x, times):
+            return self.rnn(x, times=times)[0]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        traced = torch.jit.trace(WithTimes(), (x, times))
+    with torch.no_grad():
+        torch.testing.assert_close(traced(x, times), m(x, times=times)[0], rtol=1e-5, atol=1e-5)
