@@ -216,7 +216,10 @@ _TASK_ARGS = ["classes", "small", "val_fraction", "perm_seed", "data_dir", "data
               "n_test", "length", "downsample", "crop", "test_subjects", "val_subjects", "fresh", "drop"]
 
 
-def _config(args, task: str, model: str, seed: int):
+def _config(args, task: str, model: str, seed: int, others: tuple = ()):
+    """The configuration of one run. ``others``: the other models of a comparison; an option that
+    belongs to one of them (the Phased LSTM's, or this library's layers' for torch-lstm) is left out
+    of this model's configuration instead of refused."""
     from phasedlstm.data import task_options
     from phasedlstm.train import TrainConfig
 
@@ -245,6 +248,8 @@ def _config(args, task: str, model: str, seed: int):
         rnn.setdefault("period_init", (1.0, 3.0) if task.startswith("freq-") else (1.0, 6.0))
         if task.startswith("freq-"):
             rnn.setdefault("shift_init", 100.0)
+    elif rnn and "phased" in others:
+        rnn = {}  # (the Phased LSTM's options, for the comparison's Phased LSTM)
     elif rnn:
         raise SystemExit(f"error: the Phased LSTM options ({', '.join(sorted(rnn))}) apply to --model phased only")
     if args.gate_bias is not None and args.forget_bias is not None:
@@ -255,6 +260,8 @@ def _config(args, task: str, model: str, seed: int):
     for k, v in tricks.items():
         if v is not None:
             if model == "torch-lstm":
+                if any(m != "torch-lstm" for m in others):
+                    continue  # (for the comparison's own layers)
                 raise SystemExit(f"error: --{k.replace('_', '-')} applies to this library's layers, not torch-lstm")
             rnn[k] = v
     return TrainConfig(task=task, model=model, hidden_size=args.hidden_size, layers=args.layers,
@@ -281,7 +288,7 @@ def _run_one(cfg, run_dir: Path, progress: bool, replace: bool = False, log=prin
     ck = load_checkpoint(run_dir / "last.pt") if (run_dir / "last.pt").exists() else None
     if ck is not None:
         # (a key that the run's version did not have yet compares at its default)
-        old, new = plain_config(ck["config"], defaults=True), plain_config(asdict(cfg))
+        old, new = _effective(plain_config(ck["config"], defaults=True)), _effective(plain_config(asdict(cfg)))
         differ = [k for k in new if k not in _OPERATIONAL and k != "epochs" and old.get(k) != new[k]]
         if not differ and ck["epoch"] > cfg.epochs:
             differ = ["epochs"]
@@ -299,6 +306,30 @@ def _run_one(cfg, run_dir: Path, progress: bool, replace: bool = False, log=prin
         log(f"{run_dir}: finished already ({ck['epoch']} epochs), kept")
     else:  # unfinished, or finished with fewer epochs than asked: continue to cfg.epochs
         train(None, run_dir, resume=True, progress=progress, epochs=cfg.epochs, log=log)
+
+
+#: the recurrent layer's options at the values a run gets when they are not given (SequenceModel's
+#: forget bias is +1; the Phased LSTM learns all its time parameters)
+_RNN_DEFAULTS = {"forget_bias": 1.0, "learn_initial_state": False, "r_on": 0.05, "leak": 1e-3,
+                 "learn_period": True, "learn_shift": True, "learn_r_on": True}
+
+
+def _effective(config: dict) -> dict:
+    """A configuration (as config.json holds it) with the task's and the layer's options that equal
+    their defaults left out: a flag given at its default value is the same setting as no flag."""
+    from phasedlstm.data import task_options
+    from phasedlstm.train import plain_config
+
+    c = dict(config)
+    try:
+        defaults = plain_config(task_options(c["task"]))
+    except (KeyError, ValueError):
+        defaults = {}
+    c["task_options"] = {k: v for k, v in (c.get("task_options") or {}).items()
+                         if not (k in defaults and defaults[k] == v)}
+    c["rnn_options"] = {k: v for k, v in (c.get("rnn_options") or {}).items()
+                        if not (k in _RNN_DEFAULTS and _RNN_DEFAULTS[k] == v and "gate_bias" not in (c.get("rnn_options") or {}))}
+    return c
 
 
 #: flags that may accompany --resume (everything else is the run's configuration)
@@ -343,16 +374,15 @@ def _compare(args, task: str, models: list[str], seeds: list[int], out: Path) ->
     unknown = [m for m in models if m not in MODELS]
     if unknown:
         raise SystemExit(f"error: unknown model(s) {unknown}; choose from {', '.join(MODELS)}")
+    # every run's configuration first: an option that fits no model is refused before anything trains
+    runs = [(model, seed, _config(args, task, model, seed, tuple(m for m in models if m != model)))
+            for seed in seeds for model in models]
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    total = len(models) * len(seeds)
-    i = 0
-    for seed in seeds:
-        for model in models:
-            i += 1
-            print(f"\n== [{i}/{total}] {model}, seed {seed} ==", flush=True)
-            _run_one(_config(args, task, model, seed), out / f"{model}-seed{seed}", not args.no_progress,
-                     replace=args.replace)
+    for i, (model, seed, cfg) in enumerate(runs, 1):
+        print(f"\n== [{i}/{len(runs)}] {model}, seed {seed} ==", flush=True)
+        _run_one(cfg, out / f"{model}-seed{seed}", not args.no_progress, replace=args.replace)
+    total = len(runs)
     print(f"\n{total} runs in {time.perf_counter() - t0:.0f} s\n")
     return report([out], out)
 

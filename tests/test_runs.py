@@ -397,3 +397,32 @@ def test_period_init_beyond_float32_is_refused_at_construction():
     for cls in (PhasedLSTM, PhasedLSTMCell):
         with pytest.raises(ValueError, match="beyond float32's range"):
             cls(2, 4, period_init=(1, 1000))
+
+
+TINY_COMPARE = ["--task", "freq-async", "--n-train", "64", "--n-val", "16", "--n-test", "16", "--hidden-size", "6",
+                "--proj-size", "4", "--batch-size", "16", "--epochs", "1", "--seeds", "0", "--no-progress"]
+
+
+def test_compare_takes_a_flag_at_its_default_as_the_same_setting(tmp_path, capsys):
+    """A run made without --fresh / --forget-bias is the run asked for with --fresh yes --forget-bias 1
+    (their defaults): kept, not refused with a suggestion to --replace it."""
+    out = str(tmp_path / "cmp")
+    assert cli.main(["compare", *TINY_COMPARE, "--models", "lstm", "--out", out]) == 0
+    capsys.readouterr()
+    assert cli.main(["compare", *TINY_COMPARE, "--models", "lstm", "--fresh", "yes", "--forget-bias", "1",
+                     "--out", out]) == 0
+    assert "finished already" in capsys.readouterr().out
+    assert cli.main(["compare", *TINY_COMPARE, "--models", "lstm", "--forget-bias", "0", "--out", out]) == 1
+    assert "holds a run with other settings: rnn_options" in capsys.readouterr().err
+
+
+def test_compare_applies_model_options_to_their_models_and_refuses_before_training(tmp_path, capsys):
+    out = tmp_path / "mixed"
+    assert cli.main(["compare", *TINY_COMPARE, "--models", "phased,lstm", "--r-on", "0.1", "--out", str(out)]) == 0
+    phased = json.loads((out / "phased-seed0" / "config.json").read_text())
+    lstm = json.loads((out / "lstm-seed0" / "config.json").read_text())
+    assert phased["rnn_options"]["r_on"] == 0.1 and "r_on" not in lstm["rnn_options"]
+    nothing = tmp_path / "none"
+    with pytest.raises(SystemExit, match="apply to --model phased only"):
+        cli.main(["compare", *TINY_COMPARE, "--models", "lstm,peephole", "--r-on", "0.1", "--out", str(nothing)])
+    assert not nothing.exists()  # refused before any run started
