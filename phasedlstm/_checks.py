@@ -237,9 +237,9 @@ def check_cell_time(time, x: Tensor) -> Tensor:
 def check_layer_input(module, input, hx, times, lengths):
     """Validate a layer's forward arguments.
 
-    Returns (x (T, B, I) time-major, times (T, B) float64, lengths (B,) int64 or None,
-    hx (h_0, c_0) each (L*D, B, H) or None, batched).
-    """
+    Returns (x (T, B, I) time-major, times (T, B) float64, shared, lengths (B,) int64 or None,
+    hx (h_0, c_0) each (L*D, B, H) or None, batched); ``shared``: the batch shares its timestamps
+    (given as (T,), or the default step index), and ``times`` is then one column expanded to B."""
     _check_tensor("input", input)
     _check_like_params(module, "input", input)
     I, H = module.input_size, module.hidden_size
@@ -291,6 +291,7 @@ def check_layer_input(module, input, hx, times, lengths):
         valid = torch.arange(T, device=x.device).unsqueeze(0) < lengths.unsqueeze(1)  # (B, T)
 
     # times
+    shared = True
     if times is None:
         times = torch.arange(T, dtype=torch.float64, device=x.device).unsqueeze(1).expand(T, B)
     else:
@@ -309,6 +310,7 @@ def check_layer_input(module, input, hx, times, lengths):
             times = times.to(torch.float64)
             _check_times_values(times, valid)
             times = times.t()  # (T, B)
+            shared = B == 1
         else:
             want = f"({B}, {T}) or ({T},)" if batched else f"({T},)"
             raise InputError(f"Expected times of shape {want} (batch, seq) or (seq,), got {_shape(times)}")
@@ -320,7 +322,7 @@ def check_layer_input(module, input, hx, times, lengths):
         h0, c0 = check_state(module, hx, (LD, B, H) if batched else (LD, H), input,
                              (LD, B, P) if batched else (LD, P))
         hx = (h0, c0) if batched else (h0.unsqueeze(1), c0.unsqueeze(1))
-    return x, times, lengths, hx, batched
+    return x, times, shared, lengths, hx, batched
 
 
 def check_time_parameters(params, name_of) -> None:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from phasedlstm import _checks, fast
+from phasedlstm import _checks, fast, paths
 from phasedlstm.cells import (
     DEFAULT_LEAK,
     init_layernorm_,
@@ -164,61 +164,6 @@ class RecurrentLayer(nn.Module):
         """The parameters of one layer and direction, by base name (``weight_ih``, ``period``, ...)."""
         return {base: getattr(self, full) for base, full in self._names[layer][direction].items()}
 
-    def _run_direction(self, x, times, lengths, h, c, p):
-        """Run one direction over x (T, B, I): -> output (T, B, H), h_n (B, H), c_n (B, H)."""
-        if self.impl == "scan":
-            return self._run_scan(x, times, lengths, h, c, p)
-        if self._fast_path(x):
-            return self._run_fast(x, times, lengths, h, c, p)
-        return self._run_reference(x, times, lengths, h, c, p)
-
-    def _run_scan(self, x, times, lengths, h, c, p):
-        """The reference loop as one scan over time: the same step functions and the same masking
-        (past a sequence's end the state is kept and the output is zero), no Python loop over T."""
-        from torch._higher_order_ops.scan import scan
-
-        pre = self._precompute(x, times, p)
-        T = x.shape[0]
-        if lengths is None:
-            valid = torch.ones(T, x.shape[1], 1, dtype=torch.bool, device=x.device)
-        else:
-            valid = (torch.arange(T, device=x.device).unsqueeze(1) < lengths.unsqueeze(0)).unsqueeze(2)
-
-        def step(carry, xs):
-            h, c = carry
-            *pre_t, v = xs
-            h_new, c_new = self._cell(pre_t, h, c, p)
-            return (torch.where(v, h_new, h), torch.where(v, c_new, c)), torch.where(v, h_new, torch.zeros_like(h_new))
-
-        xs = tuple(q.contiguous() for q in pre) + (valid,)  # (an LN-LSTM's strided input fails ONNX export)
-        (h, c), out = scan(step, (h.clone(), c.clone()), xs)  # scan's carry may not be a view
-        return out, h, c
-
-    def _run_reference(self, x, times, lengths, h, c, p):
-        """The reference loop: the step function of :mod:`phasedlstm.cells`, once per time step."""
-        # unbind, not pre[t]: the backward of T separate selects would build T full-size zero
-        # tensors (quadratic in T); unbind's backward stacks the step gradients once
-        pre = [q.unbind(0) for q in self._precompute(x, times, p)]
-        T, B = x.shape[0], x.shape[1]
-        # Steps beyond every sequence's length change nothing: stop there, output zeros.
-        T_run = T if lengths is None else int(lengths.max())
-        t_full = T if lengths is None else int(lengths.min())  # steps valid for every sequence
-        outputs = []
-        for t in range(T_run):
-            h_new, c_new = self._cell([q[t] for q in pre], h, c, p)  # q[t]: a tuple item, no autograd op
-            if t < t_full:
-                h, c = h_new, c_new
-                outputs.append(h)
-            else:  # some sequences have ended: keep their state, output zeros
-                valid = (t < lengths).unsqueeze(1)  # (B, 1)
-                h = torch.where(valid, h_new, h)
-                c = torch.where(valid, c_new, c)
-                outputs.append(torch.where(valid, h_new, torch.zeros_like(h_new)))
-        out = torch.stack(outputs)  # (T_run, B, H)
-        if T_run < T:
-            out = torch.cat([out, out.new_zeros(T - T_run, B, out.shape[2])])
-        return out, h, c
-
     def _cell(self, pre, h, c, p):
         """One step: the cell's equations, then torch.nn.LSTM's projection h_t = W_hr h'_t if any."""
         h, c = self._step(pre, h, c, p)
@@ -249,44 +194,24 @@ class RecurrentLayer(nn.Module):
         return ok
 
     def _infer_mode(self, T: int) -> bool | None:
-        """Whether a call without gradients of T steps runs fast.infer: sparse (True), every unit
-        (False), or not at all (None: the packed loop of fast.lstm, faster over many steps)."""
+        """Whether a call without gradients of T steps takes the inference path: sparse (True), every
+        unit (False), or not at all (None: the fused loop on packed weights, faster over many steps)."""
         return False if T == 1 else None
-
-    def _run_infer(self, x, times, lengths, h, c, p, sparse):
-        """fast.infer on the forward's times (T, B) float64 (an expanded view when shared); None
-        where it declines (the caller then runs the dense fused loop)."""
-        if times.shape[1] == 1 or times.stride(1) == 0:
-            times = times[:, 0]  # (T,): shared by the batch
-        else:
-            times = times.t()  # (B, T)
-        if "period" in p:
-            self._time_parameters(p)  # (refuses non-finite ones, naming them)
-        r = fast.infer(x, times, h, c, p, self._alpha, lengths, sparse)
-        if r is None:  # declined (the checks passed, so: weights not finite, or values that could overflow)
-            return None
-        out, hn, cn, n_open = r
-        if sparse:
-            valid = x.shape[0] * x.shape[1] if lengths is None else int(lengths.sum())
-            self._open_acc[0] += n_open
-            self._open_acc[1] += valid * self.hidden_size
-        return out, hn[0], cn[0]
 
     @property
     def _alpha(self) -> float:
         return 0.0
 
-    def _run_fast(self, x, times, lengths, h, c, p):
-        if not fast.tracing():
-            mode = self._infer_mode(x.shape[0])
-            if mode is not None and not fast._needs_grad(x, h, c, *p.values()):
-                r = self._run_infer(x, times, lengths, h, c, p, mode)
-                if r is not None:
-                    return r
-        bias = None if p["bias_ih"] is None else p["bias_ih"] + p["bias_hh"]
-        peep = torch.stack([p["weight_ci"], p["weight_cf"], p["weight_co"]]) if p.get("weight_ci") is not None else None
-        k = self._fast_gate(times, p) if "period" in p else None
-        return fast.lstm(x, p["weight_ih"], bias, p["weight_hh"], h, c, peep, k, lengths)
+    def _path(self, x: Tensor, h0: Tensor, c0: Tensor):
+        """How this call runs every layer and direction (one of :mod:`phasedlstm.paths`), chosen once."""
+        if self.impl == "scan":
+            return paths.scan.run
+        if not self._fast_path(x):
+            return paths.reference.run
+        if (not fast.tracing() and self._infer_mode(x.shape[0]) is not None
+                and not fast._needs_grad(x, h0, c0, *self.parameters())):
+            return paths.infer.run
+        return paths.fused.run
 
     # -- what code written for torch.nn.LSTM also calls ------------------------------------
 
@@ -331,15 +256,20 @@ class RecurrentLayer(nn.Module):
 
     #: whether _forward_stream serves this layer (LSTM, peephole and Phased LSTM without projections)
     _streamable = True
+    #: the fused kernel of this layer: "lstm" (LSTM, peephole and Phased LSTM) or "layernorm"
+    _kernel = "lstm"
+    #: whether the layer has a time gate (and so counts the open unit-steps of sparse inference)
+    _has_time_gate = False
 
     def _forward_stream(self, input, hx, times):
         """One step without gradients, (B, 1, I) or (1, B, I) with hx and that step's timestamp: what a
         model on a live stream calls once per event. The general forward's per-call work (its checks
         as tensor operations, the weights packed for long sequences, the time gate as a separate
         pass) costs more than such a step, so this path checks shapes in Python and leaves the
-        values to the kernel (fast.infer), which computes the time gate inline and, at evaluation,
-        only the open units. It returns None wherever the general forward must run instead (any
-        other call, and every input the kernel declines: the general checks then raise or warn)."""
+        values to the inference kernel (paths.infer.stream), which computes the time gate inline and,
+        at evaluation, only the open units. It returns None wherever the general forward must run
+        instead (any other call, and every input the kernel declines: the general checks then raise
+        or warn)."""
         if (not self._streamable or self.impl == "reference" or self.impl == "scan" or input.dim() != 3
                 or input.shape[1 if self.batch_first else 0] != 1 or self.proj_size or not fast._state["loaded"]
                 or input.device.type != "cpu" or (self.training and self.dropout > 0 and self.num_layers > 1)
@@ -362,35 +292,56 @@ class RecurrentLayer(nn.Module):
             if (type(h0) is not Tensor or type(c0) is not Tensor or h0.shape != (LD, B, H) or c0.shape != (LD, B, H)
                     or h0.device.type != "cpu" or c0.device.type != "cpu"):
                 return None
+        shared = True
         if times is not None:
-            if type(times) is not Tensor or times.device.type != "cpu" or not (
-                    times.shape == (B, 1) or times.shape == (1,)) or times.dtype == torch.bool or times.is_complex():
+            if type(times) is not Tensor or times.device.type != "cpu" or times.dtype == torch.bool or times.is_complex():
+                return None
+            if times.shape == (1,):
+                times = times.view(1, 1)  # (T, 1): shared by the batch
+            elif times.shape == (B, 1):
+                times, shared = times.t(), B == 1  # (T, B)
+            else:
                 return None
         x = input if not self.batch_first else input.transpose(0, 1)  # (1, B, I)
-        alpha, sparse = self._alpha, self._infer_mode(1) is True
-        P = self._parameters
+        try:
+            out, h_n, c_n = self._run_layers(paths.Steps(x, times, shared, None), h0, c0, paths.infer.stream)
+        except paths.Declined:
+            return None
+        return (out.transpose(0, 1) if self.batch_first else out), (h_n, c_n)
+
+    def _run_layers(self, steps: paths.Steps, h0: Tensor, c0: Tensor, run):
+        """Every layer and direction of one call by the path ``run``: the backward direction over each
+        sequence reversed within its length, dropout between layers in training; the open unit-steps
+        of sparse inference counted in ``last_open_fraction`` (a Phased LSTM). -> output (T, B, D * H'),
+        h_n, c_n (L * D, B, ...)."""
+        self._open_counts = [0, 0]  # unit-steps computed and valid in sparse inference (paths.infer)
+        D = 2 if self.bidirectional else 1
+        x = steps.x
         h_n, c_n = [], []
-        n_open = 0
         for layer in range(self.num_layers):
             outs = []
-            for direction in range(D):  # (one step: the backward direction reads the same step)
+            for direction in range(D):
                 i = layer * D + direction
-                names = self._names[layer][direction]
-                p = {base: P[full] for base, full in names.items()}
-                r = fast.infer(x, times, h0 if LD == 1 else h0[i], c0 if LD == 1 else c0[i], p, alpha, None, sparse)
-                if r is None:
-                    return None
-                outs.append(r[0])
-                h_n.append(r[1])
-                c_n.append(r[2])
-                n_open += r[3]
-            x = outs[0] if D == 1 else torch.cat(outs, dim=2)
-        if "last_open_fraction" in self.__dict__:
-            self.__dict__["last_open_fraction"] = n_open / (LD * B * H) if sparse else None
-        out = x.transpose(0, 1) if self.batch_first else x
-        if LD == 1:
-            return out, (h_n[0], c_n[0])
-        return out, (torch.cat(h_n), torch.cat(c_n))
+                p = self.params(layer, direction)
+                if direction == 0 or x.shape[0] == 1:  # (one step reads the same forwards and backwards)
+                    out, h, c = run(self, steps._replace(x=x), h0[i], c0[i], p)
+                else:  # the backward direction starts at each sequence's last valid step
+                    lengths = steps.lengths
+                    times = steps.times
+                    shared = steps.shared and lengths is None  # (reversed within each length: per sequence)
+                    back = paths.Steps(reverse_padded(x, lengths), reverse_padded(times, lengths), shared, lengths)
+                    out, h, c = run(self, back, h0[i], c0[i], p)
+                    out = reverse_padded(out, lengths)
+                outs.append(out)
+                h_n.append(h)
+                c_n.append(c)
+            x = outs[0] if D == 1 else torch.cat(outs, dim=2)  # (T, B, D*H)
+            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
+                x = F.dropout(x, self.dropout, training=True)
+        if self._has_time_gate:
+            computed, valid = self._open_counts
+            self.last_open_fraction = computed / valid if valid else None
+        return x, torch.stack(h_n), torch.stack(c_n)
 
     def _forward_autocast(self, input, hx, times, lengths, device):
         """Under torch.autocast the outputs have autocast's dtype, as torch.nn.LSTM's do; the
@@ -405,8 +356,7 @@ class RecurrentLayer(nn.Module):
         return out.to(low), (h.to(low), c.to(low))
 
     def _forward(self, input, hx, times, lengths):
-        x, times, lengths, hx, batched = _checks.check_layer_input(self, input, hx, times, lengths)
-        self.__dict__["_open_acc"] = [0, 0]  # unit-steps computed and valid, by the sparse inference
+        x, times, shared, lengths, hx, batched = _checks.check_layer_input(self, input, hx, times, lengths)
         B, H = x.shape[1], self.hidden_size
         D = 2 if self.bidirectional else 1
         if hx is not None:
@@ -417,31 +367,8 @@ class RecurrentLayer(nn.Module):
         else:
             h0 = x.new_zeros(self.num_layers * D, B, self.proj_size or H)
             c0 = x.new_zeros(self.num_layers * D, B, H)
-
-        layer_input = x  # (T, B, I): time-major inside
-        h_n, c_n = [], []
-        for layer in range(self.num_layers):
-            outs = []
-            for direction in range(D):
-                i = layer * D + direction
-                p = self.params(layer, direction)
-                if direction == 0:
-                    out, h, c = self._run_direction(layer_input, times, lengths, h0[i], c0[i], p)
-                else:  # the backward direction starts at each sequence's last valid step
-                    out, h, c = self._run_direction(reverse_padded(layer_input, lengths),
-                                                    reverse_padded(times, lengths), lengths, h0[i], c0[i], p)
-                    out = reverse_padded(out, lengths)
-                outs.append(out)
-                h_n.append(h)
-                c_n.append(c)
-            layer_input = outs[0] if D == 1 else torch.cat(outs, dim=2)  # (T, B, D*H)
-            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
-                layer_input = F.dropout(layer_input, self.dropout, training=True)
-
-        output = layer_input
-        if "last_open_fraction" in self.__dict__:  # (a Phased LSTM: None where no step ran sparse)
-            self.__dict__["last_open_fraction"] = self._open_acc[0] / self._open_acc[1] if self._open_acc[1] else None
-        h_n, c_n = torch.stack(h_n), torch.stack(c_n)  # (L*D, B, H)
+        steps = paths.Steps(x, times, shared, lengths)
+        output, h_n, c_n = self._run_layers(steps, h0, c0, self._path(x, h0, c0))
         if not batched:
             return output.squeeze(1), (h_n.squeeze(1), c_n.squeeze(1))
         if self.batch_first:
@@ -607,6 +534,8 @@ class PhasedLSTM(RecurrentLayer):
     ``learn_period``, ``learn_shift``, ``learn_r_on`` (default True; False freezes it).
     """ + _LAYER_DOC
 
+    _has_time_gate = True
+
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
                  bidirectional=False, *, period_init=(1.0, 6.0), r_on=0.05, leak=DEFAULT_LEAK, peepholes=True,
                  learn_period=True, learn_shift=True, learn_r_on=True, shift_init=None, **kwargs):
@@ -664,11 +593,6 @@ class PhasedLSTM(RecurrentLayer):
     def _gate(self, times, p):
         return time_gate(times, *self._time_parameters(p), self._alpha)
 
-    def _fast_gate(self, times, p):
-        """k (T, 1, H) when the batch shares its timestamps (an expanded view), else (T, B, H)."""
-        shared = times.shape[1] > 1 and times.stride(1) == 0
-        return fast.time_gate(times[:, :1] if shared else times, *self._time_parameters(p), self._alpha)
-
     def _precompute(self, x, times, p):
         return super()._precompute(x, times, p) + (self._gate(times, p),)  # k: (T, B, H)
 
@@ -710,6 +634,7 @@ class LayerNormLSTM(RecurrentLayer):
     """ + _LAYER_DOC
 
     _streamable = False  # (its own fused loop, ln_forward, serves every call)
+    _kernel = "layernorm"
 
     def _param_shapes(self, layer_input_size):
         H = self.hidden_size
@@ -723,10 +648,6 @@ class LayerNormLSTM(RecurrentLayer):
 
     def _precompute(self, x, times, p):
         return (layernorm_input(x, p["weight_ih"], p["ln_ih_weight"], p["bias_ih"]),)  # (T, B, 4H)
-
-    def _run_fast(self, x, times, lengths, h, c, p):
-        return fast.layernorm_lstm(x, p["weight_ih"], p["ln_ih_weight"], p["bias_ih"], p["weight_hh"], h, c,
-                                   p["ln_hh_weight"], p["bias_hh"], p["ln_c_weight"], p["ln_c_bias"], lengths)
 
     def _step(self, pre, h, c, p):
         return layernorm_step(pre[0], h, c, p["weight_hh"], p["ln_hh_weight"], p["bias_hh"], p["ln_c_weight"],

@@ -1,0 +1,43 @@
+"""The ways a layer runs one direction over all its steps. Each is a function with one signature,
+
+    run(layer, steps, h, c, p) -> (output (T, B, H'), h_n (B, H'), c_n (B, H))
+
+where ``steps`` is :class:`Steps` (the direction's input, time-major), ``h`` and ``c`` its initial
+state and ``p`` the parameters of that layer and direction by base name (``weight_ih``,
+``period``, ...). The layer chooses one per call (:meth:`phasedlstm.layers.RecurrentLayer._path`):
+
+- :mod:`.reference`: the step functions of :mod:`phasedlstm.cells`, once per step: any device and
+  dtype, any derivative;
+- :mod:`.scan`: the same steps inside torch's scan operator, one loop node in a traced graph (what
+  the ONNX export uses);
+- :mod:`.fused`: the fused native loop with its hand-written backward (CPU, float32 and float64);
+- :mod:`.infer`: inference without gradients, the time gate inside the loop; a Phased LSTM at
+  evaluation computes only its open units. Where its kernel declines, the fused loop runs.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from torch import Tensor
+
+
+class Steps(NamedTuple):
+    """One direction's input over all steps, as every path takes it."""
+
+    #: (T, B, I)
+    x: Tensor
+    #: float64 timestamps (T, B); when ``shared`` every column is the same (a view of one column).
+    #: None only on the one-step streaming path, where it means the step index
+    times: Tensor | None
+    #: whether the batch shares its timestamps (their time gate is then computed once)
+    shared: bool
+    #: (B,) int64 for a batch padded at the end, or None (every step valid)
+    lengths: Tensor | None
+
+
+class Declined(Exception):
+    """A path that cannot serve this call (the one-step streaming path: the general forward runs)."""
+
+
+from phasedlstm.paths import fused, infer, reference, scan  # noqa: E402,F401  (after Steps, which they use)
