@@ -162,7 +162,8 @@ class RecurrentLayer(nn.Module):
 
     def params(self, layer: int, direction: int = 0) -> dict:
         """The parameters of one layer and direction, by base name (``weight_ih``, ``period``, ...)."""
-        return {base: getattr(self, full) for base, full in self._names[layer][direction].items()}
+        P = self._parameters  # (read directly: nn.Module's attribute lookup costs a one-step call dearly)
+        return {base: P[full] for base, full in self._names[layer][direction].items()}
 
     def _cell(self, pre, h, c, p):
         """One step: the cell's equations, then torch.nn.LSTM's projection h_t = W_hr h'_t if any."""
@@ -304,7 +305,7 @@ class RecurrentLayer(nn.Module):
                 return None
         x = input if not self.batch_first else input.transpose(0, 1)  # (1, B, I)
         try:
-            out, h_n, c_n = self._run_layers(paths.Steps(x, times, shared, None), h0, c0, paths.infer.stream)
+            out, h_n, c_n = self._run_layers(paths.Steps(x, times, shared, None, [0, 0]), h0, c0, paths.infer.stream)
         except paths.Declined:
             return None
         return (out.transpose(0, 1) if self.batch_first else out), (h_n, c_n)
@@ -312,25 +313,28 @@ class RecurrentLayer(nn.Module):
     def _run_layers(self, steps: paths.Steps, h0: Tensor, c0: Tensor, run):
         """Every layer and direction of one call by the path ``run``: the backward direction over each
         sequence reversed within its length, dropout between layers in training; the open unit-steps
-        of sparse inference counted in ``last_open_fraction`` (a Phased LSTM). -> output (T, B, D * H'),
-        h_n, c_n (L * D, B, ...)."""
-        self._open_counts = [0, 0]  # unit-steps computed and valid in sparse inference (paths.infer)
+        of sparse inference counted into ``last_open_fraction`` (a Phased LSTM). -> output
+        (T, B, D * H'), h_n, c_n (L * D, B, ...)."""
         D = 2 if self.bidirectional else 1
         x = steps.x
+        LD = self.num_layers * D
         h_n, c_n = [], []
         for layer in range(self.num_layers):
             outs = []
+            if layer:
+                steps = paths.Steps(x, steps.times, steps.shared, steps.lengths, steps.open_counts)
             for direction in range(D):
                 i = layer * D + direction
                 p = self.params(layer, direction)
                 if direction == 0 or x.shape[0] == 1:  # (one step reads the same forwards and backwards)
-                    out, h, c = run(self, steps._replace(x=x), h0[i], c0[i], p)
+                    h, c = (h0, c0) if LD == 1 else (h0[i:i + 1], c0[i:i + 1])
+                    out, h, c = run(self, steps, h, c, p)
                 else:  # the backward direction starts at each sequence's last valid step
                     lengths = steps.lengths
-                    times = steps.times
                     shared = steps.shared and lengths is None  # (reversed within each length: per sequence)
-                    back = paths.Steps(reverse_padded(x, lengths), reverse_padded(times, lengths), shared, lengths)
-                    out, h, c = run(self, back, h0[i], c0[i], p)
+                    back = steps._replace(x=reverse_padded(x, lengths), times=reverse_padded(steps.times, lengths),
+                                          shared=shared)
+                    out, h, c = run(self, back, h0[i:i + 1], c0[i:i + 1], p)
                     out = reverse_padded(out, lengths)
                 outs.append(out)
                 h_n.append(h)
@@ -339,9 +343,12 @@ class RecurrentLayer(nn.Module):
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
                 x = F.dropout(x, self.dropout, training=True)
         if self._has_time_gate:
-            computed, valid = self._open_counts
-            self.last_open_fraction = computed / valid if valid else None
-        return x, torch.stack(h_n), torch.stack(c_n)
+            computed, valid = steps.open_counts  # (one list for the whole call)
+            # a plain attribute, set without nn.Module's __setattr__ (whose checks cost a one-step call dearly)
+            object.__setattr__(self, "last_open_fraction", computed / valid if valid else None)
+        if LD == 1:
+            return x, h_n[0], c_n[0]
+        return x, torch.cat(h_n), torch.cat(c_n)
 
     def _forward_autocast(self, input, hx, times, lengths, device):
         """Under torch.autocast the outputs have autocast's dtype, as torch.nn.LSTM's do; the
@@ -367,7 +374,7 @@ class RecurrentLayer(nn.Module):
         else:
             h0 = x.new_zeros(self.num_layers * D, B, self.proj_size or H)
             c0 = x.new_zeros(self.num_layers * D, B, H)
-        steps = paths.Steps(x, times, shared, lengths)
+        steps = paths.Steps(x, times, shared, lengths, [0, 0])
         output, h_n, c_n = self._run_layers(steps, h0, c0, self._path(x, h0, c0))
         if not batched:
             return output.squeeze(1), (h_n.squeeze(1), c_n.squeeze(1))

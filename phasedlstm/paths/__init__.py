@@ -1,9 +1,9 @@
 """The ways a layer runs one direction over all its steps. Each is a function with one signature,
 
-    run(layer, steps, h, c, p) -> (output (T, B, H'), h_n (B, H'), c_n (B, H))
+    run(layer, steps, h, c, p) -> (output (T, B, H'), h_n (1, B, H'), c_n (1, B, H))
 
-where ``steps`` is :class:`Steps` (the direction's input, time-major), ``h`` and ``c`` its initial
-state and ``p`` the parameters of that layer and direction by base name (``weight_ih``,
+where ``steps`` is :class:`Steps` (the direction's input, time-major), ``h`` (1, B, H') and ``c``
+(1, B, H) its initial state (that layer and direction's slice of the stacked state) and ``p`` the parameters of that layer and direction by base name (``weight_ih``,
 ``period``, ...). The layer chooses one per call (:meth:`phasedlstm.layers.RecurrentLayer._path`):
 
 - :mod:`.reference`: the step functions of :mod:`phasedlstm.cells`, once per step: any device and
@@ -34,6 +34,8 @@ class Steps(NamedTuple):
     shared: bool
     #: (B,) int64 for a batch padded at the end, or None (every step valid)
     lengths: Tensor | None
+    #: [unit-steps computed, unit-steps valid] of the call's sparse inference, added to by paths.infer
+    open_counts: list
 
 
 class Declined(Exception):

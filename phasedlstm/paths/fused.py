@@ -8,14 +8,17 @@ from phasedlstm import fast
 
 
 def run(layer, steps, h, c, p):
-    x, lengths = steps.x, steps.lengths
+    x, lengths, h, c = steps.x, steps.lengths, h[0], c[0]
     if layer._kernel == "layernorm":
-        return fast.layernorm_lstm(x, p["weight_ih"], p["ln_ih_weight"], p["bias_ih"], p["weight_hh"], h, c,
-                                   p["ln_hh_weight"], p["bias_hh"], p["ln_c_weight"], p["ln_c_bias"], lengths)
-    bias = None if p["bias_ih"] is None else p["bias_ih"] + p["bias_hh"]
-    peep = torch.stack([p["weight_ci"], p["weight_cf"], p["weight_co"]]) if p.get("weight_ci") is not None else None
-    k = gate(layer, steps, p) if "period" in p else None
-    return fast.lstm(x, p["weight_ih"], bias, p["weight_hh"], h, c, peep, k, lengths)
+        out, h, c = fast.layernorm_lstm(x, p["weight_ih"], p["ln_ih_weight"], p["bias_ih"], p["weight_hh"], h, c,
+                                        p["ln_hh_weight"], p["bias_hh"], p["ln_c_weight"], p["ln_c_bias"], lengths)
+    else:
+        bias = None if p["bias_ih"] is None else p["bias_ih"] + p["bias_hh"]
+        peep = (torch.stack([p["weight_ci"], p["weight_cf"], p["weight_co"]]) if p.get("weight_ci") is not None
+                else None)
+        k = gate(layer, steps, p) if "period" in p else None
+        out, h, c = fast.lstm(x, p["weight_ih"], bias, p["weight_hh"], h, c, peep, k, lengths)
+    return out, h.unsqueeze(0), c.unsqueeze(0)
 
 
 def gate(layer, steps, p):

@@ -34,7 +34,7 @@ def _kernel(layer, steps, h, c, p, check):
         return None
     out, hn, cn, n_open = r
     if sparse:
-        counts = layer._open_counts  # [unit-steps computed, unit-steps valid] of this forward
+        counts = steps.open_counts
         counts[0] += n_open
         counts[1] += (x.shape[0] * x.shape[1] if lengths is None else int(lengths.sum())) * layer.hidden_size
-    return out, hn[0], cn[0]
+    return out, hn, cn

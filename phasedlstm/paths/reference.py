@@ -7,6 +7,7 @@ import torch
 
 def run(layer, steps, h, c, p):
     x, lengths = steps.x, steps.lengths
+    h, c = h[0], c[0]
     # unbind, not pre[t]: the backward of T separate selects would build T full-size zero
     # tensors (quadratic in T); unbind's backward stacks the step gradients once
     pre = [q.unbind(0) for q in layer._precompute(x, steps.times, p)]
@@ -28,4 +29,4 @@ def run(layer, steps, h, c, p):
     out = torch.stack(outputs)  # (T_run, B, H)
     if T_run < T:
         out = torch.cat([out, out.new_zeros(T - T_run, B, out.shape[2])])
-    return out, h, c
+    return out, h.unsqueeze(0), c.unsqueeze(0)

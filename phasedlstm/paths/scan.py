@@ -25,5 +25,5 @@ def run(layer, steps, h, c, p):
         return (torch.where(v, h_new, h), torch.where(v, c_new, c)), torch.where(v, h_new, torch.zeros_like(h_new))
 
     xs = tuple(q.contiguous() for q in pre) + (valid,)  # (an LN-LSTM's strided input fails ONNX export)
-    (h, c), out = scan(step, (h.clone(), c.clone()), xs)  # scan's carry may not be a view
-    return out, h, c
+    (h, c), out = scan(step, (h[0].clone(), c[0].clone()), xs)  # scan's carry may not be a view
+    return out, h.unsqueeze(0), c.unsqueeze(0)
