@@ -293,19 +293,14 @@ class RecurrentLayer(nn.Module):
             if (type(h0) is not Tensor or type(c0) is not Tensor or h0.shape != (LD, B, H) or c0.shape != (LD, B, H)
                     or h0.device.type != "cpu" or c0.device.type != "cpu"):
                 return None
-        shared = True
         if times is not None:
-            if type(times) is not Tensor or times.device.type != "cpu" or times.dtype == torch.bool or times.is_complex():
-                return None
-            if times.shape == (1,):
-                times = times.view(1, 1)  # (T, 1): shared by the batch
-            elif times.shape == (B, 1):
-                times, shared = times.t(), B == 1  # (T, B)
-            else:
+            if type(times) is not Tensor or times.device.type != "cpu" or not (
+                    times.shape == (B, 1) or times.shape == (1,)) or times.dtype == torch.bool or times.is_complex():
                 return None
         x = input if not self.batch_first else input.transpose(0, 1)  # (1, B, I)
         try:
-            out, h_n, c_n = self._run_layers(paths.Steps(x, times, shared, None, [0, 0]), h0, c0, paths.infer.stream)
+            steps = paths.Steps(x, times, times is None or times.dim() == 1, None, [0, 0])  # (the kernel's forms)
+            out, h_n, c_n = self._run_layers(steps, h0, c0, paths.infer.stream)
         except paths.Declined:
             return None
         return (out.transpose(0, 1) if self.batch_first else out), (h_n, c_n)

@@ -28,7 +28,8 @@ class Steps(NamedTuple):
     #: (T, B, I)
     x: Tensor
     #: float64 timestamps (T, B); when ``shared`` every column is the same (a view of one column).
-    #: None only on the one-step streaming path, where it means the step index
+    #: On the one-step streaming path (paths.infer.stream) they are the caller's, in the inference
+    #: kernel's forms: (1,) shared, (B, 1), or None for the step index
     times: Tensor | None
     #: whether the batch shares its timestamps (their time gate is then computed once)
     shared: bool

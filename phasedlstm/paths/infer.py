@@ -24,10 +24,10 @@ def stream(layer, steps, h, c, p):
 
 def _kernel(layer, steps, h, c, p, check):
     x, times, lengths = steps.x, steps.times, steps.lengths
-    if times is not None:
-        times = times[:, 0] if steps.shared else times.t()  # the kernel's forms: (T,) shared, or (B, T)
-    if check and "period" in p:
-        layer._time_parameters(p)  # (refuses non-finite ones, naming them)
+    if check:  # the general forward's (T, B) float64 timestamps in the kernel's forms: (T,) shared, or (B, T)
+        times = times[:, 0] if steps.shared else times.t()
+        if "period" in p:
+            layer._time_parameters(p)  # (refuses non-finite ones, naming them)
     sparse = layer._infer_mode(x.shape[0]) is True
     r = fast.infer(x, times, h, c, p, layer._alpha, lengths, sparse)
     if r is None:  # declined: weights not finite, or values that could overflow (the dense path's sums decide)
