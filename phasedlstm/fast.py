@@ -37,12 +37,12 @@ _SPLITS = {"auto": 0, "units": 1, "batch": 2}
 
 
 @contextlib.contextmanager
-def tuning(*, packed: bool | None = None, atb: bool | None = None, running_rows: bool | None = None,
+def tuning(*, packed: bool | None = None, weight_grads: bool | None = None, running_rows: bool | None = None,
            split: str | None = None, kblock: int | None = None):
     """The kernels' tuning switches for the duration of a block (tests and benchmarks; the defaults
-    are the strategies of docs/speed.md, or what the PHASEDLSTM_PACKED, _ATB, _RUNNING_ROWS, _SPLIT
+    are the strategies of docs/speed.md, or what the PHASEDLSTM_PACKED, _WEIGHT_GRADS, _RUNNING_ROWS, _SPLIT
     and _KBLOCK environment variables said when the kernels loaded). ``packed``: the micro-kernel
-    (False: at::addmm); ``atb``: the unit split's weight gradients by the micro-kernel (False: MKL);
+    (False: at::addmm); ``weight_grads``: the unit split's weight gradients by the micro-kernel (False: MKL);
     ``running_rows``: with lengths, multiply only the sequences still running; ``split``: "auto",
     "units" or "batch"; ``kblock``: the unit split's products by blocks of this many rows of K (0:
     whole). Restored on exit."""
@@ -50,15 +50,15 @@ def tuning(*, packed: bool | None = None, atb: bool | None = None, running_rows:
         raise RuntimeError(f"the fused kernels are not available: {_state['error']}")
     ops = torch.ops.phasedlstm_testing
     before = tuple(ops.get_options())
-    now = dict(zip(("packed", "atb", "running_rows", "split", "kblock"), before))
-    for name, value in (("packed", packed), ("atb", atb), ("running_rows", running_rows), ("kblock", kblock)):
+    now = dict(zip(("packed", "weight_grads", "running_rows", "split", "kblock"), before))
+    for name, value in (("packed", packed), ("weight_grads", weight_grads), ("running_rows", running_rows), ("kblock", kblock)):
         if value is not None:
             now[name] = value
     if split is not None:
         if split not in _SPLITS:
             raise ValueError(f"split must be one of {sorted(_SPLITS)}, got {split!r}")
         now["split"] = _SPLITS[split]
-    ops.set_options(bool(now["packed"]), bool(now["atb"]), bool(now["running_rows"]), int(now["split"]),
+    ops.set_options(bool(now["packed"]), bool(now["weight_grads"]), bool(now["running_rows"]), int(now["split"]),
                     int(now["kblock"]))
     try:
         yield

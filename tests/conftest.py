@@ -48,7 +48,7 @@ def tune():
     from phasedlstm import fast
 
     def value(name, v):
-        if name in ("packed", "atb", "running_rows") and isinstance(v, str):
+        if name in ("packed", "weight_grads", "running_rows") and isinstance(v, str):
             return v != "0"
         return int(v) if name == "kblock" else v
 

@@ -281,36 +281,36 @@ def test_layer_norm_rows_of_any_length_equal_the_reference(H, dtype, packed, tun
         torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize("atb", ["1", "0"])
+@pytest.mark.parametrize("weight_grads", ["1", "0"])
 @pytest.mark.parametrize("K,M,N,chunk", [(1000, 37, 148, 64), (1000, 37, 148, 0), (7, 1, 5, 0), (305, 3, 160, 8),
                                          (2000, 40, 4096, 0)])
-def test_weight_gradient_product_equals_float64(K, M, N, chunk, atb, tune):
+def test_weight_gradient_product_equals_float64(K, M, N, chunk, weight_grads, tune):
     """The weight gradients over all steps, C += A^T B and bias += B's column sums, by the blocked
-    micro-kernel (PHASEDLSTM_ATB=1, the default; 0: at::addmm): chunks of K that do not divide it
+    micro-kernel (weight_grads="1", the default; 0: at::addmm): chunks of K that do not divide it
     (and 8-row groups with a tail), a partial last panel of B (N = 148, 5), a single row of A, and
     N = 4096, whose default chunk (1024 rows: 16 MiB of packed B) splits K = 2000 in two. Equal to the
     float64 product within float32's rounding over K terms."""
-    tune(atb=atb)
+    tune(weight_grads=weight_grads)
     torch.manual_seed(K + M + N)
     a, b, c, bias = torch.randn(K, M), torch.randn(K, N), torch.randn(M, N), torch.randn(N)
     c0, bias0 = c.double(), bias.double()
-    torch.ops.phasedlstm_testing.atb_acc(c, a, b, bias, chunk)
+    torch.ops.phasedlstm_testing.weight_grads_acc(c, a, b, bias, chunk)
     want_c, want_b = c0 + a.double().t() @ b.double(), bias0 + b.double().sum(0)
     torch.testing.assert_close(c.double(), want_c, rtol=1e-5, atol=1e-5 * float(want_c.abs().max()))
     torch.testing.assert_close(bias.double(), want_b, rtol=1e-5, atol=1e-5 * float(want_b.abs().max()))
     with pytest.raises(RuntimeError, match=r"expected A \(K, M\), B \(K, N\), C \(M, N\)"):
-        torch.ops.phasedlstm_testing.atb_acc(c, a[:-1], b, bias, chunk)
+        torch.ops.phasedlstm_testing.weight_grads_acc(c, a[:-1], b, bias, chunk)
 
 
-@pytest.mark.parametrize("atb", ["1", "0"])
+@pytest.mark.parametrize("weight_grads", ["1", "0"])
 @pytest.mark.parametrize("kind", list(LAYERS))
-def test_unit_split_weight_gradients_equal_the_reference(kind, atb, tune):
+def test_unit_split_weight_gradients_equal_the_reference(kind, weight_grads, tune):
     """With the unit split, the backward sums the weight and bias gradients over all steps at its
     end, with the blocked micro-kernel (dW_hh, dW_ih and the bias in one pass over dG) or at::addmm
-    (PHASEDLSTM_ATB=0). H = 37 makes a partial last panel of 4H = 148 columns and K = 7 x 43 = 301
+    (weight_grads="0"). H = 37 makes a partial last panel of 4H = 148 columns and K = 7 x 43 = 301
     steps x sequences a tail after groups of 8 rows. Every gradient equals the reference's."""
     tune(split="units")
-    tune(atb=atb)
+    tune(weight_grads=weight_grads)
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:

@@ -62,11 +62,11 @@ namespace phasedlstm {
 
 // The kernels' tuning switches. The defaults are the strategies docs/speed.md describes; tests and
 // benchmarks change them through phasedlstm_testing::set_options (phasedlstm.fast.tuning in Python).
-// Read once from the environment when first used: PHASEDLSTM_PACKED=0, PHASEDLSTM_ATB=0,
+// Read once from the environment when first used: PHASEDLSTM_PACKED=0, PHASEDLSTM_WEIGHT_GRADS=0,
 // PHASEDLSTM_RUNNING_ROWS=0, PHASEDLSTM_SPLIT=units|batch, PHASEDLSTM_KBLOCK=N.
 struct Options {
   bool packed = true;        // the register-blocked micro-kernel where it serves (false: at::addmm)
-  bool atb = true;           // the unit split's weight gradients by the micro-kernel (false: MKL)
+  bool weight_grads = true;           // the unit split's weight gradients by the micro-kernel (false: MKL)
   bool running_rows = true;  // with lengths, multiply only the sequences still running
   int split = 0;             // how a step is shared among threads: 0 by shape, 1 units, 2 batch
   int64_t kblock = 128;      // the unit split's products by blocks of this many rows of K (0: whole)
@@ -79,7 +79,7 @@ inline Options options_from_env() {
     return e != nullptr && std::strcmp(e, "0") == 0;
   };
   o.packed = !off("PHASEDLSTM_PACKED");
-  o.atb = !off("PHASEDLSTM_ATB");
+  o.weight_grads = !off("PHASEDLSTM_WEIGHT_GRADS");
   o.running_rows = !off("PHASEDLSTM_RUNNING_ROWS");
   if (const char* e = std::getenv("PHASEDLSTM_SPLIT")) o.split = std::strcmp(e, "units") == 0 ? 1 : std::strcmp(e, "batch") == 0 ? 2 : 0;
   if (const char* e = std::getenv("PHASEDLSTM_KBLOCK")) o.kblock = std::max<int64_t>(0, std::atoll(e));
@@ -146,12 +146,12 @@ inline T sigm(T x) {
 }
 
 template <typename T>
-inline T tanh_(T x) {
+inline T tanh_exact(T x) {
   const T t = std::tanh(clamp_to(x, T(20)));
   return is_nan_bits(x) ? x : t;
 }
 
-inline bool present(const Tensor& t) { return t.defined() && t.numel() > 0; }
+inline bool has_values(const Tensor& t) { return t.defined() && t.numel() > 0; }
 
 inline int64_t grain_for(int64_t H) { return std::max<int64_t>(1, 2048 / std::max<int64_t>(H, 1)); }
 
@@ -174,11 +174,11 @@ static inline void forward_row(scalar_t* __restrict gi, scalar_t* __restrict gf,
       ai += wci[j] * c_prev;
       af += wcf[j] * c_prev;
     }
-    const scalar_t i = sigm(ai), f = sigm(af), g = tanh_(gg[j]);
+    const scalar_t i = sigm(ai), f = sigm(af), g = tanh_exact(gg[j]);
     const scalar_t c = f * c_prev + i * g;  // c~_t for the Phased LSTM
     if (PEEP) ao += wco[j] * c;
     const scalar_t o = sigm(ao);
-    const scalar_t h = o * tanh_(c);
+    const scalar_t h = o * tanh_exact(c);
     gi[j] = i;
     gf[j] = f;
     gg[j] = g;
@@ -210,7 +210,7 @@ static inline void add_row(const scalar_t* __restrict a, scalar_t* __restrict b,
 }
 
 template <typename scalar_t>
-static inline void hold_row(const scalar_t* __restrict hp, const scalar_t* __restrict cp, scalar_t* __restrict hn,
+static inline void ended_row(const scalar_t* __restrict hp, const scalar_t* __restrict cp, scalar_t* __restrict hn,
                             scalar_t* __restrict cn, scalar_t* __restrict ob, int64_t H) {
   for (int64_t j = 0; j < H; ++j) {
     hn[j] = hp[j];

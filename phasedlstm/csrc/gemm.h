@@ -28,8 +28,8 @@ struct PackedB {
   int64_t K = 0, N = 0;
 };
 
-// One operand of the weight-gradient product (gemm_atb_parts below): C += A^T B
-struct AtbPart {
+// One operand of the weight-gradient product (gemm_at_b_parts below): C += A^T B
+struct AtBPart {
   const float* a;  // (K x m), rows of stride lda; nullptr: a row of ones (m = 1)
   int64_t lda, m;
   float* c;  // (m x N), rows of stride ldc
@@ -256,7 +256,7 @@ inline void gemm_acc(int64_t M, const float* A, int64_t lda, const PackedB& B, f
 // pack B into panels (K x kNR, read from L2 by the tiles) and the parts' A transposed (rows of K,
 // streamed), then split the panels, each tile summing over the whole chunk in registers (C loaded
 // and stored once per chunk, not per block of K).
-inline void gemm_atb_parts(int64_t N, int64_t K, const float* B, int64_t ldb, const std::vector<AtbPart>& parts,
+inline void gemm_at_b_parts(int64_t N, int64_t K, const float* B, int64_t ldb, const std::vector<AtBPart>& parts,
                            int64_t chunk = 0) {
   const int64_t panels = (N + kNR - 1) / kNR;
   int64_t mt = 0;
@@ -318,16 +318,16 @@ inline void gemm_atb_parts(int64_t N, int64_t K, const float* B, int64_t ldb, co
   }
 }
 
-// options().atb = false: the weight gradients over all steps with at::addmm_ (MKL) instead
-inline bool atb_enabled() { return options().atb; }
+// options().weight_grads = false: the weight gradients over all steps with at::addmm_ (MKL) instead
+inline bool weight_grads_enabled() { return options().weight_grads; }
 #else
 constexpr bool kHavePacked = false;
 inline void gemm_acc(int64_t, const float*, int64_t, const PackedB&, float*, int64_t, const float* = nullptr,
                      int64_t = 0) {}
 inline void gemm_acc_any(int64_t, int64_t, int64_t, const float*, int64_t, const float*, int64_t, int64_t, float*,
                          int64_t, const float* = nullptr, int64_t = 0) {}
-inline void gemm_atb_parts(int64_t, int64_t, const float*, int64_t, const std::vector<AtbPart>&, int64_t = 0) {}
-inline bool atb_enabled() { return false; }
+inline void gemm_at_b_parts(int64_t, int64_t, const float*, int64_t, const std::vector<AtBPart>&, int64_t = 0) {}
+inline bool weight_grads_enabled() { return false; }
 #endif
 
 // options().packed = false switches the micro-kernel off (at::addmm_ for every product): the tests
@@ -353,17 +353,17 @@ inline void acc_ab(Tensor C, const Tensor& A, const Tensor& B) {
 // parallelises itself): for each (A, C) of parts, C += A^T B, or C += the column sums of B where A
 // is undefined (a bias). A (K x M), B (K x N) and C with contiguous rows.
 template <typename scalar_t>
-inline void acc_atb(const Tensor& B, const std::vector<std::pair<Tensor, Tensor>>& parts, int64_t chunk = 0) {
+inline void acc_weight_grads(const Tensor& B, const std::vector<std::pair<Tensor, Tensor>>& parts, int64_t chunk = 0) {
   if constexpr (std::is_same_v<scalar_t, float>) {
-    if (kHavePacked && packed_enabled() && atb_enabled() && B.stride(1) == 1) {
-      std::vector<AtbPart> ps;
+    if (kHavePacked && packed_enabled() && weight_grads_enabled() && B.stride(1) == 1) {
+      std::vector<AtBPart> ps;
       for (const auto& part : parts) {
         const Tensor &a = part.first, &c = part.second;
-        TORCH_CHECK(c.stride(-1) == 1 && (!a.defined() || a.stride(1) == 1), "acc_atb: rows must be contiguous");
+        TORCH_CHECK(c.stride(-1) == 1 && (!a.defined() || a.stride(1) == 1), "acc_weight_grads: rows must be contiguous");
         if (a.defined()) ps.push_back({a.data_ptr<float>(), a.stride(0), a.size(1), c.data_ptr<float>(), c.stride(0)});
         else ps.push_back({nullptr, 0, 1, c.data_ptr<float>(), 0});
       }
-      gemm_atb_parts(B.size(1), B.size(0), B.data_ptr<float>(), B.stride(0), ps, chunk);
+      gemm_at_b_parts(B.size(1), B.size(0), B.data_ptr<float>(), B.stride(0), ps, chunk);
       return;
     }
   }

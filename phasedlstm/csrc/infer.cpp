@@ -245,13 +245,13 @@ std::tuple<std::vector<Tensor>, int64_t, int64_t> infer_forward(
   const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = w_hh.size(1);
   TORCH_CHECK(w_ih.size(0) == 4 * H && w_hh.size(0) == 4 * H && w_ih.size(1) == I, "weights do not fit");
   TORCH_CHECK(h0.numel() == B * H && c0.numel() == B * H, "h0 and c0 must hold B * H values");
-  const bool phased = present(tau), peephole = present(w_ci);
+  const bool phased = has_values(tau), peephole = has_values(w_ci);
   std::vector<Tensor> none;
   if (x.scalar_type() != w_ih.scalar_type() || h0.scalar_type() != w_ih.scalar_type() ||
       c0.scalar_type() != w_ih.scalar_type())
     return {none, 4, 0};
   Tensor t64;
-  if (present(times)) {  // checked for every layer (as the reference does); used by the time gate
+  if (has_values(times)) {  // checked for every layer (as the reference does); used by the time gate
     TORCH_CHECK(times.numel() == T || times.numel() == B * T, "times must be (T,) or (B, T)");
     const auto dt = times.scalar_type();
     t64 = (dt == at::kDouble ? times : times.to(at::kDouble)).contiguous();
@@ -290,11 +290,11 @@ std::tuple<std::vector<Tensor>, int64_t, int64_t> infer_forward(
   Tensor hn = h0.reshape({1, B, H}).clone(at::MemoryFormat::Contiguous);
   Tensor cn = c0.reshape({1, B, H}).clone(at::MemoryFormat::Contiguous);
   const Tensor xc = x.contiguous(), wi = w_ih.contiguous(), w = w_hh.contiguous();
-  const bool bias = present(b_ih);
+  const bool bias = has_values(b_ih);
   const Tensor bi = bias ? b_ih.contiguous() : b_ih, bh = bias ? b_hh.contiguous() : b_hh;
   const Tensor pi = peephole ? w_ci.contiguous() : w_ci, pf = peephole ? w_cf.contiguous() : w_cf,
                po = peephole ? w_co.contiguous() : w_co;
-  const int64_t* len = present(lengths) ? lengths.data_ptr<int64_t>() : nullptr;
+  const int64_t* len = has_values(lengths) ? lengths.data_ptr<int64_t>() : nullptr;
   int64_t status = 0, computed = 0;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "infer_forward", [&] {
     std::unique_ptr<GateUnits> gu;

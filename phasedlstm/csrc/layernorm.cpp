@@ -193,7 +193,7 @@ template <typename scalar_t>
   for (int64_t j = 0; j < 4 * H; ++j) a[j] = g_ih[j] * zi[j] + b_ih[j] + g_hh[j] * z[j] + b_hh[j];
   scalar_t *ai = a, *af = a + H, *ag = a + 2 * H, *ao = a + 3 * H;
   for (int64_t j = 0; j < H; ++j) {
-    const scalar_t i = sigm(ai[j]), f = sigm(af[j]), g = tanh_(ag[j]), o = sigm(ao[j]);
+    const scalar_t i = sigm(ai[j]), f = sigm(af[j]), g = tanh_exact(ag[j]), o = sigm(ao[j]);
     ai[j] = i;
     af[j] = f;
     ag[j] = g;
@@ -207,7 +207,7 @@ template <typename scalar_t>
 [[gnu::noinline]] static void ln_out_row(const scalar_t* __restrict o, const scalar_t* __restrict zc,
                                          const scalar_t* __restrict g_c, const scalar_t* __restrict b_c,
                                          scalar_t* __restrict h, int64_t H) {
-  for (int64_t j = 0; j < H; ++j) h[j] = o[j] * tanh_(g_c[j] * zc[j] + b_c[j]);
+  for (int64_t j = 0; j < H; ++j) h[j] = o[j] * tanh_exact(g_c[j] * zc[j] + b_c[j]);
 }
 
 // The LN parameters of one layer, as raw pointers (absent shifts are zeros).
@@ -221,7 +221,7 @@ struct LnTensors {
   Tensor g_ih, b_ih, g_hh, b_hh, g_c, b_c;
   LnTensors(const Tensor& g_ih_, const Tensor& b_ih_, const Tensor& g_hh_, const Tensor& b_hh_, const Tensor& g_c_,
             const Tensor& b_c_, int64_t H) {
-    auto z = [&](const Tensor& t, int64_t n) { return present(t) ? t.contiguous() : at::zeros({n}, g_ih_.options()); };
+    auto z = [&](const Tensor& t, int64_t n) { return has_values(t) ? t.contiguous() : at::zeros({n}, g_ih_.options()); };
     g_ih = g_ih_.contiguous();
     g_hh = g_hh_.contiguous();
     g_c = g_c_.contiguous();
@@ -265,12 +265,12 @@ void ln_forward_loop(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, co
                      Tensor& hs, Tensor& cs, Tensor& out, bool own_out) {
   const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = w_hh.size(1), BH = B * H;
   const bool units = split_units(B, H);
-  const Recurrent rec(w_hh, /*transpose=*/true, /*pack=*/!units);
+  const RecurrentProduct rec(w_hh, /*transpose=*/true, /*pack=*/!units);
   // zhh (T, B, 8H): per row the recurrent term h_{t-1} W_hh^T, then the input term x_t W_ih^T, both
   // normalised in place below and kept for the backward. The input terms: with the batch split and
   // the micro-kernel each thread's per step (still in cache when normalised); otherwise those of all
   // steps in one (multi-threaded) GEMM here.
-  const Recurrent rin(w_ih, /*transpose=*/true, /*pack=*/!units);
+  const RecurrentProduct rin(w_ih, /*transpose=*/true, /*pack=*/!units);
   const bool per_step_in = !units && rin.use_packed;
   if (!per_step_in) {
     Tensor zi_all = zhh.view({T * B, 8 * H}).narrow(1, 4 * H, 4 * H);
@@ -291,7 +291,7 @@ void ln_forward_loop(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, co
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t r = b * H, p = t * BH + r, n = (t + 1) * BH + r, g8 = 8 * p;
       if (len != nullptr && t >= len[b]) {  // past the end: state unchanged, output zero
-        hold_row(HS + p, CS + p, HS + n, CS + n, O + p, H);
+        ended_row(HS + p, CS + p, HS + n, CS + n, O + p, H);
         continue;
       }
       RI[t * B + b] = normalise(Z + g8 + 4 * H, 4 * H);
@@ -334,12 +334,12 @@ void ln_infer_loop(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, cons
   const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = w_hh.size(1), BH = B * H;
   // (with the micro-kernel, the packed inference forward's rule, as for the other layers: at (B, H) =
   // (32, 512) on 2 threads the batch split ran 0.91x torch.nn.LSTM's time, the unit split 1.10x)
-  const bool units = split_units(B, H, /*packed_infer=*/Recurrent::packable(w_hh, /*transpose=*/true));
-  const Recurrent rec(w_hh, /*transpose=*/true, /*pack=*/!units);
+  const bool units = split_units(B, H, /*packed_infer=*/RecurrentProduct::packable(w_hh, /*transpose=*/true));
+  const RecurrentProduct rec(w_hh, /*transpose=*/true, /*pack=*/!units);
   // With the batch split and the micro-kernel, each thread also multiplies its rows' inputs per
   // step (x_t W_ih^T, K = I), into a buffer still in cache when the row is normalised, instead of
   // one GEMM per chunk of steps whose result is read back from memory.
-  const Recurrent rin(w_ih, /*transpose=*/true, /*pack=*/!units);
+  const RecurrentProduct rin(w_ih, /*transpose=*/true, /*pack=*/!units);
   const bool per_step_in = !units && rin.use_packed;
   const Tensor W = units ? w_hh.detach() : Tensor();
   const UnitPacks up(units ? w_hh : Tensor(), units ? T : 0);
@@ -357,7 +357,7 @@ void ln_infer_loop(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, cons
       const int64_t r = b * H, o4 = 4 * (b - zb) * H;
       scalar_t *hp = HS + sp * BH + r, *cp = CS + sp * BH + r, *hn = HS + sn * BH + r, *cn = CS + sn * BH + r;
       if (len != nullptr && t >= len[b]) {
-        hold_row(hp, cp, hn, cn, O + t * BH + r, H);
+        ended_row(hp, cp, hn, cn, O + t * BH + r, H);
         continue;
       }
       normalise(ZI + o4, 4 * H);
@@ -411,7 +411,7 @@ std::vector<Tensor> ln_forward(const Tensor& x, const Tensor& w_ih, const Tensor
   if (!save) {
     const Tensor xc = x.contiguous(), wi = w_ih.contiguous(), w = w_hh.contiguous();
     const LnTensors ln(g_ih, b_ih, g_hh, b_hh, g_c, b_c, H);
-    const int64_t* len = present(lengths) ? lengths.data_ptr<int64_t>() : nullptr;
+    const int64_t* len = has_values(lengths) ? lengths.data_ptr<int64_t>() : nullptr;
     Tensor hbuf = at::empty({2, B, H}, opts), cbuf = at::empty({2, B, H}, opts), out = at::empty({T, B, H}, opts);
     hbuf[0].copy_(h0);
     cbuf[0].copy_(c0);
@@ -425,13 +425,13 @@ std::vector<Tensor> ln_forward(const Tensor& x, const Tensor& w_ih, const Tensor
          rc = at::empty({T, B}, opts);
   Tensor hs = at::empty({T + 1, B, H}, opts), cs = at::empty({T + 1, B, H}, opts);
   // without lengths the output is the saved states h_1..h_T themselves
-  const bool own_out = present(lengths);
+  const bool own_out = has_values(lengths);
   Tensor out = own_out ? at::empty({T, B, H}, opts) : hs.narrow(0, 1, T);
   hs[0].copy_(h0);
   cs[0].copy_(c0);
   const Tensor xc = x.contiguous(), wi = w_ih.contiguous(), w = w_hh.contiguous();
   const LnTensors ln(g_ih, b_ih, g_hh, b_hh, g_c, b_c, H);
-  const int64_t* len = present(lengths) ? lengths.data_ptr<int64_t>() : nullptr;
+  const int64_t* len = has_values(lengths) ? lengths.data_ptr<int64_t>() : nullptr;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "ln_forward", [&] {
     ln_forward_loop<scalar_t>(xc, wi, w, ln.params<scalar_t>(), len, rih, zhh, rhh, zc, rc, hs, cs, out, own_out);
   });
@@ -448,7 +448,7 @@ static inline void ln_backward_out_row(const scalar_t* __restrict dh, const scal
                                        scalar_t* __restrict acc_gc, scalar_t* __restrict acc_bc, int64_t H) {
   for (int64_t j = 0; j < H; ++j) {
     const scalar_t dht = dh[j] + gout[j];
-    const scalar_t ty = tanh_(g_c[j] * zc[j] + b_c[j]);
+    const scalar_t ty = tanh_exact(g_c[j] * zc[j] + b_c[j]);
     dao[j] = dht * ty * o[j] * (1 - o[j]);
     const scalar_t dy = dht * o[j] * (1 - ty * ty);
     acc_gc[j] += dy * zc[j];
@@ -495,7 +495,7 @@ void ln_backward_loop(const Tensor& grad_out, const Tensor& x, const Tensor& w_i
                       Tensor& parts) {
   const int64_t T = zhh.size(0), B = zhh.size(1), I = x.size(2), H = w_hh.size(1), BH = B * H;
   const bool units = split_units(B, H);
-  const Recurrent rec(w_hh, /*transpose=*/false, /*pack=*/!units), rin(w_ih, /*transpose=*/false, /*pack=*/!units);
+  const RecurrentProduct rec(w_hh, /*transpose=*/false, /*pack=*/!units), rin(w_ih, /*transpose=*/false, /*pack=*/!units);
   Tensor dhb = at::empty({2, B, H}, dh.options()), dcb = at::empty({2, B, H}, dc.options());
   dhb[T % 2].copy_(dh);
   dcb[T % 2].copy_(dc);
@@ -568,7 +568,7 @@ void ln_backward_loop(const Tensor& grad_out, const Tensor& x, const Tensor& w_i
     const Tensor dz2 = dzall.view({T * B, 4 * H}), dx2w = dxall.view({T * B, 4 * H});
     Tensor dx2 = dx.view({T * B, I});
     at::mm_out(dx2, dx2w, w_ih.detach());
-    acc_atb<scalar_t>(dz2, {{hs.narrow(0, 0, T).reshape({T * B, H}), dwhh_t[0]}});
+    acc_weight_grads<scalar_t>(dz2, {{hs.narrow(0, 0, T).reshape({T * B, H}), dwhh_t[0]}});
     // (dW_ih's product on its own dX stays with MKL: the micro-kernel would pack all of dX for a
     // product of I rows only)
     dwih_t[0].addmm_(x.reshape({T * B, I}).t(), dx2w);
@@ -601,15 +601,15 @@ std::vector<Tensor> ln_backward(const Tensor& grad_out, const Tensor& grad_hn, c
   const int64_t T = zhh.size(0), B = zhh.size(1), I = x.size(2), H = w_hh.size(1);
   const int64_t nt = at::get_num_threads();
   auto opts = zhh.options();
-  Tensor dh = present(grad_hn) ? grad_hn.contiguous().clone() : at::zeros({B, H}, opts);
-  Tensor dc = present(grad_cn) ? grad_cn.contiguous().clone() : at::zeros({B, H}, opts);
+  Tensor dh = has_values(grad_hn) ? grad_hn.contiguous().clone() : at::zeros({B, H}, opts);
+  Tensor dc = has_values(grad_cn) ? grad_cn.contiguous().clone() : at::zeros({B, H}, opts);
   Tensor dx = at::empty({T, B, I}, opts);
   Tensor dwhh_t = at::zeros({nt, H, 4 * H}, opts), dwih_t = at::zeros({nt, I, 4 * H}, opts);
   Tensor parts = at::zeros({nt, 18 * H}, opts);
-  const Tensor go = present(grad_out) ? grad_out.contiguous() : at::zeros({T, B, H}, opts);
+  const Tensor go = has_values(grad_out) ? grad_out.contiguous() : at::zeros({T, B, H}, opts);
   const Tensor xc = x.contiguous(), wi = w_ih.contiguous(), w = w_hh.contiguous();
   const LnTensors ln(g_ih, b_ih, g_hh, b_hh, g_c, b_c, H);
-  const int64_t* len = present(lengths) ? lengths.data_ptr<int64_t>() : nullptr;
+  const int64_t* len = has_values(lengths) ? lengths.data_ptr<int64_t>() : nullptr;
   AT_DISPATCH_FLOATING_TYPES(zhh.scalar_type(), "ln_backward", [&] {
     ln_backward_loop<scalar_t>(go, xc, wi, w, ln.params<scalar_t>(), len, rih, zhh, rhh, zc, rc, hs, cs, dh, dc,
                                dx, dwhh_t, dwih_t, parts);

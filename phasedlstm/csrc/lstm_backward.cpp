@@ -22,7 +22,7 @@ static inline void backward_row(const scalar_t* __restrict gi, const scalar_t* _
     const scalar_t i = gi[j], f = gf[j], g = gg[j], o = go[j];
     const scalar_t c_prev = cp[j];
     const scalar_t c = PHASED ? f * c_prev + i * g : cn[j];  // c~_t (recomputed for the Phased LSTM)
-    const scalar_t tc = tanh_(c);
+    const scalar_t tc = tanh_exact(c);
     scalar_t dh_til = dht, dc_til = dct, dh_p = 0, dc_p = 0;
     if (PHASED) {
       dk[j] += dht * (o * tc - hp[j]) + dct * (c - c_prev);  // accumulates: dk is shared when kB == 1
@@ -70,7 +70,7 @@ static inline void pass_row(const scalar_t* __restrict dh, const scalar_t* __res
 // each thread its block of dh's columns. The weight gradients, dx and db are each one GEMM over
 // all steps at the end (into the first thread's partials).
 template <typename scalar_t, bool PEEP, bool PHASED>
-void units_backward(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, const scalar_t* wci, const scalar_t* K,
+void units_backward(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, const scalar_t* wci, const scalar_t* kgate,
                     int64_t kB, const scalar_t* GO, const int64_t* len, const Tensor& acts, const Tensor& hs,
                     const Tensor& cs, Tensor& dhb, Tensor& dcb, Tensor& dx, Tensor& dwhh_t, Tensor& dwih_t,
                     Tensor& dbias, Tensor& dpeep_parts, scalar_t* DK) {
@@ -105,7 +105,7 @@ void units_backward(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, con
           const scalar_t* g = A + g4;
           backward_row<scalar_t, PEEP, PHASED>(
               g, g + H, g + 2 * H, g + 3 * H, dhc, dcc, GO + p, HS + p, CS + p, CS + n,
-              PHASED ? K + t * kB * H + (kB == 1 ? u0 : r) : nullptr, PEEP ? wci + u0 : nullptr,
+              PHASED ? kgate + t * kB * H + (kB == 1 ? u0 : r) : nullptr, PEEP ? wci + u0 : nullptr,
               PEEP ? wci + H + u0 : nullptr, PEEP ? wci + 2 * H + u0 : nullptr, d, d + H, d + 2 * H, d + 3 * H, dhp,
               dcp, PHASED ? dk_base + (kB == 1 ? t * H + u0 : p) : nullptr, PEEP ? acc + u0 : nullptr,
               PEEP ? acc + H + u0 : nullptr, PEEP ? acc + 2 * H + u0 : nullptr, hb);
@@ -120,7 +120,7 @@ void units_backward(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, con
   Tensor dx2 = dx.view({T * B, I});
   at::mm_out(dx2, dg2, w_ih);
   // dW_hh^T += h_{t-1}^T dG, dW_ih^T += x_t^T dG and db += the sum of dG's rows, one pass over dG
-  acc_atb<scalar_t>(dg2, {{hs.narrow(0, 0, T).reshape({T * B, H}), dwhh_t[0]},
+  acc_weight_grads<scalar_t>(dg2, {{hs.narrow(0, 0, T).reshape({T * B, H}), dwhh_t[0]},
                           {x.reshape({T * B, I}), dwih_t[0]},
                           {Tensor(), dbias[0]}});
 }
@@ -140,7 +140,7 @@ void backward_loop(const Tensor& grad_out, const Tensor& x, const Tensor& w_ih, 
   const scalar_t* wci = PEEP ? peep.data_ptr<scalar_t>() : nullptr;
   const scalar_t* wcf = PEEP ? wci + H : nullptr;
   const scalar_t* wco = PEEP ? wci + 2 * H : nullptr;
-  const Recurrent rec(w_hh, /*transpose=*/false, /*pack=*/!units), rin(w_ih, /*transpose=*/false, /*pack=*/!units);
+  const RecurrentProduct rec(w_hh, /*transpose=*/false, /*pack=*/!units), rin(w_ih, /*transpose=*/false, /*pack=*/!units);
   const int64_t* run_len = running_rows_enabled() ? len : nullptr;  // (products on the running rows)
   // dh and dc ping-pong: slot (t + 1) % 2 holds the gradient wrt the state after step t
   Tensor dhb = at::empty({2, B, H}, dh.options()), dcb = at::empty({2, B, H}, dc.options());
@@ -152,12 +152,12 @@ void backward_loop(const Tensor& grad_out, const Tensor& x, const Tensor& w_ih, 
   const scalar_t* HS = hs.data_ptr<scalar_t>();
   const scalar_t* CS = cs.data_ptr<scalar_t>();
   const scalar_t* X = x.data_ptr<scalar_t>();
-  const scalar_t* K = PHASED ? k.data_ptr<scalar_t>() : nullptr;
+  const scalar_t* kgate = PHASED ? k.data_ptr<scalar_t>() : nullptr;
   const int64_t kB = PHASED ? k.size(1) : 0;
   const scalar_t* GO = grad_out.data_ptr<scalar_t>();
   scalar_t* DK = PHASED ? dk.data_ptr<scalar_t>() : nullptr;
   if (units)
-    units_backward<scalar_t, PEEP, PHASED>(x, w_ih, w_hh, wci, K, kB, GO, len, acts, hs, cs, dhb, dcb, dx, dwhh_t,
+    units_backward<scalar_t, PEEP, PHASED>(x, w_ih, w_hh, wci, kgate, kB, GO, len, acts, hs, cs, dhb, dcb, dx, dwhh_t,
                                            dwih_t, dbias, dpeep_parts, DK);
   else at::parallel_for(0, B, batch_grain(B), [&](int64_t b0, int64_t b1) {
     const int64_t Bt = b1 - b0, tid = at::get_thread_num();
@@ -184,7 +184,7 @@ void backward_loop(const Tensor& grad_out, const Tensor& x, const Tensor& w_ih, 
         }
         const scalar_t* g = A + g4;
         backward_row<scalar_t, PEEP, PHASED>(g, g + H, g + 2 * H, g + 3 * H, dh, dc, GO + p, HS + p, CS + p, CS + n,
-                                             PHASED ? K + t * kB * H + (kB == 1 ? 0 : r) : nullptr, wci, wcf, wco, d,
+                                             PHASED ? kgate + t * kB * H + (kB == 1 ? 0 : r) : nullptr, wci, wcf, wco, d,
                                              d + H, d + 2 * H, d + 3 * H, dhp, dcp,
                                              PHASED ? dk_base + (kB == 1 ? t * H : p) : nullptr,
                                              PEEP ? acc : nullptr, PEEP ? acc + H : nullptr,
@@ -206,9 +206,9 @@ std::vector<Tensor> lstm_backward(const Tensor& grad_out, const Tensor& grad_hn,
   const int64_t T = acts.size(0), B = acts.size(1), I = x.size(2), H = w_hh.size(1);
   const int64_t nt = at::get_num_threads();
   auto opts = acts.options();
-  const bool peephole = present(peep), phased = present(k);
-  Tensor dh = present(grad_hn) ? grad_hn.contiguous().clone() : at::zeros({B, H}, opts);
-  Tensor dc = present(grad_cn) ? grad_cn.contiguous().clone() : at::zeros({B, H}, opts);
+  const bool peephole = has_values(peep), phased = has_values(k);
+  Tensor dh = has_values(grad_hn) ? grad_hn.contiguous().clone() : at::zeros({B, H}, opts);
+  Tensor dc = has_values(grad_cn) ? grad_cn.contiguous().clone() : at::zeros({B, H}, opts);
   Tensor dx = at::empty({T, B, I}, opts);
   Tensor dwhh_t = at::zeros({nt, H, 4 * H}, opts), dwih_t = at::zeros({nt, I, 4 * H}, opts);
   Tensor dbias = at::zeros({nt, 4 * H}, opts);
@@ -216,10 +216,10 @@ std::vector<Tensor> lstm_backward(const Tensor& grad_out, const Tensor& grad_hn,
   // dk accumulates: zeros, per sequence (T, B, H), or per thread (threads, T, H) when shared
   Tensor dk = !phased ? at::empty({0}, opts) : (shared_k ? at::zeros({nt, T, H}, opts) : at::zeros({T, B, H}, opts));
   Tensor dpeep_parts = peephole ? at::zeros({nt, 3, H}, opts) : at::empty({0}, opts);
-  const Tensor go = present(grad_out) ? grad_out.contiguous() : at::zeros({T, B, H}, opts);
+  const Tensor go = has_values(grad_out) ? grad_out.contiguous() : at::zeros({T, B, H}, opts);
   const Tensor xc = x.contiguous(), wi = w_ih.contiguous(), w = w_hh.contiguous();
   const Tensor kc = phased ? k.contiguous() : k;
-  const int64_t* len = present(lengths) ? lengths.data_ptr<int64_t>() : nullptr;
+  const int64_t* len = has_values(lengths) ? lengths.data_ptr<int64_t>() : nullptr;
   const bool units = split_units(B, H);
   AT_DISPATCH_FLOATING_TYPES(acts.scalar_type(), "lstm_backward", [&] {
     auto run = [&](auto peep_flag, auto phased_flag) {

@@ -7,7 +7,7 @@ namespace phasedlstm {
 // Steps t0 .. t0+n-1 of the unit split (gbuf[slot] holds x_t W_ih^T + b): per step, each thread
 // its block of units: + h_{t-1} W_hh^T on its units' columns of the four gates, then their update.
 template <typename scalar_t, bool PEEP, bool PHASED, bool OUT>
-void units_steps(Tensor& gbuf, Tensor& hbuf, Tensor& cbuf, const Tensor& W, const UnitPacks& up, const scalar_t* K,
+void units_steps(Tensor& gbuf, Tensor& hbuf, Tensor& cbuf, const Tensor& W, const UnitPacks& up, const scalar_t* kgate,
                  int64_t kB, const scalar_t* wci, scalar_t* O, const int64_t* len, bool save, int64_t t0, int64_t n) {
   const int64_t B = hbuf.size(1), H = hbuf.size(2), BH = B * H;
   const int64_t blk = unit_block(H), nb = (H + blk - 1) / blk;
@@ -36,10 +36,10 @@ void units_steps(Tensor& gbuf, Tensor& hbuf, Tensor& cbuf, const Tensor& W, cons
           scalar_t* g = G + 4 * b * H + u0;
           scalar_t *hp = HS + sp * BH + r, *cp = CS + sp * BH + r, *hn = HS + sn * BH + r, *cn = CS + sn * BH + r;
           if (len != nullptr && t >= len[b]) {  // (lengths imply OUT)
-            hold_row(hp, cp, hn, cn, O + t * BH + r, hb);
+            ended_row(hp, cp, hn, cn, O + t * BH + r, hb);
             continue;
           }
-          const scalar_t* kk = PHASED ? K + t * kB * H + (kB == 1 ? u0 : r) : nullptr;
+          const scalar_t* kk = PHASED ? kgate + t * kB * H + (kB == 1 ? u0 : r) : nullptr;
           forward_row<scalar_t, PEEP, PHASED, OUT>(g, g + H, g + 2 * H, g + 3 * H, hp, cp, hn, cn,
                                                    OUT ? O + t * BH + r : nullptr, PEEP ? wci + u0 : nullptr,
                                                    PEEP ? wci + H + u0 : nullptr, PEEP ? wci + 2 * H + u0 : nullptr,
@@ -60,9 +60,9 @@ void forward_loop(const Tensor& x, const Tensor& w_ih, const Tensor& bias, const
   // With the packed kernel the input projection is done per step inside the loop too, in the
   // same GEMM as the recurrent product: [x_t | h_{t-1}] (K = I + H) times [W_ih | W_hh]^T packed
   // together. No separate large GEMM, one pass over the gate rows, and they stay in cache.
-  const bool fused_in = !units && Recurrent::packable(w_hh, /*transpose=*/true);
+  const bool fused_in = !units && RecurrentProduct::packable(w_hh, /*transpose=*/true);
   const int64_t* run_len = running_rows_enabled() ? len : nullptr;  // (products on the running rows)
-  const Recurrent rec(w_hh, /*transpose=*/true, /*pack=*/!fused_in && !units);  // (batch split without fused_in)
+  const RecurrentProduct rec(w_hh, /*transpose=*/true, /*pack=*/!fused_in && !units);  // (batch split without fused_in)
   // (grad mode is per thread: a worker's view of a weight that requires grad would be tracked)
   const Tensor W = units ? w_hh.detach() : Tensor();
   const UnitPacks up(units ? w_hh : Tensor(), units ? T : 0);
@@ -74,7 +74,7 @@ void forward_loop(const Tensor& x, const Tensor& w_ih, const Tensor& bias, const
   const scalar_t* wci = PEEP ? peep.data_ptr<scalar_t>() : nullptr;
   const scalar_t* wcf = PEEP ? wci + H : nullptr;
   const scalar_t* wco = PEEP ? wci + 2 * H : nullptr;
-  const scalar_t* K = PHASED ? k.data_ptr<scalar_t>() : nullptr;
+  const scalar_t* kgate = PHASED ? k.data_ptr<scalar_t>() : nullptr;
   const Tensor bias_vec = fused_in ? (bias.numel() > 0 ? bias.contiguous() : at::zeros({4 * H}, x.options())) : bias;
   const float* bias_or_zero = fused_in ? reinterpret_cast<const float*>(bias_vec.data_ptr()) : nullptr;
   scalar_t* O = OUT ? out.data_ptr<scalar_t>() : nullptr;
@@ -97,7 +97,7 @@ void forward_loop(const Tensor& x, const Tensor& w_ih, const Tensor& bias, const
       else at::mm_out(g2, x2, w_ih_t);
     }
     if (units) {
-      units_steps<scalar_t, PEEP, PHASED, OUT>(gbuf, hbuf, cbuf, W, up, K, kB, wci, O, len, save, t0, n);
+      units_steps<scalar_t, PEEP, PHASED, OUT>(gbuf, hbuf, cbuf, W, up, kgate, kB, wci, O, len, save, t0, n);
       continue;
     }
     at::parallel_for(0, B, batch_grain(B), [&](int64_t b0, int64_t b1) {
@@ -143,10 +143,10 @@ void forward_loop(const Tensor& x, const Tensor& w_ih, const Tensor& bias, const
           scalar_t* g = G + 4 * (b - b0) * H;
           scalar_t *hp = HS + sp * BH + r, *cp = CS + sp * BH + r, *hn = HS + sn * BH + r, *cn = CS + sn * BH + r;
           if (len != nullptr && t >= len[b]) {  // past the end: state unchanged, output zero
-            hold_row(hp, cp, hn, cn, O + t * BH + r, H);
+            ended_row(hp, cp, hn, cn, O + t * BH + r, H);
             continue;
           }
-          const scalar_t* kk = PHASED ? K + t * kB * H + (kB == 1 ? 0 : r) : nullptr;
+          const scalar_t* kk = PHASED ? kgate + t * kB * H + (kB == 1 ? 0 : r) : nullptr;
           forward_row<scalar_t, PEEP, PHASED, OUT>(g, g + H, g + 2 * H, g + 3 * H, hp, cp, hn, cn,
                                                    OUT ? O + t * BH + r : nullptr, wci, wcf, wco, kk, H);
         }
@@ -166,19 +166,19 @@ std::vector<Tensor> lstm_forward(const Tensor& x, const Tensor& w_ih, const Tens
   const int64_t T = x.size(0), B = x.size(1), H = w_hh.size(1);
   TORCH_CHECK(w_ih.size(0) == 4 * H && w_hh.size(0) == 4 * H && w_ih.size(1) == x.size(2), "weights do not fit");
   auto opts = x.options();
-  const bool peephole = present(peep), phased = present(k);
+  const bool peephole = has_values(peep), phased = has_values(k);
   Tensor acts = save ? at::empty({T, B, 4 * H}, opts) : at::empty({0}, opts);
   // saved states: hs[0] = h0, hs[t + 1] = h_t; in inference only the final state (B, H)
   Tensor hs = save ? at::empty({T + 1, B, H}, opts) : at::empty({B, H}, opts);
   Tensor cs = save ? at::empty({T + 1, B, H}, opts) : at::empty({B, H}, opts);
   // training without lengths: the output is the saved states h_1..h_T themselves
-  const bool own_out = !save || present(lengths);
+  const bool own_out = !save || has_values(lengths);
   Tensor out = own_out ? at::empty({T, B, H}, opts) : hs.narrow(0, 1, T);
   const Tensor xc = x.contiguous(), wi = w_ih.contiguous(), w = w_hh.contiguous();
   const Tensor pp = peephole ? peep.contiguous() : peep;
   const Tensor kk = phased ? k.contiguous() : k;
-  const int64_t* len = present(lengths) ? lengths.data_ptr<int64_t>() : nullptr;
-  const bool units = split_units(B, H, /*packed_infer=*/!save && Recurrent::packable(w, /*transpose=*/true));
+  const int64_t* len = has_values(lengths) ? lengths.data_ptr<int64_t>() : nullptr;
+  const bool units = split_units(B, H, /*packed_infer=*/!save && RecurrentProduct::packable(w, /*transpose=*/true));
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lstm_forward", [&] {
     auto run = [&](auto peep_flag, auto phased_flag) {
       constexpr bool P = decltype(peep_flag)::value, Q = decltype(phased_flag)::value;

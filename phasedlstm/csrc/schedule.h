@@ -8,7 +8,7 @@ namespace phasedlstm {
 
 // The recurrent product for this thread's rows: out_rows (M x N) += in_rows (M x K) B, where B
 // is W_hh^T (forward: K = H, N = 4H) or W_hh (backward: K = 4H, N = H).
-struct Recurrent {
+struct RecurrentProduct {
   Tensor b_for_aten;  // what at::addmm_ multiplies by
   PackedB packed;
   Tensor zeros;  // (N, float32) with the packed kernel: set() writes 0 + A B, without a zeroing pass first
@@ -22,7 +22,7 @@ struct Recurrent {
   }
 
   // pack = false: never pack (the caller multiplies by W some other way on the packed path)
-  Recurrent(const Tensor& w_hh, bool transpose, bool pack = true) {
+  RecurrentProduct(const Tensor& w_hh, bool transpose, bool pack = true) {
     // (detached: grad mode is per thread, and a worker's product with a weight that requires grad
     // would be tracked, or refused by the out= variant)
     b_for_aten = (transpose ? w_hh.t() : w_hh).detach();
@@ -148,7 +148,7 @@ struct UnitPacks {
   int64_t kblock = kUnitKBlock;
 
   UnitPacks(const Tensor& w_hh, int64_t T, bool backward = false) {
-    if (T < 8 || !Recurrent::packable(w_hh, /*transpose=*/true)) return;
+    if (T < 8 || !RecurrentProduct::packable(w_hh, /*transpose=*/true)) return;
     kblock = options().kblock;
     const int64_t H = w_hh.size(1), blk = unit_block(H), nb = (H + blk - 1) / blk, per = backward ? 1 : 4;
     const Tensor W = w_hh.detach().contiguous();
@@ -195,11 +195,11 @@ void units_dh_product(Tensor& dhprev, const Tensor& dg, const Tensor& W, const U
 // (for the LSTM both are the gate gradients dG).
 template <typename scalar_t>
 struct StepGrads {
-  const Recurrent &rec, &rin;
+  const RecurrentProduct &rec, &rin;
   const scalar_t *HS, *X;
   int64_t B, H, I, b0, Bt;
   Tensor h_t, x_t;  // scratch: h_{t-1}^T and x_t^T of the rows
-  StepGrads(const Recurrent& rec_, const Recurrent& rin_, const scalar_t* HS_, const scalar_t* X_, int64_t B_,
+  StepGrads(const RecurrentProduct& rec_, const RecurrentProduct& rin_, const scalar_t* HS_, const scalar_t* X_, int64_t B_,
             int64_t H_, int64_t I_, int64_t b0_, int64_t Bt_, const at::TensorOptions& opts)
       : rec(rec_), rin(rin_), HS(HS_), X(X_), B(B_), H(H_), I(I_), b0(b0_), Bt(Bt_),
         h_t(at::empty({H_, Bt_}, opts)), x_t(at::empty({I_, Bt_}, opts)) {}
