@@ -141,7 +141,7 @@ def _add_training_args(p: argparse.ArgumentParser, single: bool = True, epochs: 
     g.add_argument("--proj-size", type=_int_at_least(0), default=64, help="input projection size, 0 for none (default: 64)")
     g.add_argument("--pooling", default="last", choices=POOLING,
                    help="last valid step (the paper) or mean over valid steps (the lecture) (default: last)")
-    g.add_argument("--forget-bias", type=float, default=None,
+    g.add_argument("--forget-bias", type=_in_range(-100.0, 100.0, False, False), default=None,
                    help="added to the forget-gate bias at init (default: 1; 0 is torch.nn.LSTM's init)")
     g.add_argument("--gate-bias", type=_gate_bias, default=None, metavar="I,F,G,O",
                    help="constant initial biases of the input, forget, cell and output gates instead of the "

@@ -245,7 +245,12 @@ def load_checkpoint(path) -> dict:
         if "global" in detail.lower():  # a pickled object: loading it could run code
             raise CheckpointError(f"{path}: refused: it holds objects other than tensors and plain containers, "
                                   f"and loading it could run code ({detail})") from None
-        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): {detail or e}") from None
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        reason = detail or next((line.split("WeightsUnpickler error:", 1)[1].strip() for line in lines
+                                 if "WeightsUnpickler error:" in line), "") or (lines[0] if lines else "")
+        if "weights_only" in reason or not reason:  # (torch's advice to load it unsafely is not ours to give)
+            reason = "its contents are not a valid pickle"
+        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): {reason}") from None
     except Exception as e:  # truncated or corrupt archives raise RuntimeError, KeyError, EOFError, ...
         raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): "
                               f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
@@ -272,6 +277,9 @@ def load_run_model(path, device="cpu") -> tuple[TrainConfig, Task, SequenceModel
     A folder loads its ``best.pt`` (or ``last.pt`` if there is no best yet)."""
     path = Path(path)
     if path.is_dir():
+        if not (path / "best.pt").exists() and not (path / "last.pt").exists() and (path / "config.json").exists():
+            raise CheckpointError(f"{path}: this run has not finished an epoch yet (no best.pt or last.pt); "
+                                  f"train it (phasedlstm train --resume {path}) before evaluating or exporting it")
         path = path / "best.pt" if (path / "best.pt").exists() else path / "last.pt"
     ck = load_checkpoint(path)
     cfg = TrainConfig.from_dict(ck["config"])

@@ -207,6 +207,7 @@ def test_crafted_sizes_are_refused_before_allocating(tmp_path):
     (["--period-init", "1", "1000"], "--period-init: expected a number in [-88, 88]"),
     (["--seed", "99999999999999999999"], "--seed: expected an integer in [0, 2**63)"),
     (["--lr", "1e308"], "--lr: expected a number in (0, 10]"),
+    (["--forget-bias", "nan"], "--forget-bias: expected a number in [-100, 100]"),
     (["--classes", "0,0,2"], "--classes: each class once, got '0,0,2' (repeated: 0)"),
     (["--classes", "11"], "--classes: expected two or more distinct classes from 0-9"),
     (["--classes", "3"], "--classes: expected two or more distinct classes from 0-9"),
@@ -426,3 +427,26 @@ def test_compare_applies_model_options_to_their_models_and_refuses_before_traini
     with pytest.raises(SystemExit, match="apply to --model phased only"):
         cli.main(["compare", *TINY_COMPARE, "--models", "lstm,peephole", "--r-on", "0.1", "--out", str(nothing)])
     assert not nothing.exists()  # refused before any run started
+
+
+def test_an_unreadable_pickle_is_one_line_that_never_suggests_loading_it_unsafely(tmp_path, monkeypatch):
+    import pickle
+
+    bad = tmp_path / "last.pt"
+    bad.write_bytes(b"x")
+    message = ("Weights only load failed. This file can still be loaded, to do so you have two options\n"
+               "\t(1) Re-running `torch.load` with `weights_only` set to `False` will likely succeed\n"
+               "\tWeightsUnpickler error: Unsupported operand 149\n")
+    monkeypatch.setattr(torch, "load", lambda *a, **k: (_ for _ in ()).throw(pickle.UnpicklingError(message)))
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(bad)
+    text = str(e.value)
+    assert "\n" not in text and "weights_only" not in text and "Unsupported operand 149" in text
+
+
+def test_a_run_without_a_checkpoint_says_it_has_not_finished_an_epoch(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps(asdict(TrainConfig(**CFG))))
+    with pytest.raises(CheckpointError, match="has not finished an epoch yet"):
+        load_run_model(run)
