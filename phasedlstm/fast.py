@@ -81,13 +81,14 @@ def usable(x: Tensor) -> tuple[bool, str]:
     return True, ""
 
 
-def _empty(like: Tensor) -> Tensor:
-    return like.new_empty(0)
+def _contiguous(t: Tensor | None) -> Tensor | None:
+    """An optional argument of the kernels (Tensor? in their schemas): the kernels index raw memory."""
+    return None if t is None else t.contiguous()
 
 
-def _lengths(lengths: Tensor | None) -> Tensor:
-    """The kernels' form of lengths: contiguous int64, or empty for "all steps valid"."""
-    return torch.empty(0, dtype=torch.int64) if lengths is None else lengths.to(torch.int64).contiguous()
+def _lengths(lengths: Tensor | None) -> Tensor | None:
+    """The kernels' form of lengths: contiguous int64, or None for "all steps valid"."""
+    return None if lengths is None else lengths.to(torch.int64).contiguous()
 
 
 def _through_reference(*grads) -> bool:
@@ -118,11 +119,11 @@ def _reference_grads(reference, inputs, needs, grads) -> tuple:
 
 def _reference_loop(x, h0, c0, lengths, step):
     """Run ``step(t, h, c) -> (h, c)`` over the T steps of x (T, B, ...) with the layers' masking: past
-    a sequence's end (``lengths``, or empty for all steps valid) its state is kept and its output is zero."""
+    a sequence's end (``lengths``, or None for all steps valid) its state is kept and its output is zero."""
     h, c, outs = h0, c0, []
     for t in range(x.shape[0]):
         h_new, c_new = step(t, h, c)
-        if lengths.numel():
+        if lengths is not None:
             valid = (t < lengths).unsqueeze(1)
             h, c = torch.where(valid, h_new, h), torch.where(valid, c_new, c)
             outs.append(torch.where(valid, h_new, torch.zeros_like(h_new)))
@@ -133,15 +134,15 @@ def _reference_loop(x, h0, c0, lengths, step):
 
 
 def reference_lstm(x, w_ih, bias, w_hh, h0, c0, peep, k, lengths):
-    """lstm_forward's equations in plain PyTorch, with its arguments (empty tensors for absent ones):
+    """lstm_forward's equations in plain PyTorch, with its arguments (None for absent ones):
     the step functions of :mod:`phasedlstm.cells`."""
     from phasedlstm import cells
 
-    pre = F.linear(x, w_ih, bias if bias.numel() else None)  # (T, B, 4H)
-    wci, wcf, wco = peep.unbind(0) if peep.numel() else (None, None, None)
+    pre = F.linear(x, w_ih, bias)  # (T, B, 4H)
+    wci, wcf, wco = peep.unbind(0) if peep is not None else (None, None, None)
 
     def step(t, h, c):
-        if k.numel():
+        if k is not None:
             return cells.phased_step(pre[t], k[t], h, c, w_hh, None, wci, wcf, wco)
         return cells.peephole_step(pre[t], h, c, w_hh, None, wci, wcf, wco)
 
@@ -149,13 +150,12 @@ def reference_lstm(x, w_ih, bias, w_hh, h0, c0, peep, k, lengths):
 
 
 def reference_layernorm_lstm(x, w_ih, g_ih, b_ih, w_hh, h0, c0, g_hh, b_hh, g_c, b_c, lengths):
-    """ln_forward's equations in plain PyTorch, with its arguments (empty tensors for absent biases)."""
+    """ln_forward's equations in plain PyTorch, with its arguments (None for absent biases)."""
     from phasedlstm import cells
 
-    opt = (lambda t: t if t.numel() else None)  # noqa: E731
-    pre = cells.layernorm_input(x, w_ih, g_ih, opt(b_ih))
+    pre = cells.layernorm_input(x, w_ih, g_ih, b_ih)
     return _reference_loop(x, h0, c0, lengths,
-                           lambda t, h, c: cells.layernorm_step(pre[t], h, c, w_hh, g_hh, opt(b_hh), g_c, opt(b_c)))
+                           lambda t, h, c: cells.layernorm_step(pre[t], h, c, w_hh, g_hh, b_hh, g_c, b_c))
 
 
 def _needs_grad(*tensors) -> bool:
@@ -170,7 +170,7 @@ class _FusedLSTM(torch.autograd.Function):
         out, hn, cn, acts, hs, cs = torch.ops.phasedlstm_fused.lstm_forward(
             x, w_ih, bias, w_hh, h0, c0, peep, k, lengths, True)
         ctx.save_for_backward(x, w_ih, w_hh, peep, k, lengths, acts, hs, cs, bias, h0, c0)
-        ctx.has_bias = bias.numel() > 0
+        ctx.has_bias = bias is not None
         return out, hn, cn
 
     @staticmethod
@@ -182,9 +182,9 @@ class _FusedLSTM(torch.autograd.Function):
         return _lstm_grads((x, w_ih, w_hh, peep, k, lengths, *kept), ctx.has_bias, g_out, g_hn, g_cn)
 
 
-def _grad_or_empty(g, like: Tensor) -> Tensor:
-    """The kernels' form of an incoming gradient: contiguous, or empty for "none"."""
-    return _empty(like) if g is None else g.contiguous()
+def _grad(g: Tensor | None) -> Tensor | None:
+    """The kernels' form of an incoming gradient: contiguous, or None for "none"."""
+    return _contiguous(g)
 
 
 def _lstm_grads(saved, has_bias, g_out, g_hn, g_cn, copy=False) -> tuple:
@@ -192,11 +192,10 @@ def _lstm_grads(saved, has_bias, g_out, g_hn, g_cn, copy=False) -> tuple:
     ``saved`` = (x, w_ih, w_hh, peep, k, lengths, acts, hs, cs). ``copy``: for graphs (see _copies)."""
     x, w_ih, w_hh, peep, k, lengths, acts, hs, cs = saved
     d = torch.ops.phasedlstm_fused.lstm_backward(
-        _grad_or_empty(g_out, x), _grad_or_empty(g_hn, x), _grad_or_empty(g_cn, x),
-        x, w_ih, w_hh, peep, k, lengths, acts, hs, cs)
+        _grad(g_out), _grad(g_hn), _grad(g_cn), x, w_ih, w_hh, peep, k, lengths, acts, hs, cs)
     d = _copies(d) if copy else d
-    return (d[0], d[1], d[2] if has_bias else None, d[3], d[4], d[5], d[6] if peep.numel() else None,
-            d[7] if k.numel() else None, None)
+    return (d[0], d[1], d[2] if has_bias else None, d[3], d[4], d[5], d[6] if peep is not None else None,
+            d[7] if k is not None else None, None)
 
 
 class _FusedTimeGate(torch.autograd.Function):
@@ -244,7 +243,7 @@ class _FusedLayerNormLSTM(torch.autograd.Function):
         out, hn, cn, *saved = torch.ops.phasedlstm_fused.ln_forward(
             x, w_ih, g_ih, b_ih, w_hh, h0, c0, g_hh, b_hh, g_c, b_c, lengths, True)
         ctx.save_for_backward(x, w_ih, g_ih, b_ih, w_hh, g_hh, b_hh, g_c, b_c, lengths, *saved, h0, c0)
-        ctx.has_bias = b_ih.numel() > 0, b_hh.numel() > 0, b_c.numel() > 0
+        ctx.has_bias = b_ih is not None, b_hh is not None, b_c is not None
         return out, hn, cn
 
     @staticmethod
@@ -263,8 +262,7 @@ def _ln_grads(saved, has_bias, g_out, g_hn, g_cn, copy=False) -> tuple:
     lengths) from the kernel's backward; ``saved`` = the inputs but h0, c0, then what it kept."""
     x, w_ih, g_ih, b_ih, w_hh, g_hh, b_hh, g_c, b_c, lengths, *rest = saved
     d = torch.ops.phasedlstm_fused.ln_backward(
-        _grad_or_empty(g_out, x), _grad_or_empty(g_hn, x), _grad_or_empty(g_cn, x),
-        x, w_ih, g_ih, b_ih, w_hh, g_hh, b_hh, g_c, b_c, lengths, *rest)
+        _grad(g_out), _grad(g_hn), _grad(g_cn), x, w_ih, g_ih, b_ih, w_hh, g_hh, b_hh, g_c, b_c, lengths, *rest)
     d = _copies(d) if copy else d
     bih, bhh, bc = has_bias
     return (d[0], d[1], d[2], d[3] if bih else None, d[4], d[5], d[6], d[7], d[8] if bhh else None, d[9],
@@ -277,12 +275,9 @@ def lstm(x: Tensor, w_ih: Tensor, bias: Tensor | None, w_hh: Tensor, h0: Tensor,
     k (T, B or 1, H) or None; lengths (B,) or None. -> (output (T, B, H), h_n (B, H), c_n (B, H)).
 
     Without gradients to compute (inference), nothing is kept for backward."""
-    e = _empty(x)
-    lens = _lengths(lengths)
     # the kernels index raw memory: every tensor they read must be contiguous
-    args = (x.contiguous(), w_ih.contiguous(), e if bias is None else bias.contiguous(), w_hh.contiguous(),
-            h0.contiguous(), c0.contiguous(), e if peep is None else peep.contiguous(),
-            e if k is None else k.contiguous(), lens)
+    args = (x.contiguous(), w_ih.contiguous(), _contiguous(bias), w_hh.contiguous(), h0.contiguous(), c0.contiguous(),
+            _contiguous(peep), _contiguous(k), _lengths(lengths))
     if tracing():
         out = torch.ops.phasedlstm_fused.lstm_forward_graph(*args, _needs_grad(x, w_ih, bias, w_hh, h0, c0, peep, k))
         return out[0], out[1], out[2]
@@ -294,11 +289,9 @@ def lstm(x: Tensor, w_ih: Tensor, bias: Tensor | None, w_hh: Tensor, h0: Tensor,
 
 def layernorm_lstm(x, w_ih, g_ih, b_ih, w_hh, h0, c0, g_hh, b_hh, g_c, b_c, lengths):
     """Run one direction of the LN-LSTM over x (T, B, I); b_* None when bias=False."""
-    e = _empty(x)
-    lens = _lengths(lengths)
-    c = (lambda t: e if t is None else t.contiguous())  # noqa: E731
+    c = _contiguous
     args = (x.contiguous(), c(w_ih), c(g_ih), c(b_ih), c(w_hh), h0.contiguous(), c0.contiguous(), c(g_hh), c(b_hh),
-            c(g_c), c(b_c), lens)
+            c(g_c), c(b_c), _lengths(lengths))
     if tracing():
         out = torch.ops.phasedlstm_fused.ln_forward_graph(*args, _needs_grad(x, w_ih, g_ih, b_ih, w_hh, h0, c0, g_hh,
                                                                                b_hh, g_c, b_c))
@@ -343,13 +336,11 @@ def infer(x: Tensor, times: Tensor | None, h0: Tensor, c0: Tensor, p: dict, leak
     values large enough for a sum of products to overflow (where the result depends on the order
     of the sums: the caller runs the dense path, whose sums are the reference's).
     ``open``: the unit-steps computed."""
-    e = _empty(x)
-    o = (lambda t: e if t is None else t)  # noqa: E731
     bounds = [_absmax(p["weight_ih"]), _absmax(p["weight_hh"]), _absmax(p["bias_ih"]) + _absmax(p["bias_hh"])] \
         if sparse else [0.0, 0.0, 0.0]
     res, status, n_open = torch.ops.phasedlstm_fused.infer_forward(
-        x, o(times), h0, c0, p["weight_ih"], p["weight_hh"], o(p["bias_ih"]), o(p["bias_hh"]), o(p.get("weight_ci")),
-        o(p.get("weight_cf")), o(p.get("weight_co")), o(p.get("period")), o(p.get("shift")), o(p.get("r_on")),
+        x, times, h0, c0, p["weight_ih"], p["weight_hh"], p["bias_ih"], p["bias_hh"], p.get("weight_ci"),
+        p.get("weight_cf"), p.get("weight_co"), p.get("period"), p.get("shift"), p.get("r_on"),
         float(leak), _lengths(lengths), sparse, bounds)
     if status:
         return None
@@ -394,7 +385,8 @@ def _fake_gate_backward(dk, times, tau, s, r_on, leak):
 def _fake_lstm_backward(g_out, g_hn, g_cn, x, w_ih, w_hh, peep, k, lengths, acts, hs, cs):
     B, H = x.shape[1], w_hh.shape[1]
     return [x.new_empty(x.shape), w_ih.new_empty(w_ih.shape), x.new_empty(4 * H), w_hh.new_empty(w_hh.shape),
-            x.new_empty(B, H), x.new_empty(B, H), peep.new_empty(peep.shape), k.new_empty(k.shape)]
+            x.new_empty(B, H), x.new_empty(B, H), x.new_empty(0) if peep is None else peep.new_empty(peep.shape),
+            x.new_empty(0) if k is None else k.new_empty(k.shape)]
 
 
 def _fake_ln_backward(g_out, g_hn, g_cn, x, w_ih, g_ih, b_ih, w_hh, g_hh, b_hh, g_c, b_c, lengths, *saved):
@@ -412,7 +404,7 @@ def _copies(grads):
 def _setup_lstm(ctx, inputs, output):
     x, w_ih, bias, w_hh, h0, c0, peep, k, lengths, save = inputs
     ctx.save_for_backward(x, w_ih, w_hh, peep, k, lengths, *output[3:])
-    ctx.has_bias = bias.numel() > 0
+    ctx.has_bias = bias is not None
 
 
 def _backward_lstm(ctx, grads):
@@ -422,7 +414,7 @@ def _backward_lstm(ctx, grads):
 def _setup_ln(ctx, inputs, output):
     x, w_ih, g_ih, b_ih, w_hh, h0, c0, g_hh, b_hh, g_c, b_c, lengths, save = inputs
     ctx.save_for_backward(x, w_ih, g_ih, b_ih, w_hh, g_hh, b_hh, g_c, b_c, lengths, *output[3:])
-    ctx.has_bias = b_ih.numel() > 0, b_hh.numel() > 0, b_c.numel() > 0
+    ctx.has_bias = b_ih is not None, b_hh is not None, b_c is not None
 
 
 def _backward_ln(ctx, grads):

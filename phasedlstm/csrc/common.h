@@ -153,6 +153,15 @@ inline T tanh_exact(T x) {
 
 inline bool has_values(const Tensor& t) { return t.defined() && t.numel() > 0; }
 
+// An optional argument of an operator (Tensor? in its schema).
+using OptTensor = c10::optional<Tensor>;
+
+// An optional argument inside the kernels: the tensor, or an
+// empty one (which has_values() tells apart) where it was not given.
+inline Tensor or_empty(const OptTensor& t, at::TensorOptions opts) {
+  return t.has_value() && t->defined() ? *t : at::empty({0}, opts);
+}
+
 inline int64_t grain_for(int64_t H) { return std::max<int64_t>(1, 2048 / std::max<int64_t>(H, 1)); }
 
 // ---------------------------------------------------------------------------------------------

@@ -236,10 +236,20 @@ int64_t infer_loop(const InferArgs<scalar_t>& A, const GateUnits* gu, scalar_t* 
 }
 
 std::tuple<std::vector<Tensor>, int64_t, int64_t> infer_forward(
-    const Tensor& x, const Tensor& times, const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
-    const Tensor& b_ih, const Tensor& b_hh, const Tensor& w_ci, const Tensor& w_cf, const Tensor& w_co,
-    const Tensor& tau, const Tensor& s, const Tensor& r_on, double leak, const Tensor& lengths, bool sparse,
-    at::ArrayRef<double> bounds) {
+    const Tensor& x, const OptTensor& times_opt, const Tensor& h0, const Tensor& c0, const Tensor& w_ih,
+    const Tensor& w_hh, const OptTensor& b_ih_opt, const OptTensor& b_hh_opt, const OptTensor& w_ci_opt,
+    const OptTensor& w_cf_opt, const OptTensor& w_co_opt, const OptTensor& tau_opt, const OptTensor& s_opt,
+    const OptTensor& r_on_opt, double leak, const OptTensor& lengths_opt, bool sparse, at::ArrayRef<double> bounds) {
+  const Tensor times = or_empty(times_opt, x.options().dtype(at::kDouble));
+  const Tensor b_ih = or_empty(b_ih_opt, x.options());
+  const Tensor b_hh = or_empty(b_hh_opt, x.options());
+  const Tensor w_ci = or_empty(w_ci_opt, x.options());
+  const Tensor w_cf = or_empty(w_cf_opt, x.options());
+  const Tensor w_co = or_empty(w_co_opt, x.options());
+  const Tensor tau = or_empty(tau_opt, x.options());
+  const Tensor s = or_empty(s_opt, x.options());
+  const Tensor r_on = or_empty(r_on_opt, x.options());
+  const Tensor lengths = or_empty(lengths_opt, x.options().dtype(at::kLong));
   TORCH_CHECK(bounds.size() == 3, "bounds must hold 3 values");
   TORCH_CHECK(x.dim() == 3, "x must be (T, B, I)");
   const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = w_hh.size(1);

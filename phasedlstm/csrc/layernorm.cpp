@@ -401,10 +401,14 @@ void ln_infer_loop(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, cons
   }
 }
 
-std::vector<Tensor> ln_forward(const Tensor& x, const Tensor& w_ih, const Tensor& g_ih, const Tensor& b_ih,
+std::vector<Tensor> ln_forward(const Tensor& x, const Tensor& w_ih, const Tensor& g_ih, const OptTensor& b_ih_opt,
                                const Tensor& w_hh, const Tensor& h0, const Tensor& c0, const Tensor& g_hh,
-                               const Tensor& b_hh, const Tensor& g_c, const Tensor& b_c, const Tensor& lengths,
-                               bool save) {
+                               const OptTensor& b_hh_opt, const Tensor& g_c, const OptTensor& b_c_opt,
+                               const OptTensor& lengths_opt, bool save) {
+  const Tensor b_ih = or_empty(b_ih_opt, x.options());
+  const Tensor b_hh = or_empty(b_hh_opt, x.options());
+  const Tensor b_c = or_empty(b_c_opt, x.options());
+  const Tensor lengths = or_empty(lengths_opt, x.options().dtype(at::kLong));
   TORCH_CHECK(x.dim() == 3, "x must be (T, B, I)");
   const int64_t T = x.size(0), B = x.size(1), H = w_hh.size(1);
   auto opts = x.options();
@@ -592,12 +596,20 @@ void ln_backward_loop(const Tensor& grad_out, const Tensor& x, const Tensor& w_i
   dc.copy_(dcb[0]);
 }
 
-std::vector<Tensor> ln_backward(const Tensor& grad_out, const Tensor& grad_hn, const Tensor& grad_cn,
-                                const Tensor& x, const Tensor& w_ih, const Tensor& g_ih, const Tensor& b_ih,
-                                const Tensor& w_hh, const Tensor& g_hh, const Tensor& b_hh, const Tensor& g_c,
-                                const Tensor& b_c, const Tensor& lengths, const Tensor& rih,
+std::vector<Tensor> ln_backward(const OptTensor& grad_out_opt, const OptTensor& grad_hn_opt,
+                                const OptTensor& grad_cn_opt, const Tensor& x, const Tensor& w_ih,
+                                const Tensor& g_ih, const OptTensor& b_ih_opt, const Tensor& w_hh,
+                                const Tensor& g_hh, const OptTensor& b_hh_opt, const Tensor& g_c,
+                                const OptTensor& b_c_opt, const OptTensor& lengths_opt, const Tensor& rih,
                                 const Tensor& zhh, const Tensor& rhh, const Tensor& zc, const Tensor& rc,
                                 const Tensor& hs, const Tensor& cs) {
+  const Tensor grad_out = or_empty(grad_out_opt, x.options());
+  const Tensor grad_hn = or_empty(grad_hn_opt, x.options());
+  const Tensor grad_cn = or_empty(grad_cn_opt, x.options());
+  const Tensor b_ih = or_empty(b_ih_opt, x.options());
+  const Tensor b_hh = or_empty(b_hh_opt, x.options());
+  const Tensor b_c = or_empty(b_c_opt, x.options());
+  const Tensor lengths = or_empty(lengths_opt, x.options().dtype(at::kLong));
   const int64_t T = zhh.size(0), B = zhh.size(1), I = x.size(2), H = w_hh.size(1);
   const int64_t nt = at::get_num_threads();
   auto opts = zhh.options();

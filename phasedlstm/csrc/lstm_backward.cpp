@@ -199,10 +199,17 @@ void backward_loop(const Tensor& grad_out, const Tensor& x, const Tensor& w_ih, 
   dc.copy_(dcb[0]);
 }
 
-std::vector<Tensor> lstm_backward(const Tensor& grad_out, const Tensor& grad_hn, const Tensor& grad_cn,
-                                  const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, const Tensor& peep,
-                                  const Tensor& k, const Tensor& lengths, const Tensor& acts, const Tensor& hs,
+std::vector<Tensor> lstm_backward(const OptTensor& grad_out_opt, const OptTensor& grad_hn_opt,
+                                  const OptTensor& grad_cn_opt, const Tensor& x, const Tensor& w_ih,
+                                  const Tensor& w_hh, const OptTensor& peep_opt, const OptTensor& k_opt,
+                                  const OptTensor& lengths_opt, const Tensor& acts, const Tensor& hs,
                                   const Tensor& cs) {
+  const Tensor grad_out = or_empty(grad_out_opt, x.options());
+  const Tensor grad_hn = or_empty(grad_hn_opt, x.options());
+  const Tensor grad_cn = or_empty(grad_cn_opt, x.options());
+  const Tensor peep = or_empty(peep_opt, x.options());
+  const Tensor k = or_empty(k_opt, x.options());
+  const Tensor lengths = or_empty(lengths_opt, x.options().dtype(at::kLong));
   const int64_t T = acts.size(0), B = acts.size(1), I = x.size(2), H = w_hh.size(1);
   const int64_t nt = at::get_num_threads();
   auto opts = acts.options();

@@ -159,9 +159,13 @@ void forward_loop(const Tensor& x, const Tensor& w_ih, const Tensor& bias, const
   }
 }
 
-std::vector<Tensor> lstm_forward(const Tensor& x, const Tensor& w_ih, const Tensor& bias, const Tensor& w_hh,
-                                 const Tensor& h0, const Tensor& c0, const Tensor& peep, const Tensor& k,
-                                 const Tensor& lengths, bool save) {
+std::vector<Tensor> lstm_forward(const Tensor& x, const Tensor& w_ih, const OptTensor& bias_opt, const Tensor& w_hh,
+                                 const Tensor& h0, const Tensor& c0, const OptTensor& peep_opt,
+                                 const OptTensor& k_opt, const OptTensor& lengths_opt, bool save) {
+  const Tensor bias = or_empty(bias_opt, x.options());
+  const Tensor peep = or_empty(peep_opt, x.options());
+  const Tensor k = or_empty(k_opt, x.options());
+  const Tensor lengths = or_empty(lengths_opt, x.options().dtype(at::kLong));
   TORCH_CHECK(x.dim() == 3, "x must be (T, B, I)");
   const int64_t T = x.size(0), B = x.size(1), H = w_hh.size(1);
   TORCH_CHECK(w_ih.size(0) == 4 * H && w_hh.size(0) == 4 * H && w_ih.size(1) == x.size(2), "weights do not fit");

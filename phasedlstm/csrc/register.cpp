@@ -19,9 +19,14 @@ std::vector<Tensor> unalias(std::vector<Tensor> r, size_t outputs) {
   return r;
 }
 
-std::vector<Tensor> lstm_forward_graph(const Tensor& x, const Tensor& w_ih, const Tensor& bias, const Tensor& w_hh,
-                                       const Tensor& h0, const Tensor& c0, const Tensor& peep, const Tensor& k,
-                                       const Tensor& lengths, bool save) {
+std::vector<Tensor> lstm_forward_graph(const Tensor& x, const Tensor& w_ih, const OptTensor& bias_opt,
+                                       const Tensor& w_hh, const Tensor& h0, const Tensor& c0,
+                                       const OptTensor& peep_opt, const OptTensor& k_opt,
+                                       const OptTensor& lengths_opt, bool save) {
+  const Tensor bias = or_empty(bias_opt, x.options());
+  const Tensor peep = or_empty(peep_opt, x.options());
+  const Tensor k = or_empty(k_opt, x.options());
+  const Tensor lengths = or_empty(lengths_opt, x.options().dtype(at::kLong));
   auto r = lstm_forward(x, w_ih, bias, w_hh, h0, c0, peep, k, lengths, save);
   if (!save) {  // h_n, c_n are the state buffers themselves: drop those from the saved slots
     r[4] = at::empty({0}, r[4].options());
@@ -30,10 +35,15 @@ std::vector<Tensor> lstm_forward_graph(const Tensor& x, const Tensor& w_ih, cons
   return unalias(r, 3);
 }
 
-std::vector<Tensor> ln_forward_graph(const Tensor& x, const Tensor& w_ih, const Tensor& g_ih, const Tensor& b_ih,
-                                     const Tensor& w_hh, const Tensor& h0, const Tensor& c0, const Tensor& g_hh,
-                                     const Tensor& b_hh, const Tensor& g_c, const Tensor& b_c, const Tensor& lengths,
+std::vector<Tensor> ln_forward_graph(const Tensor& x, const Tensor& w_ih, const Tensor& g_ih,
+                                     const OptTensor& b_ih_opt, const Tensor& w_hh, const Tensor& h0,
+                                     const Tensor& c0, const Tensor& g_hh, const OptTensor& b_hh_opt,
+                                     const Tensor& g_c, const OptTensor& b_c_opt, const OptTensor& lengths_opt,
                                      bool save) {
+  const Tensor b_ih = or_empty(b_ih_opt, x.options());
+  const Tensor b_hh = or_empty(b_hh_opt, x.options());
+  const Tensor b_c = or_empty(b_c_opt, x.options());
+  const Tensor lengths = or_empty(lengths_opt, x.options().dtype(at::kLong));
   auto r = ln_forward(x, w_ih, g_ih, b_ih, w_hh, h0, c0, g_hh, b_hh, g_c, b_c, lengths, save);
   if (!save) {  // inference keeps nothing: the same 10 slots as training, empty
     while (r.size() < 10) r.push_back(at::empty({0}, x.options()));
@@ -48,21 +58,21 @@ using namespace phasedlstm;
 TORCH_LIBRARY(phasedlstm_fused, m) {
   m.def("time_gate_forward(Tensor times, Tensor tau, Tensor s, Tensor r_on, float leak) -> Tensor");
   m.def("time_gate_backward(Tensor dk, Tensor times, Tensor tau, Tensor s, Tensor r_on, float leak) -> Tensor[]");
-  m.def("lstm_forward(Tensor x, Tensor w_ih, Tensor bias, Tensor w_hh, Tensor h0, Tensor c0, Tensor peep, Tensor k, "
-        "Tensor lengths, bool save) -> Tensor[]");
-  m.def("lstm_backward(Tensor grad_out, Tensor grad_hn, Tensor grad_cn, Tensor x, Tensor w_ih, Tensor w_hh, "
-        "Tensor peep, Tensor k, Tensor lengths, Tensor acts, Tensor hs, Tensor cs) -> Tensor[]");
-  m.def("ln_forward(Tensor x, Tensor w_ih, Tensor g_ih, Tensor b_ih, Tensor w_hh, Tensor h0, Tensor c0, "
-        "Tensor g_hh, Tensor b_hh, Tensor g_c, Tensor b_c, Tensor lengths, bool save) -> Tensor[]");
-  m.def("lstm_forward_graph(Tensor x, Tensor w_ih, Tensor bias, Tensor w_hh, Tensor h0, Tensor c0, Tensor peep, "
-        "Tensor k, Tensor lengths, bool save) -> Tensor[]");
-  m.def("ln_forward_graph(Tensor x, Tensor w_ih, Tensor g_ih, Tensor b_ih, Tensor w_hh, Tensor h0, Tensor c0, "
-        "Tensor g_hh, Tensor b_hh, Tensor g_c, Tensor b_c, Tensor lengths, bool save) -> Tensor[]");
-  m.def("infer_forward(Tensor x, Tensor times, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, Tensor b_ih, "
-        "Tensor b_hh, Tensor w_ci, Tensor w_cf, Tensor w_co, Tensor tau, Tensor s, Tensor r_on, float leak, "
-        "Tensor lengths, bool sparse, float[] bounds) -> (Tensor[], int, int)");
-  m.def("ln_backward(Tensor grad_out, Tensor grad_hn, Tensor grad_cn, Tensor x, Tensor w_ih, Tensor g_ih, "
-        "Tensor b_ih, Tensor w_hh, Tensor g_hh, Tensor b_hh, Tensor g_c, Tensor b_c, Tensor lengths, "
+  m.def("lstm_forward(Tensor x, Tensor w_ih, Tensor? bias, Tensor w_hh, Tensor h0, Tensor c0, Tensor? peep, Tensor? k, "
+        "Tensor? lengths, bool save) -> Tensor[]");
+  m.def("lstm_backward(Tensor? grad_out, Tensor? grad_hn, Tensor? grad_cn, Tensor x, Tensor w_ih, Tensor w_hh, "
+        "Tensor? peep, Tensor? k, Tensor? lengths, Tensor acts, Tensor hs, Tensor cs) -> Tensor[]");
+  m.def("ln_forward(Tensor x, Tensor w_ih, Tensor g_ih, Tensor? b_ih, Tensor w_hh, Tensor h0, Tensor c0, "
+        "Tensor g_hh, Tensor? b_hh, Tensor g_c, Tensor? b_c, Tensor? lengths, bool save) -> Tensor[]");
+  m.def("lstm_forward_graph(Tensor x, Tensor w_ih, Tensor? bias, Tensor w_hh, Tensor h0, Tensor c0, Tensor? peep, "
+        "Tensor? k, Tensor? lengths, bool save) -> Tensor[]");
+  m.def("ln_forward_graph(Tensor x, Tensor w_ih, Tensor g_ih, Tensor? b_ih, Tensor w_hh, Tensor h0, Tensor c0, "
+        "Tensor g_hh, Tensor? b_hh, Tensor g_c, Tensor? b_c, Tensor? lengths, bool save) -> Tensor[]");
+  m.def("infer_forward(Tensor x, Tensor? times, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
+        "Tensor? b_hh, Tensor? w_ci, Tensor? w_cf, Tensor? w_co, Tensor? tau, Tensor? s, Tensor? r_on, float leak, "
+        "Tensor? lengths, bool sparse, float[] bounds) -> (Tensor[], int, int)");
+  m.def("ln_backward(Tensor? grad_out, Tensor? grad_hn, Tensor? grad_cn, Tensor x, Tensor w_ih, Tensor g_ih, "
+        "Tensor? b_ih, Tensor w_hh, Tensor g_hh, Tensor? b_hh, Tensor g_c, Tensor? b_c, Tensor? lengths, "
         "Tensor rih, Tensor zhh, Tensor rhh, Tensor zc, Tensor rc, Tensor hs, Tensor cs) -> Tensor[]");
 }
 
