@@ -159,7 +159,7 @@ def unbatch(h: Tensor, c: Tensor, batched: bool):
     return (h, c) if batched else (h.squeeze(0), c.squeeze(0))
 
 
-def _tracing() -> bool:
+def tracing() -> bool:
     """Under torch.compile / torch.export the checks of values (not of shapes) are skipped: they read
     data, which a graph cannot branch on. Eager calls check everything."""
     return torch.compiler.is_compiling()
@@ -167,7 +167,7 @@ def _tracing() -> bool:
 
 def _check_times_values(times: Tensor, valid: Tensor | None) -> None:
     """times (B, T) or (1, T) (shared) float64: finite everywhere, non-decreasing within valid steps."""
-    if _tracing():
+    if tracing():
         return
     if not torch.isfinite(times).all():
         b, t = (~torch.isfinite(times)).nonzero()[0].tolist()
@@ -195,7 +195,7 @@ _EXACT_UP_TO = {torch.float16: 2.0**11, torch.bfloat16: 2.0**8, torch.float32: _
 def _warn_imprecise_times(times: Tensor) -> None:
     """Warn when timestamps have lost (or will lose, in float64) the resolution of one time unit."""
     limit = _EXACT_UP_TO.get(times.dtype)
-    if limit is None or not times.numel() or _tracing():
+    if limit is None or not times.numel() or tracing():
         return
     top = times.abs().max().item()
     if top <= limit or not math.isfinite(top):  # (a non-finite timestamp is refused by the value check)
@@ -284,7 +284,7 @@ def check_layer_input(module, input, hx, times, lengths):
                             f"(batch_first=False: (seq, batch, feature)); if your input is (batch, seq, feature), "
                             f"construct the layer with batch_first=True")
             raise InputError(f"Expected lengths of shape ({B},) (one per sequence), got {_shape(lengths)}{hint}")
-        lo, hi = (1, T) if _tracing() else (int(lengths.min()), int(lengths.max()))
+        lo, hi = (1, T) if tracing() else (int(lengths.min()), int(lengths.max()))
         if lo < 1 or hi > T:
             raise InputError(f"lengths must be in [1, {T}] (the padded sequence length), got values in [{lo}, {hi}]")
         lengths = lengths.to(device=x.device, dtype=torch.int64)
@@ -328,7 +328,7 @@ def check_layer_input(module, input, hx, times, lengths):
 def check_time_parameters(params, name_of) -> None:
     """The Phased LSTM's tau, s and r_on must be finite for the time gate to be defined.
     ``name_of(param)`` gives a parameter's name for the message (called only on failure)."""
-    if _tracing():
+    if tracing():
         return
     for q in params:
         if not bool(torch.isfinite(q).all()):

@@ -199,6 +199,30 @@ def time_gate(times: Tensor, period: Tensor, shift: Tensor, r_on: Tensor, leak: 
 # --------------------------------------------------------------------------------------
 
 
+def init_lstm_(tensors, bias_ih: Tensor | None, bias_hh: Tensor | None, hidden_size: int, forget_bias: float = 0.0,
+               gate_bias=None) -> None:
+    """torch.nn.LSTM's initialisation of one cell (or one layer and direction): every tensor
+    U(-1/sqrt(H), 1/sqrt(H)) in the order given (torch's, so that one seed gives its numbers); then
+    ``forget_bias`` added to the forget gate's part of ``bias_ih``, or, with ``gate_bias`` (i, f, g, o),
+    ``bias_ih`` set to those constants per gate and ``bias_hh`` to zero."""
+    init_uniform_(tensors, hidden_size)
+    if bias_ih is None:
+        return
+    H = hidden_size
+    with torch.no_grad():
+        if gate_bias is not None:
+            for k, v in enumerate(gate_bias):
+                bias_ih[k * H : (k + 1) * H] = v
+            bias_hh.zero_()
+        else:
+            bias_ih[H : 2 * H] += forget_bias
+
+
+def leak_in_mode(leak: float, training: bool) -> float:
+    """The leak alpha of a closed time gate: ``leak`` in training, 0 at evaluation (the paper's rule)."""
+    return leak if training else 0.0
+
+
 def init_uniform_(tensors, hidden_size: int) -> None:
     """torch.nn.LSTM's initialisation: U(-1/sqrt(H), 1/sqrt(H))."""
     bound = 1.0 / math.sqrt(hidden_size) if hidden_size > 0 else 0.0
@@ -247,11 +271,8 @@ class _CellBase(nn.Module):
             self.register_parameter("bias_hh", None)
 
     def _reset_common(self) -> None:
-        init_uniform_([self.weight_ih, self.weight_hh], self.hidden_size)
-        if self.bias:
-            init_uniform_([self.bias_ih, self.bias_hh], self.hidden_size)
-            with torch.no_grad():
-                self.bias_ih[self.hidden_size : 2 * self.hidden_size] += self.forget_bias
+        tensors = [self.weight_ih, self.weight_hh] + ([self.bias_ih, self.bias_hh] if self.bias else [])
+        init_lstm_(tensors, self.bias_ih, self.bias_hh, self.hidden_size, self.forget_bias)
 
     def _prepare(self, input: Tensor, hx):
         """Validate; return (x (B, I), h (B, H), c (B, H), batched)."""
@@ -397,7 +418,7 @@ class PhasedLSTMCell(_CellBase):
 
     def time_gate(self, time: Tensor) -> Tensor:
         """k_t for timestamps of any shape (...) -> (..., H), with this mode's leak."""
-        return time_gate(time, self.period, self.shift, self.r_on, self.leak if self.training else 0.0)
+        return time_gate(time, self.period, self.shift, self.r_on, leak_in_mode(self.leak, self.training))
 
     def forward(self, input: Tensor, hx=None, *, time):
         x, h, c, batched = self._prepare(input, hx)

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from phasedlstm import _build
+from phasedlstm._checks import tracing  # (under torch.compile / torch.export the graph forms are called)
 from phasedlstm._build import (CSRC, _state, build_dir, ext_dir, load, load_built, sources,  # noqa: F401
                                unavailable_reason)
 
@@ -445,10 +446,6 @@ def _register_graph_ops() -> None:
     torch.library.register_autograd(lib + "time_gate_forward", _backward_gate, setup_context=_setup_gate)
     _graph_ops["registered"] = True
 
-
-def tracing() -> bool:
-    """Whether torch.compile or torch.export is tracing this call (the graph form is used then)."""
-    return torch.compiler.is_compiling()
 
 
 _build.ON_LOAD.append(_register_graph_ops)

@@ -22,7 +22,8 @@ from phasedlstm.cells import (
     DEFAULT_LEAK,
     init_layernorm_,
     init_time_parameters_,
-    init_uniform_,
+    init_lstm_,
+    leak_in_mode,
     layernorm_input,
     layernorm_step,
     lstm_step,
@@ -131,16 +132,8 @@ class RecurrentLayer(nn.Module):
 
     def _reset_direction(self, p: dict) -> None:
         """Initialise one layer and direction's parameters (``p``: base name -> Parameter)."""
-        init_uniform_([v for v in p.values() if v is not None], self.hidden_size)
-        if self.bias:
-            H = self.hidden_size
-            with torch.no_grad():
-                if self.gate_bias is not None:  # constants per gate (i, f, g, o) in bias_ih, bias_hh zero
-                    for k, v in enumerate(self.gate_bias):
-                        p["bias_ih"][k * H : (k + 1) * H] = v
-                    p["bias_hh"].zero_()
-                else:
-                    p["bias_ih"][H : 2 * H] += self.forget_bias
+        init_lstm_([v for v in p.values() if v is not None], p["bias_ih"], p["bias_hh"], self.hidden_size,
+                   self.forget_bias, self.gate_bias)
 
     def _precompute(self, x: Tensor, times: Tensor, p: dict) -> tuple:
         """State-free work of all steps: x (T, B, I), times (T, B) float64 -> tensors (T, B, ...)."""
@@ -176,7 +169,7 @@ class RecurrentLayer(nn.Module):
         """Whether this call takes the fused native loop (see :mod:`phasedlstm.fast`)."""
         if self.impl == "reference" or torch.jit.is_tracing():  # (torch.jit.trace records the reference's ops)
             return False
-        if torch._C._functorch.maybe_current_level() is not None and not fast.tracing():
+        if torch._C._functorch.maybe_current_level() is not None and not _checks.tracing():
             # inside torch.func's vmap / grad / jacrev: the kernels have no batching rules; the reference
             # loop is plain PyTorch, which the transforms handle
             if self.impl == "fast":
@@ -209,7 +202,7 @@ class RecurrentLayer(nn.Module):
             return paths.scan.run
         if not self._fast_path(x):
             return paths.reference.run
-        if (not fast.tracing() and self._infer_mode(x.shape[0]) is not None
+        if (not _checks.tracing() and self._infer_mode(x.shape[0]) is not None
                 and not fast._needs_grad(x, h0, c0, *self.parameters())):
             return paths.infer.run
         return paths.fused.run
@@ -274,7 +267,7 @@ class RecurrentLayer(nn.Module):
         if (not self._streamable or self.impl == "reference" or self.impl == "scan" or input.dim() != 3
                 or input.shape[1 if self.batch_first else 0] != 1 or self.proj_size or not fast._state["loaded"]
                 or input.device.type != "cpu" or (self.training and self.dropout > 0 and self.num_layers > 1)
-                or torch.compiler.is_compiling() or torch.jit.is_tracing()
+                or _checks.tracing() or torch.jit.is_tracing()
                 or torch._C._functorch.maybe_current_level() is not None
                 or torch.is_autocast_enabled("cpu")):
             return None
@@ -575,7 +568,7 @@ class PhasedLSTM(RecurrentLayer):
     @property
     def _alpha(self) -> float:
         """The leak of a closed gate in this mode: ``leak`` in training, 0 at evaluation."""
-        return self.leak if self.training else 0.0
+        return leak_in_mode(self.leak, self.training)
 
     def _infer_mode(self, T):
         if self.sparse_inference and self._alpha == 0.0:
