@@ -187,10 +187,11 @@ class RecurrentLayer(nn.Module):
             raise RuntimeError(f"impl='fast' was asked for, but the fused kernels cannot run here: {why}")
         return ok
 
-    def _infer_mode(self, T: int) -> bool | None:
-        """Whether a call without gradients of T steps takes the inference path: sparse (True), every
-        unit (False), or not at all (None: the fused loop on packed weights, faster over many steps)."""
-        return False if T == 1 else None
+    def _inference(self, T: int) -> str:
+        """How a call without gradients of T steps runs: "sparse" (the inference kernel, only the open
+        units), "dense" (the inference kernel, every unit) or "fused" (the fused loop on packed weights,
+        faster over many steps)."""
+        return "dense" if T == 1 else "fused"
 
     @property
     def _alpha(self) -> float:
@@ -202,7 +203,7 @@ class RecurrentLayer(nn.Module):
             return paths.scan.run
         if not self._fast_path(x):
             return paths.reference.run
-        if (not _checks.tracing() and self._infer_mode(x.shape[0]) is not None
+        if (not _checks.tracing() and self._inference(x.shape[0]) != "fused"
                 and not fast._needs_grad(x, h0, c0, *self.parameters())):
             return paths.infer.run
         return paths.fused.run
@@ -570,10 +571,10 @@ class PhasedLSTM(RecurrentLayer):
         """The leak of a closed gate in this mode: ``leak`` in training, 0 at evaluation."""
         return leak_in_mode(self.leak, self.training)
 
-    def _infer_mode(self, T):
+    def _inference(self, T):
         if self.sparse_inference and self._alpha == 0.0:
-            return True
-        return False if T == 1 else None
+            return "sparse"
+        return super()._inference(T)
 
     def _time_parameters(self, p):
         """tau, s, r_on of one layer and direction, refused if any is not finite (the gate of a NaN

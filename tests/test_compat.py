@@ -302,9 +302,15 @@ def test_compiled_fullgraph_call_as_the_first_call_of_a_process():
 def test_a_wheel_carries_the_kernels_and_builds_them_from_a_plain_install(tmp_path):
     """`pip wheel .` gives a wheel with the kernels' source; installed (not editable) into a fresh
     environment that has torch, the fused path builds from it and equals the reference."""
+    import shutil
+
+    src = tmp_path / "src"  # (a copy: setuptools writes build/ and *.egg-info beside the sources it builds)
+    shutil.copytree(ROOT / "phasedlstm", src / "phasedlstm", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
     wheels = tmp_path / "wheels"
     r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                        str(wheels), str(ROOT)], capture_output=True, text=True, timeout=600)
+                        str(wheels), str(src)], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     (wheel,) = wheels.glob("phasedlstm-*.whl")
     names = zipfile.ZipFile(wheel).namelist()

@@ -28,7 +28,7 @@ def _kernel(layer, steps, h, c, p, check):
         times = times[:, 0] if steps.shared else times.t()
         if "period" in p:
             layer._time_parameters(p)  # (refuses non-finite ones, naming them)
-    sparse = layer._infer_mode(x.shape[0]) is True
+    sparse = layer._inference(x.shape[0]) == "sparse"
     r = fast.infer(x, times, h, c, p, layer._alpha, lengths, sparse)
     if r is None:  # declined: weights not finite, or values that could overflow (the dense path's sums decide)
         return None
