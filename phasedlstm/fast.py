@@ -306,15 +306,27 @@ def layernorm_lstm(x, w_ih, g_ih, b_ih, w_hh, h0, c0, g_hh, b_hh, g_c, b_c, leng
 _absmax_cache: dict = {}  # id(tensor) -> (weak reference, (version, data_ptr), max |tensor|)
 
 
-def _absmax(t: Tensor | None) -> float:
-    """max |t| (inf if any value is not finite; 0 for None), cached per tensor (while its version
-    and storage stay the same): the sparse kernel's bound on its pre-activations, read once per
-    weight update rather than once per call."""
+#: calls of at least this many sequence-steps recompute the weights' bounds (one pass over the
+#: weights, little beside the call's own work); shorter ones (a stream's one-step calls) use the cache
+BOUND_CACHE_BELOW = 32
+
+
+def forget_weight_bounds() -> None:
+    """Drop the cached bounds of the weights (see :func:`_absmax`). Needed only after writing weights
+    through ``.data`` (which torch does not count as a new version) and before one-step calls."""
+    _absmax_cache.clear()
+
+
+def _absmax(t: Tensor | None, cached: bool = True) -> float:
+    """max |t| (inf if any value is not finite; 0 for None): the sparse kernel's bound on its
+    pre-activations. With ``cached``, kept per tensor while its version and storage stay the same, so
+    that one-step calls read it once per weight update; writes through ``.data`` do not change the
+    version (:func:`forget_weight_bounds`), so calls of many steps always recompute it."""
     if t is None:
         return 0.0
     key = (t._version, t.data_ptr())
     hit = _absmax_cache.get(id(t))
-    if hit is not None and hit[0]() is t and hit[1] == key:
+    if cached and hit is not None and hit[0]() is t and hit[1] == key:
         return hit[2]
     d = t.detach()
     v = float(d.abs().max()) if d.numel() else 0.0
@@ -337,8 +349,9 @@ def infer(x: Tensor, times: Tensor | None, h0: Tensor, c0: Tensor, p: dict, leak
     values large enough for a sum of products to overflow (where the result depends on the order
     of the sums: the caller runs the dense path, whose sums are the reference's).
     ``open``: the unit-steps computed."""
-    bounds = [_absmax(p["weight_ih"]), _absmax(p["weight_hh"]), _absmax(p["bias_ih"]) + _absmax(p["bias_hh"])] \
-        if sparse else [0.0, 0.0, 0.0]
+    cached = x.shape[0] * x.shape[1] < BOUND_CACHE_BELOW
+    bounds = [_absmax(p["weight_ih"], cached), _absmax(p["weight_hh"], cached),
+              _absmax(p["bias_ih"], cached) + _absmax(p["bias_hh"], cached)] if sparse else [0.0, 0.0, 0.0]
     res, status, n_open = torch.ops.phasedlstm_fused.infer_forward(
         x, times, h0, c0, p["weight_ih"], p["weight_hh"], p["bias_ih"], p["bias_hh"], p.get("weight_ci"),
         p.get("weight_cf"), p.get("weight_co"), p.get("period"), p.get("shift"), p.get("r_on"),

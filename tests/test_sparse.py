@@ -405,3 +405,29 @@ def test_sparse_bound_follows_weight_updates():
         m.weight_hh_l0[3, 1] = math.nan  # in place: a new version
         (sp, _, ref), _ = _three(m, x, t)
     _nan_pattern_equal(ref[0], sp[0])
+
+
+def test_sparse_bound_follows_writes_through_data():
+    """A weight written through .data keeps its version: calls of many steps recompute the bound anyway,
+    so sparse inference declines on sums that could overflow (it ran no sparse step, and agrees with the
+    dense path); one-step calls, which keep the cached bound, follow after fast.forget_weight_bounds()."""
+    torch.manual_seed(14)
+    m = _phased(torch.float32, H=8)
+    x = torch.randn(2, 20, 3)
+    t = _times(2, 20, False)
+    step = torch.randn(1, 1, 3), (torch.zeros(1, 1, 8), torch.zeros(1, 1, 8))
+    with torch.no_grad():
+        m(x, times=t)
+        m(*step, times=torch.tensor([1.0]))  # both cache the bounds of the ordinary weights
+        assert m.last_open_fraction is not None  # (that step ran sparse)
+        m.weight_hh_l0.data[:, :2] = 3e38  # rows whose sums overflow float32 in some orders
+        m.weight_hh_l0.data[:, 2:4] = -3e38
+        sparse, _ = m(x, times=t)
+        assert m.last_open_fraction is None  # declined: no step ran sparse
+        m.sparse_inference = False
+        dense, _ = m(x, times=t)
+        m.sparse_inference = True
+        _nan_pattern_equal(dense, sparse)
+        fast.forget_weight_bounds()
+        m(*step, times=torch.tensor([2.0]))
+        assert m.last_open_fraction is None
