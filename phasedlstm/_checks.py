@@ -21,7 +21,7 @@ from torch import Tensor
 # have already lost precision before the time gate sees them.
 _FLOAT32_EXACT = 2.0**24
 #: period_init's largest |a|, |b|: exp(88) = 1.7e38 is still a float32
-_PERIOD_EXPONENT_MAX = 88.0
+PERIOD_EXPONENT_MAX = 88.0
 
 
 class InputError(ValueError, RuntimeError):
@@ -85,9 +85,9 @@ def check_time_options(period_init, r_on, leak) -> None:
         raise InputTypeError(f"period_init must be a pair (a, b) of numbers, got {period_init!r}") from None
     if not (math.isfinite(a) and math.isfinite(b)) or not a < b:
         raise InputError(f"period_init must be finite and increasing, (a, b) with a < b, got ({a}, {b})")
-    if max(abs(a), abs(b)) > _PERIOD_EXPONENT_MAX:
+    if max(abs(a), abs(b)) > PERIOD_EXPONENT_MAX:
         raise InputError(f"period_init ({a}, {b}) draws periods exp(U(a, b)) beyond float32's range (exp(88.7) "
-                         f"overflows): give a and b within ±{_PERIOD_EXPONENT_MAX:g}, in the log of your time unit")
+                         f"overflows): give a and b within ±{PERIOD_EXPONENT_MAX:g}, in the log of your time unit")
     if isinstance(r_on, bool) or not isinstance(r_on, numbers.Real):
         raise InputTypeError(f"r_on must be a number in (0, 1], got {type(r_on).__name__} {r_on!r}")
     if not 0.0 < r_on <= 1.0:

@@ -105,12 +105,11 @@ def _in_range(low: float, high: float, low_open: bool, high_open: bool):
     return parse
 
 
-#: the largest B of --period-init A B: periods exp(B) must be finite in float32 (exp(88.7) overflows)
-PERIOD_INIT_MAX = 88.0
-
-
 def _period_exponent(s: str) -> float:
-    return _in_range(-PERIOD_INIT_MAX, PERIOD_INIT_MAX, False, False)(s)
+    """--period-init A B: within the bound the layers take (periods exp(B) finite in float32)."""
+    from phasedlstm._checks import PERIOD_EXPONENT_MAX
+
+    return _in_range(-PERIOD_EXPONENT_MAX, PERIOD_EXPONENT_MAX, False, False)(s)
 
 
 def _seed(s: str) -> int:
@@ -120,11 +119,7 @@ def _seed(s: str) -> int:
     return v
 
 
-def _fraction(s: str) -> float:
-    v = _finite(0.0, False)(s)
-    if v >= 1:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {s!r}")
-    return v
+_fraction = _in_range(0.0, 1.0, False, True)
 
 
 def _add_training_args(p: argparse.ArgumentParser, single: bool = True, epochs: int = 10) -> None:
@@ -327,8 +322,9 @@ def _effective(config: dict) -> dict:
         defaults = {}
     c["task_options"] = {k: v for k, v in (c.get("task_options") or {}).items()
                          if not (k in defaults and defaults[k] == v)}
-    c["rnn_options"] = {k: v for k, v in (c.get("rnn_options") or {}).items()
-                        if not (k in _RNN_DEFAULTS and _RNN_DEFAULTS[k] == v and "gate_bias" not in (c.get("rnn_options") or {}))}
+    rnn = c.get("rnn_options") or {}
+    defaults = {} if "gate_bias" in rnn else _RNN_DEFAULTS  # (with gate_bias, forget_bias is no default)
+    c["rnn_options"] = {k: v for k, v in rnn.items() if not (k in defaults and defaults[k] == v)}
     return c
 
 
@@ -382,8 +378,7 @@ def _compare(args, task: str, models: list[str], seeds: list[int], out: Path) ->
     for i, (model, seed, cfg) in enumerate(runs, 1):
         print(f"\n== [{i}/{len(runs)}] {model}, seed {seed} ==", flush=True)
         _run_one(cfg, out / f"{model}-seed{seed}", not args.no_progress, replace=args.replace)
-    total = len(runs)
-    print(f"\n{total} runs in {time.perf_counter() - t0:.0f} s\n")
+    print(f"\n{len(runs)} runs in {time.perf_counter() - t0:.0f} s\n")
     return report([out], out)
 
 

@@ -183,17 +183,12 @@ class _FusedLSTM(torch.autograd.Function):
         return _lstm_grads((x, w_ih, w_hh, peep, k, lengths, *kept), ctx.has_bias, g_out, g_hn, g_cn)
 
 
-def _grad(g: Tensor | None) -> Tensor | None:
-    """The kernels' form of an incoming gradient: contiguous, or None for "none"."""
-    return _contiguous(g)
-
-
 def _lstm_grads(saved, has_bias, g_out, g_hn, g_cn, copy=False) -> tuple:
     """Gradients of (x, w_ih, bias, w_hh, h0, c0, peep, k, lengths) from the kernel's backward;
     ``saved`` = (x, w_ih, w_hh, peep, k, lengths, acts, hs, cs). ``copy``: for graphs (see _copies)."""
     x, w_ih, w_hh, peep, k, lengths, acts, hs, cs = saved
     d = torch.ops.phasedlstm_fused.lstm_backward(
-        _grad(g_out), _grad(g_hn), _grad(g_cn), x, w_ih, w_hh, peep, k, lengths, acts, hs, cs)
+        _contiguous(g_out), _contiguous(g_hn), _contiguous(g_cn), x, w_ih, w_hh, peep, k, lengths, acts, hs, cs)
     d = _copies(d) if copy else d
     return (d[0], d[1], d[2] if has_bias else None, d[3], d[4], d[5], d[6] if peep is not None else None,
             d[7] if k is not None else None, None)
@@ -263,7 +258,7 @@ def _ln_grads(saved, has_bias, g_out, g_hn, g_cn, copy=False) -> tuple:
     lengths) from the kernel's backward; ``saved`` = the inputs but h0, c0, then what it kept."""
     x, w_ih, g_ih, b_ih, w_hh, g_hh, b_hh, g_c, b_c, lengths, *rest = saved
     d = torch.ops.phasedlstm_fused.ln_backward(
-        _grad(g_out), _grad(g_hn), _grad(g_cn), x, w_ih, g_ih, b_ih, w_hh, g_hh, b_hh, g_c, b_c, lengths, *rest)
+        _contiguous(g_out), _contiguous(g_hn), _contiguous(g_cn), x, w_ih, g_ih, b_ih, w_hh, g_hh, b_hh, g_c, b_c, lengths, *rest)
     d = _copies(d) if copy else d
     bih, bhh, bc = has_bias
     return (d[0], d[1], d[2], d[3] if bih else None, d[4], d[5], d[6], d[7], d[8] if bhh else None, d[9],

@@ -78,7 +78,7 @@ class Stream:
         x = x_t.view(1, 1, -1) if unbatched else x_t.unsqueeze(1 if self.layer.batch_first else 0)
         times = None
         if t is None:
-            if hasattr(self.layer, "period_l0"):
+            if getattr(self.layer, "_has_time_gate", False):
                 raise ValueError("t is required at every push for a layer with a time gate (the Phased LSTM): "
                                  "its gate is a function of the event's time")
         else:

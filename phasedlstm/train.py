@@ -461,7 +461,9 @@ def _check_run_folder(run_dir: Path, resume: bool) -> None:
             raise ConfigError(f"{run_dir}: {parent} is a file, not a folder; choose another --out")
     if resume or not run_dir.is_dir():
         return
-    others = sorted(p.name for p in run_dir.iterdir() if p.name not in _RUN_FILES and not p.name.endswith(".tmp"))
+    names = {p.name for p in run_dir.iterdir()}
+    others = sorted(n for n in names if n not in _RUN_FILES and not n.endswith(".tmp"))
+    present = sorted(names & (_RUN_FILES - {".lock"}))
     saved = None
     if (run_dir / "config.json").is_file():
         try:
@@ -469,7 +471,6 @@ def _check_run_folder(run_dir: Path, resume: bool) -> None:
         except (OSError, ValueError):
             saved = None
     ours = isinstance(saved, dict) and {"task", "model", "hidden_size", "epochs", "seed"} <= set(saved)
-    present = sorted(p.name for p in run_dir.iterdir() if p.name in _RUN_FILES - {".lock"})
     if others or (present and not ours):
         what = ", ".join(sorted(others + present)[:6])
         raise ConfigError(f"{run_dir} holds files that are not a phasedlstm run ({what}); a run writes only into "
