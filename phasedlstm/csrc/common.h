@@ -153,6 +153,18 @@ inline T tanh_exact(T x) {
 
 inline bool has_values(const Tensor& t) { return t.defined() && t.numel() > 0; }
 
+// Calls f(peep_flag, phased_flag) with std::true_type or std::false_type for each flag, so that a
+// loop templated on them is compiled for every combination and chosen at run time.
+template <typename F>
+inline void with_flags(bool peephole, bool phased, F&& f) {
+  using Y = std::true_type;
+  using N = std::false_type;
+  if (phased && peephole) f(Y{}, Y{});
+  else if (phased) f(N{}, Y{});
+  else if (peephole) f(Y{}, N{});
+  else f(N{}, N{});
+}
+
 // An optional argument of an operator (Tensor? in its schema).
 using OptTensor = c10::optional<Tensor>;
 

@@ -229,16 +229,10 @@ std::vector<Tensor> lstm_backward(const OptTensor& grad_out_opt, const OptTensor
   const int64_t* len = has_values(lengths) ? lengths.data_ptr<int64_t>() : nullptr;
   const bool units = split_units(B, H);
   AT_DISPATCH_FLOATING_TYPES(acts.scalar_type(), "lstm_backward", [&] {
-    auto run = [&](auto peep_flag, auto phased_flag) {
+    with_flags(peephole, phased, [&](auto peep_flag, auto phased_flag) {
       backward_loop<scalar_t, decltype(peep_flag)::value, decltype(phased_flag)::value>(
           go, xc, wi, w, peep, kc, len, acts, hs, cs, dh, dc, dx, dwhh_t, dwih_t, dbias, dpeep_parts, dk, units);
-    };
-    using Y = std::true_type;
-    using N = std::false_type;
-    if (phased && peephole) run(Y{}, Y{});
-    else if (phased) run(N{}, Y{});
-    else if (peephole) run(Y{}, N{});
-    else run(N{}, N{});
+    });
   });
   Tensor dw_hh = dwhh_t.sum(0).t().contiguous(), dw_ih = dwih_t.sum(0).t().contiguous(), db = dbias.sum(0);
   Tensor dpeep = peephole ? dpeep_parts.sum(0) : at::empty({0}, opts);

@@ -184,17 +184,11 @@ std::vector<Tensor> lstm_forward(const Tensor& x, const Tensor& w_ih, const OptT
   const int64_t* len = has_values(lengths) ? lengths.data_ptr<int64_t>() : nullptr;
   const bool units = split_units(B, H, /*packed_infer=*/!save && RecurrentProduct::packable(w, /*transpose=*/true));
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lstm_forward", [&] {
-    auto run = [&](auto peep_flag, auto phased_flag) {
+    with_flags(peephole, phased, [&](auto peep_flag, auto phased_flag) {
       constexpr bool P = decltype(peep_flag)::value, Q = decltype(phased_flag)::value;
       if (own_out) forward_loop<scalar_t, P, Q, true>(xc, wi, bias, w, h0, c0, pp, kk, len, save, units, acts, hs, cs, out);
       else forward_loop<scalar_t, P, Q, false>(xc, wi, bias, w, h0, c0, pp, kk, len, save, units, acts, hs, cs, out);
-    };
-    using Y = std::true_type;
-    using N = std::false_type;
-    if (phased && peephole) run(Y{}, Y{});
-    else if (phased) run(N{}, Y{});
-    else if (peephole) run(Y{}, N{});
-    else run(N{}, N{});
+    });
   });
   Tensor hn = save ? hs[T].clone() : hs, cn = save ? cs[T].clone() : cs;
   return {out, hn, cn, acts, hs, cs};
