@@ -105,10 +105,12 @@ def _in_range(low: float, high: float, low_open: bool, high_open: bool):
     return parse
 
 
-def _period_exponent(s: str) -> float:
-    """--period-init A B: within the bound the layers take (periods exp(B) finite in float32)."""
+def _period_exponent(s: str):
+    """--period-init A B: within the bound the layers take (periods exp(B) finite in float32); or auto."""
     from phasedlstm._checks import PERIOD_EXPONENT_MAX
 
+    if s == "auto":
+        return s
     return _in_range(-PERIOD_EXPONENT_MAX, PERIOD_EXPONENT_MAX, False, False)(s)
 
 
@@ -164,8 +166,10 @@ def _add_training_args(p: argparse.ArgumentParser, single: bool = True, epochs: 
                         "validation (default: 1)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     ph = p.add_argument_group("Phased LSTM")
-    ph.add_argument("--period-init", type=_period_exponent, nargs=2, metavar=("A", "B"), default=None,
-                    help="tau ~ exp(U(A, B)) at init (default: 1 3 on frequency tasks, else 1 6)")
+    ph.add_argument("--period-init", type=_period_exponent, nargs="+", metavar="A B | auto", default=None,
+                    help="tau ~ exp(U(A, B)) at init, in the timestamps' unit; auto: measured on the training data "
+                         "(timestamps counted in their median gap, periods from two gaps to a quarter of the median "
+                         "duration; see docs/data.md) (default: 1 3 on frequency tasks, the authors'; else auto)")
     ph.add_argument("--shift-init", type=_finite(0.0, True), default=None,
                     help="s ~ U(0, S) at init (default: 100 ms on frequency tasks, as the authors; else U(0, tau))")
     ph.add_argument("--r-on", type=_in_range(0.0, 1.0, True, False), default=None, help="initial open ratio (default: 0.05)")
@@ -173,14 +177,26 @@ def _add_training_args(p: argparse.ArgumentParser, single: bool = True, epochs: 
     ph.add_argument("--fixed-period", action="store_true", help="do not learn the periods")
     ph.add_argument("--fixed-shift", action="store_true", help="do not learn the shifts")
     ph.add_argument("--fixed-r-on", action="store_true", help="do not learn the open ratios")
+    _add_data_args(p)
+
+
+def _file_path(s: str) -> str:
+    """A file option: stored as an absolute path, so that a run resumes from any folder."""
+    return str(Path(s).expanduser().resolve())
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
     d = p.add_argument_group("data (each task takes those that apply to it)")
     d.add_argument("--time-feature", default="auto", choices=["auto", "yes", "no", "t", "dt"],
                    help="frequency tasks: append the timestamp as an input feature (yes/no; auto: for models "
-                        "without a time gate, as the paper's baselines); watch: append t or dt (the gap "
-                        "since the previous sample) as a channel (auto: none) (default: auto)")
+                        "without a time gate, as the paper's baselines); tasks of recordings and your own series: "
+                        "append t (time since the series' start) or dt (the gap since the previous observation) "
+                        "as a channel (auto: none) (default: auto)")
     d.add_argument("--classes", type=_class_list, default=None, help="image tasks: class subset, e.g. 0,2,7")
     d.add_argument("--small", action="store_true", default=None, help="image tasks: a seeded 5000/1000 subset")
-    d.add_argument("--val-fraction", type=_fraction, default=None, help="image/motion tasks: validation share")
+    d.add_argument("--val-fraction", type=_fraction, default=None,
+                   help="image tasks, the UEA sets and your own series: the seeded share of the training series "
+                        "held out for validation (default: 0.1 images, 0.2 series)")
     d.add_argument("--perm-seed", type=int, default=None, help="psmnist: seed of the pixel permutation")
     d.add_argument("--data-dir", default=None, help="where `data fetch` put the datasets "
                                                     "(default: $PHASEDLSTM_DATA or ~/.cache/phasedlstm)")
@@ -199,24 +215,48 @@ def _add_training_args(p: argparse.ArgumentParser, single: bool = True, epochs: 
     d.add_argument("--downsample", type=_int_at_least(1), default=None, help="watch: keep every k-th sample")
     d.add_argument("--crop", type=_int_at_least(1), default=None, help="watch: keep the first n samples")
     d.add_argument("--drop", type=_fraction, default=None,
-                   help="watch: drop this fraction of the samples at random (seeded), keeping the others' "
-                        "timestamps: irregular sampling (default: 0)")
+                   help="recordings and your own series: drop this fraction of the observations at random "
+                        "(seeded), keeping the others' timestamps: irregular sampling (default: 0)")
     d.add_argument("--test-subjects", type=_int_list, default=None,
                    help="watch: subjects held out for testing, e.g. 1,5,9 (default: 3 drawn by the seed)")
     d.add_argument("--val-subjects", type=_int_list, default=None,
                    help="watch: subjects held out for validation (default: 1 drawn by the seed)")
+    o = p.add_argument_group("your own series (--task ts or --task table; docs/data.md)")
+    o.add_argument("--train-file", type=_file_path, default=None, help="ts: the training series, a UEA/UCR .ts file")
+    o.add_argument("--test-file", type=_file_path, default=None,
+                   help="ts: the test series (default: a seeded --test-fraction of the training file)")
+    o.add_argument("--file", type=_file_path, default=None,
+                   help="table: a long-format CSV (or Parquet) file, one row per observation")
+    o.add_argument("--id-column", default=None, help="table: the series id column (default: id)")
+    o.add_argument("--time-column", default=None, help="table: the timestamp column, numbers or ISO 8601 datetimes "
+                                                        "(default: time)")
+    o.add_argument("--label-column", default=None, help="table: the label column (default: label)")
+    o.add_argument("--feature-columns", type=_str_list, default=None,
+                   help="table: comma-separated feature columns (default: every other column)")
+    o.add_argument("--split-column", default=None,
+                   help="table: a column saying train, val or test per series (default: seeded splits)")
+    o.add_argument("--regression", action="store_true", default=None,
+                   help="table: the labels are numbers to predict (mean squared error), not classes")
+    o.add_argument("--test-fraction", type=_fraction, default=None,
+                   help="ts, table: the seeded share of the series held out for testing when no test series are "
+                        "given (default: 0.3)")
+    o.add_argument("--missing", default=None, choices=["auto", "zero", "mask"],
+                   help="ts, table: a missing value becomes the channel's mean (zero) and, with mask, an indicator "
+                        "channel says it was not observed (auto: mask where the training series have missing "
+                        "values) (default: auto)")
 
 
 _TASK_ARGS = ["classes", "small", "val_fraction", "perm_seed", "data_dir", "data_path", "prefix", "n_train", "n_val",
-              "n_test", "length", "downsample", "crop", "test_subjects", "val_subjects", "fresh", "drop"]
+              "n_test", "length", "downsample", "crop", "test_subjects", "val_subjects", "fresh", "drop", "train_file",
+              "test_file", "file", "id_column", "time_column", "label_column", "feature_columns", "split_column",
+              "regression", "test_fraction", "missing"]
 
 
-def _config(args, task: str, model: str, seed: int, others: tuple = ()):
-    """The configuration of one run. ``others``: the other models of a comparison; an option that
-    belongs to one of them (the Phased LSTM's, or this library's layers' for torch-lstm) is left out
-    of this model's configuration instead of refused."""
+def _task_options(args, task: str) -> dict:
+    """The task's options given on the command line; the files of your own series with their SHA-256,
+    so that a run refuses to resume on a file that has changed."""
+    from phasedlstm._files import sha256
     from phasedlstm.data import task_options
-    from phasedlstm.train import TrainConfig
 
     valid = task_options(task)
     task_opts = {}
@@ -227,6 +267,19 @@ def _config(args, task: str, model: str, seed: int, others: tuple = ()):
         if name not in valid:
             raise SystemExit(f"error: --{name.replace('_', '-')} does not apply to task {task}")
         task_opts[name] = (v == "yes") if name == "fresh" else v
+    files = [task_opts.get(k) for k in ("train_file", "test_file", "file") if k in valid]
+    if "sha256" in valid and any(files):
+        task_opts["sha256"] = [sha256(Path(f)) if f and Path(f).is_file() else None for f in files]
+    return task_opts
+
+
+def _config(args, task: str, model: str, seed: int, others: tuple = ()):
+    """The configuration of one run. ``others``: the other models of a comparison; an option that
+    belongs to one of them (the Phased LSTM's, or this library's layers' for torch-lstm) is left out
+    of this model's configuration instead of refused."""
+    from phasedlstm.train import TrainConfig
+
+    task_opts = _task_options(args, task)
     rnn = {}
     phased_args = {"period_init": args.period_init, "shift_init": args.shift_init, "r_on": args.r_on,
                    "leak": args.leak}
@@ -235,13 +288,22 @@ def _config(args, task: str, model: str, seed: int, others: tuple = ()):
             rnn[key] = False
     for k, v in phased_args.items():
         if v is not None:
-            rnn[k] = tuple(v) if k == "period_init" else v
-    if "period_init" in rnn and not rnn["period_init"][0] < rnn["period_init"][1]:
-        raise SystemExit(f"error: --period-init A B draws log-periods from U(A, B): A must be below B, got "
-                         f"{rnn['period_init'][0]:g} {rnn['period_init'][1]:g}")
+            rnn[k] = v
+    if "period_init" in rnn:
+        v = rnn["period_init"]
+        if v == ["auto"]:
+            rnn["period_init"] = "auto"
+        elif len(v) != 2 or "auto" in v:
+            raise SystemExit(f"error: --period-init takes two numbers A B (tau ~ exp(U(A, B))) or auto, got "
+                             f"{' '.join(map(str, v))}")
+        elif not v[0] < v[1]:
+            raise SystemExit(f"error: --period-init A B draws log-periods from U(A, B): A must be below B, got "
+                             f"{v[0]:g} {v[1]:g}")
+        else:
+            rnn["period_init"] = tuple(v)
     if model == "phased":  # the authors' initialisation for the frequency tasks: tau ~ exp(U(1, 3)), s ~ U(0, 100) ms
-        rnn.setdefault("period_init", (1.0, 3.0) if task.startswith("freq-") else (1.0, 6.0))
-        if task.startswith("freq-"):
+        rnn.setdefault("period_init", (1.0, 3.0) if task.startswith("freq-") else "auto")
+        if task.startswith("freq-") and rnn["period_init"] != "auto":
             rnn.setdefault("shift_init", 100.0)
     elif rnn and "phased" in others:
         rnn = {}  # (the Phased LSTM's options, for the comparison's Phased LSTM)
@@ -480,7 +542,9 @@ def cmd_baseline(args) -> int:
 
     from phasedlstm.baseline import run_baseline
 
-    opts = {k: getattr(args, k) for k in ("drop", "downsample", "crop", "data_dir") if getattr(args, k, None) is not None}
+    opts = _task_options(args, args.task)
+    if args.time_feature in ("t", "dt"):
+        opts["time_feature"] = args.time_feature
     results = []
     for seed in args.seeds:
         r = run_baseline(args.task, seed, **opts)
@@ -571,13 +635,10 @@ def build_parser() -> argparse.ArgumentParser:
     ts.set_defaults(func=cmd_tasks)
 
     bl = command("baseline", help="a non-recurrent baseline for scale: scikit-learn on per-channel statistics")
-    bl.add_argument("--task", required=True, help="a classification task (watch, basic-motions, ...)")
+    bl.add_argument("--task", required=True, help="a classification task (watch, basic-motions, ts, table, ...)")
     bl.add_argument("--seeds", type=_int_list, default=[0], help="comma-separated (default: 0)")
-    bl.add_argument("--drop", type=_fraction, default=None, help="watch: drop this fraction of the samples")
-    bl.add_argument("--downsample", type=_int_at_least(1), default=None, help="watch: keep every k-th sample")
-    bl.add_argument("--crop", type=_int_at_least(1), default=None, help="watch: keep the first n samples")
-    bl.add_argument("--data-dir", default=None, help="(default: $PHASEDLSTM_DATA or ~/.cache/phasedlstm)")
     bl.add_argument("--json", help="write the results here")
+    _add_data_args(bl)
     bl.set_defaults(func=cmd_baseline)
 
     b = command("bench", help="time our layers against torch.nn.LSTM")

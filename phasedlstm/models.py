@@ -51,12 +51,15 @@ class SequenceModel(nn.Module):
         proj_size: size of the input projection (0: none; the layer sees x itself).
         pooling: "last" (the last valid step) or "mean" (the mean over valid steps).
         dropout: between recurrent layers.
+        time_scale: timestamps are divided by this before the recurrent layer, so that its time
+            parameters count in this unit (:func:`phasedlstm.timescale.auto_time_init` measures it).
         rnn_kwargs: passed to the recurrent layer (e.g. period_init, r_on for "phased");
             ``forget_bias`` defaults to 1.0 here (0 in the layers) unless ``gate_bias`` is given.
     """
 
     def __init__(self, model: str, input_size: int, hidden_size: int, output_size: int, num_layers: int = 1,
-                 proj_size: int = 64, pooling: str = "last", dropout: float = 0.0, **rnn_kwargs):
+                 proj_size: int = 64, pooling: str = "last", dropout: float = 0.0, time_scale: float = 1.0,
+                 **rnn_kwargs):
         super().__init__()
         if model not in MODELS:
             raise ValueError(f"unknown model {model!r}; choose from {', '.join(MODELS)}")
@@ -64,8 +67,11 @@ class SequenceModel(nn.Module):
             raise ValueError(f"pooling must be one of {POOLING}, got {pooling!r}")
         if model == "torch-lstm" and rnn_kwargs:
             raise ValueError(f"torch-lstm takes none of {sorted(rnn_kwargs)}")
+        if not (isinstance(time_scale, (int, float)) and 0 < time_scale < float("inf")):
+            raise ValueError(f"time_scale must be a finite number > 0, got {time_scale!r}")
         self.model_name = model
         self.pooling = pooling
+        self.time_scale = float(time_scale)
         self.proj = nn.Linear(input_size, proj_size) if proj_size > 0 else nn.Identity()
         rnn_in = proj_size if proj_size > 0 else input_size
         if model != "torch-lstm" and "gate_bias" not in rnn_kwargs:
@@ -82,6 +88,8 @@ class SequenceModel(nn.Module):
             out, _ = self.rnn(packed)
             out, _ = pad_packed_sequence(out, batch_first=True, total_length=T)
             return out
+        if self.time_scale != 1.0:
+            times = times / self.time_scale
         out, _ = self.rnn(z, times=times, lengths=lengths)
         return out
 

@@ -182,10 +182,34 @@ def build_task(cfg: TrainConfig) -> Task:
     return get_task(cfg.task, seed=cfg.seed, **resolve_task_options(cfg))
 
 
+def derived_options(cfg: TrainConfig, task: Task) -> dict:
+    """What a run's configuration leaves to the data: with ``period_init`` "auto", the time scale
+    and the periods' range measured on the training split (:func:`phasedlstm.timescale.auto_time_init`;
+    the same for the same data and seed, so a resumed or reloaded run rebuilds the same model)."""
+    if cfg.rnn_options.get("period_init") != "auto":
+        return {}
+    from phasedlstm.timescale import auto_time_init
+
+    try:
+        a = auto_time_init(task.train.times, task.train.lengths)
+    except ValueError as e:
+        raise ConfigError(f"--period-init auto: {e}; give --period-init A B") from None
+    unit = task.time_unit
+    return {"time_scale": a["time_scale"], "period_init": list(a["period_init"]),
+            "periods": f"{math.exp(a['period_init'][0]) * a['time_scale']:.4g} to "
+                       f"{math.exp(a['period_init'][1]) * a['time_scale']:.4g} {unit}",
+            "median_gap": a["median_gap"], "median_duration": a["median_duration"], "time_unit": unit}
+
+
 def build_model(cfg: TrainConfig, task: Task) -> SequenceModel:
     output = task.num_classes if task.num_classes else 1
+    rnn = dict(cfg.rnn_options)
+    derived = derived_options(cfg, task)
+    if derived:
+        rnn["period_init"] = tuple(derived["period_init"])
+        rnn["time_scale"] = derived["time_scale"]
     return SequenceModel(cfg.model, task.input_size, cfg.hidden_size, output, cfg.layers, cfg.proj_size,
-                         cfg.pooling, cfg.dropout, **cfg.rnn_options)
+                         cfg.pooling, cfg.dropout, **rnn)
 
 
 def pick_device(name: str) -> torch.device:
@@ -424,9 +448,12 @@ def _read_config_json(run_dir: Path) -> dict | None:
     if not path.exists():
         return None
     try:
-        return json.loads(path.read_text())
+        d = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise ConfigError(f"{path}: not readable JSON ({e})") from None
+    if isinstance(d, dict):
+        d.pop("derived", None)  # (what the data decided: written for the reader, rebuilt from the data)
+    return d
 
 
 def train(cfg: TrainConfig | None, run_dir, resume: bool = False, progress: bool = True,
@@ -634,8 +661,13 @@ class _Run:
         if not dist.main:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        derived = derived_options(cfg, self.task)
         with atomic_path(self.run_dir / "config.json") as tmp:
-            tmp.write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+            tmp.write_text(json.dumps({**asdict(cfg), **({"derived": derived} if derived else {})}, indent=2) + "\n")
+        if derived:
+            self.log(f"time scale from the training data: median gap {derived['median_gap']:.4g} "
+                     f"{derived['time_unit']}, median duration {derived['median_duration']:.4g} {derived['time_unit']}; "
+                     f"initial periods {derived['periods']}")
         if self.resumed:
             _write_metrics(self.run_dir, self.history)  # drop rows of epochs the checkpoint does not have
         self.log(f"{self.task.describe()}\nmodel {cfg.model}: {sum(p.numel() for p in self.model.parameters())} "

@@ -78,3 +78,15 @@ def test_committed_rows_models_score_what_results_states_with_data_read_independ
     assert "test accuracy 0.9748 read independently" in r.stdout
     assert "test accuracy 0.9882 read independently" in r.stdout
     assert "test accuracy 0.9907 read independently" in r.stdout
+
+
+@pytest.mark.slow
+def test_japanese_vowels():
+    """The UEA archive's JapaneseVowels through the .ts reader: 270 / 370 series of 7-29 frames."""
+    _need("japanese-vowels", "JapaneseVowels_TEST.ts")
+    task = get_task("japanese-vowels", val_fraction=0.0)
+    assert len(task.train) == 270 and len(task.test) == 370 and task.num_classes == 9 and task.input_size == 12
+    lengths = np.concatenate([task.train.lengths.numpy(), task.test.lengths.numpy()])
+    assert lengths.min() == 7 and lengths.max() == 29
+    assert np.bincount(task.train.y.numpy()).tolist() == [30] * 9
+    assert not task.info["missing_indicators"]

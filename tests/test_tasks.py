@@ -10,7 +10,7 @@ from phasedlstm.data.base import SequenceDataset
 from phasedlstm.data.frequency import generate_combo, generate_single
 from phasedlstm.data.idx import write_idx
 from phasedlstm.data.images import image_task
-from phasedlstm.data.motion import read_ts, watch_task
+from phasedlstm.data.motion import watch_task
 
 
 def _valid(lengths, T):
@@ -293,7 +293,7 @@ def test_unknown_task_and_option():
 def test_task_names():
     assert set(TASKS) == {"smnist-rows", "smnist-pixels", "psmnist", "fashion-rows", "fashion-pixels",
                           "freq-standard", "freq-highres", "freq-async", "freq-combo", "freq-combo-hard", "adding", "watch",
-                          "basic-motions"}
+                          "basic-motions", "japanese-vowels", "ts", "table"}
 
 
 # -- accelerometer data ----------------------------------------------------------------------------
@@ -329,15 +329,6 @@ def test_watch_timestamps_downsample_crop():
     full = watch_task(_fake_watch())
     assert full.train.lengths.min() >= 947 and full.train.lengths.max() <= 2618
     torch.testing.assert_close(full.train.times[0, 1] - full.train.times[0, 0], torch.tensor(0.02, dtype=torch.float64))
-
-
-def test_read_ts(tmp_path):
-    f = tmp_path / "T.ts"
-    f.write_text("# comment\n@problemName T\n@classLabel true A B\n@data\n"
-                 "1,2,3:4,5,6:A\n7,8,9:1,1,1:B\n")
-    x, labels, classes = read_ts(f)
-    assert x.shape == (2, 3, 2) and classes == ["A", "B"] and list(labels) == ["A", "B"]
-    np.testing.assert_array_equal(x[0, :, 1], [4, 5, 6])
 
 
 def test_batches_cut_to_longest_and_sharded():

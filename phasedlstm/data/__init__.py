@@ -16,7 +16,8 @@ from phasedlstm.data.base import Batch, DataError, SequenceDataset, Task
 from phasedlstm.data.fetch import verify
 from phasedlstm.data.frequency import frequency_task
 from phasedlstm.data.images import image_task, load_images
-from phasedlstm.data.motion import basic_motions_task, load_watch_npz, watch_task
+from phasedlstm.data.motion import BASIC_MOTIONS_RATE_HZ, JAPANESE_VOWELS_RATE_HZ, load_watch_npz, watch_task
+from phasedlstm.data.series import SeriesSet, read_table, read_ts, series_task, split_table
 
 __all__ = ["Batch", "DataError", "SequenceDataset", "Task", "TASKS", "get_task", "task_options"]
 
@@ -74,13 +75,70 @@ def _watch(seed: int = 0, downsample: int = 1, crop=None, test_subjects=None, va
     return watch_task(load_watch_npz(path), seed, test_subjects, val_subjects, downsample, crop, drop, time_feature)
 
 
-def _basic_motions(seed: int = 0, val_fraction: float = 0.2, data_dir=None) -> Task:
-    folder = _resolve(data_dir) / "basic-motions"
-    files = [folder / "BasicMotions_TRAIN.ts", folder / "BasicMotions_TEST.ts"]
+def _fetched_ts(dataset: str, problem: str, data_dir, rate_hz: float) -> tuple[SeriesSet, SeriesSet]:
+    folder = _resolve(data_dir) / dataset
+    files = [folder / f"{problem}_TRAIN.ts", folder / f"{problem}_TEST.ts"]
     if not all(f.is_file() for f in files):
-        raise _missing("basic-motions", folder)
-    verify("basic-motions", data_dir)
-    return basic_motions_task(*files, seed=seed, val_fraction=val_fraction)
+        raise _missing(dataset, folder)
+    verify(dataset, data_dir)
+    return read_ts(files[0], rate_hz), read_ts(files[1], rate_hz)
+
+
+def _basic_motions(seed: int = 0, val_fraction: float = 0.2, drop: float = 0.0, time_feature: str = "none",
+                   data_dir=None) -> Task:
+    train, test = _fetched_ts("basic-motions", "BasicMotions", data_dir, BASIC_MOTIONS_RATE_HZ)
+    return series_task("basic-motions", train, test, seed=seed, val_fraction=val_fraction, drop=drop,
+                       time_feature=time_feature)
+
+
+def _japanese_vowels(seed: int = 0, val_fraction: float = 0.2, drop: float = 0.0, time_feature: str = "none",
+                     data_dir=None) -> Task:
+    train, test = _fetched_ts("japanese-vowels", "JapaneseVowels", data_dir, JAPANESE_VOWELS_RATE_HZ)
+    return series_task("japanese-vowels", train, test, seed=seed, val_fraction=val_fraction, drop=drop,
+                       time_feature=time_feature)
+
+
+def _check_sums(files, sha256) -> None:
+    """A run records its files' SHA-256 when it starts (the command line does): a file changed since
+    then is refused when the run resumes or is evaluated, instead of training on other data."""
+    from phasedlstm._files import sha256 as digest
+
+    if sha256 is None:
+        return
+    for f, want in zip(files, sha256):
+        if f is not None and want is not None and digest(Path(f)) != want:
+            raise DataError(f"{f} has changed since this run started (its SHA-256 is not the one recorded in the "
+                            f"run's configuration); train a new run on the new file")
+
+
+def _file(path, what: str) -> Path:
+    if path is None:
+        raise DataError(f"this task needs {what}")
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{p}: no such file ({what})")
+    return p
+
+
+def _ts(seed: int = 0, train_file=None, test_file=None, val_fraction: float = 0.2, test_fraction: float = 0.3,
+        drop: float = 0.0, time_feature: str = "none", missing: str = "auto", sha256=None) -> Task:
+    train = read_ts(_file(train_file, "--train-file, a .ts file of training series"))
+    test = None if test_file is None else read_ts(_file(test_file, "--test-file"))
+    _check_sums([train_file, test_file], sha256)
+    return series_task("ts", train, test, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction,
+                       drop=drop, time_feature=time_feature, missing=missing)
+
+
+def _table(seed: int = 0, file=None, id_column: str = "id", time_column: str = "time", label_column: str = "label",
+           feature_columns=None, split_column=None, regression: bool = False, val_fraction: float = 0.2,
+           test_fraction: float = 0.3, drop: float = 0.0, time_feature: str = "none", missing: str = "auto",
+           sha256=None) -> Task:
+    data = read_table(_file(file, "--file, a CSV (or Parquet) table of observations"), id_column, time_column,
+                      label_column, feature_columns, split_column, regression)
+    _check_sums([file], sha256)
+    parts = split_table(data) if split_column is not None else {"train": data, "val": None, "test": None}
+    return series_task("table", parts["train"], parts["test"], parts["val"], seed=seed, val_fraction=val_fraction,
+                       test_fraction=test_fraction, drop=drop, time_feature=time_feature, missing=missing)
 
 
 #: task name -> (builder, one-line description)
@@ -99,6 +157,9 @@ TASKS = {
     "adding": (_adding, "the adding problem, regression over T steps of 2 (T = --length)"),
     "watch": (_watch, "smartwatch IMU exercises, 6 channels at 50 Hz, 7 classes, split by subject"),
     "basic-motions": (_basic_motions, "BasicMotions, 6 channels x 100 at 10 Hz, 4 classes"),
+    "japanese-vowels": (_japanese_vowels, "JapaneseVowels, 12 channels x 7-29 frames, 9 speakers"),
+    "ts": (_ts, "your own series: a UEA/UCR .ts file (--train-file, optional --test-file)"),
+    "table": (_table, "your own series: a long-format CSV/Parquet table, one row per observation (--file)"),
 }
 
 

@@ -8,6 +8,7 @@ Every dataset comes from a registry this project can reach, through its ordinary
 | fashion-mnist   | Debian package ``dataset-fashion-mnist``                 | ``fashion-mnist/*-ubyte.gz`` |
 | watch           | PyPI package ``seglearn`` (its ``watch_dataset.npy``)     | ``watch/watch.npz``          |
 | basic-motions   | PyPI package ``sktime`` (its BasicMotions .ts files)      | ``basic-motions/*.ts``       |
+| japanese-vowels | PyPI package ``sktime`` (its JapaneseVowels .ts files)    | ``japanese-vowels/*.ts``     |
 
 Fetching is idempotent (files already there with the right checksum are kept), checks
 every file's SHA-256 before it is used, and writes each file under a temporary name
@@ -51,8 +52,13 @@ BASIC_MOTIONS_FILES = {
     "BasicMotions_TRAIN.ts": "8dc43cc6306cb679c888c01e26f91772ac4441a916da43bac8b79734a538b9d6",
     "BasicMotions_TEST.ts": "79213102bc6fca1a398ad98ce1185dff0208fa3d1465e687f48288946b0ff8dc",
 }
+JAPANESE_VOWELS_FILES = {
+    "JapaneseVowels_TRAIN.ts": "68a430eabd919cc77f40b1f5f3bc0dcafacc1486bca9260785aeb7d262cc78cd",
+    "JapaneseVowels_TEST.ts": "b3d41d6a0ca3bcad3afb9ca7d4365382aa51341e2e58bae2a574babdda5b9462",
+}
+SKTIME = "sktime==1.2.0"  # the wheel whose data files the checksums above are of (checked 2026-12-07)
 FASHION_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")  # where the Debian package installs
-DATASETS = ("mnist", "fashion-mnist", "watch", "basic-motions")
+DATASETS = ("mnist", "fashion-mnist", "watch", "basic-motions", "japanese-vowels")
 
 
 class FetchError(RuntimeError):
@@ -189,22 +195,30 @@ def _watch_ok(dest: Path) -> bool:
     return dest.is_file() and s.is_file() and _verified(dest, s.read_text().strip())
 
 
-def fetch_basic_motions(root: Path) -> Path:
-    dest = root / "basic-motions"
-    if _all_present(dest, BASIC_MOTIONS_FILES):
+def _fetch_sktime_set(root: Path, name: str, problem: str, files: dict) -> Path:
+    dest = root / name
+    if _all_present(dest, files):
         return dest
     with _scratch(root) as tmp:
-        wheel = _pip_download("sktime", tmp)
+        wheel = _pip_download(SKTIME, tmp)
         with zipfile.ZipFile(wheel) as z:
-            for name, digest in BASIC_MOTIONS_FILES.items():
-                src = tmp / name
-                src.write_bytes(z.read(f"sktime/datasets/data/BasicMotions/{name}"))
-                _install_file(src, dest / name, digest)
+            for file, digest in files.items():
+                src = tmp / file
+                src.write_bytes(z.read(f"sktime/datasets/data/{problem}/{file}"))
+                _install_file(src, dest / file, digest)
     return dest
 
 
+def fetch_basic_motions(root: Path) -> Path:
+    return _fetch_sktime_set(root, "basic-motions", "BasicMotions", BASIC_MOTIONS_FILES)
+
+
+def fetch_japanese_vowels(root: Path) -> Path:
+    return _fetch_sktime_set(root, "japanese-vowels", "JapaneseVowels", JAPANESE_VOWELS_FILES)
+
+
 _FETCHERS = {"mnist": fetch_mnist, "fashion-mnist": fetch_fashion_mnist, "watch": fetch_watch,
-             "basic-motions": fetch_basic_motions}
+             "basic-motions": fetch_basic_motions, "japanese-vowels": fetch_japanese_vowels}
 
 
 _SCRATCH = ".fetch-scratch-"
@@ -238,7 +252,8 @@ def _clean_leftovers(root: Path, folder: Path) -> None:
 
 #: each dataset's folder and fetched files with their SHA-256 (watch: see _watch_sum)
 FILES = {"mnist": ("mnist", MNIST_FILES), "fashion-mnist": ("fashion-mnist", FASHION_FILES),
-         "basic-motions": ("basic-motions", BASIC_MOTIONS_FILES), "watch": ("watch", None)}
+         "basic-motions": ("basic-motions", BASIC_MOTIONS_FILES), "watch": ("watch", None),
+         "japanese-vowels": ("japanese-vowels", JAPANESE_VOWELS_FILES)}
 
 
 def verify(name: str, root=None) -> None:

@@ -1,4 +1,5 @@
-"""Real accelerometer and gyroscope recordings from smartwatches.
+"""Real accelerometer and gyroscope recordings from smartwatches, and the sampling rates of the
+fetched UEA sets (read by :mod:`phasedlstm.data.series`).
 
 ``watch``: the seglearn smartwatch exercise recordings — 140 recordings of 10 subjects
 doing 7 shoulder exercises, 6 channels (3-axis accelerometer ax, ay, az and gyroscope
@@ -10,24 +11,21 @@ samples at random (seeded), keeping the others' timestamps: the irregular case t
 LSTM is for; ``time_feature`` "t" or "dt" gives models without a time gate the timestamps
 as a 7th channel.
 
-``basic-motions``: BasicMotions (the UEA archive, via sktime's data files) — 6 channels x
-100 samples at 10 Hz, 4 classes (standing, running, walking, badminton), its own 40/40
-train/test split; the validation set is a seeded part of the training split.
-
-Both: timestamps in seconds from the sampling rate; each channel standardised with the
-mean and standard deviation of the training split's valid samples.
+Timestamps in seconds from the sampling rate; each channel standardised with the mean and
+standard deviation of the training split's valid samples.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
-from phasedlstm.data.base import SequenceDataset, Task, padding, split_off
+from phasedlstm.data.base import SequenceDataset, Task, padding
 
 WATCH_RATE_HZ = 50.0
+#: BasicMotions: 6 channels x 100 samples at 10 Hz
 BASIC_MOTIONS_RATE_HZ = 10.0
+#: JapaneseVowels: LPC cepstra of frames 6.4 ms apart (25.6 ms windows of 10 kHz speech)
+JAPANESE_VOWELS_RATE_HZ = 1 / 0.0064
 
 
 def load_watch_npz(path) -> dict:
@@ -135,58 +133,3 @@ def watch_task(data: dict, seed: int = 0, test_subjects=None, val_subjects=None,
             "classes": [str(c) for c in data["y_labels"]], "channels": [str(c) for c in data["X_labels"]],
             "scaling": scaling}
     return Task(name="watch", num_classes=len(data["y_labels"]), time_unit="s", info=info, **splits)
-
-
-# -- the .ts format of the UEA/UCR archive (sktime's data files) ---------------------------------
-
-
-def read_ts(path):
-    """Read an equal-length multivariate .ts file -> (x (N, T, C) float32, labels (N,) str, class names)."""
-    path = Path(path)
-    classes, rows, labels = None, [], []
-    in_data = False
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        if not in_data:
-            low = line.lower()
-            if low.startswith("@classlabel"):
-                parts = line.split()
-                classes = parts[2:] if len(parts) > 2 and parts[1].lower() == "true" else None
-            elif low.startswith("@data"):
-                in_data = True
-            continue
-        *dims, label = line.split(":")
-        try:
-            rows.append([np.array(d.split(","), dtype=np.float32) for d in dims])
-        except ValueError:
-            raise ValueError(f"{path}:{lineno}: cannot parse a series") from None
-        labels.append(label)
-    if not rows:
-        raise ValueError(f"{path}: no @data section with series")
-    lengths = {len(d) for r in rows for d in r}
-    if len(lengths) != 1 or len({len(r) for r in rows}) != 1:
-        raise ValueError(f"{path}: series of unequal length or dimension count; only equal-length files are read")
-    x = np.stack([np.stack(r, axis=1) for r in rows])  # (N, T, C)
-    return x, np.array(labels), classes or sorted(set(labels))
-
-
-def basic_motions_task(train_file, test_file, seed: int = 0, val_fraction: float = 0.2) -> Task:
-    tr_x, tr_lab, classes = read_ts(train_file)
-    te_x, te_lab, _ = read_ts(test_file)
-    index = {c: i for i, c in enumerate(classes)}
-    tr_y = np.array([index[c] for c in tr_lab])
-    te_y = np.array([index[c] for c in te_lab])
-    keep, held = split_off(len(tr_x), val_fraction, seed)
-    T = tr_x.shape[1]
-    times = np.arange(T, dtype=np.float64) / BASIC_MOTIONS_RATE_HZ
-
-    def part(x, y):
-        return (x, np.broadcast_to(times, (len(x), T)).copy(), np.full(len(x), T), y)
-
-    raw = {"train": part(tr_x[keep], tr_y[keep]), "val": part(tr_x[held], tr_y[held]), "test": part(te_x, te_y)}
-    splits, scaling = _standardise(raw)
-    info = {"seed": seed, "val_fraction": val_fraction, "classes": list(classes),
-            "rate_hz": BASIC_MOTIONS_RATE_HZ, "scaling": scaling}
-    return Task(name="basic-motions", num_classes=len(classes), time_unit="s", info=info, **splits)

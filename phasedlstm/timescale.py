@@ -1,0 +1,68 @@
+"""The time scale of a data set, and the Phased LSTM's initialisation chosen from it.
+
+The Phased LSTM's periods, shifts and open ratios live in the unit of its timestamps, and its
+default initialisation, tau ~ exp(U(1, 6)), suits timestamps in the unit of the authors'
+frequency tasks (1 ms samples, 15-125 ms sequences). On data in other units that range is
+arbitrary: on recordings 50 Hz apart, timestamped in seconds and 20-50 s long, it gives periods
+of 2.7-403 s, and most units never open within a recording.
+
+:func:`auto_time_init` measures the training data instead — g, the median gap between
+consecutive observations, and D, the median duration of a sequence — and returns
+
+- ``time_scale`` = g: timestamps are divided by it before the layer, so the time parameters
+  count sampling gaps, whatever the unit (seconds, milliseconds, nanoseconds): the same data in
+  another unit gives the same model, and the optimiser's steps on the periods are steps of the
+  same size relative to the data;
+- ``period_init`` = (ln 2, ln max(D / (4 g), 8)): the shortest periods are two gaps (the
+  finest rhythm the sampling resolves), the longest a quarter of a typical sequence (every unit
+  opens at least about four times within it); for the authors' frequency tasks (g = 1 ms,
+  D = 70 ms) this is exp(U(0.69, 2.86)), next to their exp(U(1, 3)).
+
+Shifts are then drawn from U(0, tau) and the open ratio stays at its default, as the layer does.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+#: the shortest initial period, in sampling gaps
+MIN_PERIOD_GAPS = 2.0
+#: the longest initial period, as a fraction of the median duration (and at least LONG_MIN gaps)
+LONGEST_FRACTION = 0.25
+LONG_MIN_GAPS = 8.0
+
+
+def time_statistics(times, lengths=None) -> dict:
+    """The median positive gap between consecutive observations and the median duration (last
+    minus first timestamp) of sequences. ``times``: a list of 1-D arrays, or a padded (N, T)
+    array or tensor with ``lengths`` (N,)."""
+    if lengths is not None:
+        t = np.asarray(times.detach().cpu() if hasattr(times, "detach") else times, dtype=np.float64)
+        n = np.asarray(lengths.detach().cpu() if hasattr(lengths, "detach") else lengths, dtype=np.int64)
+        if t.ndim != 2 or n.shape != (t.shape[0],):
+            raise ValueError(f"times must be (N, T) with lengths (N,), got {t.shape} and {n.shape}")
+        series = [t[i, : n[i]] for i in range(len(n))]
+    else:
+        series = [np.asarray(s, dtype=np.float64) for s in times]
+    gaps = np.concatenate([np.diff(s) for s in series if len(s) > 1] or [np.zeros(0)])
+    gaps = gaps[gaps > 0]
+    if not len(gaps):
+        raise ValueError("the sequences have no two observations at different times: no time scale to measure")
+    durations = np.array([s[-1] - s[0] for s in series if len(s) > 1])
+    gap = float(np.median(gaps))
+    return {"median_gap": gap, "median_duration": max(float(np.median(durations)), gap)}
+
+
+def auto_time_init(times, lengths=None) -> dict:
+    """The Phased LSTM's initialisation for data with these timestamps (see the module
+    docstring) -> {"time_scale", "period_init", "median_gap", "median_duration"}.
+
+    Use it with the layer as ``PhasedLSTM(..., period_init=a["period_init"])`` called with
+    ``times / a["time_scale"]``; the command line does this when ``--period-init`` is auto.
+    """
+    stats = time_statistics(times, lengths)
+    g, d = stats["median_gap"], stats["median_duration"]
+    longest = max(LONGEST_FRACTION * d / g, LONG_MIN_GAPS)
+    return {"time_scale": g, "period_init": (math.log(MIN_PERIOD_GAPS), math.log(longest)), **stats}
