@@ -217,6 +217,12 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     d.add_argument("--drop", type=_fraction, default=None,
                    help="recordings and your own series: drop this fraction of the observations at random "
                         "(seeded), keeping the others' timestamps: irregular sampling (default: 0)")
+    d.add_argument("--window", type=_finite(0.0, True), default=None,
+                   help="recordings and your own series: train on windows of this duration (in the timestamps' "
+                        "unit) and score each recording by the mean log-probability of its windows (default: whole "
+                        "recordings)")
+    d.add_argument("--stride", type=_finite(0.0, True), default=None,
+                   help="with --window: the windows' starts this far apart (default: half a window)")
     d.add_argument("--test-subjects", type=_int_list, default=None,
                    help="watch: subjects held out for testing, e.g. 1,5,9 (default: 3 drawn by the seed)")
     d.add_argument("--val-subjects", type=_int_list, default=None,
@@ -249,7 +255,7 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 _TASK_ARGS = ["classes", "small", "val_fraction", "perm_seed", "data_dir", "data_path", "prefix", "n_train", "n_val",
               "n_test", "length", "downsample", "crop", "test_subjects", "val_subjects", "fresh", "drop", "train_file",
               "test_file", "file", "id_column", "time_column", "label_column", "feature_columns", "split_column",
-              "regression", "test_fraction", "missing"]
+              "regression", "test_fraction", "missing", "window", "stride"]
 
 
 def _task_options(args, task: str) -> dict:

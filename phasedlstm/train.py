@@ -326,9 +326,13 @@ def load_run_model(path, device="cpu") -> tuple[TrainConfig, Task, SequenceModel
 
 @torch.no_grad()
 def evaluate(model: SequenceModel, dataset, batch_size: int = 256, device="cpu") -> tuple[float, float | None]:
-    """(mean loss, accuracy or None for regression) over ``dataset`` in eval mode."""
+    """(mean loss, accuracy or None for regression) over ``dataset`` in eval mode. A data set of
+    windows (``dataset.group``) is scored per recording: the mean of its windows'
+    log-probabilities (classes) or predictions (regression) is the recording's output."""
     if len(dataset) == 0:
         return float("nan"), None
+    if dataset.group is not None:
+        return _evaluate_recordings(model, dataset, batch_size, device)
     was_training = model.training
     model.eval()
     loss_sum, correct, n = 0.0, 0, 0
@@ -341,6 +345,25 @@ def evaluate(model: SequenceModel, dataset, batch_size: int = 256, device="cpu")
         n += len(y)
     model.train(was_training)
     return loss_sum / n, (None if dataset.y.is_floating_point() else correct / n)
+
+
+def _evaluate_recordings(model, dataset, batch_size, device) -> tuple[float, float | None]:
+    from phasedlstm.models import log_softmax
+
+    was_training = model.training
+    model.eval()
+    outs = [model(*(v.to(device) for v in b[:3])).cpu() for b in dataset.batches(batch_size)]
+    model.train(was_training)
+    out, y, g = torch.cat(outs), dataset.y, dataset.group
+    regression = y.is_floating_point()
+    groups, inverse = torch.unique(g, return_inverse=True)
+    per = out if regression else log_softmax(out)
+    total = torch.zeros(len(groups), per.shape[1], dtype=per.dtype).index_add_(0, inverse, per)
+    count = torch.zeros(len(groups), dtype=per.dtype).index_add_(0, inverse, torch.ones(len(g), dtype=per.dtype))
+    out = total / count[:, None]
+    y = torch.zeros(len(groups), dtype=y.dtype).index_copy_(0, inverse, y)
+    loss = float(model.loss(out, y))
+    return loss, (None if regression else float((out.argmax(1) == y).double().mean()))
 
 
 # -- the run ----------------------------------------------------------------------------------------

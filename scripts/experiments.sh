@@ -8,6 +8,11 @@ cd "$(dirname "$0")/.."
 P=".venv/bin/phasedlstm"
 COMMON=(--threads 1 --no-progress)
 
+periods_1_6() {  # the Phased LSTM periods exp(U(1, 6)) these experiments were run with, where "phased" is
+    # among the models (--period-init auto, the default, measures the data instead)
+    case ",$1," in *,phased,*) echo "--period-init 1 6" ;; esac
+}
+
 freq() {  # the paper's frequency tasks: 110 units, batch 32, Adam 1e-3, clip 10, 70 epochs,
     # fresh training data every epoch, 10,000 test sequences (the test split read every 5th epoch,
     # at the last and at every new best on validation); a fourth argument suffixes the folder
@@ -20,7 +25,7 @@ rows() {  # the lecture's model on sequential MNIST by rows: projection 64 -> la
     # mean over time -> linear -> log-softmax; Adam 1e-3, batch 128, clip 10
     local out=$1 epochs=$2 models=$3 seeds=$4; shift 4
     $P compare --task smnist-rows --models "$models" --seeds "$seeds" --epochs "$epochs" --hidden-size 128 \
-        --pooling mean --batch-size 128 --out "runs/lecture/$out" "${COMMON[@]}" "$@"
+        --pooling mean --batch-size 128 --out "runs/lecture/$out" "${COMMON[@]}" $(periods_1_6 "$models") "$@"
 }
 
 combo() {  # superimposed frequencies: as freq, 100 epochs (the authors ran 300)
@@ -39,13 +44,32 @@ pixels() {  # the lecture's model on sequential MNIST by pixels: 784 steps of 1,
     # clip 1; one seed (about 12 min per epoch on one core)
     local task=$1 out=$2 models=$3 epochs=$4; shift 4
     $P compare --task "$task" --models "$models" --seeds 0 --epochs "$epochs" --hidden-size 128 \
-        --batch-size 128 --clip 1 --pooling mean --out "runs/lecture/$out" "${COMMON[@]}" "$@"
+        --batch-size 128 --clip 1 --pooling mean --out "runs/lecture/$out" "${COMMON[@]}" $(periods_1_6 "$models") "$@"
+}
+
+real() {  # real recordings, regular and with 50% / 90% of the observations dropped: 3 seeds, 64 units,
+    # mean pooling; the LSTMs get the gap since the previous observation as a channel, the Phased LSTM
+    # the timestamps through its time gate, its periods measured on the data (--period-init auto)
+    local task=$1 epochs=$2 batch=$3; shift 3
+    for p in 0 0.5 0.9; do
+        local args=(--task "$task" --seeds 0,1,2 --epochs "$epochs" --hidden-size 64 --pooling mean --batch-size "$batch"
+                    --drop "$p" --out "runs/real/$task-drop$p" "${COMMON[@]}" "$@")
+        $P compare --models lstm,peephole,layernorm --time-feature dt "${args[@]}"
+        $P compare --models phased "${args[@]}"
+    done
+}
+
+baselines() {  # the non-recurrent baseline at the same drops
+    local task=$1
+    for p in 0 0.5 0.9; do
+        $P baseline --task "$task" --drop "$p" --seeds 0,1,2 --json "results/real/baseline-$task-drop$p.json"
+    done
 }
 
 motion() {  # real recordings: 3 seeds; watch split by subject
     local task=$1 out=$2 models=$3; shift 3
     $P compare --task "$task" --models "$models" --seeds 0,1,2 --epochs 60 --hidden-size 64 --pooling mean \
-        --batch-size 16 --out "runs/lecture/$out" "${COMMON[@]}" "$@"
+        --batch-size 16 --out "runs/lecture/$out" "${COMMON[@]}" $(periods_1_6 "$models") "$@"
 }
 
 experiments() {  # (one function, read whole before it runs)
@@ -98,7 +122,7 @@ experiments() {  # (one function, read whole before it runs)
             tricks) tricks ;;
             fashion) $P compare --task fashion-rows --models lstm,peephole,phased,layernorm,torch-lstm --seeds 0,1,2 \
                          --epochs 10 --hidden-size 128 --pooling mean --batch-size 128 --out runs/lecture/fashion-rows \
-                         "${COMMON[@]}" ;;
+                         "${COMMON[@]}" --period-init 1 6 ;;
             pixels) # mean over time (the lecture's pooling): chosen on validation against last-step pooling, with
                     # which the LSTM stayed at chance (validation 10.9% after 2 epochs; runs/lecture/smnist-pixels)
                     # while the mean reached 57.3% after one
@@ -123,7 +147,7 @@ experiments() {  # (one function, read whole before it runs)
                 for T in ${ADDING_LENGTHS:-$Ts}; do  # ADDING_LENGTHS="5000": only those of the name's lengths
                     $P compare --task adding --length "$T" --fresh yes --n-train "$n" --models "${ADDING_MODELS:-$models}" \
                         --seeds 0 --epochs "$epochs" --hidden-size 64 --proj-size 0 --batch-size 50 --out "runs/lecture/$d-$T" \
-                        "${COMMON[@]}"
+                        "${COMMON[@]}" $(periods_1_6 "${ADDING_MODELS:-$models}")
                 done ;;
             watch) # (no torch-lstm: its packed-sequence path ran 194 s / epoch on these 2618-step sequences,
                    # against 2.5 s for our LSTM: 60 epochs x 3 seeds would take about 10 hours)
@@ -133,6 +157,10 @@ experiments() {  # (one function, read whole before it runs)
                        motion watch "watch-drop$p" phased --drop "$p"
                    done ;;
             basic-motions) motion basic-motions basic-motions lstm,peephole,phased,layernorm,torch-lstm ;;
+            real-watch) real watch 40 32 --window 5 ;;  # 5 s windows, 2.5 s apart; recordings scored by their windows
+            real-basic-motions) real basic-motions 60 16 ;;
+            real-japanese-vowels) real japanese-vowels 60 32 ;;
+            real-baselines) for t in watch basic-motions japanese-vowels; do baselines "$t"; done ;;
             *) echo "unknown experiment $name" >&2; exit 2 ;;
         esac
     done

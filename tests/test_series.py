@@ -323,3 +323,61 @@ def test_cli_period_init_auto_or_two_numbers(tmp_path):
     assert cfg["rnn_options"]["period_init"] == [-3.0, 1.0] and "derived" not in cfg
     with pytest.raises(SystemExit, match="--file does not apply to task ts"):
         main(["train", "--task", "ts", "--file", str(f), "--out", str(tmp_path / "c")])
+
+
+# -- windows and scoring recordings by their windows -----------------------------------------------------
+
+
+def test_windows_cut_by_time_and_keep_timestamps():
+    from phasedlstm.data.base import SequenceDataset, windows
+
+    t = np.zeros((2, 12))
+    t[0] = np.arange(12) * 0.5  # 0 .. 5.5
+    t[1, :3] = [0.0, 0.7, 1.1]
+    x = np.arange(24, dtype=np.float32).reshape(2, 12, 1)
+    ds = SequenceDataset(x, t, [12, 3], [1, 0])
+    w = windows(ds, 2.0, 1.5)
+    assert w.group.tolist() == [0, 0, 0, 0, 1]  # starts 0, 1.5, 3.0, and the last 3.5-5.5; the short one whole
+    np.testing.assert_array_equal(w.times[0, :4].numpy(), [0.0, 0.5, 1.0, 1.5])
+    np.testing.assert_array_equal(w.times[1, :4].numpy(), [1.5, 2.0, 2.5, 3.0])
+    np.testing.assert_array_equal(w.times[3, :w.lengths[3]].numpy(), [3.5, 4.0, 4.5, 5.0, 5.5])
+    np.testing.assert_array_equal(w.x[3, :5, 0].numpy(), x[0, 7:12, 0])
+    assert w.lengths.tolist() == [4, 4, 4, 5, 3] and w.y.tolist() == [1, 1, 1, 1, 0]
+    assert float(w.times[4, 4]) == 1.1  # padding repeats the last valid timestamp
+    with pytest.raises(ValueError, match="finite and > 0"):
+        windows(ds, 0.0, 1.0)
+
+
+def test_evaluate_scores_recordings_by_mean_log_probability():
+    """Three windows of one recording: two lean weakly to class 0, one strongly to class 1; the
+    mean of log-probabilities picks class 1, and the recording counts once."""
+    from phasedlstm.data.base import SequenceDataset
+    from phasedlstm.models import cross_entropy, log_softmax
+    from phasedlstm.train import evaluate
+
+    class Logits(torch.nn.Module):
+        def forward(self, x, times, lengths):
+            return x[:, 0, :]
+
+        def loss(self, out, y):
+            return cross_entropy(out, y)
+
+    logits = torch.tensor([[0.2, 0.0], [0.2, 0.0], [0.0, 5.0], [3.0, 0.0]])
+    ds = SequenceDataset(logits[:, None, :].numpy(), np.zeros((4, 1)), [1] * 4, [1, 1, 1, 1], group=[7, 7, 7, 9])
+    loss, acc = evaluate(Logits(), ds)
+    assert acc == 0.5  # recording 7 right (class 1), recording 9 wrong
+    mean7 = log_softmax(logits[:3]).mean(0, keepdim=True)
+    want = (cross_entropy(mean7, torch.tensor([1])) + cross_entropy(logits[3:], torch.tensor([1]))) / 2
+    assert loss == pytest.approx(float(want))
+    ds.group = None
+    assert evaluate(Logits(), ds)[1] == 0.25  # window by window
+
+
+def test_window_option_of_the_tasks(tmp_path):
+    f = tmp_path / "t.csv"
+    f.write_text(_synthetic(n=12, gap=0.01, seconds=2.0))
+    t = get_task("table", file=str(f), window=0.5, stride=0.25)
+    assert t.train.group is not None and int(t.train.lengths.max()) <= 51  # (the last window holds both ends)
+    assert len(torch.unique(t.test.group)) == len(get_task("table", file=str(f)).test)
+    with pytest.raises(DataError, match="--stride needs --window"):
+        get_task("table", file=str(f), stride=0.25)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from phasedlstm._files import data_dir as _resolve
 from phasedlstm.data.adding import adding_task
-from phasedlstm.data.base import Batch, DataError, SequenceDataset, Task
+from phasedlstm.data.base import Batch, DataError, SequenceDataset, Task, windows
 from phasedlstm.data.fetch import verify
 from phasedlstm.data.frequency import frequency_task
 from phasedlstm.data.images import image_task, load_images
@@ -66,13 +66,32 @@ def _adding(seed: int = 0, length: int = 200, n_train: int = 10000, n_val: int =
     return adding_task(length, seed, n_train, n_val, n_test, fresh)
 
 
+def _windowed(task: Task, window, stride) -> Task:
+    """Every split cut into windows of ``window`` time units, ``stride`` apart (default: half a
+    window); evaluation then scores each recording by its windows' mean log-probabilities."""
+    if window is None:
+        if stride is not None:
+            raise DataError("--stride needs --window")
+        return task
+    stride = window / 2 if stride is None else stride
+    if not (window > 0 and stride > 0):
+        raise DataError(f"window and stride must be > 0, got {window} and {stride}")
+    for name in ("train", "val", "test"):
+        split = getattr(task, name)
+        if len(split):
+            setattr(task, name, windows(split, window, stride))
+    task.info.update(window=window, stride=stride)
+    return task
+
+
 def _watch(seed: int = 0, downsample: int = 1, crop=None, test_subjects=None, val_subjects=None,
-           drop: float = 0.0, time_feature: str = "none", data_dir=None) -> Task:
+           drop: float = 0.0, time_feature: str = "none", window=None, stride=None, data_dir=None) -> Task:
     path = _resolve(data_dir) / "watch" / "watch.npz"
     if not path.is_file():
         raise _missing("watch", path.parent)
     verify("watch", data_dir)
-    return watch_task(load_watch_npz(path), seed, test_subjects, val_subjects, downsample, crop, drop, time_feature)
+    return _windowed(watch_task(load_watch_npz(path), seed, test_subjects, val_subjects, downsample, crop, drop,
+                                time_feature), window, stride)
 
 
 def _fetched_ts(dataset: str, problem: str, data_dir, rate_hz: float) -> tuple[SeriesSet, SeriesSet]:
@@ -85,17 +104,17 @@ def _fetched_ts(dataset: str, problem: str, data_dir, rate_hz: float) -> tuple[S
 
 
 def _basic_motions(seed: int = 0, val_fraction: float = 0.2, drop: float = 0.0, time_feature: str = "none",
-                   data_dir=None) -> Task:
+                   window=None, stride=None, data_dir=None) -> Task:
     train, test = _fetched_ts("basic-motions", "BasicMotions", data_dir, BASIC_MOTIONS_RATE_HZ)
-    return series_task("basic-motions", train, test, seed=seed, val_fraction=val_fraction, drop=drop,
-                       time_feature=time_feature)
+    return _windowed(series_task("basic-motions", train, test, seed=seed, val_fraction=val_fraction, drop=drop,
+                                 time_feature=time_feature), window, stride)
 
 
 def _japanese_vowels(seed: int = 0, val_fraction: float = 0.2, drop: float = 0.0, time_feature: str = "none",
-                     data_dir=None) -> Task:
+                     window=None, stride=None, data_dir=None) -> Task:
     train, test = _fetched_ts("japanese-vowels", "JapaneseVowels", data_dir, JAPANESE_VOWELS_RATE_HZ)
-    return series_task("japanese-vowels", train, test, seed=seed, val_fraction=val_fraction, drop=drop,
-                       time_feature=time_feature)
+    return _windowed(series_task("japanese-vowels", train, test, seed=seed, val_fraction=val_fraction, drop=drop,
+                                 time_feature=time_feature), window, stride)
 
 
 def _check_sums(files, sha256) -> None:
@@ -121,24 +140,26 @@ def _file(path, what: str) -> Path:
 
 
 def _ts(seed: int = 0, train_file=None, test_file=None, val_fraction: float = 0.2, test_fraction: float = 0.3,
-        drop: float = 0.0, time_feature: str = "none", missing: str = "auto", sha256=None) -> Task:
+        drop: float = 0.0, time_feature: str = "none", missing: str = "auto", window=None, stride=None,
+        sha256=None) -> Task:
     train = read_ts(_file(train_file, "--train-file, a .ts file of training series"))
     test = None if test_file is None else read_ts(_file(test_file, "--test-file"))
     _check_sums([train_file, test_file], sha256)
-    return series_task("ts", train, test, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction,
-                       drop=drop, time_feature=time_feature, missing=missing)
+    return _windowed(series_task("ts", train, test, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction,
+                                 drop=drop, time_feature=time_feature, missing=missing), window, stride)
 
 
 def _table(seed: int = 0, file=None, id_column: str = "id", time_column: str = "time", label_column: str = "label",
            feature_columns=None, split_column=None, regression: bool = False, val_fraction: float = 0.2,
            test_fraction: float = 0.3, drop: float = 0.0, time_feature: str = "none", missing: str = "auto",
-           sha256=None) -> Task:
+           window=None, stride=None, sha256=None) -> Task:
     data = read_table(_file(file, "--file, a CSV (or Parquet) table of observations"), id_column, time_column,
                       label_column, feature_columns, split_column, regression)
     _check_sums([file], sha256)
     parts = split_table(data) if split_column is not None else {"train": data, "val": None, "test": None}
-    return series_task("table", parts["train"], parts["test"], parts["val"], seed=seed, val_fraction=val_fraction,
-                       test_fraction=test_fraction, drop=drop, time_feature=time_feature, missing=missing)
+    return _windowed(series_task("table", parts["train"], parts["test"], parts["val"], seed=seed,
+                                 val_fraction=val_fraction, test_fraction=test_fraction, drop=drop,
+                                 time_feature=time_feature, missing=missing), window, stride)
 
 
 #: task name -> (builder, one-line description)

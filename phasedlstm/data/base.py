@@ -15,6 +15,7 @@ Each batch is a :class:`Batch` ``(x, times, lengths, y)`` cut to its longest seq
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, NamedTuple
 
@@ -51,7 +52,7 @@ def pad_times(times: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 class SequenceDataset:
     """One split of a task as padded tensors; see the module docstring."""
 
-    def __init__(self, x, times, lengths, y, special=None):
+    def __init__(self, x, times, lengths, y, special=None, group=None):
         self.x = torch.as_tensor(np.asarray(x, dtype=np.float32))
         self.times = None if times is None else torch.as_tensor(np.asarray(times, dtype=np.float64))
         self.lengths = torch.as_tensor(np.asarray(lengths, dtype=np.int64))
@@ -59,6 +60,9 @@ class SequenceDataset:
         self.y = torch.as_tensor(y.astype(np.float32) if y.dtype.kind == "f" else y.astype(np.int64))
         # optional (N,) bool: samples drawn from a task's special class, for balanced batches
         self.special = None if special is None else torch.as_tensor(np.asarray(special, dtype=bool))
+        # optional (N,) int64: the recording each sample (a window) was cut from; evaluation then
+        # averages the windows' log-probabilities per recording and scores recordings
+        self.group = None if group is None else torch.as_tensor(np.asarray(group, dtype=np.int64))
         N, T = self.x.shape[:2]
         t_shape = (N, T) if self.times is None else tuple(self.times.shape)
         if t_shape != (N, T) or self.lengths.shape != (N,) or self.y.shape[0] != N:
@@ -86,10 +90,11 @@ class SequenceDataset:
     def subset(self, index) -> "SequenceDataset":
         index = torch.as_tensor(index)
         special = None if self.special is None else self.special[index]
+        group = None if self.group is None else self.group[index]
         T = int(self.lengths[index].max())
         times = None if self.times is None else self.times[index, :T].numpy()
         return SequenceDataset(self.x[index, :T].numpy(), times, self.lengths[index].numpy(),
-                               self.y[index].numpy(), special)
+                               self.y[index].numpy(), special, group)
 
     def batches(self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
                 balanced: bool = False, shard: tuple[int, int] = (0, 1)) -> Iterator[Batch]:
@@ -171,8 +176,49 @@ class Task:
     def describe(self) -> str:
         T = int(self.train.lengths.max())
         kind = f"{self.num_classes} classes" if self.num_classes else "regression"
+        if self.train.group is not None:
+            counts = " / ".join(f"{len(s)} {k}" + (f" (of {len(torch.unique(s.group))})" if len(s) else "")
+                                for k, s in (("train", self.train), ("val", self.val), ("test", self.test)))
+            return (f"{self.name}: windows of {self.info.get('window')} {self.time_unit}, {counts} recordings, up to "
+                    f"{T} steps of {self.input_size}, {kind}")
         return (f"{self.name}: {len(self.train)} train / {len(self.val)} val / {len(self.test)} test, "
                 f"up to {T} steps of {self.input_size}, {kind}, times in {self.time_unit}")
+
+
+def windows(dataset: SequenceDataset, window: float, stride: float) -> SequenceDataset:
+    """Cut every sequence into windows of ``window`` time units (observations with start <= t <
+    start + window), their starts ``stride`` apart from the sequence's first timestamp; the last
+    window ends at the sequence's end. A sequence shorter than a window is one window. Timestamps
+    are kept; each window's ``group`` is its sequence's index (see :func:`phasedlstm.train.evaluate`)."""
+    if not (window > 0 and stride > 0 and math.isfinite(window) and math.isfinite(stride)):
+        raise ValueError(f"window and stride must be finite and > 0, got {window} and {stride}")
+    if dataset.times is None:
+        raise ValueError("windows are cut by time: this data set has no timestamps")
+    x, times, lengths, y = dataset.x.numpy(), dataset.times.numpy(), dataset.lengths.numpy(), dataset.y.numpy()
+    cuts, group = [], []
+    for i, n in enumerate(lengths):
+        t = times[i, :n]
+        first, last = t[0], t[-1]
+        starts = list(np.arange(first, last - window, stride)) if last - first > window else []
+        starts.append(max(first, last - window))  # the last window ends at the end
+        seen = set()
+        for s0 in starts:
+            lo = int(np.searchsorted(t, s0, "left"))
+            hi = int(np.searchsorted(t, s0 + window, "left")) if s0 + window < last else n
+            if hi - lo < 1 or (lo, hi) in seen:
+                continue
+            seen.add((lo, hi))
+            cuts.append((i, lo, hi))
+            group.append(i)
+    T = max(hi - lo for _, lo, hi in cuts)
+    wx = np.zeros((len(cuts), T, x.shape[2]), dtype=np.float32)
+    wt = np.zeros((len(cuts), T), dtype=np.float64)
+    wn = np.array([hi - lo for _, lo, hi in cuts], dtype=np.int64)
+    for k, (i, lo, hi) in enumerate(cuts):
+        wx[k, : hi - lo] = x[i, lo:hi]
+        wt[k, : hi - lo] = times[i, lo:hi]
+    pad_times(wt, wn)
+    return SequenceDataset(wx, wt, wn, y[[i for i, _, _ in cuts]], None, group)
 
 
 def split_off(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
