@@ -97,7 +97,9 @@ def settings(cfg: dict) -> str:
         parts.append(f"{cfg['layers']} layers")
     parts.append(f"pooling {cfg.get('pooling', 'last')}")
     for k, v in sorted(cfg.get("task_options", {}).items()):
-        if k not in ("data_dir", "data_path"):
+        if k in ("train_file", "test_file", "file"):
+            parts.append(f"{k}={Path(v).name}")
+        elif k not in ("data_dir", "data_path", "sha256"):
             parts.append(f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}")
     return ", ".join(parts)
 
@@ -175,6 +177,10 @@ def format_baseline_table(paths) -> str:
     return "\n".join(lines)
 
 
+def _seconds(v: float) -> str:
+    return f"{v:.1f}" if v >= 0.1 else f"{v:.2f}"
+
+
 def format_table(rows) -> str:
     unit = "%" if rows and rows[0]["metric"] == "test accuracy" else ""
     lines = ["| model | task | seeds | epochs | " + rows[0]["metric"] + " at the epoch chosen on validation "
@@ -184,7 +190,7 @@ def format_table(rows) -> str:
         if r.get("unfinished"):  # a table drawn while runs are still training says so
             epochs += f" ({r['unfinished']} unfinished, of {r['planned_epochs']})"
         lines.append(f"| {r['model']} | {r['task']} | {r['seeds']} | {epochs} | {_spread(r, unit)} | "
-                     f"{r['chosen_epochs']} | {r['seconds_per_epoch']:.1f} |")
+                     f"{r['chosen_epochs']} | {_seconds(r['seconds_per_epoch'])} |")
     return "\n".join(lines)
 
 
@@ -252,9 +258,10 @@ def plot_gates(run: dict, path: Path) -> bool:
     rnn = model.rnn.eval()
     b = task.test[torch.tensor([0])]
     n = int(b.lengths[0])
+    scale = getattr(model, "time_scale", 1.0)  # the layer's time unit, in the data's (see --period-init auto)
     with torch.no_grad():
-        k = rnn.time_gates(b.times[0, :n])  # (T, H)
-        period = rnn.period_l0.detach().abs()
+        k = rnn.time_gates(b.times[0, :n] / scale)  # (T, H)
+        period = rnn.period_l0.detach().abs() * scale
         order = torch.argsort(period)
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [2.2, 1]})
     t = b.times[0, :n].numpy()
@@ -263,14 +270,14 @@ def plot_gates(run: dict, path: Path) -> bool:
     axes[0].set(xlabel=f"time ({task.time_unit})", ylabel="unit (sorted by period)",
                 title=f"time-gate openness k_t over test sequence 0 ({n} samples)")
     fig.colorbar(im, ax=axes[0], label="k_t")
-    lo, hi = cfg.rnn_options.get("period_init", (1.0, 6.0))
+    lo, hi = (math.exp(v) * scale for v in rnn.period_init)
     bins = torch.logspace(math.log10(max(period.min().item(), 1e-3)), math.log10(period.max().item() + 1e-9), 25)
     axes[1].hist(period.numpy(), bins=bins.numpy(), color="#4c72b0")
     axes[1].set_xscale("log")
     axes[1].xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
     axes[1].xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
     axes[1].xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    axes[1].axvspan(math.exp(lo), math.exp(hi), color="grey", alpha=0.2, label=f"initial range exp(U({lo:g}, {hi:g}))")
+    axes[1].axvspan(lo, hi, color="grey", alpha=0.2, label=f"initial range {lo:.3g} to {hi:.3g} (log-uniform)")
     axes[1].set(xlabel=f"learned period tau ({task.time_unit})", ylabel="units", title="learned periods")
     axes[1].legend(fontsize=8)
     fig.tight_layout()
