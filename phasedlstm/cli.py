@@ -543,7 +543,7 @@ def cmd_tasks(args) -> int:
 
 
 def cmd_baseline(args) -> int:
-    """scikit-learn on per-channel statistics, per seed; mean and s.d. of the test accuracy."""
+    """A non-recurrent baseline per seed; mean and s.d. of the test accuracy."""
     import statistics
 
     from phasedlstm.baseline import run_baseline
@@ -553,10 +553,11 @@ def cmd_baseline(args) -> int:
         opts["time_feature"] = args.time_feature
     results = []
     for seed in args.seeds:
-        r = run_baseline(args.task, seed, **opts)
+        r = run_baseline(args.task, seed, args.method, **opts)
         results.append(r)
-        print(f"seed {seed}: {r['chosen']} (validation {', '.join(f'{k} {100 * v:.1f}%' for k, v in r['val_accuracy'].items())})"
-              f" -> test accuracy {100 * r['test_accuracy']:.2f}%", flush=True)
+        val = ", ".join(f"{k} {100 * v:.1f}%" for k, v in r["val_accuracy"].items())
+        print(f"seed {seed}: {r['chosen']}{f' (validation {val})' if val else ''} -> test accuracy "
+              f"{100 * r['test_accuracy']:.2f}%", flush=True)
     accs = [100 * r["test_accuracy"] for r in results]
     spread = f" ± {statistics.stdev(accs):.2f}" if len(accs) > 1 else " (1 seed)"
     print(f"{args.task}: test accuracy {statistics.mean(accs):.2f}%{spread} over seeds {args.seeds}")
@@ -640,9 +641,13 @@ def build_parser() -> argparse.ArgumentParser:
     ts = command("tasks", help="list the tasks and their options")
     ts.set_defaults(func=cmd_tasks)
 
-    bl = command("baseline", help="a non-recurrent baseline for scale: scikit-learn on per-channel statistics")
+    bl = command("baseline", help="a non-recurrent baseline for scale: per-channel statistics or MiniRocket")
     bl.add_argument("--task", required=True, help="a classification task (watch, basic-motions, ts, table, ...)")
     bl.add_argument("--seeds", type=_int_list, default=[0], help="comma-separated (default: 0)")
+    bl.add_argument("--method", default="statistics", choices=["statistics", "minirocket"],
+                    help="statistics: scikit-learn on per-channel statistics; minirocket: MiniRocket features and a "
+                         "ridge classifier, on series resampled to the training data's median gap (default: "
+                         "statistics)")
     bl.add_argument("--json", help="write the results here")
     _add_data_args(bl)
     bl.set_defaults(func=cmd_baseline)

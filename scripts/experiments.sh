@@ -59,10 +59,12 @@ real() {  # real recordings, regular and with 50% / 90% of the observations drop
     done
 }
 
-baselines() {  # the non-recurrent baseline at the same drops
+baselines() {  # the non-recurrent baselines at the same drops
     local task=$1
     for p in 0 0.5 0.9; do
         $P baseline --task "$task" --drop "$p" --seeds 0,1,2 --json "results/real/baseline-$task-drop$p.json"
+        $P baseline --task "$task" --drop "$p" --seeds 0,1,2 --method minirocket \
+            --json "results/real/minirocket-$task-drop$p.json"
     done
 }
 

@@ -10,6 +10,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -290,6 +291,35 @@ def test_baseline_on_statistics(tmp_path, monkeypatch):
         "freq-async", seed=seed, n_train=200, n_val=100, n_test=100))
     assert cli.main(["baseline", "--task", "watch", "--seeds", "0,1", "--json", str(out)]) == 0
     assert len(json.loads(out.read_text())) == 2
+
+
+def test_minirocket_input_is_resampled_on_the_median_gap():
+    """Irregular series -> regular ones for MiniRocket: linear interpolation between observations on
+    a grid of the given gap, padded by repeating the last value (at least 9 points), cut to a length."""
+    from phasedlstm.baseline import resampled
+    from phasedlstm.data.base import SequenceDataset
+
+    x = np.array([[[0.0, 10.0], [1.0, 10.0], [3.0, 30.0], [0.0, 0.0]], [[5.0, 1.0], [7.0, 1.0], [0, 0], [0, 0]]])
+    t = np.array([[0.0, 1.0, 3.0, 3.0], [0.0, 0.5, 0.5, 0.5]])
+    ds = SequenceDataset(x, t, [3, 2], [0, 1])
+    r = resampled(ds, 1.0)
+    assert r.shape == (2, 2, 9)
+    np.testing.assert_allclose(r[0, 0], [0, 1, 2, 3, 3, 3, 3, 3, 3])
+    np.testing.assert_allclose(r[0, 1], [10, 10, 20, 30, 30, 30, 30, 30, 30])
+    np.testing.assert_allclose(r[1, 0], [5] * 9)  # the grid within the span 0-0.5 is the point 0, then padding
+    assert resampled(ds, 0.5, length=3).shape == (2, 2, 3)
+
+
+@pytest.mark.slow
+def test_baseline_minirocket(tmp_path):
+    pytest.importorskip("aeon", reason="the optional extra baselines (aeon) is not installed")
+    from phasedlstm import baseline
+
+    r = baseline.run_baseline("freq-async", seed=0, method="minirocket", n_train=200, n_val=50, n_test=200)
+    assert r["chosen"] == "minirocket + ridge" and r["n_features"] > 9000
+    assert 0.7 < r["test_accuracy"] <= 1.0
+    with pytest.raises(ValueError, match="method must be one of"):
+        baseline.run_baseline("freq-async", method="rocket")
 
 
 def test_lr_decay_follows_the_epoch_and_survives_resume(tmp_path):
