@@ -18,7 +18,13 @@ consecutive observations, and D, the median duration of a sequence — and retur
   opens at least about four times within it); for the authors' frequency tasks (g = 1 ms,
   D = 70 ms) this is exp(U(0.69, 2.86)), next to their exp(U(1, 3)).
 
-Shifts are then drawn from U(0, tau) and the open ratio stays at its default, as the layer does.
+- ``r_on`` = min(1, max(0.05, 5 / n)), n the median number of observations in a sequence: a
+  unit is open for a fraction r_on of its period, so it sees about n * r_on of a sequence's
+  observations; five of them at least, where sequences are short or sparse (JapaneseVowels'
+  7-29 frames, or any recording with most observations dropped), and the authors' 0.05 where
+  sequences are long.
+
+Shifts are then drawn from U(0, tau), as the layer does.
 """
 
 from __future__ import annotations
@@ -32,11 +38,14 @@ MIN_PERIOD_GAPS = 2.0
 #: the longest initial period, as a fraction of the median duration (and at least LONG_MIN gaps)
 LONGEST_FRACTION = 0.25
 LONG_MIN_GAPS = 8.0
+#: observations a unit sees per sequence, at least (within r_on's bounds)
+OPEN_OBSERVATIONS = 5.0
+R_ON_MIN = 0.05
 
 
 def time_statistics(times, lengths=None) -> dict:
-    """The median positive gap between consecutive observations and the median duration (last
-    minus first timestamp) of sequences. ``times``: a list of 1-D arrays, or a padded (N, T)
+    """The median positive gap between consecutive observations, the median duration (last
+    minus first timestamp) and the median number of observations of sequences. ``times``: a list of 1-D arrays, or a padded (N, T)
     array or tensor with ``lengths`` (N,)."""
     if lengths is not None:
         t = np.asarray(times.detach().cpu() if hasattr(times, "detach") else times, dtype=np.float64)
@@ -52,17 +61,20 @@ def time_statistics(times, lengths=None) -> dict:
         raise ValueError("the sequences have no two observations at different times: no time scale to measure")
     durations = np.array([s[-1] - s[0] for s in series if len(s) > 1])
     gap = float(np.median(gaps))
-    return {"median_gap": gap, "median_duration": max(float(np.median(durations)), gap)}
+    return {"median_gap": gap, "median_duration": max(float(np.median(durations)), gap),
+            "median_observations": float(np.median([len(s) for s in series]))}
 
 
 def auto_time_init(times, lengths=None) -> dict:
     """The Phased LSTM's initialisation for data with these timestamps (see the module
-    docstring) -> {"time_scale", "period_init", "median_gap", "median_duration"}.
+    docstring) -> {"time_scale", "period_init", "r_on", "median_gap", "median_duration",
+    "median_observations"}.
 
-    Use it with the layer as ``PhasedLSTM(..., period_init=a["period_init"])`` called with
+    Use it with the layer as ``PhasedLSTM(..., period_init=a["period_init"], r_on=a["r_on"])`` called with
     ``times / a["time_scale"]``; the command line does this when ``--period-init`` is auto.
     """
     stats = time_statistics(times, lengths)
     g, d = stats["median_gap"], stats["median_duration"]
     longest = max(LONGEST_FRACTION * d / g, LONG_MIN_GAPS)
-    return {"time_scale": g, "period_init": (math.log(MIN_PERIOD_GAPS), math.log(longest)), **stats}
+    r_on = min(1.0, max(R_ON_MIN, OPEN_OBSERVATIONS / stats["median_observations"]))
+    return {"time_scale": g, "period_init": (math.log(MIN_PERIOD_GAPS), math.log(longest)), "r_on": r_on, **stats}

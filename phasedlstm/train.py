@@ -196,9 +196,11 @@ def derived_options(cfg: TrainConfig, task: Task) -> dict:
         raise ConfigError(f"--period-init auto: {e}; give --period-init A B") from None
     unit = task.time_unit
     return {"time_scale": a["time_scale"], "period_init": list(a["period_init"]),
+            **({} if "r_on" in cfg.rnn_options else {"r_on": a["r_on"]}),
             "periods": f"{math.exp(a['period_init'][0]) * a['time_scale']:.4g} to "
                        f"{math.exp(a['period_init'][1]) * a['time_scale']:.4g} {unit}",
-            "median_gap": a["median_gap"], "median_duration": a["median_duration"], "time_unit": unit}
+            "median_gap": a["median_gap"], "median_duration": a["median_duration"],
+            "median_observations": a["median_observations"], "time_unit": unit}
 
 
 def build_model(cfg: TrainConfig, task: Task) -> SequenceModel:
@@ -208,6 +210,8 @@ def build_model(cfg: TrainConfig, task: Task) -> SequenceModel:
     if derived:
         rnn["period_init"] = tuple(derived["period_init"])
         rnn["time_scale"] = derived["time_scale"]
+        if "r_on" in derived:  # (an r_on the configuration gives is kept)
+            rnn["r_on"] = derived["r_on"]
     return SequenceModel(cfg.model, task.input_size, cfg.hidden_size, output, cfg.layers, cfg.proj_size,
                          cfg.pooling, cfg.dropout, **rnn)
 
@@ -690,7 +694,8 @@ class _Run:
         if derived:
             self.log(f"time scale from the training data: median gap {derived['median_gap']:.4g} "
                      f"{derived['time_unit']}, median duration {derived['median_duration']:.4g} {derived['time_unit']}; "
-                     f"initial periods {derived['periods']}")
+                     f"initial periods {derived['periods']}"
+                     + (f", r_on {derived['r_on']:.3g}" if "r_on" in derived else ""))
         if self.resumed:
             _write_metrics(self.run_dir, self.history)  # drop rows of epochs the checkpoint does not have
         self.log(f"{self.task.describe()}\nmodel {cfg.model}: {sum(p.numel() for p in self.model.parameters())} "
