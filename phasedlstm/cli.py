@@ -154,6 +154,12 @@ def _add_training_args(p: argparse.ArgumentParser, single: bool = True, epochs: 
                         "constant)")
     g.add_argument("--lr-decay-every", type=_int_at_least(1), default=10, help="(default: 10)")
     g.add_argument("--clip", type=_finite(0.0, False), default=10.0, help="gradient-norm clipping, 0 for none (default: 10)")
+    g.add_argument("--weight-decay", type=_in_range(0.0, 1.0, False, False), default=0.0,
+                   help="decoupled weight decay (AdamW instead of Adam) (default: 0)")
+    g.add_argument("--noise", type=_in_range(0.0, 100.0, False, False), default=0.0,
+                   help="augmentation: Gaussian noise of this s.d. added to the inputs of every training batch "
+                        "(the inputs of recordings are standardised: 0.1 is a tenth of a channel's s.d.) "
+                        "(default: 0)")
     if single:
         g.add_argument("--seed", type=_seed, default=0,
                        help="seeds data, initialisation and shuffling (default: 0)")
@@ -330,6 +336,7 @@ def _config(args, task: str, model: str, seed: int, others: tuple = ()):
     return TrainConfig(task=task, model=model, hidden_size=args.hidden_size, layers=args.layers,
                        proj_size=args.proj_size, pooling=args.pooling, dropout=args.dropout, epochs=args.epochs,
                        batch_size=args.batch_size, lr=args.lr, lr_decay=args.lr_decay,
+                       weight_decay=args.weight_decay, noise=args.noise,
                        lr_decay_every=args.lr_decay_every, clip=args.clip, seed=seed, device=args.device,
                        time_feature=args.time_feature, task_options=task_opts, rnn_options=rnn,
                        checkpoint_seconds=args.checkpoint_seconds, test_every=args.test_every)

@@ -96,6 +96,8 @@ class TrainConfig:
     lr_decay: float = 1.0  # the learning rate is multiplied by this every lr_decay_every epochs (1: constant)
     lr_decay_every: int = 10
     clip: float = 10.0  # gradient-norm clipping (0: none)
+    weight_decay: float = 0.0  # decoupled weight decay (AdamW) when > 0; Adam without
+    noise: float = 0.0  # s.d. of Gaussian noise added to the inputs of training batches (augmentation)
     seed: int = 0
     device: str = "auto"
     time_feature: str = "auto"  # frequency tasks: timestamps as an input feature; auto: for models without a time gate
@@ -148,6 +150,8 @@ class TrainConfig:
         need(is_num(self.lr_decay) and 0 < self.lr_decay <= 1, "lr_decay", "a number in (0, 1] (1: constant)")
         need(is_int(self.lr_decay_every) and self.lr_decay_every >= 1, "lr_decay_every", "an integer >= 1")
         need(is_num(self.clip) and self.clip >= 0, "clip", "a finite number >= 0 (0: no clipping)")
+        need(is_num(self.weight_decay) and 0 <= self.weight_decay <= 1, "weight_decay", "a number in [0, 1]")
+        need(is_num(self.noise) and 0 <= self.noise <= 100, "noise", "a number in [0, 100]")
         need(is_int(self.seed) and self.seed >= 0, "seed", "an integer >= 0")
         need(self.device in ("auto", "cpu", "cuda"), "device", "auto, cpu or cuda")
         need(self.time_feature in ("auto", "yes", "no", "t", "dt"), "time_feature", "auto, yes, no, t or dt")
@@ -649,7 +653,10 @@ class _Run:
         self.task = build_task(cfg)
         self.model = build_model(cfg, self.task).to(self.device)
         self.ddp_model = nn.parallel.DistributedDataParallel(self.model) if self.dist.active else self.model
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        if cfg.weight_decay > 0:
+            self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        else:
+            self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.history: list[dict] = []
         self.start_epoch, self.start_step = 0, 0
@@ -737,6 +744,9 @@ class _Run:
         running = self.running
         for step in bar:
             x, t, n, y = (v.to(self.device) for v in train_set[order[step]])
+            if cfg.noise > 0:  # augmentation: noise on the valid steps (drawn from torch's generator, checkpointed)
+                valid = torch.arange(x.shape[1], device=x.device)[None, :] < n[:, None]
+                x = x + cfg.noise * torch.randn_like(x) * valid[..., None]
             out = self.ddp_model(x, t, n)
             loss = self.model.loss(out, y)
             if not torch.isfinite(loss):

@@ -322,6 +322,24 @@ def test_baseline_minirocket(tmp_path):
         baseline.run_baseline("freq-async", method="rocket")
 
 
+def test_noise_and_weight_decay_are_seeded_and_resume_alike(tmp_path):
+    """--noise draws from the run's generator (a resumed run continues the same draws) and changes
+    training; --weight-decay trains with AdamW."""
+    cfg = TrainConfig(**{**CFG, "epochs": 2, "noise": 0.5, "weight_decay": 0.1})
+    whole, split, plain = tmp_path / "whole", tmp_path / "split", tmp_path / "plain"
+    train(cfg, whole, **QUIET)
+    train(TrainConfig(**{**CFG, "epochs": 1, "noise": 0.5, "weight_decay": 0.1}), split, **QUIET)
+    train(None, split, resume=True, extra_epochs=1, **QUIET)
+    train(TrainConfig(**{**CFG, "epochs": 2}), plain, **QUIET)
+    rows = {k: [{c: v for c, v in r.items() if c != "seconds"} for r in load_checkpoint(d / "last.pt")["history"]]
+            for k, d in (("whole", whole), ("split", split), ("plain", plain))}
+    assert rows["whole"] == rows["split"] and rows["whole"] != rows["plain"]
+    ck = load_checkpoint(whole / "last.pt")
+    assert ck["optimizer"]["param_groups"][0]["weight_decay"] == 0.1
+    with pytest.raises(ConfigError, match="noise must be a number in"):
+        TrainConfig(**{**CFG, "noise": -1.0}).validate()
+
+
 def test_lr_decay_follows_the_epoch_and_survives_resume(tmp_path):
     """--lr-decay F --lr-decay-every N: lr * F ** (epoch // N) in every epoch's row, the same
     after a resume; runs made before the option existed still resume and extend."""
