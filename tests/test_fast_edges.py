@@ -81,6 +81,36 @@ def test_saturating_values_agree_with_reference(kind, dtype, where, scale):
     _assert_agree(a, b, dtype)
 
 
+LENGTHS = [9, 3, 5, 9, 1, 2, 7, 8, 9, 4, 6, 9, 2, 3, 5]
+
+
+@pytest.mark.parametrize("kind", list(LAYERS))
+@pytest.mark.parametrize("case", ["recurrent weight inf", "recurrent weight inf, lengths", "input inf in padding"])
+def test_nan_positions_of_gradients_agree_with_reference(kind, case):
+    """Non-finite values: the same NaN positions in every output and gradient. A closed time gate
+    adds exactly 0 to d r_on (NaN upstream included), and the padding past a sequence's end takes
+    no part in any number, so d_input there is 0 and a non-finite padded input changes nothing."""
+    ref, fst = _pair(kind, torch.float32)
+    x = torch.randn(9, 15, 3)
+    kw = {}
+    if "lengths" in case or "padding" in case:
+        kw["lengths"] = torch.tensor(LENGTHS)
+    if "weight" in case:
+        for m in (ref, fst):
+            with torch.no_grad():
+                m.weight_hh_l0[7, 3] = INF
+    else:
+        x[6, 1, 0] = INF  # sequence 1 has 3 steps: step 6 is padding
+        x[4, 4, 2] = float("nan")
+    a, b = _run(ref, x, **kw), _run(fst, x, **kw)
+    _assert_agree(a, b, torch.float32)
+    if "lengths" in kw:
+        padded = torch.arange(9)[:, None] >= torch.tensor(LENGTHS)[None, :]
+        assert (a["d_input"][padded] == 0).all()
+    if "padding" in case:
+        assert all(torch.isfinite(v).all() for v in a.values())
+
+
 def test_reported_reproducer_gives_torch_numbers():
     torch.manual_seed(0)
     m = LSTM(1, 8, forget_bias=0.0)

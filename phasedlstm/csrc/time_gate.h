@@ -173,8 +173,10 @@ static inline double gate_backward_row(double t, const double* __restrict phi, c
     _mm256_storeu_pd(a_tau + j, _mm256_sub_pd(_mm256_loadu_pd(a_tau + j),
                                               _mm256_mul_pd(_mm256_mul_pd(gd, u), _mm256_loadu_pd(it2 + j))));
     _mm256_storeu_pd(a_s + j, _mm256_sub_pd(_mm256_loadu_pd(a_s + j), d));
+    // a closed unit adds exactly 0 to d r_on, whatever dk holds (NaN too), as the reference's select does
     _mm256_storeu_pd(a_r + j, _mm256_add_pd(_mm256_loadu_pd(a_r + j),
-                                            _mm256_mul_pd(_mm256_mul_pd(g, dr), _mm256_loadu_pd(drq + j))));
+                                            _mm256_and_pd(on, _mm256_mul_pd(_mm256_mul_pd(g, dr),
+                                                                            _mm256_loadu_pd(drq + j)))));
     sum = _mm256_add_pd(sum, d);
   }
   // the 4 lanes' sum, written out here: a call of hsum (compiled with -ffast-math, below) from this
@@ -190,7 +192,7 @@ static inline double gate_backward_row(double t, const double* __restrict phi, c
     const double gd = g * dphi, d = gd * it[j];
     a_tau[j] = a_tau[j] - (gd * u) * it2[j];
     a_s[j] = a_s[j] - d;
-    a_r[j] = a_r[j] + (g * dr) * drq[j];
+    if (on) a_r[j] = a_r[j] + (g * dr) * drq[j];
     d_t += d;
   }
   return d_t;

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import torch
 from torch import Tensor
 
 
@@ -37,6 +38,17 @@ class Steps(NamedTuple):
     lengths: Tensor | None
     #: [unit-steps computed, unit-steps valid] of the call's sparse inference, added to by paths.infer
     open_counts: list
+
+
+def zero_padding(x: Tensor, lengths: Tensor | None) -> Tensor:
+    """x (T, B, I) with the steps past each sequence's end set to 0, so that the padding takes no
+    part in any number or gradient (an inf or NaN there included); x itself where nothing is padded."""
+    from phasedlstm._checks import tracing
+
+    if lengths is None or (not tracing() and int(lengths.min()) >= x.shape[0]):  # (a traced graph always masks)
+        return x
+    valid = torch.arange(x.shape[0], device=x.device)[:, None] < lengths.to(x.device)[None, :]
+    return torch.where(valid.unsqueeze(2), x, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
 class Declined(Exception):

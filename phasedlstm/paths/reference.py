@@ -6,7 +6,10 @@ import torch
 
 
 def run(layer, steps, h, c, p):
-    x, lengths = steps.x, steps.lengths
+    from phasedlstm.paths import zero_padding
+
+    lengths = steps.lengths
+    x = zero_padding(steps.x, lengths)
     h, c = h[0], c[0]
     # unbind, not pre[t]: the backward of T separate selects would build T full-size zero
     # tensors (quadratic in T); unbind's backward stacks the step gradients once
@@ -17,15 +20,17 @@ def run(layer, steps, h, c, p):
     t_full = T if lengths is None else int(lengths.min())  # steps valid for every sequence
     outputs = []
     for t in range(T_run):
-        h_new, c_new = layer._cell([q[t] for q in pre], h, c, p)  # q[t]: a tuple item, no autograd op
         if t < t_full:
-            h, c = h_new, c_new
+            h, c = layer._cell([q[t] for q in pre], h, c, p)  # q[t]: a tuple item, no autograd op
             outputs.append(h)
-        else:  # some sequences have ended: keep their state, output zeros
-            valid = (t < lengths).unsqueeze(1)  # (B, 1)
-            h = torch.where(valid, h_new, h)
-            c = torch.where(valid, c_new, c)
-            outputs.append(torch.where(valid, h_new, torch.zeros_like(h_new)))
+        else:  # some sequences have ended: step the others only; the ended keep their state, output zeros
+            # (an ended sequence's padding takes no part in any number or gradient, NaN or inf included)
+            rows = (t < lengths).nonzero().squeeze(1)
+            h_rows, c_rows = layer._cell([q[t].index_select(0, rows) if q[t].shape[0] == B else q[t] for q in pre],
+                                         h.index_select(0, rows), c.index_select(0, rows), p)
+            h = h.index_copy(0, rows, h_rows)
+            c = c.index_copy(0, rows, c_rows)
+            outputs.append(torch.zeros_like(h).index_copy(0, rows, h_rows))
     out = torch.stack(outputs)  # (T_run, B, H)
     if T_run < T:
         out = torch.cat([out, out.new_zeros(T - T_run, B, out.shape[2])])
