@@ -671,7 +671,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     from phasedlstm.data import DataError
     from phasedlstm.data.fetch import FetchError
-    from phasedlstm.train import CheckpointError, ConfigError, NonFiniteLoss, RunInUse
+    from phasedlstm.train import CheckpointError, ConfigError, NonFiniteLoss, RunInUse, RunWriteError
 
     args = build_parser().parse_args(argv)
     args._argv = list(sys.argv[1:] if argv is None else argv)
@@ -681,8 +681,8 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     try:
         return args.func(args)
-    except (CheckpointError, ConfigError, DataError, NonFiniteLoss, RunInUse, FileExistsError, FileNotFoundError,
-            FetchError) as e:
+    except (CheckpointError, ConfigError, DataError, NonFiniteLoss, RunInUse, RunWriteError, FileExistsError,
+            FileNotFoundError, FetchError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import fcntl
 import hashlib
 import io
@@ -73,6 +74,27 @@ def suggest(name: str, valid) -> str:
     close = difflib.get_close_matches(str(name).replace("_", "-"), list(valid), n=1, cutoff=0.5)
     hint = f"; did you mean {close[0]!r}?" if close else ""
     return f"{hint} (valid: {', '.join(valid)})"
+
+
+class RunWriteError(RuntimeError):
+    """A run's file could not be written (a full disk, a read-only folder); nothing written before is lost."""
+
+
+@contextlib.contextmanager
+def _writing(path: Path):
+    """``atomic_path`` for a run's files, with an OSError (a full disk: errno 28) said in one line:
+    the write goes to a temporary file first, so the file it would replace is intact."""
+    path = Path(path)
+    try:
+        with atomic_path(path) as tmp:
+            yield tmp
+    except OSError as e:
+        full = e.errno == errno.ENOSPC
+        raise RunWriteError(
+            f"cannot write {path}: {'the disk is full' if full else (e.strerror or e)}. Nothing is lost: "
+            f"{'the previous ' + path.name + ' is as it was' if path.exists() else 'no file was half written'}; "
+            f"{'free some space' if full else 'make the folder writable'} and run the same command again "
+            f"(`phasedlstm train --resume {path.parent}` for one run): it continues from the last checkpoint") from None
 
 
 class NonFiniteLoss(RuntimeError):
@@ -259,7 +281,7 @@ def save_checkpoint(path: Path, state: dict) -> None:
     ck["sha256"] = _digest(ck)
     buf = io.BytesIO()
     torch.save(ck, buf)
-    with atomic_path(path) as tmp:
+    with _writing(path) as tmp:
         tmp.write_bytes(buf.getvalue())
 
 
@@ -413,7 +435,7 @@ class _Dist:
 
 
 def _write_metrics(run_dir: Path, history: list[dict]) -> None:
-    with atomic_path(run_dir / "metrics.csv") as tmp, open(tmp, "w", newline="") as f:
+    with _writing(run_dir / "metrics.csv") as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
         w.writeheader()
         for row in history:
@@ -696,7 +718,7 @@ class _Run:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         derived = derived_options(cfg, self.task)
-        with atomic_path(self.run_dir / "config.json") as tmp:
+        with _writing(self.run_dir / "config.json") as tmp:
             tmp.write_text(json.dumps({**asdict(cfg), **({"derived": derived} if derived else {})}, indent=2) + "\n")
         if derived:
             self.log(f"time scale from the training data: median gap {derived['median_gap']:.4g} "

