@@ -516,7 +516,8 @@ def write_ts(path, data: SeriesSet, problem: str = "series") -> None:
         dims = []
         for c in range(v.shape[1]):
             obs = ~np.isnan(v[:, c])
-            dims.append(",".join(f"({ti!r},{float(vi)!r})" for ti, vi in zip(t[obs].tolist(), v[obs, c].tolist())))
+            dims.append(",".join(f"({ti!r},{np.format_float_positional(vi, unique=True, trim='-')})"
+                                 for ti, vi in zip(t[obs].tolist(), v[obs, c])))  # (float32's shortest form)
         lines.append(":".join(dims) + f":{y}")
     Path(path).write_text("\n".join(lines) + "\n")
 
