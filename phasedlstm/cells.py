@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from phasedlstm import _checks
+from phasedlstm.pretrained import Pretrained
 
 __all__ = [
     "LSTMCell",
@@ -247,7 +248,7 @@ def init_time_parameters_(period: Tensor, shift: Tensor, r_on: Tensor, period_in
 # --------------------------------------------------------------------------------------
 
 
-class _CellBase(nn.Module):
+class _CellBase(Pretrained, nn.Module):
     """Shared constructor and state handling of the four cells."""
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, forget_bias: float = 0.0,

@@ -490,9 +490,14 @@ def cmd_evaluate(args) -> int:
 
 def cmd_export(args) -> int:
     """A trained run as ONNX or torch.export: checked against eager on its own test data."""
-    from phasedlstm.export import ONNX_EXAMPLE, PT2_EXAMPLE, ExportError, export
+    from phasedlstm.export import ONNX_EXAMPLE, PT2_EXAMPLE, ExportError, export, export_pretrained
     from phasedlstm.train import load_run_model
 
+    if args.format == "safetensors":
+        out = export_pretrained(args.run, args.out)
+        print(f"wrote {out}/: config.json, model.safetensors and a model card (README.md); load it with "
+              f"phasedlstm.models.SequenceModel.from_pretrained({str(out)!r})")
+        return 0
     cfg, task, model, ck = load_run_model(args.run)
     import torch
 
@@ -625,10 +630,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
     e.set_defaults(func=cmd_evaluate)
 
-    ex = command("export", help="a trained run as an ONNX model or a torch.export program, checked against eager")
+    ex = command("export", help="a trained run as an ONNX model, a torch.export program (checked against eager), "
+                                "or safetensors with a config and a model card")
     ex.add_argument("run", help="a run folder (its best.pt) or a .pt file")
-    ex.add_argument("--format", default="onnx", choices=["onnx", "pt2"], help="(default: onnx)")
-    ex.add_argument("--out", help="the file to write (default: RUN/model.FORMAT)")
+    ex.add_argument("--format", default="onnx", choices=["onnx", "pt2", "safetensors"], help="(default: onnx)")
+    ex.add_argument("--out", help="the file to write (default: RUN/model.FORMAT; safetensors: the folder RUN/pretrained)")
     ex.set_defaults(func=cmd_export)
 
     r = command("report", help="redraw tables and plots from run folders")

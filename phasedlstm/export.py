@@ -122,3 +122,117 @@ PT2_EXAMPLE = """import torch, phasedlstm  # registers the kernels' operators th
 program = torch.export.load("{path}").module()
 x, times = torch.randn(4, 50, {inputs}), torch.rand(4, 50, dtype=torch.float64).cumsum(1)
 logits = program(x, times, torch.tensor([50, 31, 12, 40]))"""
+
+
+# -- a run as a pretrained directory (config.json + model.safetensors + a model card) -----------------
+
+
+def train_command(cfg) -> str:
+    """A ``phasedlstm train`` command line that builds ``cfg`` (a TrainConfig): its settings that
+    differ from the defaults, as flags."""
+    from dataclasses import fields
+
+    from phasedlstm.train import TrainConfig
+
+    skip = {"task", "model", "task_options", "rnn_options", "checkpoint_seconds", "device", "test_every"}
+    parts = ["phasedlstm train", f"--task {cfg.task}", f"--model {cfg.model}"]
+    for f in fields(TrainConfig):
+        if f.name in skip:
+            continue
+        v = getattr(cfg, f.name)
+        if v != f.default:
+            parts.append(f"--{'layers' if f.name == 'layers' else f.name.replace('_', '-')} {v}")
+    for k, v in cfg.task_options.items():
+        if k == "sha256":
+            continue
+        flag = f"--{k.replace('_', '-')}"
+        if isinstance(v, bool):
+            parts.append(flag if k != "fresh" else f"{flag} {'yes' if v else 'no'}")
+        elif isinstance(v, (list, tuple)):
+            parts.append(f"{flag} {','.join(map(str, v))}")
+        else:
+            parts.append(f"{flag} {v}")
+    rnn = dict(cfg.rnn_options)
+    if cfg.model == "phased":  # (the layer's own default, where the configuration names none)
+        rnn.setdefault("period_init", (1.0, 6.0))
+    for k in ("learn_period", "learn_shift", "learn_r_on"):
+        if rnn.pop(k, True) is False:
+            parts.append("--fixed-" + k.removeprefix("learn_").replace("_", "-"))
+    for k, v in rnn.items():
+        if k == "period_init":
+            parts.append(f"--period-init {v}" if v == "auto" else f"--period-init {v[0]} {v[1]}")
+        elif k == "gate_bias":
+            parts.append(f"--gate-bias={','.join(map(str, v))}")
+        elif k == "learn_initial_state":
+            parts.append("--learn-initial-state") if v else None
+        else:
+            parts.append(f"--{k.replace('_', '-')} {v}")
+    return " ".join(parts)
+
+
+def _percent(v) -> str:
+    return "–" if v is None else f"{100 * v:.2f}%"
+
+
+def model_card(cfg, task, model, ck) -> str:
+    """A model card (the Hugging Face Hub's layout: YAML front matter, then Markdown) for a run."""
+    from phasedlstm import __version__
+    from phasedlstm.layers import PhasedLSTM
+
+    row = next((r for r in ck["history"] if r["epoch"] == ck["epoch"]), ck["history"][-1] if ck["history"] else {})
+    metric = "accuracy" if task.num_classes else "mse"
+    lines = ["---", "library_name: phasedlstm", "tags:", "- time-series", "- recurrent-neural-network",
+             f"- {cfg.model}", f"datasets:\n- {cfg.task}", f"metrics:\n- {metric}", "---", "",
+             f"# {cfg.model} on {cfg.task}", "",
+             f"A `phasedlstm.models.SequenceModel` (phasedlstm {__version__}): a linear projection to "
+             f"{cfg.proj_size or 'no'} features, a {cfg.model} layer of {cfg.hidden_size} units"
+             f"{f' ({cfg.layers} layers)' if cfg.layers > 1 else ''}, {cfg.pooling} pooling over the valid steps, "
+             f"and a linear readout to {task.num_classes or 1} {'classes' if task.num_classes else 'output'}.", "",
+             "## Data", "", f"`{task.describe()}`.", ""]
+    if task.num_classes:
+        classes = task.info.get("classes")
+        if classes:
+            lines += [f"Classes, in the order of the outputs: {', '.join(map(str, classes))}.", ""]
+    lines += ["## Training", "", "```bash", train_command(cfg), "```", "",
+              f"Seed {cfg.seed}; the weights are those of epoch {ck['epoch']}, the epoch chosen on validation "
+              f"({'the highest validation accuracy' if task.num_classes else 'the lowest validation loss'}).", "",
+              "## Results", "", "| split | loss | accuracy |", "|---|---|---|"]
+    for split in ("train", "val", "test"):
+        lines.append(f"| {split} | {row.get(f'{split}_loss', float('nan')):.4f} | {_percent(row.get(f'{split}_acc'))} |")
+    lines.append("")
+    if isinstance(model.rnn, PhasedLSTM):
+        scale = model.time_scale
+        lines += ["## Time parameters", "", f"Timestamps are divided by {scale:.6g} ({task.time_unit}) before the layer; "
+                  f"in the data's unit:", "", "| layer | period τ (min / median / max) | open ratio r_on (min / median / max) |",
+                  "|---|---|---|"]
+        for k in range(model.rnn.num_layers):
+            tau = getattr(model.rnn, f"period_l{k}").detach().abs() * scale
+            r = getattr(model.rnn, f"r_on_l{k}").detach().abs().clamp(max=1.0)
+            lines.append(f"| {k} | {tau.min():.4g} / {tau.median():.4g} / {tau.max():.4g} {task.time_unit} | "
+                         f"{r.min():.3g} / {r.median():.3g} / {r.max():.3g} |")
+        lines.append("")
+    lines += ["## Use", "", "```python", "import torch", "from phasedlstm.models import SequenceModel", "",
+              "model = SequenceModel.from_pretrained(\"THIS_FOLDER\").eval()",
+              f"x = torch.randn(2, 50, {task.input_size})                     # (batch, steps, {task.input_size})",
+              "times = torch.arange(50, dtype=torch.float64).expand(2, 50)   # timestamps, in the data's unit",
+              "lengths = torch.tensor([50, 30])", "logits = model(x, times, lengths)", "```", "",
+              ]
+    scaling = task.info.get("scaling")
+    if isinstance(scaling, dict) and "mean" in scaling:
+        lines += ["Each input channel is standardised as in training: (x - mean) / s.d., with", "",
+                  f"- mean: {', '.join(f'{v:.6g}' for v in scaling['mean'])}",
+                  f"- s.d.: {', '.join(f'{v:.6g}' for v in scaling['std'])}", ""]
+    elif isinstance(scaling, dict) and "min" in scaling:
+        lines += [f"The inputs are scaled as in training: (x - {scaling['min']:g}) / "
+                  f"({scaling['max']:g} - {scaling['min']:g}).", ""]
+    return "\n".join(lines)
+
+
+def export_pretrained(run, out=None) -> Path:
+    """A run folder (its best.pt) as ``config.json`` + ``model.safetensors`` + ``README.md`` in ``out``
+    (default: RUN/pretrained)."""
+    from phasedlstm.train import load_run_model
+
+    cfg, task, model, ck = load_run_model(run)
+    out = Path(out) if out is not None else Path(run) / "pretrained"
+    return model.save_pretrained(out, card=model_card(cfg, task, model, ck))

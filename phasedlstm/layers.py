@@ -31,6 +31,7 @@ from phasedlstm.cells import (
     phased_step,
     time_gate,
 )
+from phasedlstm.pretrained import Pretrained
 
 __all__ = ["RecurrentLayer", "LSTM", "PeepholeLSTM", "PhasedLSTM", "LayerNormLSTM"]
 
@@ -57,7 +58,7 @@ def reverse_padded(x: Tensor, lengths: Tensor | None) -> Tensor:
     return x.gather(0, idx)
 
 
-class RecurrentLayer(nn.Module):
+class RecurrentLayer(Pretrained, nn.Module):
     """Base of the sequence layers; see :class:`LSTM` for the arguments, inputs and outputs."""
 
     #: whether the layer takes ``proj_size`` (torch.nn.LSTM's projections, h_t = W_hr h'_t)

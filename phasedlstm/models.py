@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from phasedlstm.layers import LSTM, LayerNormLSTM, PeepholeLSTM, PhasedLSTM
+from phasedlstm.pretrained import Pretrained
 
 #: model name -> recurrent layer class; "torch-lstm" is the baseline torch.nn.LSTM
 MODELS = {
@@ -41,7 +42,7 @@ def mse(pred: Tensor, target: Tensor) -> Tensor:
     return ((pred - target) ** 2).mean()
 
 
-class SequenceModel(nn.Module):
+class SequenceModel(Pretrained, nn.Module):
     """Projection, recurrent layer, pooling over valid steps, readout.
 
     Args:
