@@ -161,7 +161,7 @@ experiments() {  # (one function, read whole before it runs)
             basic-motions) motion basic-motions basic-motions lstm,peephole,phased,layernorm,torch-lstm ;;
             real-watch) real watch 40 32 --window 5 ;;  # 5 s windows, 2.5 s apart; recordings scored by their windows
             real-basic-motions) real basic-motions 60 16 ;;
-            real-japanese-vowels) real japanese-vowels 60 32 ;;
+            real-japanese-vowels) real japanese-vowels 60 32 --pooling last --noise 1.0 ;;  # chosen on validation (RESULTS.md)
             real-baselines) for t in watch basic-motions japanese-vowels; do baselines "$t"; done ;;
             *) echo "unknown experiment $name" >&2; exit 2 ;;
         esac

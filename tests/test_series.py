@@ -258,13 +258,14 @@ def test_auto_time_init_ranges_on_known_scale():
     assert a["median_duration"] == pytest.approx(9.98)
     assert a["period_init"][0] == pytest.approx(math.log(2))
     assert a["period_init"][1] == pytest.approx(math.log(9.98 / 4 / 0.02))
-    assert a["r_on"] == 0.05 and a["median_observations"] == 500  # long sequences: the authors' r_on
+    assert a["r_on"] == 0.25 and a["median_observations"] == 500  # 125 of 500 observations
     # short sequences: the longest period is at least 8 gaps; padded input with lengths
     t = torch.arange(6, dtype=torch.float64).expand(3, 6) * 1e-3
     a = auto_time_init(t, torch.tensor([6, 4, 2]))
     assert a["time_scale"] == pytest.approx(1e-3) and a["period_init"][1] == pytest.approx(math.log(8))
     assert a["r_on"] == 1.0  # 4 observations: open throughout the period's triangle
-    assert auto_time_init([np.arange(50.0)] * 3)["r_on"] == pytest.approx(0.1)  # 5 of 50 observations
+    assert auto_time_init([np.arange(50.0)] * 3)["r_on"] == 1.0
+    assert auto_time_init([np.arange(5000.0)] * 3)["r_on"] == 0.05  # long sequences: the authors' r_on
     with pytest.raises(ValueError, match="no two observations"):
         time_statistics([np.zeros(1), np.zeros(1)])
 
