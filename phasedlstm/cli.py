@@ -171,6 +171,9 @@ def _add_training_args(p: argparse.ArgumentParser, single: bool = True, epochs: 
                    help="evaluate the test split every K epochs, at the last one and at every new best on "
                         "validation (default: 1)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g.add_argument("--tensorboard", metavar="DIR", default=None,
+                   help="also write each epoch's metrics (and a Phased LSTM's open fraction, periods and open "
+                        "ratios) as TensorBoard events in DIR; compare: DIR/MODEL-seedSEED (default: none)")
     ph = p.add_argument_group("Phased LSTM")
     ph.add_argument("--period-init", type=_period_exponent, nargs="+", metavar="A B | auto", default=None,
                     help="tau ~ exp(U(A, B)) at init, in the timestamps' unit; auto: measured on the training data "
@@ -339,11 +342,12 @@ def _config(args, task: str, model: str, seed: int, others: tuple = ()):
                        weight_decay=args.weight_decay, noise=args.noise,
                        lr_decay_every=args.lr_decay_every, clip=args.clip, seed=seed, device=args.device,
                        time_feature=args.time_feature, task_options=task_opts, rnn_options=rnn,
-                       checkpoint_seconds=args.checkpoint_seconds, test_every=args.test_every)
+                       checkpoint_seconds=args.checkpoint_seconds, test_every=args.test_every,
+                       tensorboard=None if args.tensorboard is None else str(Path(args.tensorboard).resolve()))
 
 
 #: configuration keys that do not change a run's numbers (a run is reused whatever they say)
-_OPERATIONAL = ("checkpoint_seconds", "device")
+_OPERATIONAL = ("checkpoint_seconds", "device", "tensorboard")
 
 
 def _run_one(cfg, run_dir: Path, progress: bool, replace: bool = False, log=print) -> None:
@@ -448,6 +452,9 @@ def _compare(args, task: str, models: list[str], seeds: list[int], out: Path) ->
     # every run's configuration first: an option that fits no model is refused before anything trains
     runs = [(model, seed, _config(args, task, model, seed, tuple(m for m in models if m != model)))
             for seed in seeds for model in models]
+    for model, seed, cfg in runs:  # each run's events in a folder of its own
+        if cfg.tensorboard:
+            cfg.tensorboard = str(Path(cfg.tensorboard) / f"{model}-seed{seed}")
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     for i, (model, seed, cfg) in enumerate(runs, 1):

@@ -127,6 +127,7 @@ class TrainConfig:
     rnn_options: dict = field(default_factory=dict)  # e.g. period_init, r_on for "phased"
     checkpoint_seconds: float = 60.0  # also checkpoint inside an epoch this often
     test_every: int = 1  # evaluate the test split every k epochs (and at the last, and at each new best)
+    tensorboard: str | None = None  # also write each epoch's metrics here as TensorBoard events
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -180,6 +181,7 @@ class TrainConfig:
         need(is_num(self.checkpoint_seconds) and self.checkpoint_seconds >= 0, "checkpoint_seconds",
              "a finite number >= 0 (0: after every step)")
         need(is_int(self.test_every) and self.test_every >= 1, "test_every", "an integer >= 1")
+        need(self.tensorboard is None or isinstance(self.tensorboard, str), "tensorboard", "a folder or None")
         need(isinstance(self.task_options, dict), "task_options", "a dict")
         need(isinstance(self.rnn_options, dict), "rnn_options", "a dict")
 
@@ -663,6 +665,57 @@ def _reconcile_resume(run_dir: Path, extra_epochs, epochs, log):
     return cfg, ck, None
 
 
+class _Board:
+    """TensorBoard events of a run: per epoch the metrics.csv row (loss/train, accuracy/val, ...,
+    lr, seconds) and, for a Phased LSTM, the fraction of valid unit-steps whose time gate is open on
+    the validation split and the histograms of its learned periods (in the data's time unit) and
+    open ratios. A resumed run drops the events of the epochs it repeats (purge_step)."""
+
+    def __init__(self, folder: str, purge_step: int):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise ConfigError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
+        self.writer = SummaryWriter(log_dir=folder, purge_step=purge_step)
+
+    def epoch(self, row: dict, model, task) -> None:
+        from phasedlstm.layers import PhasedLSTM
+
+        step, w = row["epoch"], self.writer
+        for split in ("train", "val", "test"):
+            for name, key in (("loss", f"{split}_loss"), ("accuracy", f"{split}_acc")):
+                if row.get(key) is not None and not math.isnan(row[key]):
+                    w.add_scalar(f"{name}/{split}", row[key], step)
+        w.add_scalar("lr", row["lr"], step)
+        w.add_scalar("seconds", row["seconds"], step)
+        rnn = getattr(model, "rnn", None)
+        if isinstance(rnn, PhasedLSTM):
+            scale = model.time_scale
+            if len(task.val):
+                w.add_scalar("open_fraction/val", open_fraction(model, task.val), step)
+            for k in range(rnn.num_layers):
+                w.add_histogram(f"period/layer{k}", getattr(rnn, f"period_l{k}").detach().abs() * scale, step)
+                w.add_histogram(f"r_on/layer{k}", getattr(rnn, f"r_on_l{k}").detach().abs().clamp(max=1.0), step)
+        w.flush()
+
+
+@torch.no_grad()
+def open_fraction(model, dataset, batch_size: int = 256) -> float:
+    """The fraction of a data set's valid unit-steps at which a Phased LSTM's first-layer time gates
+    are open (k > 0) at evaluation (leak 0): the share of units sparse inference computes."""
+    rnn = model.rnn
+    was = rnn.training
+    rnn.eval()
+    open_, total = 0, 0
+    for b in dataset.batches(batch_size):
+        k = rnn.time_gates(b.times / model.time_scale)  # (B, T, H)
+        valid = torch.arange(k.shape[1])[None, :] < b.lengths[:, None]
+        open_ += int((k[valid] > 0).sum())
+        total += int(valid.sum()) * k.shape[2]
+    rnn.train(was)
+    return open_ / max(total, 1)
+
+
 class _Run:
     """One run's training state: the model, optimizer and generators, the history, and where in an
     epoch it stands; its methods are the phases of training (restore, an epoch, an epoch's end)."""
@@ -689,6 +742,7 @@ class _Run:
         self.regression = self.task.num_classes == 0
         self.resumed = False
         self.last_row: dict = {}
+        self.board = None  # the TensorBoard writer, with cfg.tensorboard
 
     def restore(self, ck: dict) -> None:
         """Continue from a checkpoint: parameters, optimizer, history, generators, the step inside its epoch."""
@@ -727,6 +781,8 @@ class _Run:
                      + (f", r_on {derived['r_on']:.3g}" if "r_on" in derived else ""))
         if self.resumed:
             _write_metrics(self.run_dir, self.history)  # drop rows of epochs the checkpoint does not have
+        if cfg.tensorboard:
+            self.board = _Board(cfg.tensorboard, purge_step=len(self.history) + 1)
         self.log(f"{self.task.describe()}\nmodel {cfg.model}: {sum(p.numel() for p in self.model.parameters())} "
                  f"parameters, on {self.device}{_kernels_note(self.model, self.device)}"
                  + (f", {dist.world} processes" if dist.active else ""))
@@ -822,6 +878,8 @@ class _Run:
                 save_checkpoint(self.run_dir / "best.pt", self.state(epoch + 1, 0, None))
             save_checkpoint(self.run_dir / "last.pt", self.state(epoch + 1, 0, None))
             _write_metrics(self.run_dir, self.history)
+            if self.board is not None:
+                self.board.epoch(row, self.model, task)
             parts = [f"{split} loss {_fmt(row[split + '_loss'])}"
                      + ("" if regression else f" acc {_fmt(row[split + '_acc'], True)}")
                      for split in ("train", "val", "test")]

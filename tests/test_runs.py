@@ -2,6 +2,7 @@
 last.pt, no silent reuse of runs made with other settings, flags that mean what they say,
 checkpoints whose corruption is found, and command-line values refused at parse time."""
 
+import csv
 import json
 import os
 import shutil
@@ -524,3 +525,26 @@ def test_a_full_disk_while_checkpointing_loses_nothing_and_says_so_in_one_line(t
     monkeypatch.setattr(Path, "write_bytes", real)
     assert cli.main(["train", "--resume", str(run), "--no-progress"]) == 0  # as the message says
     assert load_checkpoint(run / "last.pt")["epoch"] == 2
+
+
+def test_tensorboard_events_hold_the_numbers_of_metrics_csv(tmp_path):
+    """--tensorboard: every epoch's row as scalars (the same numbers as metrics.csv), and for a Phased
+    LSTM the open fraction and histograms; a resumed run does not repeat epochs in the events."""
+    pytest.importorskip("tensorboard", reason="tensorboard is not installed")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    board = tmp_path / "tb"
+    run = tmp_path / "run"
+    cfg = TrainConfig(**{**CFG, "model": "phased", "epochs": 1, "tensorboard": str(board)})
+    train(cfg, run, **QUIET)
+    train(None, run, resume=True, extra_epochs=1, **QUIET)
+    ea = EventAccumulator(str(board), size_guidance={"scalars": 0, "histograms": 0})
+    ea.Reload()
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    for tag, col in (("loss/train", "train_loss"), ("accuracy/val", "val_acc"), ("lr", "lr"), ("loss/test", "test_loss")):
+        events = ea.Scalars(tag)
+        assert [e.step for e in events] == [1, 2], tag
+        assert [e.value for e in events] == pytest.approx([float(r[col]) for r in rows], rel=1e-6), tag
+    fractions = [e.value for e in ea.Scalars("open_fraction/val")]
+    assert len(fractions) == 2 and all(0 < f <= 1 for f in fractions)
+    assert len(ea.Histograms("period/layer0")) == 2 and len(ea.Histograms("r_on/layer0")) == 2
