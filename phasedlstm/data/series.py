@@ -558,6 +558,67 @@ def _pad(times, values):
     return x, tt, lengths
 
 
+class SeriesEncoder:
+    """Series -> padded model inputs, with what the training series decide: each channel's mean and
+    s.d. over its observed values (missing values become 0, the mean), the indicator channels of
+    ``missing`` ("auto": where the training series have missing values), and the time scale of the
+    ``time_feature`` channel ("t": time since the start over the median duration; "dt": the gap
+    since the previous observation over the median gap)."""
+
+    def __init__(self, missing: str = "auto", time_feature: str = "none", channels=None, source: str = "series"):
+        if time_feature not in TIME_FEATURES:
+            raise ValueError(f"time_feature must be one of {TIME_FEATURES}, got {time_feature!r}")
+        if missing not in MISSING_MODES:
+            raise ValueError(f"missing must be one of {MISSING_MODES}, got {missing!r}")
+        self.missing, self.time_feature, self.names, self.source = missing, time_feature, channels, source
+
+    def fit(self, times: list, values: list) -> "SeriesEncoder":
+        try:
+            self.scale = time_statistics(times)
+        except ValueError:  # single observations only: the time features count in the data's own unit
+            self.scale = {"median_gap": 1.0, "median_duration": 1.0}
+        tr_values = np.concatenate(values)
+        self.mean = np.nanmean(tr_values, axis=0)
+        self.std = np.nanstd(tr_values, axis=0)
+        unseen = np.isnan(self.mean)
+        if unseen.any():
+            names = self.names or [f"dim_{i}" for i in range(len(self.mean))]
+            raise DataError(f"{self.source}: channel(s) {[names[i] for i in np.flatnonzero(unseen)]} have no "
+                            f"observed value in the training series")
+        self.std[~(self.std > 0)] = 1.0
+        self.mask = self.missing == "mask" or (self.missing == "auto" and bool(np.isnan(tr_values).any()))
+        return self
+
+    @property
+    def channels(self) -> list:
+        names = list(self.names or [f"dim_{i}" for i in range(len(self.mean))])
+        return names + ([f"{c} observed" for c in names] if self.mask else []) + (
+            [self.time_feature] if self.time_feature != "none" else [])
+
+    def transform(self, times: list, values: list, y) -> SequenceDataset:
+        C = len(self.mean)
+        if not len(times):
+            return SequenceDataset(np.zeros((0, 1, len(self.channels)), np.float32), np.zeros((0, 1)),
+                                   np.zeros(0, np.int64), y)
+        if any(v.shape[1] != C for v in values):
+            bad = next(v.shape[1] for v in values if v.shape[1] != C)
+            raise DataError(f"{self.source}: series of {bad} channels, the training series have {C}")
+        x, tt, lengths = _pad(times, values)
+        pad = padding(lengths, x.shape[1])
+        observed = ~np.isnan(x)
+        x = np.where(observed, (x - self.mean) / self.std, 0.0).astype(np.float32)
+        chans = [x]
+        if self.mask:
+            chans.append(np.where(pad[..., None], 0.0, observed).astype(np.float32))
+        if self.time_feature == "t":
+            f = tt / self.scale["median_duration"]
+            chans.append(np.where(pad, 0.0, f)[..., None].astype(np.float32))
+        elif self.time_feature == "dt":
+            f = np.diff(tt, axis=1, prepend=tt[:, :1]) / self.scale["median_gap"]
+            chans.append(np.where(pad, 0.0, f)[..., None].astype(np.float32))
+        return SequenceDataset(np.concatenate(chans, axis=2), tt, lengths, y)
+
+
 def series_task(name: str, train: SeriesSet, test: SeriesSet | None = None, val: SeriesSet | None = None,
                 seed: int = 0, val_fraction: float = 0.2, test_fraction: float = 0.3, drop: float = 0.0,
                 time_feature: str = "none", missing: str = "auto") -> Task:
@@ -571,10 +632,7 @@ def series_task(name: str, train: SeriesSet, test: SeriesSet | None = None, val:
     ``missing``: "zero" (missing values become the channel's mean), "mask" (and an indicator
     channel per channel), "auto" (mask where the training series have missing values).
     """
-    if time_feature not in TIME_FEATURES:
-        raise ValueError(f"time_feature must be one of {TIME_FEATURES}, got {time_feature!r}")
-    if missing not in MISSING_MODES:
-        raise ValueError(f"missing must be one of {MISSING_MODES}, got {missing!r}")
+    encoder = SeriesEncoder(missing, time_feature, train.channels, train.source)  # (checks both first)
     if not 0.0 <= test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
     for other in (test, val):
@@ -619,42 +677,10 @@ def series_task(name: str, train: SeriesSet, test: SeriesSet | None = None, val:
         t, v = drop_observations(s.times, s.values, drop, seed + {"train": 0, "val": 1, "test": 2}[k])
         y = s.labels.astype(np.float32) if train.regression else np.array([index[c] for c in s.labels], dtype=np.int64)
         raw[k] = (t, v, y)
-    try:
-        scale = time_statistics(raw["train"][0])
-    except ValueError:  # single observations only: the time features count in the data's own unit
-        scale = {"median_gap": 1.0, "median_duration": 1.0}
-    tr_values = np.concatenate(raw["train"][1])
-    mean = np.nanmean(tr_values, axis=0)
-    std = np.nanstd(tr_values, axis=0)
-    unseen = np.isnan(mean)
-    if unseen.any():
-        raise DataError(f"{train.source}: channel(s) {[train.channels[i] for i in np.flatnonzero(unseen)]} have no "
-                        f"observed value in the training series")
-    std[~(std > 0)] = 1.0
-    has_missing = bool(np.isnan(tr_values).any())
-    mask = missing == "mask" or (missing == "auto" and has_missing)
-    splits = {}
-    for k, (t, v, y) in raw.items():
-        if not len(t):
-            splits[k] = SequenceDataset(np.zeros((0, 1, len(train.channels) * (2 if mask else 1)), np.float32),
-                                        np.zeros((0, 1)), np.zeros(0, np.int64), y)
-            continue
-        x, tt, lengths = _pad(t, v)
-        pad = padding(lengths, x.shape[1])
-        observed = ~np.isnan(x)
-        x = np.where(observed, (x - mean) / std, 0.0).astype(np.float32)
-        chans = [x]
-        if mask:
-            chans.append(np.where(pad[..., None], 0.0, observed).astype(np.float32))
-        if time_feature == "t":
-            f = tt / scale["median_duration"]
-            chans.append(np.where(pad, 0.0, f)[..., None].astype(np.float32))
-        elif time_feature == "dt":
-            f = np.diff(tt, axis=1, prepend=tt[:, :1]) / scale["median_gap"]
-            chans.append(np.where(pad, 0.0, f)[..., None].astype(np.float32))
-        splits[k] = SequenceDataset(np.concatenate(chans, axis=2), tt, lengths, y)
-    channels = list(train.channels) + ([f"{c} observed" for c in train.channels] if mask else []) + (
-        [time_feature] if time_feature != "none" else [])
+    enc = encoder.fit(*raw["train"][:2])
+    splits = {k: enc.transform(t, v, y) for k, (t, v, y) in raw.items()}
+    channels, mask, scale = enc.channels, enc.mask, enc.scale
+    mean, std = enc.mean, enc.std
     info = {"seed": seed, "train_file": train.source, "test_file": None if test is None else test.source,
             "val_fraction": None if val is not None else val_fraction,
             "test_fraction": None if test is not None else test_fraction, "drop": drop,
