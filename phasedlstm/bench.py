@@ -69,6 +69,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", default=None, help="a trained Phased LSTM run folder for the sparse section (default: "
                    "results/models/freq-async-phased-seed0 where it exists; 'none' to skip)")
     p.add_argument("--json", default=None, help="write results here")
+    g = p.add_argument_group("shape grid (--grid: instead of the sections above)")
+    g.add_argument("--grid", action="store_true", help="every layer against torch.nn.LSTM at shapes drawn from a grid "
+                   "(phasedlstm/bench_grid.py says which)")
+    g.add_argument("--grid-points", type=int, default=36, help="points drawn from the grid (default: 36)")
+    g.add_argument("--grid-seed", type=int, default=0, help="(default: 0)")
+    g.add_argument("--grid-max-gflop", type=float, default=2.0,
+                   help="draw only shapes whose forward does at most this many GFLOP of products (default: 2)")
+    g.add_argument("--grid-plot", default=None, help="write the heat map (PNG) here")
 
 
 def cpu_model() -> str:
@@ -558,6 +566,21 @@ def main(args) -> int:
     if unknown:
         raise SystemExit(f"error: unknown layers {unknown}; choose from {LAYERS}")
     print(f"torch {torch.__version__}, {args.threads} threads, {cpu_model()}", flush=True)
+    if args.grid:
+        from phasedlstm.bench_grid import heat_map, run_grid
+
+        if args.grid_points < 0 or not args.grid_max_gflop > 0:
+            raise SystemExit("error: --grid-points wants an integer >= 0 and --grid-max-gflop a number > 0")
+        out = run_grid(args.grid_points, args.grid_seed, args.grid_max_gflop, layers, args.threads,
+                       args.repeats, args.warmup, log=lambda s: print(s, flush=True))
+        if args.grid_plot:
+            heat_map(out["rows"], layers, args.grid_plot)
+            print(f"written: {args.grid_plot}")
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(out, f, indent=2)
+            print(f"written: {args.json}")
+        return 0
     run_dir = args.run
     if run_dir is None:
         from pathlib import Path
