@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from phasedlstm import _checks, fast, paths
+from phasedlstm import _checks, autotune, fast, paths
 from phasedlstm.cells import (
     DEFAULT_LEAK,
     init_layernorm_,
@@ -198,16 +198,53 @@ class RecurrentLayer(Pretrained, nn.Module):
     def _alpha(self) -> float:
         return 0.0
 
-    def _path(self, x: Tensor, h0: Tensor, c0: Tensor):
+    def _path(self, steps: paths.Steps, h0: Tensor, c0: Tensor):
         """How this call runs every layer and direction (one of :mod:`phasedlstm.paths`), chosen once."""
+        x = steps.x
         if self.impl == "scan":
             return paths.scan.run
+        own = self._own_path(x, h0, c0)
+        if self._torch_equivalent and self.impl == "auto" and autotune.enabled() and self._delegable(x):
+            return self._tuned(own, steps, h0, c0)
+        return own
+
+    def _own_path(self, x, h0, c0):
         if not self._fast_path(x):
             return paths.reference.run
         if (not _checks.tracing() and self._inference(x.shape[0]) != "fused"
                 and not fast._needs_grad(x, h0, c0, *self.parameters())):
             return paths.infer.run
         return paths.fused.run
+
+    #: whether torch's own LSTM computes this layer's equations (a plain LSTM): then it is a candidate path
+    _torch_equivalent = False
+
+    def _delegable(self, x: Tensor) -> bool:
+        return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and not _checks.tracing()
+                and not torch.jit.is_tracing() and torch._C._functorch.maybe_current_level() is None)
+
+    def _tuned(self, own, steps, h0, c0):
+        """The faster of this layer's own path and torch's LSTM for this call's shape class (measured
+        once per class on a copy of the call: :mod:`phasedlstm.autotune`)."""
+        x = steps.x
+        grad = fast._needs_grad(x, h0, c0, *self.parameters())
+        key = autotune.shape_class(self, x, steps.lengths, grad)
+        candidates = {"own": own, "torch": paths.torch_lstm.run}
+
+        def measure(name):
+            xs = x.detach().clone().requires_grad_(x.requires_grad)
+            trial = steps._replace(x=xs, open_counts=[0, 0])
+            wrt = [p for p in self.parameters() if p.requires_grad] + ([xs] if xs.requires_grad else [])
+
+            def call():
+                with torch.enable_grad() if grad else torch.no_grad():
+                    out, h, c = self._run_layers(trial, h0.detach(), c0.detach(), candidates[name])
+                    if grad:
+                        torch.autograd.grad(out.sum() + h.sum() + c.sum(), wrt, allow_unused=True)
+
+            return autotune.timer(call)
+
+        return candidates[autotune.choose(key, candidates, measure)]
 
     # -- what code written for torch.nn.LSTM also calls ------------------------------------
 
@@ -365,7 +402,7 @@ class RecurrentLayer(Pretrained, nn.Module):
             h0 = x.new_zeros(self.num_layers * D, B, self.proj_size or H)
             c0 = x.new_zeros(self.num_layers * D, B, H)
         steps = paths.Steps(x, times, shared, lengths, [0, 0])
-        output, h_n, c_n = self._run_layers(steps, h0, c0, self._path(x, h0, c0))
+        output, h_n, c_n = self._run_layers(steps, h0, c0, self._path(steps, h0, c0))
         if not batched:
             return output.squeeze(1), (h_n.squeeze(1), c_n.squeeze(1))
         if self.batch_first:
@@ -463,6 +500,7 @@ class LSTM(RecurrentLayer):
     """ + _LAYER_DOC
 
     _projections = True
+    _torch_equivalent = True
 
 
 class PeepholeLSTM(RecurrentLayer):

@@ -12,7 +12,9 @@ where ``steps`` is :class:`Steps` (the direction's input, time-major), ``h`` (1,
   the ONNX export uses);
 - :mod:`.fused`: the fused native loop with its hand-written backward (CPU, float32 and float64);
 - :mod:`.infer`: inference without gradients, the time gate inside the loop; a Phased LSTM at
-  evaluation computes only its open units. Where its kernel declines, the fused loop runs.
+  evaluation computes only its open units. Where its kernel declines, the fused loop runs;
+- :mod:`.torch_lstm`: a plain LSTM by torch's own LSTM on the same parameters, where
+  :mod:`phasedlstm.autotune` measured it faster than the layer's own path.
 """
 
 from __future__ import annotations
@@ -55,4 +57,4 @@ class Declined(Exception):
     """A path that cannot serve this call (the one-step streaming path: the general forward runs)."""
 
 
-from phasedlstm.paths import fused, infer, reference, scan  # noqa: E402,F401  (after Steps, which they use)
+from phasedlstm.paths import fused, infer, reference, scan, torch_lstm  # noqa: E402,F401  (after Steps, which they use)

@@ -1,0 +1,125 @@
+"""Which path runs a call, chosen by measurement: like cuDNN's benchmark mode.
+
+A plain :class:`phasedlstm.LSTM` has two fast candidates on the CPU: the library's fused kernels
+and torch's own LSTM on the same parameters (:mod:`phasedlstm.paths.torch_lstm`). Neither wins at
+every shape (``phasedlstm bench --grid`` shows where). At the first call of a shape class — the
+batch and the length rounded up to powers of two, the input and hidden sizes, the projection, the
+layers and directions, whether lengths are given, the dtype, the threads, training (forward and
+backward) or not — both are timed on a copy of the call (one warm-up and three alternating runs
+each, the median kept), and the faster serves every later call of that class. The choices live
+in memory and in a JSON file beside the kernels' build (``choices_file()``), so a new process
+reuses them.
+
+Both candidates compute the same equations on the same parameters: a choice changes the numbers
+by float rounding only (tests compare every candidate with the reference loop). Turn it off with
+``PHASEDLSTM_AUTOTUNE=0`` or ``phasedlstm.autotune.enable(False)`` (then the layer's own path serves);
+``phasedlstm.autotune.choices()`` says what was chosen.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+
+import torch
+
+_enabled = os.environ.get("PHASEDLSTM_AUTOTUNE", "1") != "0"
+_choices: dict[str, str] | None = None  # loaded from the file at first use
+
+
+def enable(on: bool = True) -> None:
+    """Turn measuring (and delegating to torch's LSTM) on or off for this process."""
+    global _enabled
+    _enabled = bool(on)
+
+
+def enabled() -> bool:
+    return _enabled
+
+
+def choices_file():
+    from phasedlstm._build import ext_dir
+
+    return ext_dir().parent / f"autotune-{ext_dir().name}.json"
+
+
+def choices() -> dict[str, str]:
+    """Shape class -> the path chosen for it ("own": the layer's own path; "torch": torch's LSTM)."""
+    return dict(_load())
+
+
+def forget() -> None:
+    """Drop every choice (in memory and on disk): the next call of each class measures again."""
+    global _choices
+    _choices = {}
+    try:
+        choices_file().unlink()
+    except OSError:
+        pass
+
+
+def _load() -> dict:
+    global _choices
+    if _choices is None:
+        try:
+            data = json.loads(choices_file().read_text())
+            _choices = {k: v for k, v in data.items() if v in ("own", "torch")} if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            _choices = {}
+    return _choices
+
+
+def _save() -> None:
+    from phasedlstm._files import atomic_path
+
+    path = choices_file()
+    try:
+        merged = json.loads(path.read_text()) if path.exists() else {}  # another process's choices too
+        if not isinstance(merged, dict):
+            merged = {}
+    except (OSError, ValueError):
+        merged = {}
+    merged.update(_choices)
+    try:
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(merged, indent=1, sort_keys=True) + "\n")
+    except OSError:
+        pass  # (a read-only cache: the choices stay in memory)
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def shape_class(layer, x, lengths, grad: bool) -> str:
+    T, B, I = x.shape
+    return (f"{type(layer).__name__} B{_pow2(B)} T{_pow2(T)} I{I} H{layer.hidden_size} P{layer.proj_size} "
+            f"L{layer.num_layers}x{2 if layer.bidirectional else 1} len{int(lengths is not None)} "
+            f"{str(x.dtype).removeprefix('torch.')} thr{torch.get_num_threads()} {'train' if grad else 'infer'}")
+
+
+def choose(key: str, candidates: dict, measure) -> str:
+    """The name among ``candidates`` that serves the class ``key``: the cached choice, or the faster
+    by ``measure(name) -> seconds`` (called alternately, one warm-up and three runs each)."""
+    known = _load().get(key)
+    if known in candidates:
+        return known
+    names = list(candidates)
+    for name in names:
+        measure(name)  # warm-up: first-call costs (allocation, kernel load) are not the path's
+    times = {name: [] for name in names}
+    for _ in range(3):
+        for name in names:
+            times[name].append(measure(name))
+    best = min(names, key=lambda n: statistics.median(times[n]))
+    _choices[key] = best
+    _save()
+    return best
+
+
+def timer(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0

@@ -1,0 +1,104 @@
+"""Autotuning a plain LSTM's path: torch's own LSTM on the same parameters is a candidate beside
+the layer's own path; every candidate gives the reference's numbers (outputs and gradients), the
+choice is cached per shape class, in memory and on disk, and it can be turned off."""
+
+import copy
+
+import pytest
+import torch
+
+from phasedlstm import LSTM, PhasedLSTM, autotune, paths
+
+
+@pytest.fixture
+def tuner(tmp_path, monkeypatch):
+    monkeypatch.setattr(autotune, "choices_file", lambda: tmp_path / "choices.json")
+    monkeypatch.setattr(autotune, "_choices", None)
+    autotune.enable(True)
+    yield
+    autotune.enable(False)
+
+
+def _grads(m, x, **kw):
+    x = x.clone().requires_grad_()
+    m.zero_grad()
+    out, (h, c) = m(x, **kw)
+    (out.pow(2).sum() + h.sum() + c.sum()).backward()
+    return [out.detach(), h.detach(), c.detach(), x.grad] + [p.grad for p in m.parameters()]
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(num_layers=2, bidirectional=True), dict(proj_size=3),
+                                dict(batch_first=True, learn_initial_state=True, dropout=0.0)],
+                         ids=["plain", "2-layer bidirectional", "projection", "batch_first, learnt h0"])
+@pytest.mark.parametrize("with_lengths", [False, True])
+def test_torch_path_equals_the_reference(kw, with_lengths):
+    torch.manual_seed(0)
+    ref = LSTM(4, 6, impl="reference", dtype=torch.float64, **kw)
+    fst = copy.deepcopy(ref)
+    fst.impl = "auto"
+    x = torch.randn(5, 7, 4, dtype=torch.float64) if kw.get("batch_first") else torch.randn(7, 5, 4, dtype=torch.float64)
+    call = {"lengths": torch.tensor([7, 3, 5, 1, 7])} if with_lengths else {}
+    object.__setattr__(fst, "_path", lambda steps, h0, c0: paths.torch_lstm.run)
+    for a, b in zip(_grads(ref, x, **call), _grads(fst, x, **call)):
+        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-11)
+
+
+def test_the_choice_is_measured_once_per_shape_class_and_kept_on_disk(tuner, monkeypatch):
+    """A clock under which torch's LSTM is faster for batches of up to 8 and slower above: each class
+    gets its own choice, measured once, and a new process reads the choices back from the file."""
+    used_torch, timed = [False], []
+    real_run = paths.torch_lstm.run
+
+    def torch_run(layer, steps, h, c, p):
+        used_torch[0] = steps.x.shape[1]
+        return real_run(layer, steps, h, c, p)
+
+    def clock(fn):
+        used_torch[0] = 0
+        fn()
+        B = used_torch[0]  # 0: the layer's own path ran
+        timed.append(B)
+        return 1.5 if not B else (1.0 if B <= 8 else 2.0)
+
+    monkeypatch.setattr(paths.torch_lstm, "run", torch_run)
+    monkeypatch.setattr(autotune, "timer", clock)
+    m = LSTM(3, 5)
+    with torch.no_grad():
+        for x in (torch.randn(4, 8, 3), torch.randn(4, 8, 3), torch.randn(4, 32, 3), torch.randn(4, 32, 3)):
+            m(x)
+    choices = autotune.choices()
+    assert len(choices) == 2 and len(timed) == 2 * 8  # two classes, each timed once (2 candidates x 4 runs)
+    assert [v for k, v in choices.items() if " B8 " in k] == ["torch"]
+    assert [v for k, v in choices.items() if " B32 " in k] == ["own"]
+    monkeypatch.setattr(autotune, "_choices", None)  # a new process: read back from the file
+    assert autotune.choices() == choices
+
+
+def test_results_do_not_depend_on_the_choice(tuner):
+    torch.manual_seed(0)
+    m = LSTM(3, 8, num_layers=2)
+    x = torch.randn(20, 6, 3)
+    got = []
+    for choice in ("own", "torch"):
+        autotune.forget()
+        key = autotune.shape_class(m, x, None, True)
+        autotune._load()[key] = choice
+        got.append(_grads(m, x))
+    for a, b in zip(*got):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_off_switch_and_other_layers_never_delegate(tuner, monkeypatch):
+    autotune.enable(False)
+    m = LSTM(3, 5)
+    with torch.no_grad():
+        m(torch.randn(4, 2, 3))
+    assert autotune.choices() == {}
+    autotune.enable(True)
+    p = PhasedLSTM(3, 5)
+    with torch.no_grad():
+        p(torch.randn(4, 2, 3))
+    assert autotune.choices() == {}  # a Phased LSTM has no torch equivalent
+    with torch.no_grad():
+        m(torch.randn(4, 2, 3))
+    assert len(autotune.choices()) == 1
