@@ -139,6 +139,27 @@ def test_the_snippets_of_docs_integrations_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     text = (Path(__file__).parent.parent / "docs" / "integrations.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", text, re.S)
-    assert len(blocks) == 3
+    assert len(blocks) == 4
     for code in blocks:
         exec(compile(code, "docs/integrations.md", "exec"), {})
+
+
+@pytest.mark.slow
+def test_aeon_classifier_passes_aeons_checks_and_takes_unequal_series():
+    pytest.importorskip("aeon", reason="the optional extra baselines (aeon) is not installed")
+    from aeon.testing.estimator_checking import check_estimator
+
+    from phasedlstm.aeon_classifier import AeonSequenceClassifier
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        results = check_estimator(AeonSequenceClassifier, raise_exceptions=False)
+    assert len(results) >= 20 and all(v == "PASSED" for v in results.values()), \
+        {k: v for k, v in results.items() if v != "PASSED"}
+    X, _, y = _series(n=40)
+    cases = [x.T for x in X]  # aeon's form: (channels, timepoints), unequal lengths
+    cases[3][0, 5] = np.nan
+    clf = AeonSequenceClassifier(model="phased", hidden_size=16, epochs=40, lr=1e-2, n_iter_no_change=0)
+    clf.fit(cases[:30], y[:30])
+    assert list(clf.classes_) == ["a", "b"] and clf.predict_proba(cases[30:]).shape == (10, 2)
+    assert (clf.predict(cases[30:]) == y[30:]).mean() >= 0.7
