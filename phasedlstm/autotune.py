@@ -1,19 +1,23 @@
 """Which path runs a call, chosen by measurement: like cuDNN's benchmark mode.
 
-A plain :class:`phasedlstm.LSTM` has two fast candidates on the CPU: the library's fused kernels
-and torch's own LSTM on the same parameters (:mod:`phasedlstm.paths.torch_lstm`). Neither wins at
-every shape (``phasedlstm bench --grid`` shows where). At the first call of a shape class — the
-batch and the length rounded up to powers of two, the input and hidden sizes, the projection, the
-layers and directions, whether lengths are given, the dtype, the threads, training (forward and
-backward) or not — both are timed on a copy of the call (one warm-up and three alternating runs
-each, the median kept), and the faster serves every later call of that class. The choices live
-in memory and in a JSON file beside the kernels' build (``choices_file()``), so a new process
-reuses them.
+The fused kernels share each step among threads in one of two ways: by units (each thread its
+block of W_hh's rows, all sequences; the weight gradients as one product over all steps at the
+end) or by sequences (each thread its rows, all units). Which is faster depends on the batch, the
+hidden size, the threads and whether gradients are needed, and no fixed threshold is right at
+every shape (``phasedlstm bench --grid`` shows it). A plain :class:`phasedlstm.LSTM` has a third
+candidate: torch's own LSTM on the same parameters (:mod:`phasedlstm.paths.torch_lstm`).
 
-Both candidates compute the same equations on the same parameters: a choice changes the numbers
+At the first call of a shape class — the batch and the length rounded up to powers of two, the
+input and hidden sizes, the projection, the layers and directions, whether lengths are given, the
+dtype, the threads, training (forward and backward) or not — the candidates are timed on a copy of
+the call (one warm-up and three alternating runs each, the median kept), and the fastest serves
+every later call of that class. The choices live in memory and in a JSON file beside the kernels'
+build (``choices_file()``), so a new process reuses them.
+
+Every candidate computes the same equations on the same parameters: a choice changes the numbers
 by float rounding only (tests compare every candidate with the reference loop). Turn it off with
-``PHASEDLSTM_AUTOTUNE=0`` or ``phasedlstm.autotune.enable(False)`` (then the layer's own path serves);
-``phasedlstm.autotune.choices()`` says what was chosen.
+``PHASEDLSTM_AUTOTUNE=0`` or ``phasedlstm.autotune.enable(False)`` (the kernels then share steps by
+the fixed rule of ``csrc/schedule.h``); ``phasedlstm.autotune.choices()`` says what was chosen.
 """
 
 from __future__ import annotations
@@ -26,6 +30,9 @@ import time
 import torch
 
 _enabled = os.environ.get("PHASEDLSTM_AUTOTUNE", "1") != "0"
+#: the candidates' names: the kernels sharing a step by units or by sequences; the layer's own path
+#: where the kernels do not run; torch's LSTM (a plain LSTM)
+NAMES = ("units", "batch", "own", "torch")
 _choices: dict[str, str] | None = None  # loaded from the file at first use
 
 
@@ -46,7 +53,7 @@ def choices_file():
 
 
 def choices() -> dict[str, str]:
-    """Shape class -> the path chosen for it ("own": the layer's own path; "torch": torch's LSTM)."""
+    """Shape class -> the path chosen for it (one of :data:`NAMES`)."""
     return dict(_load())
 
 
@@ -65,7 +72,7 @@ def _load() -> dict:
     if _choices is None:
         try:
             data = json.loads(choices_file().read_text())
-            _choices = {k: v for k, v in data.items() if v in ("own", "torch")} if isinstance(data, dict) else {}
+            _choices = {k: v for k, v in data.items() if v in NAMES} if isinstance(data, dict) else {}
         except (OSError, ValueError):
             _choices = {}
     return _choices
@@ -117,6 +124,19 @@ def choose(key: str, candidates: dict, measure) -> str:
     _choices[key] = best
     _save()
     return best
+
+
+def with_split(run, split: str):
+    """The path ``run`` with the kernels sharing each step among threads by ``split`` ("units" or
+    "batch"); the backward of its training calls runs in the same split (phasedlstm.fast)."""
+    from phasedlstm import fast
+
+    def split_run(layer, steps, h, c, p):
+        with fast.tuning(split=split):
+            return run(layer, steps, h, c, p)
+
+    split_run.split = split
+    return split_run
 
 
 def timer(fn) -> float:

@@ -163,6 +163,26 @@ def _needs_grad(*tensors) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
+def _split_in_force() -> int:
+    """How the kernels share a step among threads now (0: by shape, 1: units, 2: batch)."""
+    return int(torch.ops.phasedlstm_testing.get_options()[3])
+
+
+@contextlib.contextmanager
+def _split(split: int):
+    """The backward in the split its forward ran in (a split chosen for a call, phasedlstm.autotune,
+    holds for the call's forward only: its backward runs later, outside it)."""
+    now = tuple(torch.ops.phasedlstm_testing.get_options())
+    if now[3] == split:
+        yield
+        return
+    torch.ops.phasedlstm_testing.set_options(*now[:3], split, now[4])
+    try:
+        yield
+    finally:
+        torch.ops.phasedlstm_testing.set_options(*now)
+
+
 class _FusedLSTM(torch.autograd.Function):
     """LSTM / peephole / Phased LSTM over all steps of one direction (time-major)."""
 
@@ -172,6 +192,7 @@ class _FusedLSTM(torch.autograd.Function):
             x, w_ih, bias, w_hh, h0, c0, peep, k, lengths, True)
         ctx.save_for_backward(x, w_ih, w_hh, peep, k, lengths, acts, hs, cs, bias, h0, c0)
         ctx.has_bias = bias is not None
+        ctx.split = _split_in_force()
         return out, hn, cn
 
     @staticmethod
@@ -180,7 +201,8 @@ class _FusedLSTM(torch.autograd.Function):
         if _through_reference(g_out, g_hn, g_cn):
             return _reference_grads(reference_lstm, (x, w_ih, bias, w_hh, h0, c0, peep, k, lengths),
                                     ctx.needs_input_grad, (g_out, g_hn, g_cn))
-        return _lstm_grads((x, w_ih, w_hh, peep, k, lengths, *kept), ctx.has_bias, g_out, g_hn, g_cn)
+        with _split(ctx.split):
+            return _lstm_grads((x, w_ih, w_hh, peep, k, lengths, *kept), ctx.has_bias, g_out, g_hn, g_cn)
 
 
 def _lstm_grads(saved, has_bias, g_out, g_hn, g_cn, copy=False) -> tuple:
@@ -240,6 +262,7 @@ class _FusedLayerNormLSTM(torch.autograd.Function):
             x, w_ih, g_ih, b_ih, w_hh, h0, c0, g_hh, b_hh, g_c, b_c, lengths, True)
         ctx.save_for_backward(x, w_ih, g_ih, b_ih, w_hh, g_hh, b_hh, g_c, b_c, lengths, *saved, h0, c0)
         ctx.has_bias = b_ih is not None, b_hh is not None, b_c is not None
+        ctx.split = _split_in_force()
         return out, hn, cn
 
     @staticmethod
@@ -250,7 +273,8 @@ class _FusedLayerNormLSTM(torch.autograd.Function):
             return _reference_grads(reference_layernorm_lstm,
                                     (x, w_ih, g_ih, b_ih, w_hh, h0, c0, g_hh, b_hh, g_c, b_c, lengths),
                                     ctx.needs_input_grad, (g_out, g_hn, g_cn))
-        return _ln_grads(saved, ctx.has_bias, g_out, g_hn, g_cn)
+        with _split(ctx.split):
+            return _ln_grads(saved, ctx.has_bias, g_out, g_hn, g_cn)
 
 
 def _ln_grads(saved, has_bias, g_out, g_hn, g_cn, copy=False) -> tuple:

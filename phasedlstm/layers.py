@@ -204,7 +204,7 @@ class RecurrentLayer(Pretrained, nn.Module):
         if self.impl == "scan":
             return paths.scan.run
         own = self._own_path(x, h0, c0)
-        if self._torch_equivalent and self.impl == "auto" and autotune.enabled() and self._delegable(x):
+        if self.impl == "auto" and autotune.enabled() and self._tunable(x):
             return self._tuned(own, steps, h0, c0)
         return own
 
@@ -219,17 +219,31 @@ class RecurrentLayer(Pretrained, nn.Module):
     #: whether torch's own LSTM computes this layer's equations (a plain LSTM): then it is a candidate path
     _torch_equivalent = False
 
-    def _delegable(self, x: Tensor) -> bool:
+    def _tunable(self, x: Tensor) -> bool:
         return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and not _checks.tracing()
                 and not torch.jit.is_tracing() and torch._C._functorch.maybe_current_level() is None)
 
+    def _candidates(self, own) -> dict:
+        """The paths that compute this call alike: the kernels with each way of sharing a step among
+        threads (by units, by sequences) where they run, else the layer's own path; torch's LSTM for a
+        plain LSTM."""
+        if own is paths.fused.run or own is paths.infer.run:
+            out = {split: autotune.with_split(own, split) for split in ("units", "batch")}
+        else:
+            out = {"own": own}
+        if self._torch_equivalent:
+            out["torch"] = paths.torch_lstm.run
+        return out
+
     def _tuned(self, own, steps, h0, c0):
-        """The faster of this layer's own path and torch's LSTM for this call's shape class (measured
-        once per class on a copy of the call: :mod:`phasedlstm.autotune`)."""
+        """The fastest candidate path for this call's shape class (measured once per class on a copy
+        of the call: :mod:`phasedlstm.autotune`)."""
+        candidates = self._candidates(own)
+        if len(candidates) == 1:
+            return own
         x = steps.x
         grad = fast._needs_grad(x, h0, c0, *self.parameters())
         key = autotune.shape_class(self, x, steps.lengths, grad)
-        candidates = {"own": own, "torch": paths.torch_lstm.run}
 
         def measure(name):
             xs = x.detach().clone().requires_grad_(x.requires_grad)

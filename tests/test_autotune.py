@@ -67,9 +67,9 @@ def test_the_choice_is_measured_once_per_shape_class_and_kept_on_disk(tuner, mon
         for x in (torch.randn(4, 8, 3), torch.randn(4, 8, 3), torch.randn(4, 32, 3), torch.randn(4, 32, 3)):
             m(x)
     choices = autotune.choices()
-    assert len(choices) == 2 and len(timed) == 2 * 8  # two classes, each timed once (2 candidates x 4 runs)
+    assert len(choices) == 2 and len(timed) == 2 * 12  # two classes, each timed once (3 candidates x 4 runs)
     assert [v for k, v in choices.items() if " B8 " in k] == ["torch"]
-    assert [v for k, v in choices.items() if " B32 " in k] == ["own"]
+    assert [v for k, v in choices.items() if " B32 " in k] in (["units"], ["batch"])
     monkeypatch.setattr(autotune, "_choices", None)  # a new process: read back from the file
     assert autotune.choices() == choices
 
@@ -88,17 +88,45 @@ def test_results_do_not_depend_on_the_choice(tuner):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
-def test_off_switch_and_other_layers_never_delegate(tuner, monkeypatch):
+def test_off_switch_and_only_a_plain_lstm_delegates(tuner, monkeypatch):
     autotune.enable(False)
     m = LSTM(3, 5)
     with torch.no_grad():
         m(torch.randn(4, 2, 3))
     assert autotune.choices() == {}
     autotune.enable(True)
-    p = PhasedLSTM(3, 5)
+    names = []
+    real = autotune.choose
+    monkeypatch.setattr(autotune, "choose", lambda key, cands, measure: (names.append(sorted(cands)),
+                                                                         real(key, cands, measure))[1])
     with torch.no_grad():
-        p(torch.randn(4, 2, 3))
-    assert autotune.choices() == {}  # a Phased LSTM has no torch equivalent
-    with torch.no_grad():
+        PhasedLSTM(3, 5)(torch.randn(4, 2, 3))
         m(torch.randn(4, 2, 3))
-    assert len(autotune.choices()) == 1
+    assert names == [["batch", "units"], ["batch", "torch", "units"]]  # a Phased LSTM has no torch equivalent
+
+
+@pytest.mark.parametrize("cls", [LSTM, PhasedLSTM, "layernorm"])
+def test_every_split_equals_the_reference_and_the_backward_keeps_the_forwards_split(cls, monkeypatch):
+    from phasedlstm import LayerNormLSTM, fast
+
+    cls = LayerNormLSTM if cls == "layernorm" else cls
+    torch.manual_seed(0)
+    ref = cls(4, 6, impl="reference", dtype=torch.float64, num_layers=2)
+    fst = copy.deepcopy(ref)
+    fst.impl = "auto"
+    x = torch.randn(7, 5, 4, dtype=torch.float64)
+    lengths = torch.tensor([7, 3, 5, 1, 7])
+    want = _grads(ref, x, lengths=lengths)
+    seen = []
+    for name in ("_lstm_grads", "_ln_grads"):
+        real = getattr(fast, name)
+        monkeypatch.setattr(fast, name, lambda *a, real=real, **k: (seen.append(fast._split_in_force()), real(*a, **k))[1])
+    for split in ("units", "batch"):
+        run = autotune.with_split(fst._own_path(x, None, None), split)
+        object.__setattr__(fst, "_path", lambda steps, h0, c0, run=run: run)
+        seen.clear()
+        got = _grads(fst, x, lengths=lengths)  # (the backward runs after the forward's split was left)
+        assert seen and set(seen) == {1 if split == "units" else 2}
+        assert fast._split_in_force() == 0
+        for a, b in zip(want, got):
+            torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-11)
