@@ -10,8 +10,9 @@ candidate: torch's own LSTM on the same parameters (:mod:`phasedlstm.paths.torch
 At the first call of a shape class — the batch and the length rounded up to powers of two, the
 input and hidden sizes, the projection, the layers and directions, whether lengths are given, the
 dtype, the threads, training (forward and backward) or not — the candidates are timed on a copy of
-the call (one warm-up and three alternating runs each, the median kept), and the fastest serves
-every later call of that class. The choices live in memory and in a JSON file beside the kernels'
+the call (one warm-up and five alternating runs each, the median kept), and the fastest serves
+every later call of that class, if it beats the kernels' fixed rule by 10% (below that, the
+difference is within the noise of one measurement and the rule stays). The choices live in memory and in a JSON file beside the kernels'
 build (``choices_file()``), so a new process reuses them.
 
 Every candidate computes the same equations on the same parameters: a choice changes the numbers
@@ -30,9 +31,9 @@ import time
 import torch
 
 _enabled = os.environ.get("PHASEDLSTM_AUTOTUNE", "1") != "0"
-#: the candidates' names: the kernels sharing a step by units or by sequences; the layer's own path
-#: where the kernels do not run; torch's LSTM (a plain LSTM)
-NAMES = ("units", "batch", "own", "torch")
+#: the candidates' names: the kernels sharing a step by their fixed rule (the default), by units or by
+#: sequences; the layer's own path where the kernels do not run; torch's LSTM (a plain LSTM)
+NAMES = ("rule", "units", "batch", "own", "torch")
 _choices: dict[str, str] | None = None  # loaded from the file at first use
 
 
@@ -107,9 +108,16 @@ def shape_class(layer, x, lengths, grad: bool) -> str:
             f"{str(x.dtype).removeprefix('torch.')} thr{torch.get_num_threads()} {'train' if grad else 'infer'}")
 
 
-def choose(key: str, candidates: dict, measure) -> str:
-    """The name among ``candidates`` that serves the class ``key``: the cached choice, or the faster
-    by ``measure(name) -> seconds`` (called alternately, one warm-up and three runs each)."""
+#: timed runs of each candidate (after one warm-up); a candidate replaces the default only where its
+#: median is at least this much faster (the run-to-run noise of a small call is several per cent)
+RUNS = 5
+MARGIN = 0.9
+
+
+def choose(key: str, candidates: dict, measure, default: str | None = None) -> str:
+    """The name among ``candidates`` that serves the class ``key``: the cached choice, or the fastest
+    by ``measure(name) -> seconds`` (called alternately, one warm-up and RUNS runs each); ``default``
+    keeps the class unless another is faster by the MARGIN."""
     known = _load().get(key)
     if known in candidates:
         return known
@@ -117,10 +125,13 @@ def choose(key: str, candidates: dict, measure) -> str:
     for name in names:
         measure(name)  # warm-up: first-call costs (allocation, kernel load) are not the path's
     times = {name: [] for name in names}
-    for _ in range(3):
+    for _ in range(RUNS):
         for name in names:
             times[name].append(measure(name))
-    best = min(names, key=lambda n: statistics.median(times[n]))
+    median = {n: statistics.median(times[n]) for n in names}
+    best = min(names, key=median.get)
+    if default in median and median[best] > MARGIN * median[default]:
+        best = default
     _choices[key] = best
     _save()
     return best

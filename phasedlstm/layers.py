@@ -224,11 +224,11 @@ class RecurrentLayer(Pretrained, nn.Module):
                 and not torch.jit.is_tracing() and torch._C._functorch.maybe_current_level() is None)
 
     def _candidates(self, own) -> dict:
-        """The paths that compute this call alike: the kernels with each way of sharing a step among
-        threads (by units, by sequences) where they run, else the layer's own path; torch's LSTM for a
-        plain LSTM."""
+        """The paths that compute this call alike: the kernels with their fixed rule of sharing a step
+        among threads (the default) and with each way forced (by units, by sequences) where they run,
+        else the layer's own path; torch's LSTM for a plain LSTM."""
         if own is paths.fused.run or own is paths.infer.run:
-            out = {split: autotune.with_split(own, split) for split in ("units", "batch")}
+            out = {"rule": own, **{split: autotune.with_split(own, split) for split in ("units", "batch")}}
         else:
             out = {"own": own}
         if self._torch_equivalent:
@@ -258,7 +258,7 @@ class RecurrentLayer(Pretrained, nn.Module):
 
             return autotune.timer(call)
 
-        return candidates[autotune.choose(key, candidates, measure)]
+        return candidates[autotune.choose(key, candidates, measure, default=next(iter(candidates)))]
 
     # -- what code written for torch.nn.LSTM also calls ------------------------------------
 

@@ -67,9 +67,9 @@ def test_the_choice_is_measured_once_per_shape_class_and_kept_on_disk(tuner, mon
         for x in (torch.randn(4, 8, 3), torch.randn(4, 8, 3), torch.randn(4, 32, 3), torch.randn(4, 32, 3)):
             m(x)
     choices = autotune.choices()
-    assert len(choices) == 2 and len(timed) == 2 * 12  # two classes, each timed once (3 candidates x 4 runs)
-    assert [v for k, v in choices.items() if " B8 " in k] == ["torch"]
-    assert [v for k, v in choices.items() if " B32 " in k] in (["units"], ["batch"])
+    assert len(choices) == 2 and len(timed) == 2 * 4 * 6  # two classes, each timed once (4 candidates x 6 runs)
+    assert [v for k, v in choices.items() if " B8 " in k] == ["torch"]  # 1.0 against the rule's 1.5: by the margin
+    assert [v for k, v in choices.items() if " B32 " in k] == ["rule"]  # nothing beats the default
     monkeypatch.setattr(autotune, "_choices", None)  # a new process: read back from the file
     assert autotune.choices() == choices
 
@@ -97,12 +97,19 @@ def test_off_switch_and_only_a_plain_lstm_delegates(tuner, monkeypatch):
     autotune.enable(True)
     names = []
     real = autotune.choose
-    monkeypatch.setattr(autotune, "choose", lambda key, cands, measure: (names.append(sorted(cands)),
-                                                                         real(key, cands, measure))[1])
+    monkeypatch.setattr(autotune, "choose", lambda key, cands, measure, default=None: (
+        names.append(sorted(cands)), real(key, cands, measure, default))[1])
     with torch.no_grad():
         PhasedLSTM(3, 5)(torch.randn(4, 2, 3))
         m(torch.randn(4, 2, 3))
-    assert names == [["batch", "units"], ["batch", "torch", "units"]]  # a Phased LSTM has no torch equivalent
+    assert names == [["batch", "rule", "units"], ["batch", "rule", "torch", "units"]]  # no torch for a Phased LSTM
+
+
+def test_a_candidate_replaces_the_default_only_by_the_margin(tuner):
+    clocks = {"rule": 1.0, "units": 0.95, "batch": 0.85}
+    assert autotune.choose("a", clocks, clocks.get, default="rule") == "batch"
+    clocks = {"rule": 1.0, "units": 0.95, "batch": 0.92}
+    assert autotune.choose("b", clocks, clocks.get, default="rule") == "rule"
 
 
 @pytest.mark.parametrize("cls", [LSTM, PhasedLSTM, "layernorm"])
