@@ -13,5 +13,5 @@ fi
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     .venv/bin/pip install --quiet "torch==2.13.0"
 fi
-.venv/bin/pip install --quiet -e ".[dev,baselines,export,tensorboard]"
+.venv/bin/pip install --quiet -e ".[dev,baselines,export,tensorboard,hub]"
 .venv/bin/python -c "import torch, phasedlstm; print(f'phasedlstm {phasedlstm.__version__} with torch {torch.__version__} ready in .venv')"

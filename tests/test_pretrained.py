@@ -114,3 +114,28 @@ def test_export_of_a_run_with_its_model_card(tmp_path):
     b = task.test[torch.arange(4)]
     model.eval(), back.eval()
     assert torch.equal(model(b.x, b.times, b.lengths), back(b.x, b.times, b.lengths))
+
+
+def test_the_classes_work_with_hugging_faces_mixin(tmp_path):
+    """With huggingface_hub installed, a layer or the experiment model mixed with PyTorchModelHubMixin
+    saves and loads through the Hub's own save_pretrained / from_pretrained (a local folder)."""
+    hub = pytest.importorskip("huggingface_hub", reason="huggingface_hub is not installed")
+
+    class HubPhased(hub.PyTorchModelHubMixin, PhasedLSTM):
+        pass
+
+    class HubModel(hub.PyTorchModelHubMixin, SequenceModel):
+        pass
+
+    torch.manual_seed(0)
+    layer = HubPhased(3, 8, batch_first=True, period_init=(0.5, 2.0)).eval()
+    layer.save_pretrained(tmp_path / "layer")
+    assert json.loads((tmp_path / "layer" / "config.json").read_text())["period_init"] == [0.5, 2.0]
+    back = HubPhased.from_pretrained(tmp_path / "layer").eval()
+    x, t = torch.randn(2, 5, 3), torch.arange(5.0, dtype=torch.float64).expand(2, 5)
+    assert torch.equal(layer(x, times=t)[0], back(x, times=t)[0])
+    model = HubModel("phased", 3, 8, 4, time_scale=0.5, period_init=(0.1, 2.0)).eval()
+    model.save_pretrained(tmp_path / "model")
+    again = HubModel.from_pretrained(tmp_path / "model").eval()
+    n = torch.tensor([5, 3])
+    assert again.time_scale == 0.5 and torch.equal(model(x, t, n), again(x, t, n))
