@@ -163,3 +163,19 @@ def test_aeon_classifier_passes_aeons_checks_and_takes_unequal_series():
     clf.fit(cases[:30], y[:30])
     assert list(clf.classes_) == ["a", "b"] and clf.predict_proba(cases[30:]).shape == (10, 2)
     assert (clf.predict(cases[30:]) == y[30:]).mean() >= 0.7
+
+
+@pytest.mark.slow
+def test_a_pipeline_on_a_real_dataset():
+    """make_pipeline(SequenceClassifier(model="phased")) on JapaneseVowels' own split, read with the
+    library's .ts reader (skipped where it has not been fetched)."""
+    from phasedlstm._files import data_dir
+    from phasedlstm.data.series import read_ts
+
+    folder = data_dir() / "japanese-vowels"
+    if not (folder / "JapaneseVowels_TEST.ts").exists():
+        pytest.skip("japanese-vowels not fetched (phasedlstm data fetch japanese-vowels)")
+    train, test = (read_ts(folder / f"JapaneseVowels_{s}.ts") for s in ("TRAIN", "TEST"))
+    pipe = make_pipeline(SequenceClassifier(model="phased", epochs=30, pooling="last", noise=1.0, random_state=0))
+    pipe.fit(train.values, train.labels, sequenceclassifier__times=train.times)
+    assert pipe.score(test.values, test.labels) > 0.85
