@@ -183,6 +183,13 @@ def _add_training_args(p: argparse.ArgumentParser, single: bool = True, epochs: 
                     help="s ~ U(0, S) at init (default: 100 ms on frequency tasks, as the authors; else U(0, tau))")
     ph.add_argument("--r-on", type=_in_range(0.0, 1.0, True, False), default=None, help="initial open ratio (default: 0.05)")
     ph.add_argument("--leak", type=_in_range(0.0, 1.0, False, True), default=None, help="leak alpha in training (default: 1e-3)")
+    ph.add_argument("--r-on-max", type=_in_range(0.0, 1.0, True, False), default=None,
+                    help="cap on the open ratio: the gate uses min(|r_on|, R), whatever training writes (a bound on "
+                         "sparse inference's compute) (default: 1)")
+    ph.add_argument("--compute-penalty", type=_in_range(0.0, 1e6, False, False), default=0.0,
+                    help="add this x the expected open fraction (the mean open ratio) to the loss, so that training "
+                         "keeps units closed; metrics.csv reports the measured open fraction on validation "
+                         "(default: 0)")
     ph.add_argument("--fixed-period", action="store_true", help="do not learn the periods")
     ph.add_argument("--fixed-shift", action="store_true", help="do not learn the shifts")
     ph.add_argument("--fixed-r-on", action="store_true", help="do not learn the open ratios")
@@ -297,7 +304,7 @@ def _config(args, task: str, model: str, seed: int, others: tuple = ()):
     task_opts = _task_options(args, task)
     rnn = {}
     phased_args = {"period_init": args.period_init, "shift_init": args.shift_init, "r_on": args.r_on,
-                   "leak": args.leak}
+                   "leak": args.leak, "r_on_max": args.r_on_max}
     for flag, key in (("fixed_period", "learn_period"), ("fixed_shift", "learn_shift"), ("fixed_r_on", "learn_r_on")):
         if getattr(args, flag):
             rnn[key] = False
@@ -324,6 +331,8 @@ def _config(args, task: str, model: str, seed: int, others: tuple = ()):
         rnn = {}  # (the Phased LSTM's options, for the comparison's Phased LSTM)
     elif rnn:
         raise SystemExit(f"error: the Phased LSTM options ({', '.join(sorted(rnn))}) apply to --model phased only")
+    if args.compute_penalty and model != "phased" and "phased" not in others:
+        raise SystemExit("error: --compute-penalty applies to the Phased LSTM (--model phased) only")
     if args.gate_bias is not None and args.forget_bias is not None:
         raise SystemExit("error: --gate-bias sets every gate's initial bias, the forget gate's too: give it or "
                          "--forget-bias, not both")
@@ -340,6 +349,7 @@ def _config(args, task: str, model: str, seed: int, others: tuple = ()):
                        proj_size=args.proj_size, pooling=args.pooling, dropout=args.dropout, epochs=args.epochs,
                        batch_size=args.batch_size, lr=args.lr, lr_decay=args.lr_decay,
                        weight_decay=args.weight_decay, noise=args.noise,
+                       compute_penalty=args.compute_penalty if model == "phased" else 0.0,
                        lr_decay_every=args.lr_decay_every, clip=args.clip, seed=seed, device=args.device,
                        time_feature=args.time_feature, task_options=task_opts, rnn_options=rnn,
                        checkpoint_seconds=args.checkpoint_seconds, test_every=args.test_every,
@@ -385,7 +395,7 @@ def _run_one(cfg, run_dir: Path, progress: bool, replace: bool = False, log=prin
 #: the recurrent layer's options at the values a run gets when they are not given (SequenceModel's
 #: forget bias is +1; the Phased LSTM learns all its time parameters)
 _RNN_DEFAULTS = {"forget_bias": 1.0, "learn_initial_state": False, "r_on": 0.05, "leak": 1e-3,
-                 "learn_period": True, "learn_shift": True, "learn_r_on": True}
+                 "learn_period": True, "learn_shift": True, "learn_r_on": True, "r_on_max": 1.0}
 
 
 def _effective(config: dict) -> dict:

@@ -134,7 +134,7 @@ def train_command(cfg) -> str:
 
     from phasedlstm.train import TrainConfig
 
-    skip = {"task", "model", "task_options", "rnn_options", "checkpoint_seconds", "device", "test_every"}
+    skip = {"task", "model", "task_options", "rnn_options", "checkpoint_seconds", "device", "test_every", "tensorboard"}
     parts = ["phasedlstm train", f"--task {cfg.task}", f"--model {cfg.model}"]
     for f in fields(TrainConfig):
         if f.name in skip:

@@ -580,15 +580,21 @@ class PhasedLSTM(RecurrentLayer):
     no step ran sparse). Training mode and anything that needs gradients run every unit.
 
     Extra args: ``period_init``, ``shift_init``, ``r_on``, ``leak``, ``peepholes`` (default True),
-    ``learn_period``, ``learn_shift``, ``learn_r_on`` (default True; False freezes it).
+    ``learn_period``, ``learn_shift``, ``learn_r_on`` (default True; False freezes it), ``r_on_max``
+    (default 1: the gate uses min(|r_on|, r_on_max), so no optimiser step opens a unit for more than
+    that fraction of its period: a bound on the compute of sparse inference).
     """ + _LAYER_DOC
 
     _has_time_gate = True
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
                  bidirectional=False, *, period_init=(1.0, 6.0), r_on=0.05, leak=DEFAULT_LEAK, peepholes=True,
-                 learn_period=True, learn_shift=True, learn_r_on=True, shift_init=None, **kwargs):
+                 learn_period=True, learn_shift=True, learn_r_on=True, shift_init=None, r_on_max=1.0, **kwargs):
         _checks.check_time_options(period_init, r_on, leak)
+        if isinstance(r_on_max, bool) or not isinstance(r_on_max, (int, float)) or not 0.0 < r_on_max <= 1.0:
+            raise ValueError(f"r_on_max must be a number in (0, 1], got {r_on_max!r}")
+        #: the gate opens for at most this fraction of a period, whatever r_on an optimiser writes
+        self.r_on_max = float(r_on_max)
         if shift_init is not None and not (isinstance(shift_init, (int, float)) and 0 < shift_init < float("inf")):
             raise ValueError(f"shift_init must be None (s ~ U(0, tau)) or a finite number > 0 (s ~ U(0, "
                              f"shift_init)), got {shift_init!r}")
@@ -631,10 +637,22 @@ class PhasedLSTM(RecurrentLayer):
 
     def _time_parameters(self, p):
         """tau, s, r_on of one layer and direction, refused if any is not finite (the gate of a NaN
-        period or open ratio is undefined: an error here, rather than NaN outputs later)."""
+        period or open ratio is undefined: an error here, rather than NaN outputs later); r_on
+        capped at ``r_on_max`` (as the gate caps |r_on| at 1)."""
         params = p["period"], p["shift"], p["r_on"]
         _checks.check_time_parameters(params, self._name_of)
-        return params
+        return params[0], params[1], self._capped(params[2])
+
+    def _capped(self, r_on: Tensor) -> Tensor:
+        return r_on if self.r_on_max >= 1.0 else r_on.abs().clamp(max=self.r_on_max)
+
+    def expected_open_fraction(self) -> Tensor:
+        """The fraction of unit-steps at which the gates are open, for timestamps uniform over the
+        periods: the mean of the (capped) open ratios over every layer and direction, differentiable
+        (the compute penalty of ``train``: a proxy of the measured fraction)."""
+        r = [self._capped(p["r_on"]).abs().clamp(1e-6, 1.0) for layer in range(self.num_layers)
+             for p in (self.params(layer, d) for d in range(len(self._names[layer])))]
+        return torch.cat(r).mean()
 
     def _name_of(self, param) -> str:
         return next(n for n, q in self.named_parameters() if q is param)
@@ -661,6 +679,8 @@ class PhasedLSTM(RecurrentLayer):
             s += f", r_on={self.r_on_init}"
         if self.leak != DEFAULT_LEAK:
             s += f", leak={self.leak}"
+        if self.r_on_max < 1.0:
+            s += f", r_on_max={self.r_on_max}"
         if not self.peepholes:
             s += ", peepholes=False"
         return s

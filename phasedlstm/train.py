@@ -47,7 +47,7 @@ CHECKPOINT_FORMAT = "phasedlstm-checkpoint"
 CHECKPOINT_VERSION = 2  # 2: with a SHA-256 of its contents (1: without, still read)
 READABLE_VERSIONS = (1, 2)
 METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
-                  "seconds", "lr"]
+                  "seconds", "lr", "open_fraction"]
 TIME_GATED = ("phased",)
 
 
@@ -120,6 +120,7 @@ class TrainConfig:
     clip: float = 10.0  # gradient-norm clipping (0: none)
     weight_decay: float = 0.0  # decoupled weight decay (AdamW) when > 0; Adam without
     noise: float = 0.0  # s.d. of Gaussian noise added to the inputs of training batches (augmentation)
+    compute_penalty: float = 0.0  # a Phased LSTM's loss += this x its expected open fraction (mean r_on)
     seed: int = 0
     device: str = "auto"
     time_feature: str = "auto"  # frequency tasks: timestamps as an input feature; auto: for models without a time gate
@@ -175,6 +176,10 @@ class TrainConfig:
         need(is_num(self.clip) and self.clip >= 0, "clip", "a finite number >= 0 (0: no clipping)")
         need(is_num(self.weight_decay) and 0 <= self.weight_decay <= 1, "weight_decay", "a number in [0, 1]")
         need(is_num(self.noise) and 0 <= self.noise <= 100, "noise", "a number in [0, 100]")
+        need(is_num(self.compute_penalty) and 0 <= self.compute_penalty <= 1e6, "compute_penalty",
+             "a number in [0, 1e6]")
+        if self.compute_penalty and self.model != "phased":
+            raise ConfigError("configuration: compute_penalty applies to the Phased LSTM (model phased) only")
         need(is_int(self.seed) and self.seed >= 0, "seed", "an integer >= 0")
         need(self.device in ("auto", "cpu", "cuda"), "device", "auto, cpu or cuda")
         need(self.time_feature in ("auto", "yes", "no", "t", "dt"), "time_feature", "auto, yes, no, t or dt")
@@ -691,8 +696,8 @@ class _Board:
         rnn = getattr(model, "rnn", None)
         if isinstance(rnn, PhasedLSTM):
             scale = model.time_scale
-            if len(task.val):
-                w.add_scalar("open_fraction/val", open_fraction(model, task.val), step)
+            if row.get("open_fraction") is not None:
+                w.add_scalar("open_fraction/val", row["open_fraction"], step)
             for k in range(rnn.num_layers):
                 w.add_histogram(f"period/layer{k}", getattr(rnn, f"period_l{k}").detach().abs() * scale, step)
                 w.add_histogram(f"r_on/layer{k}", getattr(rnn, f"r_on_l{k}").detach().abs().clamp(max=1.0), step)
@@ -701,17 +706,21 @@ class _Board:
 
 @torch.no_grad()
 def open_fraction(model, dataset, batch_size: int = 256) -> float:
-    """The fraction of a data set's valid unit-steps at which a Phased LSTM's first-layer time gates
-    are open (k > 0) at evaluation (leak 0): the share of units sparse inference computes."""
+    """The fraction of a data set's valid unit-steps at which a Phased LSTM's time gates (every layer
+    and direction) are open (k > 0) at evaluation (leak 0): the share of units sparse inference
+    computes."""
     rnn = model.rnn
     was = rnn.training
     rnn.eval()
     open_, total = 0, 0
+    D = 2 if rnn.bidirectional else 1
     for b in dataset.batches(batch_size):
-        k = rnn.time_gates(b.times / model.time_scale)  # (B, T, H)
-        valid = torch.arange(k.shape[1])[None, :] < b.lengths[:, None]
-        open_ += int((k[valid] > 0).sum())
-        total += int(valid.sum()) * k.shape[2]
+        valid = torch.arange(b.x.shape[1])[None, :] < b.lengths[:, None]
+        for layer in range(rnn.num_layers):
+            for direction in range(D):
+                k = rnn.time_gates(b.times / model.time_scale, layer, direction)  # (B, T, H)
+                open_ += int((k[valid] > 0).sum())
+                total += int(valid.sum()) * k.shape[2]
     rnn.train(was)
     return open_ / max(total, 1)
 
@@ -827,11 +836,12 @@ class _Run:
                 x = x + cfg.noise * torch.randn_like(x) * valid[..., None]
             out = self.ddp_model(x, t, n)
             loss = self.model.loss(out, y)
+            penalty = cfg.compute_penalty * self.model.rnn.expected_open_fraction() if cfg.compute_penalty else 0.0
             if not torch.isfinite(loss):
                 raise NonFiniteLoss(f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {step + 1}; "
                                     f"stopped. The last good checkpoint is {self.run_dir / 'last.pt'}")
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss + penalty).backward()
             if cfg.clip > 0:
                 nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip)
             self.optimizer.step()
@@ -858,7 +868,8 @@ class _Run:
         row = {"epoch": epoch + 1, "train_loss": loss_sum / count,
                "train_acc": None if regression else correct / count,
                "val_loss": val_loss, "val_acc": val_acc, "test_loss": None, "test_acc": None,
-               "seconds": round(train_seconds, 3), "lr": self.optimizer.param_groups[0]["lr"]}
+               "seconds": round(train_seconds, 3), "lr": self.optimizer.param_groups[0]["lr"],
+               "open_fraction": self._open_fraction()}
         score = _selection_score(row, len(task.val) > 0)
         improved = self.best is None or score > self.best
         if improved:
@@ -886,6 +897,14 @@ class _Run:
             self.log(f"epoch {epoch + 1}/{cfg.epochs}: {' | '.join(parts)} | {row['seconds']:.1f}s"
                      + (" (best)" if improved else ""))
         self.epoch_gen_state = None
+
+    def _open_fraction(self) -> float | None:
+        """A Phased LSTM's measured share of open unit-steps on the validation split (None otherwise)."""
+        from phasedlstm.layers import PhasedLSTM
+
+        if not isinstance(getattr(self.model, "rnn", None), PhasedLSTM) or not len(self.task.val):
+            return None
+        return round(open_fraction(self.model, self.task.val), 6)
 
     def check_replicas(self) -> None:
         """Under DDP the ranks' parameters must agree at the end: checked rather than trusted."""

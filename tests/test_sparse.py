@@ -431,3 +431,57 @@ def test_sparse_bound_follows_writes_through_data():
         fast.forget_weight_bounds()
         m(*step, times=torch.tensor([2.0]))
         assert m.last_open_fraction is None
+
+
+# -- the open-ratio cap and the compute penalty ------------------------------------------------------
+
+
+@pytest.mark.parametrize("impl", ["reference", "auto"])
+def test_the_r_on_cap_holds_whatever_an_optimiser_writes(impl):
+    """r_on_max: the gate uses min(|r_on|, r_on_max) on every path (training, inference, sparse,
+    streaming), equal to the reference gate with the cap applied."""
+    from phasedlstm.cells import time_gate
+
+    torch.manual_seed(0)
+    m = PhasedLSTM(2, 16, r_on_max=0.1, impl=impl)
+    with torch.no_grad():
+        m.r_on_l0.copy_(torch.linspace(0.01, 0.9, 16))  # an optimiser's step past the cap
+    t = torch.cumsum(torch.rand(3, 50, dtype=torch.float64) * 2, 1)
+    want = time_gate(t, m.period_l0, m.shift_l0, m.r_on_l0.detach().clamp(max=0.1), m._alpha)
+    torch.testing.assert_close(m.time_gates(t), want)
+    x = torch.randn(50, 3, 2)
+    ref = PhasedLSTM(2, 16, r_on_max=0.1, impl="reference")
+    ref.load_state_dict(m.state_dict())
+    for mode in (True, False):
+        m.train(mode), ref.train(mode)
+        with torch.no_grad():
+            torch.testing.assert_close(m(x, times=t)[0], ref(x, times=t)[0], rtol=1e-4, atol=1e-5)
+    assert m.expected_open_fraction().item() == pytest.approx(float(torch.linspace(0.01, 0.9, 16).clamp(max=0.1).mean()))
+    with pytest.raises(ValueError, match=r"r_on_max must be a number in \(0, 1\]"):
+        PhasedLSTM(2, 4, r_on_max=0.0)
+
+
+def test_the_compute_penalty_lowers_the_open_ratios_and_is_reported(tmp_path):
+    """--compute-penalty: its gradient is that of the mean open ratio (1 / units per layer), a coefficient of 0
+    changes nothing, and metrics.csv reports the measured open fraction on validation."""
+    import csv
+
+    from phasedlstm.train import TrainConfig, load_checkpoint, train
+
+    m = PhasedLSTM(2, 4, num_layers=2, dtype=torch.float64)
+    r = m.r_on_l0
+    (g,) = torch.autograd.grad(m.expected_open_fraction(), r)
+    torch.testing.assert_close(g, torch.full_like(r, 1 / 8) * torch.sign(r.detach()))
+    base = dict(task="freq-async", model="phased", hidden_size=8, proj_size=4, batch_size=16, epochs=2,
+                task_options={"n_train": 64, "n_val": 16, "n_test": 16}, rnn_options={"r_on": 0.3})
+    quiet = dict(progress=False, log=lambda *a: None)
+    train(TrainConfig(**base), tmp_path / "plain", **quiet)
+    train(TrainConfig(**base, compute_penalty=0.0), tmp_path / "zero", **quiet)
+    train(TrainConfig(**base, compute_penalty=50.0), tmp_path / "penalised", **quiet)
+    rows = {k: list(csv.DictReader(open(tmp_path / k / "metrics.csv"))) for k in ("plain", "zero", "penalised")}
+    assert rows["plain"] == [{**r, "seconds": r2["seconds"]} for r, r2 in zip(rows["zero"], rows["plain"])]
+    assert all(0 < float(r["open_fraction"]) <= 1 for r in rows["penalised"])
+    r_plain = load_checkpoint(tmp_path / "plain" / "last.pt")["model"]["rnn.r_on_l0"].abs().mean()
+    r_pen = load_checkpoint(tmp_path / "penalised" / "last.pt")["model"]["rnn.r_on_l0"].abs().mean()
+    assert r_pen < r_plain
+    assert float(rows["penalised"][-1]["open_fraction"]) < float(rows["plain"][-1]["open_fraction"])

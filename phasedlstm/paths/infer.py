@@ -28,6 +28,8 @@ def _kernel(layer, steps, h, c, p, check):
         times = times[:, 0] if steps.shared else times.t()
         if "period" in p:
             layer._time_parameters(p)  # (refuses non-finite ones, naming them)
+    if "r_on" in p and layer.r_on_max < 1.0:
+        p = {**p, "r_on": layer._capped(p["r_on"])}
     sparse = layer._inference(x.shape[0]) == "sparse"
     r = fast.infer(x, times, h, c, p, layer._alpha, lengths, sparse)
     if r is None:  # declined: weights not finite, or values that could overflow (the dense path's sums decide)
