@@ -108,6 +108,13 @@ experiments() {  # (one function, read whole before it runs)
                 $P compare --task "freq-$c" --models "${AUTHORS_MODELS:-phased,lstm}" --seeds "${AUTHORS_SEEDS:-0,1,2}" \
                     --epochs 70 --n-test 10000 --test-every 5 --gate-bias=-0.1,0,0,0 \
                     --out "runs/paper/freq-$c-authors" "${COMMON[@]}" ;;
+            freq-async-compute)  # the Phased LSTM kept sparse while it learns: its open ratios capped (--r-on-max) or
+                # penalised (--compute-penalty); COMPUTE_SETTINGS picks some of the settings
+                for setting in ${COMPUTE_SETTINGS:-cap0.1 cap0.05 penalty0.1 penalty1}; do
+                    case "$setting" in cap*) opt=(--r-on-max "${setting#cap}") ;; *) opt=(--compute-penalty "${setting#penalty}") ;; esac
+                    $P compare --task freq-async --models phased --seeds 0,1,2 --epochs 70 --n-test 10000 \
+                        --test-every 5 --out "runs/paper/freq-async-$setting" "${COMMON[@]}" "${opt[@]}"
+                done ;;
             rows-027) rows rows-027-2ep 2 lstm,peephole,phased,layernorm,torch-lstm 0,1,2 --classes 0,2,7 ;;
             rows-027-conv) rows rows-027 20 lstm,peephole,phased,layernorm,torch-lstm 0,1,2 --classes 0,2,7 ;;  # to convergence
                 # (10 epochs first; the chosen epochs were the last ones, so extended to 20)
