@@ -1,4 +1,4 @@
-"""The phasedlstm command line: train, compare, demo, evaluate, export, report, data, tasks, baseline, bench.
+"""The phasedlstm command line: train, compare, demo, evaluate, export, report, data, tasks, baseline, compute, bench.
 
 Every option has a default that works; ``phasedlstm COMMAND --help`` lists them.
 """
@@ -681,6 +681,16 @@ def build_parser() -> argparse.ArgumentParser:
     bl.add_argument("--json", help="write the results here")
     _add_data_args(bl)
     bl.set_defaults(func=cmd_baseline)
+
+    cp = command("compute", help="trained Phased LSTMs: accuracy, open fraction, dense and sparse inference time")
+    cp.add_argument("runs", nargs="+", help="run folders of Phased LSTMs")
+    cp.add_argument("--repeats", type=_int_at_least(1), default=3, help="timed repeats, median (default: 3)")
+    cp.add_argument("--sequences", type=_int_at_least(1), default=300,
+                    help="test sequences timed one per call at B = 1 (default: 300)")
+    cp.add_argument("--threads", type=_int_at_least(1), default=None, help="torch threads (default: torch's)")
+    cp.add_argument("--json", help="write the figures here")
+    cp.add_argument("--plot", help="write the accuracy-against-time plot here (PNG)")
+    cp.set_defaults(func=lambda a: __import__("phasedlstm.compute", fromlist=["main"]).main(a))
 
     b = command("bench", help="time our layers against torch.nn.LSTM")
     from phasedlstm.bench import add_arguments

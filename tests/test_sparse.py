@@ -485,3 +485,26 @@ def test_the_compute_penalty_lowers_the_open_ratios_and_is_reported(tmp_path):
     r_pen = load_checkpoint(tmp_path / "penalised" / "last.pt")["model"]["rnn.r_on_l0"].abs().mean()
     assert r_pen < r_plain
     assert float(rows["penalised"][-1]["open_fraction"]) < float(rows["plain"][-1]["open_fraction"])
+
+
+def test_compute_measures_a_trained_run(tmp_path, capsys):
+    """phasedlstm compute: the chosen epoch's accuracy, the measured open fraction (within the cap),
+    dense and sparse time per sequence at B = 32 and B = 1; a non-Phased run is refused."""
+    import json
+
+    from phasedlstm import cli
+    from phasedlstm.train import TrainConfig, train
+
+    base = dict(task="freq-async", hidden_size=8, proj_size=4, batch_size=16, epochs=1,
+                task_options={"n_train": 64, "n_val": 16, "n_test": 40})
+    quiet = dict(progress=False, log=lambda *a: None)
+    train(TrainConfig(**base, model="phased", rnn_options={"r_on": 0.5, "r_on_max": 0.1}), tmp_path / "p", **quiet)
+    train(TrainConfig(**base, model="lstm"), tmp_path / "l", **quiet)
+    out = tmp_path / "c.json"
+    assert cli.main(["compute", str(tmp_path / "p"), "--repeats", "1", "--sequences", "4", "--json", str(out),
+                     "--plot", str(tmp_path / "c.png")]) == 0
+    row = json.loads(out.read_text())["rows"][0]
+    assert 0 < row["open_fraction"] < 0.2 and row["r_on_median"] == pytest.approx(0.1)  # (a sample: about r_on)
+    assert row["B=32 dense ms/seq"] > 0 and row["B=1 sparse ms/seq"] > 0 and (tmp_path / "c.png").exists()
+    with pytest.raises(SystemExit, match="is a lstm run; compute measures Phased LSTMs"):
+        cli.main(["compute", str(tmp_path / "l")])
