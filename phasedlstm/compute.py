@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
@@ -79,8 +80,8 @@ def plot(rows, path) -> None:
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for r in rows:
         ax.scatter(r["B=32 sparse ms/seq"], 100 * r["test_metric"], s=30)
-        ax.annotate(str(r["run"]).rstrip("/").split("/")[-2:][0] + "/" + str(r["run"]).rstrip("/").split("/")[-1],
-                    (r["B=32 sparse ms/seq"], 100 * r["test_metric"]), fontsize=6)
+        label = "/".join(Path(r["run"]).parts[-2:])  # (the comparison's folder and the run)
+        ax.annotate(label, (r["B=32 sparse ms/seq"], 100 * r["test_metric"]), fontsize=6)
     ax.set(xlabel="sparse inference, ms per test sequence (B = 32)", ylabel="test accuracy (%)",
            title="accuracy against inference time")
     fig.tight_layout()
