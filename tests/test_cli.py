@@ -42,8 +42,9 @@ def test_train_writes_run_folder(tmp_path):
     rows = metrics(run)
     assert [r["epoch"] for r in rows] == ["1", "2"]
     assert list(rows[0]) == ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
-                             "seconds", "lr"]
+                             "seconds", "lr", "open_fraction"]
     assert 0 <= float(rows[1]["test_acc"]) <= 1 and float(rows[1]["lr"]) == 1e-3
+    assert 0 < float(rows[1]["open_fraction"]) <= 1  # (a Phased LSTM's measured share of open unit-steps)
     for name in ("last.pt", "best.pt"):
         ck = torch.load(run / name, map_location="cpu", weights_only=True)
         assert ck["format"] == "phasedlstm-checkpoint" and "rnn.period_l0" in ck["model"]
