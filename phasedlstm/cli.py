@@ -566,7 +566,7 @@ def cmd_tasks(args) -> int:
     from phasedlstm.data import TASKS, task_options
 
     for name, (_, desc) in TASKS.items():
-        opts = ", ".join("--" + k.replace("_", "-") for k in task_options(name) if k != "seed")
+        opts = ", ".join("--" + k.replace("_", "-") for k in task_options(name) if k not in ("seed", "sha256"))
         print(f"{name:15s} {desc}\n{'':15s} options: {opts}")
     return 0
 
