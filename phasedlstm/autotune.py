@@ -23,6 +23,7 @@ the fixed rule of ``csrc/schedule.h``); ``phasedlstm.autotune.choices()`` says w
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import statistics
@@ -137,13 +138,17 @@ def choose(key: str, candidates: dict, measure, default: str | None = None) -> s
     return best
 
 
+@functools.lru_cache(maxsize=None)
 def with_split(run, split: str):
     """The path ``run`` with the kernels sharing each step among threads by ``split`` ("units" or
-    "batch"); the backward of its training calls runs in the same split (phasedlstm.fast)."""
+    "batch"); the backward of its training calls runs in the same split (phasedlstm.fast). One
+    wrapper per (path, split), made once."""
     from phasedlstm import fast
 
+    code = fast._SPLITS[split]
+
     def split_run(layer, steps, h, c, p):
-        with fast.tuning(split=split):
+        with fast._split(code):
             return run(layer, steps, h, c, p)
 
     split_run.split = split

@@ -90,10 +90,11 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _make(name: str, I: int, H: int, impl: str, stack: bool = False):
+def _make(name: str, I: int, H: int, impl: str, stack: bool = False, num_layers: int = 1):
+    """Layer ``name`` ("torch": torch.nn.LSTM); ``stack``: 2 layers, bidirectional."""
     from phasedlstm import layers
 
-    kw = {"num_layers": 2, "bidirectional": True} if stack else {}
+    kw = {"num_layers": 2, "bidirectional": True} if stack else {"num_layers": num_layers}
     if name == "torch":
         return torch.nn.LSTM(I, H, **kw)
     cls = {"lstm": layers.LSTM, "peephole": layers.PeepholeLSTM, "phased": layers.PhasedLSTM,
@@ -419,8 +420,7 @@ def trained_case(run_dir, repeats=5, warmup=1, batch_size=None) -> dict:
 
     ms = _dense_vs_sparse(call, repeats, warmup)
     frac = call(True)
-    r_on = torch.cat([p.detach().abs().clamp(1e-6, 1).flatten() for n_, p in rnn.named_parameters()
-                      if n_.startswith("r_on")])
+    r_on = rnn.open_ratios().detach()
     return {"run": str(run_dir), "task": cfg.task, "hidden_size": cfg.hidden_size, "batch_size": bs,
             "sequences": len(task.test), "max_steps": int(task.test.x.shape[1]), "dense_ms": ms["dense"],
             "sparse_ms": ms["sparse"], "open_fraction": frac, "r_on_median": float(r_on.median()),

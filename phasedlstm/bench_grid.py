@@ -49,18 +49,6 @@ def grid_points(n: int, seed: int, max_gflop: float) -> list[dict]:
     return picked + reported
 
 
-def _layer(name, I, H, layers):
-    m = _make(name, I, H, "auto")
-    if layers == 1:
-        return m
-    from phasedlstm import layers as L
-
-    if name == "torch":
-        return torch.nn.LSTM(I, H, num_layers=layers)
-    cls = {"lstm": L.LSTM, "peephole": L.PeepholeLSTM, "phased": L.PhasedLSTM, "layernorm": L.LayerNormLSTM}[name]
-    return cls(I, H, num_layers=layers)
-
-
 def measure(point: dict, layers=LAYERS, repeats=5, warmup=1) -> dict:
     B, T, I, H, L = point["B"], point["T"], point["I"], point["H"], point["layers"]
     torch.manual_seed(0)
@@ -70,8 +58,8 @@ def measure(point: dict, layers=LAYERS, repeats=5, warmup=1) -> dict:
         times = torch.cumsum(torch.empty(B, T, dtype=torch.float64).exponential_(1.0, generator=g), 1)
     else:
         times = torch.arange(T, dtype=torch.float64)
-    cases = [_Case("torch.nn.LSTM", _layer("torch", I, H, L), x, times)]
-    cases += [_Case(name, _layer(name, I, H, L), x, times) for name in layers]
+    cases = [_Case("torch.nn.LSTM", _make("torch", I, H, "auto", num_layers=L), x, times)]
+    cases += [_Case(name, _make(name, I, H, "auto", num_layers=L), x, times) for name in layers]
     row = dict(point)
     for mode, fn in (("train", "train_step"), ("infer", "infer")):
         ms = _median_ms(cases, fn, repeats, warmup)

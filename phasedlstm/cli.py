@@ -6,6 +6,7 @@ Every option has a default that works; ``phasedlstm COMMAND --help`` lists them.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -277,7 +278,6 @@ _TASK_ARGS = ["classes", "small", "val_fraction", "perm_seed", "data_dir", "data
 def _task_options(args, task: str) -> dict:
     """The task's options given on the command line; the files of your own series with their SHA-256,
     so that a run refuses to resume on a file that has changed."""
-    from phasedlstm._files import sha256
     from phasedlstm.data import task_options
 
     valid = task_options(task)
@@ -291,8 +291,21 @@ def _task_options(args, task: str) -> dict:
         task_opts[name] = (v == "yes") if name == "fresh" else v
     files = [task_opts.get(k) for k in ("train_file", "test_file", "file") if k in valid]
     if "sha256" in valid and any(files):
-        task_opts["sha256"] = [sha256(Path(f)) if f and Path(f).is_file() else None for f in files]
+        task_opts["sha256"] = [_file_sha256(f) if f and Path(f).is_file() else None for f in files]
     return task_opts
+
+
+def _file_sha256(path: str) -> str:
+    """A file's SHA-256, read once per version of the file (compare builds a configuration per run)."""
+    st = Path(path).stat()
+    return _sha256_of(path, st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=32)
+def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
+    from phasedlstm._files import sha256
+
+    return sha256(Path(path))
 
 
 def _config(args, task: str, model: str, seed: int, others: tuple = ()):

@@ -52,9 +52,7 @@ def measure(run_dir, repeats: int = 3, single: int = 300) -> dict:
             out[f"{name} {'sparse' if sparse else 'dense'} ms/seq"] = 1000 * statistics.median(times[1:]) / per_seq
     rnn.sparse_inference = True
     out["open_fraction"] = opened / valid if valid else None
-    r = torch.cat([rnn._capped(p).detach().abs().clamp(1e-6, 1).flatten() for n_, p in rnn.named_parameters()
-                   if n_.startswith("r_on")])
-    out["r_on_median"] = float(r.median())
+    out["r_on_median"] = float(rnn.open_ratios().detach().median())
     for b in ("B=32", "B=1"):
         out[f"{b} speed-up"] = out[f"{b} dense ms/seq"] / out[f"{b} sparse ms/seq"]
     return out

@@ -120,12 +120,10 @@ class _SequenceEstimator(BaseEstimator):
 
     # -- fitting --------------------------------------------------------------------------------
 
-    def _dataset(self, times, values, y):
-        return self.encoder_.transform(times, values, y)
-
     def fit(self, X, y, times=None):
         from phasedlstm.models import SequenceModel
         from phasedlstm.timescale import auto_time_init
+        from phasedlstm.train import make_optimizer, with_input_noise
 
         if not (isinstance(self.epochs, int) and self.epochs >= 1):
             raise ValueError(f"epochs must be an integer >= 1, got {self.epochs!r}")
@@ -146,8 +144,8 @@ class _SequenceEstimator(BaseEstimator):
         if time_feature == "auto":
             time_feature = "none" if self.model == "phased" else "dt"
         self.encoder_ = SeriesEncoder(self.missing, time_feature).fit([t[i] for i in keep], [v[i] for i in keep])
-        train = self._dataset([t[i] for i in keep], [v[i] for i in keep], target[keep])
-        val = self._dataset([t[i] for i in held], [v[i] for i in held], target[held]) if len(held) else None
+        train = self.encoder_.transform([t[i] for i in keep], [v[i] for i in keep], target[keep])
+        val = self.encoder_.transform([t[i] for i in held], [v[i] for i in held], target[held]) if len(held) else None
         rnn = {}
         self.time_scale_ = 1.0
         if self.model == "phased":
@@ -161,8 +159,7 @@ class _SequenceEstimator(BaseEstimator):
         net = SequenceModel(self.model, train.input_size, self.hidden_size, out_size, self.num_layers, self.proj_size,
                             self.pooling, time_scale=self.time_scale_, **rnn).to(self.device)
         params = list(net.parameters())
-        opt = (torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay) if self.weight_decay > 0
-               else torch.optim.Adam(params, lr=self.lr))
+        opt = make_optimizer(params, self.lr, self.weight_decay)
         gen = torch.Generator().manual_seed(self.random_state)
         best, best_state, waited, self.history_ = -math.inf, None, 0, []
         for epoch in range(self.epochs):
@@ -171,8 +168,7 @@ class _SequenceEstimator(BaseEstimator):
             for b in train.batches(self.batch_size, shuffle=True, generator=gen):
                 x, tt, lengths, yy = (u.to(self.device) for u in b)
                 if self.noise > 0:
-                    valid = torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]
-                    x = x + self.noise * torch.randn(x.shape, generator=gen).to(x.device) * valid[..., None]
+                    x = with_input_noise(x, lengths, self.noise, gen)
                 loss = net.loss(net(x, tt, lengths), yy)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -208,7 +204,7 @@ class _SequenceEstimator(BaseEstimator):
         t, v = _series(X, times)
         if v[0].shape[1] != self.n_features_in_:
             raise ValueError(f"X has {v[0].shape[1]} channels, the estimator was fitted on {self.n_features_in_}")
-        return self._outputs(self.model_, self._dataset(t, v, np.zeros(len(t), dtype=np.int64)))
+        return self._outputs(self.model_, self.encoder_.transform(t, v, np.zeros(len(t), dtype=np.int64)))
 
 
 class SequenceClassifier(ClassifierMixin, _SequenceEstimator):

@@ -164,7 +164,8 @@ def train_command(cfg) -> str:
         elif k == "gate_bias":
             parts.append(f"--gate-bias={','.join(map(str, v))}")
         elif k == "learn_initial_state":
-            parts.append("--learn-initial-state") if v else None
+            if v:
+                parts.append("--learn-initial-state")
         else:
             parts.append(f"--{k.replace('_', '-')} {v}")
     return " ".join(parts)
@@ -207,7 +208,7 @@ def model_card(cfg, task, model, ck) -> str:
                   "|---|---|---|"]
         for k in range(model.rnn.num_layers):
             tau = getattr(model.rnn, f"period_l{k}").detach().abs() * scale
-            r = getattr(model.rnn, f"r_on_l{k}").detach().abs().clamp(max=1.0)
+            r = model.rnn.open_ratios(k).detach()
             lines.append(f"| {k} | {tau.min():.4g} / {tau.median():.4g} / {tau.max():.4g} {task.time_unit} | "
                          f"{r.min():.3g} / {r.median():.3g} / {r.max():.3g} |")
         lines.append("")

@@ -203,16 +203,18 @@ class RecurrentLayer(Pretrained, nn.Module):
         x = steps.x
         if self.impl == "scan":
             return paths.scan.run
-        own = self._own_path(x, h0, c0)
+        grad = fast._needs_grad(x, h0, c0, *self.parameters())
+        own = self._own_path(x, grad)
         if self.impl == "auto" and autotune.enabled() and self._tunable(x):
-            return self._tuned(own, steps, h0, c0)
+            return self._tuned(own, steps, h0, c0, grad)
         return own
 
-    def _own_path(self, x, h0, c0):
+    def _own_path(self, x: Tensor, grad: bool):
+        """The path without measuring: the fused loop, inference for a call without gradients, or the
+        reference loop where the kernels cannot run."""
         if not self._fast_path(x):
             return paths.reference.run
-        if (not _checks.tracing() and self._inference(x.shape[0]) != "fused"
-                and not fast._needs_grad(x, h0, c0, *self.parameters())):
+        if not _checks.tracing() and self._inference(x.shape[0]) != "fused" and not grad:
             return paths.infer.run
         return paths.fused.run
 
@@ -235,14 +237,13 @@ class RecurrentLayer(Pretrained, nn.Module):
             out["torch"] = paths.torch_lstm.run
         return out
 
-    def _tuned(self, own, steps, h0, c0):
+    def _tuned(self, own, steps, h0, c0, grad: bool):
         """The fastest candidate path for this call's shape class (measured once per class on a copy
         of the call: :mod:`phasedlstm.autotune`)."""
         candidates = self._candidates(own)
         if len(candidates) == 1:
             return own
         x = steps.x
-        grad = fast._needs_grad(x, h0, c0, *self.parameters())
         key = autotune.shape_class(self, x, steps.lengths, grad)
 
         def measure(name):
@@ -646,13 +647,18 @@ class PhasedLSTM(RecurrentLayer):
     def _capped(self, r_on: Tensor) -> Tensor:
         return r_on if self.r_on_max >= 1.0 else r_on.abs().clamp(max=self.r_on_max)
 
+    def open_ratios(self, layer: int | None = None) -> Tensor:
+        """The open ratios the gates use, |r_on| capped at ``r_on_max`` and kept in [1e-6, 1], of every
+        direction of one layer (or of every layer); differentiable."""
+        layers = range(self.num_layers) if layer is None else (layer,)
+        return torch.cat([self._capped(p["r_on"]).abs().clamp(1e-6, 1.0) for k in layers
+                          for p in (self.params(k, d) for d in range(len(self._names[k])))])
+
     def expected_open_fraction(self) -> Tensor:
         """The fraction of unit-steps at which the gates are open, for timestamps uniform over the
-        periods: the mean of the (capped) open ratios over every layer and direction, differentiable
-        (the compute penalty of ``train``: a proxy of the measured fraction)."""
-        r = [self._capped(p["r_on"]).abs().clamp(1e-6, 1.0) for layer in range(self.num_layers)
-             for p in (self.params(layer, d) for d in range(len(self._names[layer])))]
-        return torch.cat(r).mean()
+        periods: the mean of the open ratios (the compute penalty of ``train``: a proxy of the
+        measured fraction)."""
+        return self.open_ratios().mean()
 
     def _name_of(self, param) -> str:
         return next(n for n, q in self.named_parameters() if q is param)

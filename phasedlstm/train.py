@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from phasedlstm._files import atomic_path
 from phasedlstm.data import Task, get_task, task_options
@@ -236,10 +236,11 @@ def derived_options(cfg: TrainConfig, task: Task) -> dict:
             "median_observations": a["median_observations"], "time_unit": unit}
 
 
-def build_model(cfg: TrainConfig, task: Task) -> SequenceModel:
+def build_model(cfg: TrainConfig, task: Task, derived: dict | None = None) -> SequenceModel:
+    """The run's model; ``derived``: :func:`derived_options` where the caller has them already."""
     output = task.num_classes if task.num_classes else 1
     rnn = dict(cfg.rnn_options)
-    derived = derived_options(cfg, task)
+    derived = derived_options(cfg, task) if derived is None else derived
     if derived:
         rnn["period_init"] = tuple(derived["period_init"])
         rnn["time_scale"] = derived["time_scale"]
@@ -247,6 +248,21 @@ def build_model(cfg: TrainConfig, task: Task) -> SequenceModel:
             rnn["r_on"] = derived["r_on"]
     return SequenceModel(cfg.model, task.input_size, cfg.hidden_size, output, cfg.layers, cfg.proj_size,
                          cfg.pooling, cfg.dropout, **rnn)
+
+
+def make_optimizer(params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """Adam, or AdamW (decoupled weight decay) where ``weight_decay`` > 0."""
+    if weight_decay > 0:
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    return torch.optim.Adam(params, lr=lr)
+
+
+def with_input_noise(x: Tensor, lengths: Tensor, sd: float, generator: torch.Generator | None = None) -> Tensor:
+    """x plus Gaussian noise of s.d. ``sd`` on each sequence's valid steps (augmentation), drawn from
+    ``generator`` (torch's default, which checkpoints carry, where None)."""
+    valid = torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]
+    noise = torch.randn_like(x) if generator is None else torch.randn(x.shape, generator=generator).to(x.device)
+    return x + sd * noise * valid[..., None]
 
 
 def pick_device(name: str) -> torch.device:
@@ -700,7 +716,7 @@ class _Board:
                 w.add_scalar("open_fraction/val", row["open_fraction"], step)
             for k in range(rnn.num_layers):
                 w.add_histogram(f"period/layer{k}", getattr(rnn, f"period_l{k}").detach().abs() * scale, step)
-                w.add_histogram(f"r_on/layer{k}", getattr(rnn, f"r_on_l{k}").detach().abs().clamp(max=1.0), step)
+                w.add_histogram(f"r_on/layer{k}", rnn.open_ratios(k).detach(), step)
         w.flush()
 
 
@@ -735,12 +751,10 @@ class _Run:
         self.dist = _Dist(self.device)
         torch.manual_seed(cfg.seed)
         self.task = build_task(cfg)
-        self.model = build_model(cfg, self.task).to(self.device)
+        self.derived = derived_options(cfg, self.task)  # (measured once: the model and config.json use it)
+        self.model = build_model(cfg, self.task, self.derived).to(self.device)
         self.ddp_model = nn.parallel.DistributedDataParallel(self.model) if self.dist.active else self.model
-        if cfg.weight_decay > 0:
-            self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        else:
-            self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        self.optimizer = make_optimizer(self.model.parameters(), cfg.lr, cfg.weight_decay)
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.history: list[dict] = []
         self.start_epoch, self.start_step = 0, 0
@@ -780,7 +794,7 @@ class _Run:
         if not dist.main:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        derived = derived_options(cfg, self.task)
+        derived = self.derived
         with _writing(self.run_dir / "config.json") as tmp:
             tmp.write_text(json.dumps({**asdict(cfg), **({"derived": derived} if derived else {})}, indent=2) + "\n")
         if derived:
@@ -831,9 +845,8 @@ class _Run:
         running = self.running
         for step in bar:
             x, t, n, y = (v.to(self.device) for v in train_set[order[step]])
-            if cfg.noise > 0:  # augmentation: noise on the valid steps (drawn from torch's generator, checkpointed)
-                valid = torch.arange(x.shape[1], device=x.device)[None, :] < n[:, None]
-                x = x + cfg.noise * torch.randn_like(x) * valid[..., None]
+            if cfg.noise > 0:
+                x = with_input_noise(x, n, cfg.noise)
             out = self.ddp_model(x, t, n)
             loss = self.model.loss(out, y)
             penalty = cfg.compute_penalty * self.model.rnn.expected_open_fraction() if cfg.compute_penalty else 0.0

@@ -129,7 +129,7 @@ def test_every_split_equals_the_reference_and_the_backward_keeps_the_forwards_sp
         real = getattr(fast, name)
         monkeypatch.setattr(fast, name, lambda *a, real=real, **k: (seen.append(fast._split_in_force()), real(*a, **k))[1])
     for split in ("units", "batch"):
-        run = autotune.with_split(fst._own_path(x, None, None), split)
+        run = autotune.with_split(fst._own_path(x, grad=True), split)
         object.__setattr__(fst, "_path", lambda steps, h0, c0, run=run: run)
         seen.clear()
         got = _grads(fst, x, lengths=lengths)  # (the backward runs after the forward's split was left)

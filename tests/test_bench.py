@@ -35,3 +35,19 @@ def test_bench_smoke(tmp_path):
         bad = subprocess.run([sys.executable, "-m", "phasedlstm", "bench", *args], capture_output=True, text=True,
                              timeout=120)
         assert bad.returncode != 0 and msg in bad.stderr, (args, bad.stderr)
+
+
+def test_the_shape_grid_is_seeded_bounded_and_measures_every_layer():
+    from phasedlstm.bench_grid import REPORTED, forward_gflop, grid_points, measure, summary
+
+    a, b = grid_points(12, seed=3, max_gflop=0.5), grid_points(12, seed=3, max_gflop=0.5)
+    assert a == b and len(a) == 12 + len(REPORTED) and a != grid_points(12, seed=4, max_gflop=0.5)
+    assert all(forward_gflop(p["B"], p["T"], p["I"], p["H"], p["layers"]) <= 0.5 for p in a[:12])
+    assert [(p["B"], p["T"], p["I"], p["H"], p["layers"]) for p in a[12:]] == REPORTED
+    row = measure({"B": 2, "T": 5, "I": 3, "H": 8, "layers": 2, "per_sample": True}, repeats=1, warmup=0)
+    for mode in ("train", "infer"):
+        assert set(row[mode]["ratio"]) == {"lstm", "peephole", "phased", "layernorm"}
+        assert all(v > 0 for v in row[mode]["ratio"].values())
+    s = summary([row], ["lstm", "phased"])
+    assert set(s) == {"train/lstm", "train/phased", "infer/lstm", "infer/phased"}
+    assert s["train/lstm"]["worst_at"].startswith("B=2 T=5 I=3 H=8 2L ps")

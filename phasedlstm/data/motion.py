@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from phasedlstm.data.base import SequenceDataset, Task, padding
+from phasedlstm.data.series import drop_observations
 
 WATCH_RATE_HZ = 50.0
 #: BasicMotions: 6 channels x 100 samples at 10 Hz
@@ -46,13 +47,7 @@ def _pad(recordings, rate_hz, downsample, crop, drop=0.0, seed=0):
     if crop is not None:
         recs = [r[:crop] for r in recs]
     stamps = [np.arange(len(r), dtype=np.float64) * downsample / rate_hz for r in recs]
-    if drop > 0:
-        rng = np.random.default_rng([seed, 7])  # its own stream: the subject split does not move
-        for i, r in enumerate(recs):
-            keep = rng.random(len(r)) >= drop
-            if keep.sum() < 2:
-                keep[:2] = True
-            recs[i], stamps[i] = r[keep], stamps[i][keep]
+    stamps, recs = drop_observations(stamps, recs, drop, seed)  # (its own stream: the subject split does not move)
     lengths = np.array([len(r) for r in recs])
     T, C = int(lengths.max()), recs[0].shape[1]
     x = np.zeros((len(recs), T, C), dtype=np.float32)

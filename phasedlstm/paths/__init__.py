@@ -24,6 +24,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from phasedlstm._checks import tracing
+
 
 class Steps(NamedTuple):
     """One direction's input over all steps, as every path takes it."""
@@ -45,8 +47,6 @@ class Steps(NamedTuple):
 def zero_padding(x: Tensor, lengths: Tensor | None) -> Tensor:
     """x (T, B, I) with the steps past each sequence's end set to 0, so that the padding takes no
     part in any number or gradient (an inf or NaN there included); x itself where nothing is padded."""
-    from phasedlstm._checks import tracing
-
     if lengths is None or (not tracing() and int(lengths.min()) >= x.shape[0]):  # (a traced graph always masks)
         return x
     valid = torch.arange(x.shape[0], device=x.device)[:, None] < lengths.to(x.device)[None, :]

@@ -5,14 +5,13 @@ from __future__ import annotations
 import torch
 
 from phasedlstm import fast
+from phasedlstm.paths import zero_padding
 
 
 def run(layer, steps, h, c, p):
     x, lengths, h, c = steps.x, steps.lengths, h[0], c[0]
     if layer._kernel == "layernorm":
-        from phasedlstm.paths import zero_padding  # (its dW_ih product would take 0 * inf from the padding)
-
-        x = zero_padding(x, lengths)
+        x = zero_padding(x, lengths)  # (the kernel's dW_ih product would take 0 * inf from the padding)
         out, h, c = fast.layernorm_lstm(x, p["weight_ih"], p["ln_ih_weight"], p["bias_ih"], p["weight_hh"], h, c,
                                         p["ln_hh_weight"], p["bias_hh"], p["ln_c_weight"], p["ln_c_bias"], lengths)
     else:

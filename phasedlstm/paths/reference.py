@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from phasedlstm.paths import zero_padding
+
 
 def run(layer, steps, h, c, p):
-    from phasedlstm.paths import zero_padding
-
     lengths = steps.lengths
     x = zero_padding(steps.x, lengths)
     h, c = h[0], c[0]
