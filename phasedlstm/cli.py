@@ -171,6 +171,10 @@ def _add_training_args(p: argparse.ArgumentParser, single: bool = True, epochs: 
     g.add_argument("--test-every", type=_int_at_least(1), default=1,
                    help="evaluate the test split every K epochs, at the last one and at every new best on "
                         "validation (default: 1)")
+    g.add_argument("--select", default="accuracy-loss", choices=["accuracy-loss", "accuracy", "loss"],
+                   help="how the epoch kept as best.pt and reported is chosen on validation: the highest accuracy "
+                        "with the lowest loss breaking ties, the highest accuracy (first of ties), or the lowest "
+                        "loss; regression always takes the lowest loss (default: accuracy-loss)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     g.add_argument("--tensorboard", metavar="DIR", default=None,
                    help="also write each epoch's metrics (and a Phased LSTM's open fraction, periods and open "
@@ -366,7 +370,7 @@ def _config(args, task: str, model: str, seed: int, others: tuple = ()):
                        lr_decay_every=args.lr_decay_every, clip=args.clip, seed=seed, device=args.device,
                        time_feature=args.time_feature, task_options=task_opts, rnn_options=rnn,
                        checkpoint_seconds=args.checkpoint_seconds, test_every=args.test_every,
-                       tensorboard=None if args.tensorboard is None else str(Path(args.tensorboard).resolve()))
+                       selection=args.select, tensorboard=None if args.tensorboard is None else str(Path(args.tensorboard).resolve()))
 
 
 #: configuration keys that do not change a run's numbers (a run is reused whatever they say)

@@ -69,14 +69,18 @@ def _metric(run) -> tuple[str, str]:
 
 
 def chosen_row(run) -> dict:
-    """The epoch chosen on validation (what best.pt holds): the highest validation accuracy (the
-    first of ties), the lowest validation loss for regression; the last epoch without validation."""
+    """The epoch chosen on validation (what best.pt holds), by the run's selection rule
+    (``train.SELECTIONS``; a config.json saved before the rule existed took the first of tied
+    validation accuracies); the last epoch without validation."""
+    from phasedlstm.train import ADDED_LATER, selection_key
+
     rows = run["history"]
-    if all(r.get("val_acc") is not None for r in rows):
-        return max(rows, key=lambda r: (r["val_acc"], -r["epoch"]))
-    if all(r.get("val_loss") is not None and not math.isnan(r["val_loss"]) for r in rows):
-        return min(rows, key=lambda r: (r["val_loss"], r["epoch"]))
-    return rows[-1]
+    rule = run["config"].get("selection", ADDED_LATER["selection"])
+    has_val = (all(r.get("val_acc") is not None for r in rows)
+               or all(r.get("val_loss") is not None and not math.isnan(r["val_loss"]) for r in rows))
+    if not has_val:
+        return rows[-1]
+    return max(rows, key=lambda r: (selection_key(r, rule), -r["epoch"]))
 
 
 def _sd(values):
@@ -106,12 +110,14 @@ def settings(cfg: dict) -> str:
 
 def summarise(runs) -> list[dict]:
     """Per model: the test metric of the epoch chosen on validation (mean, s.d. over seeds), the
-    epochs trained, and the median seconds per epoch."""
+    same at the last epoch (the paper's protocol: no selection), the epochs trained, and the median
+    seconds per epoch."""
     rows = []
     for model, rs in _grouped(runs).items():
         col, label = _metric(rs[0])
         picked = [chosen_row(r) for r in rs]
         finals = [p[col] for p in picked if p.get(col) is not None]
+        lasts = [r["history"][-1][col] for r in rs if r["history"][-1].get(col) is not None]
         secs = [statistics.median(h["seconds"] for h in r["history"]) for r in rs]
         scale = 100.0 if col == "test_acc" else 1.0
         rows.append({"model": model, "task": rs[0]["config"]["task"], "metric": label, "seeds": len(finals),
@@ -121,7 +127,10 @@ def summarise(runs) -> list[dict]:
                      "chosen_epochs": ",".join(str(int(p["epoch"])) for p in picked),
                      "mean": scale * statistics.mean(finals) if finals else float("nan"),
                      "sd": scale * _sd(finals) if finals else float("nan"),
-                     "seconds_per_epoch": statistics.median(secs)})
+                     "seconds_per_epoch": statistics.median(secs),
+                     "last_seeds": len(lasts),
+                     "last_mean": scale * statistics.mean(lasts) if lasts else float("nan"),
+                     "last_sd": scale * _sd(lasts) if lasts else float("nan")})
     return rows
 
 
@@ -146,6 +155,9 @@ def read_summary(folder) -> list[dict]:
         r["unfinished"] = int(r.get("unfinished") or 0)
         r["planned_epochs"] = int(r.get("planned_epochs") or r["epochs"])
         r["mean"], r["sd"], r["seconds_per_epoch"] = float(r["mean"]), float(r["sd"]), float(r["seconds_per_epoch"])
+        # (summaries written before the last-epoch columns existed have none)
+        r["last_seeds"] = int(r.get("last_seeds") or 0)
+        r["last_mean"], r["last_sd"] = float(r.get("last_mean") or "nan"), float(r.get("last_sd") or "nan")
     return rows
 
 
@@ -182,15 +194,24 @@ def _seconds(v: float) -> str:
 
 
 def format_table(rows) -> str:
+    """The summary rows as a Markdown table; with a column of the test metric at the last epoch
+    (the authors' protocol) where any row has it."""
     unit = "%" if rows and rows[0]["metric"] == "test accuracy" else ""
-    lines = ["| model | task | seeds | epochs | " + rows[0]["metric"] + " at the epoch chosen on validation "
-             "(mean ± s.d.) | chosen epochs | s / epoch |", "|---|---|---|---|---|---|---|"]
+    last = any(r.get("last_seeds") for r in rows)
+    head = ("| model | task | seeds | epochs | " + rows[0]["metric"] + " at the epoch chosen on validation "
+            "(mean ± s.d.) | chosen epochs | " + (rows[0]["metric"] + " at the last epoch | " if last else "")
+            + "s / epoch |")
+    lines = [head, "|---" * (head.count("|") - 1) + "|"]
     for r in rows:
         epochs = str(r["epochs"])
         if r.get("unfinished"):  # a table drawn while runs are still training says so
             epochs += f" ({r['unfinished']} unfinished, of {r['planned_epochs']})"
+        at_last = ""
+        if last:
+            at_last = (_spread({"seeds": r["last_seeds"], "mean": r["last_mean"], "sd": r["last_sd"]}, unit)
+                       if r.get("last_seeds") else "-") + " | "
         lines.append(f"| {r['model']} | {r['task']} | {r['seeds']} | {epochs} | {_spread(r, unit)} | "
-                     f"{r['chosen_epochs']} | {_seconds(r['seconds_per_epoch'])} |")
+                     f"{r['chosen_epochs']} | {at_last}{_seconds(r['seconds_per_epoch'])} |")
     return "\n".join(lines)
 
 

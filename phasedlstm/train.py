@@ -101,6 +101,16 @@ class NonFiniteLoss(RuntimeError):
     """Training produced a NaN or infinite loss."""
 
 
+SELECTIONS = {
+    "accuracy-loss": "the highest validation accuracy, ties broken by the lowest validation loss",
+    "accuracy": "the highest validation accuracy, the first of ties",
+    "loss": "the lowest validation loss",
+}
+# Keys whose default changed after runs were saved without them: a config.json that lacks one
+# was trained with this value (runs saved before `selection` existed took the first of tied accuracies).
+ADDED_LATER = {"selection": "accuracy"}
+
+
 @dataclass
 class TrainConfig:
     """Everything a run needs; saved as config.json. Defaults follow the paper's frequency setup."""
@@ -128,15 +138,18 @@ class TrainConfig:
     rnn_options: dict = field(default_factory=dict)  # e.g. period_init, r_on for "phased"
     checkpoint_seconds: float = 60.0  # also checkpoint inside an epoch this often
     test_every: int = 1  # evaluate the test split every k epochs (and at the last, and at each new best)
+    selection: str = "accuracy-loss"  # how the epoch of best.pt is chosen on validation: SELECTIONS
     tensorboard: str | None = None  # also write each epoch's metrics here as TensorBoard events
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
+        """A configuration saved in a run folder or checkpoint; the keys it lacks take the value
+        they had in effect when it was saved (ADDED_LATER), else their defaults."""
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
             raise ConfigError(f"unknown configuration keys {unknown}")
-        cfg = cls(**d)
+        cfg = cls(**{**ADDED_LATER, **d})
         cfg.validate()
         return cfg
 
@@ -186,6 +199,7 @@ class TrainConfig:
         need(is_num(self.checkpoint_seconds) and self.checkpoint_seconds >= 0, "checkpoint_seconds",
              "a finite number >= 0 (0: after every step)")
         need(is_int(self.test_every) and self.test_every >= 1, "test_every", "an integer >= 1")
+        need(self.selection in SELECTIONS, "selection", f"one of {list(SELECTIONS)}")
         need(self.tensorboard is None or isinstance(self.tensorboard, str), "tensorboard", "a folder or None")
         need(isinstance(self.task_options, dict), "task_options", "a dict")
         need(isinstance(self.rnn_options, dict), "rnn_options", "a dict")
@@ -471,12 +485,18 @@ def _fmt(v, pct=False):
     return f"{100 * v:.2f}%" if pct else f"{v:.4f}"
 
 
-def _selection_score(row: dict, has_val: bool) -> float:
-    """What best.pt maximises: validation accuracy, else minus validation loss (regression),
-    else minus training loss (no validation split)."""
+def selection_key(row: dict, rule: str, has_val: bool = True) -> tuple:
+    """What best.pt maximises (the first epoch of equal keys wins), by the run's ``selection`` rule
+    (SELECTIONS): validation accuracy, with minus validation loss breaking ties ("accuracy-loss"),
+    alone ("accuracy"), or minus validation loss alone ("loss", and always for regression); minus
+    the training loss when there is no validation split."""
     if not has_val:
-        return -row["train_loss"]
-    return row["val_acc"] if row["val_acc"] is not None else -row["val_loss"]
+        return (-row["train_loss"],)
+    if rule == "loss" or row.get("val_acc") is None:
+        return (-row["val_loss"],)
+    if rule == "accuracy":
+        return (row["val_acc"],)
+    return (row["val_acc"], -row["val_loss"])
 
 
 def _progress(iterable, total, desc, enabled):
@@ -587,13 +607,14 @@ def lr_at(cfg: TrainConfig, epoch: int) -> float:
 
 def plain_config(d: dict, defaults: bool = False) -> dict:
     """A configuration as config.json holds it (tuples become lists), for comparisons; with
-    ``defaults``, the keys it lacks (added by a later version) at their default values."""
+    ``defaults``, the keys it lacks (added by a later version) at the values they had in effect
+    (ADDED_LATER) or their defaults."""
     if defaults:
         from dataclasses import MISSING
 
         base = {f.name: (f.default if f.default is not MISSING else f.default_factory()) for f in fields(TrainConfig)
                 if f.default is not MISSING or f.default_factory is not MISSING}
-        d = {**base, **d}
+        d = {**base, **ADDED_LATER, **d}
     return json.loads(json.dumps(d))
 
 
@@ -774,7 +795,8 @@ class _Run:
         self.history = list(ck["history"])
         self.start_epoch, self.start_step = ck["epoch"], ck["step"]
         self.running = list(ck["running"])
-        self.best = ck["best"]
+        # a checkpoint saved before keys were tuples holds the one number its rule compared
+        self.best = tuple(ck["best"]) if isinstance(ck["best"], (list, tuple)) else (ck["best"],)
         self.gen.set_state(ck["generator_state"])
         self.epoch_gen_state = ck["epoch_generator_state"] if self.start_step else None
         torch.set_rng_state(ck["torch_rng_state"])
@@ -883,7 +905,7 @@ class _Run:
                "val_loss": val_loss, "val_acc": val_acc, "test_loss": None, "test_acc": None,
                "seconds": round(train_seconds, 3), "lr": self.optimizer.param_groups[0]["lr"],
                "open_fraction": self._open_fraction()}
-        score = _selection_score(row, len(task.val) > 0)
+        score = selection_key(row, cfg.selection, len(task.val) > 0)
         improved = self.best is None or score > self.best
         if improved:
             self.best = score

@@ -1,12 +1,23 @@
 #!/usr/bin/env bash
 # The experiments of RESULTS.md, each one command (resumable: run again to continue; finished runs
 # are kept, runs of other settings refused). Usage: bash scripts/experiments.sh NAME [NAME ...]
-# Runs go to runs/ (not committed); summaries, curves and selected models are copied to results/.
+# Runs go to runs/ (not committed); after each comparison its report goes to the same path under
+# results/ with every run's config.json and metrics.csv, so that `phasedlstm report results/...`
+# draws its tables again (selected models are copied to results/models/ by hand).
 # One thread each: two of these can share the 2-core machine (never while benchmarking).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-P=".venv/bin/phasedlstm"
 COMMON=(--threads 1 --no-progress)
+
+P() {  # the command line; a comparison's report is then kept in results/ (runs/X -> results/X)
+    .venv/bin/phasedlstm "$@"
+    if [ "$1" = compare ]; then
+        local out="" prev=""
+        for a in "$@"; do [ "$prev" = --out ] && out=$a; prev=$a; done
+        .venv/bin/phasedlstm report "$out" --out "results/${out#runs/}" > /dev/null
+    fi
+}
+P=P
 
 periods_1_6() {  # the Phased LSTM periods exp(U(1, 6)) these experiments were run with, where "phased" is
     # among the models (--period-init auto, the default, measures the data instead)
@@ -15,10 +26,11 @@ periods_1_6() {  # the Phased LSTM periods exp(U(1, 6)) these experiments were r
 
 freq() {  # the paper's frequency tasks: 110 units, batch 32, Adam 1e-3, clip 10, 70 epochs,
     # fresh training data every epoch, 10,000 test sequences (the test split read every 5th epoch,
-    # at the last and at every new best on validation); a fourth argument suffixes the folder
+    # at the last and at every new best on validation), 5,000 validation sequences (500 saturate at
+    # 99.8-100% and tie); a fourth argument suffixes the folder
     local cond=$1 models=$2 seeds=$3 suffix=${4:-}
     $P compare --task "freq-$cond" --models "$models" --seeds "$seeds" --epochs 70 --n-test 10000 \
-        --test-every 5 --out "runs/paper/freq-$cond$suffix" "${COMMON[@]}"
+        --n-val 5000 --test-every 5 --out "runs/paper/freq-$cond$suffix" "${COMMON[@]}"
 }
 
 rows() {  # the lecture's model on sequential MNIST by rows: projection 64 -> layer (128) ->

@@ -107,7 +107,8 @@ def test_kill_between_best_and_last_leaves_them_consistent(tmp_path, monkeypatch
     monkeypatch.setattr(tr, "save_checkpoint", real)
     train(None, tmp_path / "run", resume=True, **QUIET)
     history = load_checkpoint(tmp_path / "run" / "last.pt")["history"]
-    best_epoch = max(history, key=lambda r: r["val_acc"])["epoch"]  # first of ties, as training keeps it
+    # the highest validation accuracy, ties broken by the lowest loss (the default selection)
+    best_epoch = max(history, key=lambda r: (r["val_acc"], -r["val_loss"], -r["epoch"]))["epoch"]
     assert load_checkpoint(tmp_path / "run" / "best.pt")["epoch"] == best_epoch
 
 
@@ -548,3 +549,82 @@ def test_tensorboard_events_hold_the_numbers_of_metrics_csv(tmp_path):
     fractions = [e.value for e in ea.Scalars("open_fraction/val")]
     assert len(fractions) == 2 and all(0 < f <= 1 for f in fractions)
     assert len(ea.Histograms("period/layer0")) == 2 and len(ea.Histograms("r_on/layer0")) == 2
+
+
+def _history(*rows):
+    return [{"epoch": i + 1, "train_loss": 1.0, "val_acc": a, "val_loss": l, "test_acc": t, "test_loss": 0.0,
+             "seconds": 1.0} for i, (a, l, t) in enumerate(rows)]
+
+
+def test_selection_breaks_tied_accuracies_by_loss_and_old_runs_keep_their_rule():
+    """Tied validation accuracies (a small validation set that saturates) pick the epoch of lowest
+    validation loss; a run saved before the rule existed keeps the first of ties, as its best.pt did."""
+    from phasedlstm import report
+
+    hist = _history((0.9, 0.5, 0.80), (1.0, 0.30, 0.91), (1.0, 0.10, 0.99), (1.0, 0.20, 0.95), (0.95, 0.05, 0.97))
+    pick = lambda cfg: report.chosen_row({"config": cfg, "history": hist})["epoch"]  # noqa: E731
+    assert pick({"selection": "accuracy-loss"}) == 3
+    assert pick({"selection": "accuracy"}) == 2
+    assert pick({"selection": "loss"}) == 5
+    assert pick({}) == 2  # config.json without the key: the rule it was trained with
+    assert TrainConfig.from_dict({"task": "adding"}).selection == "accuracy"
+    assert TrainConfig(task="adding").selection == "accuracy-loss"
+    with pytest.raises(ConfigError, match="selection must be one of"):
+        TrainConfig.from_dict({"task": "adding", "selection": "test"})
+
+
+def test_best_checkpoint_follows_the_selection_rule(tmp_path):
+    """best.pt holds the epoch that report names, under each rule."""
+    from phasedlstm import report
+
+    for rule in ("accuracy-loss", "accuracy", "loss"):
+        run = tmp_path / rule
+        train(TrainConfig(**{**CFG, "epochs": 4, "selection": rule}), run, **QUIET)
+        chosen = report.chosen_row(report.read_run(run))["epoch"]
+        assert load_checkpoint(run / "best.pt")["epoch"] == chosen
+
+
+def test_a_checkpoint_with_a_plain_number_as_its_best_resumes(tmp_path):
+    """Checkpoints written before selection keys were tuples hold one number; resuming compares it."""
+    run = tmp_path / "run"
+    train(TrainConfig(**{**CFG, "epochs": 2, "selection": "accuracy"}), run, **QUIET)
+    for name in ("last.pt", "best.pt"):
+        ck = load_checkpoint(run / name)
+        ck["best"] = ck["best"][0]
+        save_checkpoint(run / name, ck)
+    train(None, run, resume=True, extra_epochs=1, **QUIET)
+    assert load_checkpoint(run / "last.pt")["epoch"] == 3
+
+
+def test_summary_and_table_give_the_last_epoch_beside_the_chosen_one(tmp_path):
+    from phasedlstm import report
+
+    runs = tmp_path / "runs"
+    for seed in (0, 1):
+        train(TrainConfig(**{**CFG, "epochs": 3, "seed": seed}), runs / f"lstm-seed{seed}", **QUIET)
+    out = report.report([runs], tmp_path / "results", log=lambda *a: None, gates=False)
+    row = out["rows"][0]
+    last = [100 * report.read_run(runs / f"lstm-seed{s}")["history"][-1]["test_acc"] for s in (0, 1)]
+    assert row["last_seeds"] == 2 and row["last_mean"] == pytest.approx(sum(last) / 2)
+    assert "test accuracy at the last epoch" in out["table"].splitlines()[0]
+    assert report.read_summary(tmp_path / "results")[0]["last_mean"] == pytest.approx(row["last_mean"])
+
+
+def test_every_committed_results_folder_with_runs_regenerates_its_summary():
+    """A results folder that keeps its runs' config.json and metrics.csv gives, through `report`,
+    the summary.csv committed beside them (chosen epochs, means, last-epoch figures)."""
+    from phasedlstm import report
+
+    root = Path(__file__).resolve().parents[1] / "results"
+    folders = sorted({p.parent.parent for p in root.glob("*/*/*/metrics.csv")} - {root / "models"})
+    assert len(folders) >= 10
+    for folder in folders:
+        drawn = report.summarise(report.find_runs([folder]))
+        kept = report.read_summary(folder)
+        assert [r["model"] for r in drawn] == [r["model"] for r in kept], folder
+        for d, k in zip(drawn, kept):
+            assert d["chosen_epochs"] == k["chosen_epochs"], folder
+            for key in ("seeds", "epochs", "last_seeds"):
+                assert d[key] == k[key], (folder, key)
+            for key in ("mean", "sd", "last_mean", "last_sd"):
+                assert d[key] == pytest.approx(k[key], rel=1e-9, nan_ok=True), (folder, key)
