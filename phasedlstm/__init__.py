@@ -3,7 +3,7 @@
 - :mod:`phasedlstm.cells`: the equations, one time step each (``LSTMCell``,
   ``PeepholeLSTMCell``, ``PhasedLSTMCell``, ``LayerNormLSTMCell``, ``time_gate``).
 - :mod:`phasedlstm.layers`: the loop over time (``LSTM``, ``PeepholeLSTM``,
-  ``PhasedLSTM``, ``LayerNormLSTM``), drop-ins for ``torch.nn.LSTM``.
+  ``PhasedLSTM``, ``LayerNormLSTM``, ``BatchNormLSTM``), drop-ins for ``torch.nn.LSTM``.
 - :mod:`phasedlstm.stream`: ``Stream``, a layer fed one event at a time.
 """
 
@@ -12,14 +12,14 @@ import torch
 from phasedlstm import fast
 from phasedlstm._checks import InputError, InputTypeError
 from phasedlstm.cells import LayerNormLSTMCell, LSTMCell, PeepholeLSTMCell, PhasedLSTMCell, phase, time_gate
-from phasedlstm.layers import LSTM, LayerNormLSTM, PeepholeLSTM, PhasedLSTM, RecurrentLayer
+from phasedlstm.layers import LSTM, BatchNormLSTM, LayerNormLSTM, PeepholeLSTM, PhasedLSTM, RecurrentLayer
 from phasedlstm.stream import Stream
 
 __version__ = "0.1.0"
 
 # A whole model saved with torch.save loads with torch.load's default weights_only=True, as a model
 # with torch.nn.LSTM does: the unpickler may build these classes.
-torch.serialization.add_safe_globals([LSTM, PeepholeLSTM, PhasedLSTM, LayerNormLSTM, LSTMCell, PeepholeLSTMCell,
+torch.serialization.add_safe_globals([LSTM, PeepholeLSTM, PhasedLSTM, LayerNormLSTM, BatchNormLSTM, LSTMCell, PeepholeLSTMCell,
                                       PhasedLSTMCell, LayerNormLSTMCell])
 
 # The kernels' operators, where this version is built for this machine already (see fast.load_built):
@@ -31,6 +31,7 @@ __all__ = [
     "PeepholeLSTM",
     "PhasedLSTM",
     "LayerNormLSTM",
+    "BatchNormLSTM",
     "RecurrentLayer",
     "Stream",
     "LSTMCell",

@@ -43,6 +43,10 @@ _TIME_EPS = 1e-6
 LN_EPS = 1e-5
 #: Rows of a layer normalisation with values beyond this are scaled first (see :func:`layer_norm`).
 _LN_BIG = 2.0**40
+#: Epsilon of the BN-LSTM's batch normalisations, and the weight of each batch in their
+#: population statistics (torch.nn.BatchNorm1d's values).
+BN_EPS = 1e-5
+BN_MOMENTUM = 0.1
 
 
 # --------------------------------------------------------------------------------------
@@ -134,6 +138,49 @@ def layernorm_step(
     c = f * c + i * g
     h = o * torch.tanh(layer_norm(c, ln_c_weight, ln_c_bias))
     return h, c
+
+
+def batchnorm_step(
+    xw_bn: Tensor,
+    h: Tensor,
+    c: Tensor,
+    weight_hh: Tensor,
+    bias_hh: Tensor | None,
+    bn_hh_weight: Tensor,
+    bn_c_weight: Tensor,
+    bn_c_bias: Tensor | None,
+    population: tuple | None = None,
+):
+    """One batch-normalised LSTM step (Cooijmans et al., 2016).
+
+    ``xw_bn`` is ``BN_ih(W_ih x_t) + b_ih`` (B, 4H). The recurrent term and the cell state are
+    normalised with the statistics of this step: over the rows of the batch given (training), or
+    ``population`` = (mean_hh, var_hh, mean_c, var_c) (evaluation). Returns (h_t, c_t, the
+    statistics used), the last for the layer's running averages.
+    """
+    hw = F.linear(h, weight_hh)  # (B, 4H)
+    m_hh, v_hh = batch_stats(hw) if population is None else population[:2]
+    a = xw_bn + batch_norm(hw, bn_hh_weight, bias_hh, m_hh, v_hh)
+    a_i, a_f, a_g, a_o = a.chunk(4, dim=-1)
+    i = torch.sigmoid(a_i)
+    f = torch.sigmoid(a_f)
+    g = torch.tanh(a_g)
+    o = torch.sigmoid(a_o)
+    c = f * c + i * g
+    m_c, v_c = batch_stats(c) if population is None else population[2:]
+    h = o * torch.tanh(batch_norm(c, bn_c_weight, bn_c_bias, m_c, v_c))
+    return h, c, (m_hh, v_hh, m_c, v_c)
+
+
+def batch_stats(z: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean and biased variance of each feature over the rows of ``z`` (B, F)."""
+    return z.mean(0), z.var(0, unbiased=False)
+
+
+def batch_norm(z: Tensor, weight: Tensor, bias: Tensor | None, mean: Tensor, var: Tensor) -> Tensor:
+    r"""Batch normalisation with given statistics: :math:`\gamma (z - \mu) / \sqrt{\sigma^2 + \epsilon} + \beta`."""
+    out = (z - mean) * torch.rsqrt(var + BN_EPS) * weight
+    return out if bias is None else out + bias
 
 
 def layer_norm(z: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
@@ -469,6 +516,15 @@ class LayerNormLSTMCell(_CellBase):
         h, c = layernorm_step(xw, h, c, self.weight_hh, self.ln_hh_weight, self.bias_hh,
                               self.ln_c_weight, self.ln_c_bias)
         return _checks.unbatch(h, c, batched)
+
+
+def init_batchnorm_(bn_ih_weight, bn_hh_weight, bn_c_weight, bn_c_bias) -> None:
+    """Gains 0.1 (Cooijmans et al.: gains of 1 saturate tanh and stop the gradient), cell shift 0."""
+    with torch.no_grad():
+        for g in (bn_ih_weight, bn_hh_weight, bn_c_weight):
+            g.fill_(0.1)
+        if bn_c_bias is not None:
+            bn_c_bias.zero_()
 
 
 def init_layernorm_(ln_ih_weight, ln_hh_weight, ln_c_weight, ln_c_bias) -> None:

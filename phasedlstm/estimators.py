@@ -210,7 +210,7 @@ class _SequenceEstimator(BaseEstimator):
 class SequenceClassifier(ClassifierMixin, _SequenceEstimator):
     """Classifies series with an LSTM-family model; see :mod:`phasedlstm.estimators`.
 
-    ``model``: "lstm", "peephole", "phased" or "layernorm". Training: Adam (AdamW with
+    ``model``: "lstm", "peephole", "phased", "layernorm" or "batchnorm". Training: Adam (AdamW with
     ``weight_decay``), ``epochs`` at most, stopping after ``n_iter_no_change`` epochs without a
     better accuracy on the seeded ``validation_fraction`` of the series, whose best epoch's weights
     are kept. Attributes after ``fit``: ``classes_``, ``n_features_in_``, ``model_`` (the

@@ -1,6 +1,6 @@
 """The loop over time: multi-layer, bidirectional sequence layers with torch.nn.LSTM's API.
 
-One base class, :class:`RecurrentLayer`, owns everything the four layers share:
+One base class, :class:`RecurrentLayer`, owns everything the five layers share:
 parameter naming (``weight_ih_l{k}``, ``..._reverse``), argument checks, the loop
 over time with ``lengths`` masking, reversal for the backward direction, dropout
 between layers and the initial state. Each layer adds only
@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from phasedlstm import _checks, autotune, fast, paths
 from phasedlstm.cells import (
     DEFAULT_LEAK,
+    init_batchnorm_,
     init_layernorm_,
     init_time_parameters_,
     init_lstm_,
@@ -33,7 +34,7 @@ from phasedlstm.cells import (
 )
 from phasedlstm.pretrained import Pretrained
 
-__all__ = ["RecurrentLayer", "LSTM", "PeepholeLSTM", "PhasedLSTM", "LayerNormLSTM"]
+__all__ = ["RecurrentLayer", "LSTM", "PeepholeLSTM", "PhasedLSTM", "LayerNormLSTM", "BatchNormLSTM"]
 
 #: "auto": the fused native loop where it can run (CPU, float32/float64, kernels built), else
 #: the reference; "reference": always the step-by-step reference; "fast": the fused loop or an error;
@@ -304,7 +305,8 @@ class RecurrentLayer(Pretrained, nn.Module):
 
     #: whether _forward_stream serves this layer (LSTM, peephole and Phased LSTM without projections)
     _streamable = True
-    #: the fused kernel of this layer: "lstm" (LSTM, peephole and Phased LSTM) or "layernorm"
+    #: the fused kernel of this layer: "lstm" (LSTM, peephole and Phased LSTM), "layernorm", or None
+    #: (BatchNormLSTM, which has none)
     _kernel = "lstm"
     #: whether the layer has a time gate (and so counts the open unit-steps of sparse inference)
     _has_time_gate = False
@@ -728,3 +730,95 @@ class LayerNormLSTM(RecurrentLayer):
         return layernorm_step(pre[0], h, c, p["weight_hh"], p["ln_hh_weight"], p["bias_hh"], p["ln_c_weight"],
                               p["ln_c_bias"])
 
+
+
+class BatchNormLSTM(RecurrentLayer):
+    __doc__ = r"""Batch-normalised LSTM over sequences (Cooijmans et al., Recurrent Batch Normalization, 2016).
+
+    .. math::
+        \begin{aligned}
+        [a_i, a_f, a_g, a_o] &= \mathrm{BN}_{ih}(W_{ih} x_t; t) + b_{ih}
+                                + \mathrm{BN}_{hh}(W_{hh} h_{t-1}; t) + b_{hh} \\
+        c_t &= \sigma(a_f) \odot c_{t-1} + \sigma(a_i) \odot \tanh(a_g) \\
+        h_t &= \sigma(a_o) \odot \tanh(\mathrm{BN}_c(c_t; t))
+        \end{aligned}
+
+    where :math:`\mathrm{BN}(z; t) = \gamma (z - \mu_t) / \sqrt{\sigma_t^2 + \epsilon}` (plus
+    :math:`\beta` for the cell state) normalises each feature over the batch with statistics kept
+    separately for every time step t: in training the batch's own, over the sequences still running
+    at step t; at evaluation the population statistics gathered in training (running averages,
+    momentum 0.1), those of step ``max_length - 1`` for every later step (the paper's rule for
+    sequences longer than the training ones). The step index counts from the start of each call.
+
+    Parameters: torch.nn.LSTM's ``weight_ih_l{k}``, ``weight_hh_l{k}``, ``bias_ih_l{k}``,
+    ``bias_hh_l{k}`` (the biases replace the normalisations' own shifts, which would duplicate
+    them); gains ``bn_ih_weight_l{k}``, ``bn_hh_weight_l{k}`` (4H,) and ``bn_c_weight_l{k}`` (H,),
+    initialised to 0.1 as the paper does, and the cell shift ``bn_c_bias_l{k}`` (H,), 0. Buffers:
+    ``bn_ih_mean_l{k}``, ``bn_ih_var_l{k}``, ``bn_hh_mean_l{k}``, ``bn_hh_var_l{k}``
+    (max_length, 4H), ``bn_c_mean_l{k}``, ``bn_c_var_l{k}`` (max_length, H).
+
+    It runs the reference loop (plain PyTorch, any device and dtype, any derivative); ``impl``
+    "fast" and "scan" are refused. Training mode needs at least two sequences per batch for its
+    statistics to mean anything, as batch normalisation does.
+
+    Extra args: ``max_length`` (default 1000): the time steps with their own statistics.
+    """ + _LAYER_DOC
+
+    _streamable = False
+    _kernel = None
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
+                 bidirectional=False, *, max_length=1000, **kwargs):
+        _checks.check_int("max_length", max_length, 1)
+        if kwargs.get("impl", "auto") in ("fast", "scan"):
+            raise ValueError(f"BatchNormLSTM runs the reference loop only: impl must be 'auto' or 'reference', "
+                             f"got {kwargs['impl']!r}")
+        self.max_length = max_length
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, **kwargs)
+        H, D = hidden_size, 2 if bidirectional else 1
+        fk = {"device": self.weight_ih_l0.device, "dtype": self.weight_ih_l0.dtype}
+        #: self._buffer_names[layer][direction]: {"bn_ih_mean": "bn_ih_mean_l0", ...}
+        self._buffer_names = []
+        for layer in range(num_layers):
+            per_dir = []
+            for direction in range(D):
+                suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
+                names = {}
+                for base, width in (("bn_ih", 4 * H), ("bn_hh", 4 * H), ("bn_c", H)):
+                    self.register_buffer(base + "_mean" + suffix, torch.zeros(max_length, width, **fk))
+                    self.register_buffer(base + "_var" + suffix, torch.ones(max_length, width, **fk))
+                    names[base + "_mean"], names[base + "_var"] = base + "_mean" + suffix, base + "_var" + suffix
+                per_dir.append(names)
+            self._buffer_names.append(per_dir)
+
+    def _param_shapes(self, layer_input_size):
+        H = self.hidden_size
+        return {**super()._param_shapes(layer_input_size), "bn_ih_weight": (4 * H,), "bn_hh_weight": (4 * H,),
+                "bn_c_weight": (H,), "bn_c_bias": (H,) if self.bias else None}
+
+    def _reset_direction(self, p):
+        lstm_names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+        super()._reset_direction({k: p[k] for k in lstm_names})
+        init_batchnorm_(p["bn_ih_weight"], p["bn_hh_weight"], p["bn_c_weight"], p["bn_c_bias"])
+
+    def reset_running_stats(self) -> None:
+        """Forget the population statistics (means 0, variances 1), as torch.nn.BatchNorm1d's method."""
+        for name, buf in self.named_buffers():
+            buf.fill_(0.0 if name.startswith("bn_") and "_mean" in name else 1.0)
+
+    def params(self, layer, direction=0):
+        """The parameters of one layer and direction by base name, with its statistics buffers."""
+        out = super().params(layer, direction)
+        if hasattr(self, "_buffer_names"):  # (the base constructor initialises before the buffers exist)
+            B = self._buffers
+            out.update({base: B[full] for base, full in self._buffer_names[layer][direction].items()})
+        return out
+
+    def _path(self, steps, h0, c0):
+        return paths.batchnorm.run
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        if self.max_length != 1000:
+            s += f", max_length={self.max_length}"
+        return s

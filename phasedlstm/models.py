@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from phasedlstm.layers import LSTM, LayerNormLSTM, PeepholeLSTM, PhasedLSTM
+from phasedlstm.layers import LSTM, BatchNormLSTM, LayerNormLSTM, PeepholeLSTM, PhasedLSTM
 from phasedlstm.pretrained import Pretrained
 
 #: model name -> recurrent layer class; "torch-lstm" is the baseline torch.nn.LSTM
@@ -22,6 +22,7 @@ MODELS = {
     "peephole": PeepholeLSTM,
     "phased": PhasedLSTM,
     "layernorm": LayerNormLSTM,
+    "batchnorm": BatchNormLSTM,
     "torch-lstm": nn.LSTM,
 }
 POOLING = ("last", "mean")

@@ -31,7 +31,7 @@ import torch  # noqa: E402
 
 from phasedlstm._files import atomic_write_bytes  # noqa: E402
 
-MODEL_ORDER = ["lstm", "torch-lstm", "peephole", "layernorm", "phased"]
+MODEL_ORDER = ["lstm", "torch-lstm", "peephole", "layernorm", "batchnorm", "phased"]
 
 
 def read_run(run_dir) -> dict:

@@ -260,6 +260,8 @@ def build_model(cfg: TrainConfig, task: Task, derived: dict | None = None) -> Se
         rnn["time_scale"] = derived["time_scale"]
         if "r_on" in derived:  # (an r_on the configuration gives is kept)
             rnn["r_on"] = derived["r_on"]
+    if cfg.model == "batchnorm":  # statistics for every step of the longest training sequence
+        rnn.setdefault("max_length", max(1, int(task.train.lengths.max())))
     return SequenceModel(cfg.model, task.input_size, cfg.hidden_size, output, cfg.layers, cfg.proj_size,
                          cfg.pooling, cfg.dropout, **rnn)
 

@@ -13,6 +13,7 @@ where ``steps`` is :class:`Steps` (the direction's input, time-major), ``h`` (1,
 - :mod:`.fused`: the fused native loop with its hand-written backward (CPU, float32 and float64);
 - :mod:`.infer`: inference without gradients, the time gate inside the loop; a Phased LSTM at
   evaluation computes only its open units. Where its kernel declines, the fused loop runs;
+- :mod:`.batchnorm`: the BN-LSTM's reference loop, with per-step batch or population statistics;
 - :mod:`.torch_lstm`: a plain LSTM by torch's own LSTM on the same parameters, where
   :mod:`phasedlstm.autotune` measured it faster than the layer's own path.
 """
@@ -57,4 +58,4 @@ class Declined(Exception):
     """A path that cannot serve this call (the one-step streaming path: the general forward runs)."""
 
 
-from phasedlstm.paths import fused, infer, reference, scan, torch_lstm  # noqa: E402,F401  (after Steps, which they use)
+from phasedlstm.paths import batchnorm, fused, infer, reference, scan, torch_lstm  # noqa: E402,F401  (after Steps, which they use)
