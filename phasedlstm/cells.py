@@ -149,38 +149,43 @@ def batchnorm_step(
     bn_hh_weight: Tensor,
     bn_c_weight: Tensor,
     bn_c_bias: Tensor | None,
-    population: tuple | None = None,
+    stats_hh: tuple[Tensor, Tensor],
+    stats_c: tuple[Tensor, Tensor],
+    training: bool,
 ):
     """One batch-normalised LSTM step (Cooijmans et al., 2016).
 
-    ``xw_bn`` is ``BN_ih(W_ih x_t) + b_ih`` (B, 4H). The recurrent term and the cell state are
-    normalised with the statistics of this step: over the rows of the batch given (training), or
-    ``population`` = (mean_hh, var_hh, mean_c, var_c) (evaluation). Returns (h_t, c_t, the
-    statistics used), the last for the layer's running averages.
+    ``xw_bn`` is ``BN_ih(W_ih x_t) + b_ih`` (B, 4H). The recurrent term and the new cell state are
+    normalised over the batch (:func:`batch_norm`) with this step's population statistics
+    ``stats_hh`` (mean, var) (4H,) and ``stats_c`` (H,): in training by the batch's own statistics,
+    moving these towards them in place; at evaluation by these.
     """
-    hw = F.linear(h, weight_hh)  # (B, 4H)
-    m_hh, v_hh = batch_stats(hw) if population is None else population[:2]
-    a = xw_bn + batch_norm(hw, bn_hh_weight, bias_hh, m_hh, v_hh)
+    a = xw_bn + batch_norm(F.linear(h, weight_hh), bn_hh_weight, bias_hh, *stats_hh, training)
     a_i, a_f, a_g, a_o = a.chunk(4, dim=-1)
     i = torch.sigmoid(a_i)
     f = torch.sigmoid(a_f)
     g = torch.tanh(a_g)
     o = torch.sigmoid(a_o)
     c = f * c + i * g
-    m_c, v_c = batch_stats(c) if population is None else population[2:]
-    h = o * torch.tanh(batch_norm(c, bn_c_weight, bn_c_bias, m_c, v_c))
-    return h, c, (m_hh, v_hh, m_c, v_c)
+    h = o * torch.tanh(batch_norm(c, bn_c_weight, bn_c_bias, *stats_c, training))
+    return h, c
 
 
-def batch_stats(z: Tensor) -> tuple[Tensor, Tensor]:
-    """Mean and biased variance of each feature over the rows of ``z`` (B, F)."""
-    return z.mean(0), z.var(0, unbiased=False)
-
-
-def batch_norm(z: Tensor, weight: Tensor, bias: Tensor | None, mean: Tensor, var: Tensor) -> Tensor:
-    r"""Batch normalisation with given statistics: :math:`\gamma (z - \mu) / \sqrt{\sigma^2 + \epsilon} + \beta`."""
-    out = (z - mean) * torch.rsqrt(var + BN_EPS) * weight
-    return out if bias is None else out + bias
+def batch_norm(z: Tensor, weight: Tensor, bias: Tensor | None, mean: Tensor, var: Tensor, training: bool) -> Tensor:
+    r""":math:`\gamma (z - \mu) / \sqrt{\sigma^2 + \epsilon} + \beta` of each feature of ``z`` (B, F):
+    ``F.batch_norm`` with the population statistics ``mean``, ``var`` (F,), which training moves
+    towards the batch's (momentum BN_MOMENTUM, the variance unbiased). One row in training is its
+    own mean: it normalises to the shift, and moves only the population mean."""
+    if not training:
+        return F.batch_norm(z, mean, var, weight, bias, False, 0.0, BN_EPS)
+    with torch.no_grad():  # (apart from the normalisation: the buffers may be stepped again before a backward)
+        if z.shape[0] == 1:
+            mean.mul_(1 - BN_MOMENTUM).add_(z[0], alpha=BN_MOMENTUM)
+            return z.new_zeros(z.shape) if bias is None else bias.expand_as(z)
+        v, m = torch.var_mean(z, 0, unbiased=True)
+        mean.mul_(1 - BN_MOMENTUM).add_(m, alpha=BN_MOMENTUM)
+        var.mul_(1 - BN_MOMENTUM).add_(v, alpha=BN_MOMENTUM)
+    return F.batch_norm(z, None, None, weight, bias, True, 0.0, BN_EPS)
 
 
 def layer_norm(z: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:

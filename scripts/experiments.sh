@@ -91,7 +91,7 @@ experiments() {  # (one function, read whole before it runs)
         case "$name" in
             freq-async|freq-standard|freq-highres)
                 c=${name#freq-}
-                freq "$c" phased,lstm 0,1,2
+                freq "$c" phased,lstm,batchnorm 0,1,2
                 freq "$c" peephole,layernorm 0 ;;
             freq-async-others|freq-standard-others|freq-highres-others)  # the peephole and LN-LSTM of a
                 # condition alone, in their own folder (the runs of freq-COND's first line were not carried)

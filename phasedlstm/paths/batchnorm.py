@@ -10,29 +10,40 @@ every step beyond ``max_length``. The step index counts from the start of each c
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
-from phasedlstm.cells import BN_MOMENTUM, batch_norm, batchnorm_step
+from phasedlstm.cells import BN_EPS, BN_MOMENTUM, batchnorm_step
 from phasedlstm.paths import zero_padding
 
 
 def _input_stats(wx, lengths):
-    """Per step, the mean and biased variance of W_ih x over the sequences valid at that step:
-    (T, 4H) each."""
+    """Per step, the mean and biased variance of W_ih x over the sequences valid at that step, and
+    their number: (T, 4H), (T, 4H), (T,)."""
+    T, B = wx.shape[:2]
     if lengths is None:
-        return wx.mean(1), wx.var(1, unbiased=False)
-    valid = (torch.arange(wx.shape[0], device=wx.device)[:, None] < lengths[None, :]).unsqueeze(2).to(wx.dtype)
-    n = valid.sum(1).clamp(min=1)  # (T, 1)
-    mean = (wx * valid).sum(1) / n
-    var = (((wx - mean.unsqueeze(1)) * valid) ** 2).sum(1) / n
-    return mean, var
+        var, mean = torch.var_mean(wx, 1, unbiased=False)
+        return mean, var, torch.full((T,), B, device=wx.device)
+    valid = torch.arange(T, device=wx.device)[:, None] < lengths[None, :]  # (T, B)
+    n = valid.sum(1)
+    w = valid.unsqueeze(2).to(wx.dtype)
+    mean = (wx * w).sum(1) / n.clamp(min=1).unsqueeze(1).to(wx.dtype)
+    var = (((wx - mean.unsqueeze(1)) * w) ** 2).sum(1) / n.clamp(min=1).unsqueeze(1).to(wx.dtype)
+    return mean, var, n
 
 
 @torch.no_grad()
-def _update(running, k, stats, n):
-    """Move slot ``k`` of the running (mean, var) buffers towards this batch's statistics over n rows
-    (the variance unbiased, as torch.nn.BatchNorm1d keeps it)."""
-    for buf, value, unbias in zip(running, stats, (1.0, n / (n - 1) if n > 1 else 1.0)):
-        buf[k].mul_(1.0 - BN_MOMENTUM).add_(value.detach() * unbias, alpha=BN_MOMENTUM)
+def _update_input_stats(p, slot, mean, var, n):
+    """Move each step's slot of the input term's population statistics towards its batch statistics,
+    in step order (the steps past max_length share the last slot), the variance unbiased."""
+    n = n.to(var.dtype)
+    unbiased = var * (n / (n - 1).clamp(min=1)).unsqueeze(1)
+    first = min(len(slot), slot[-1])  # steps 0 .. first-1 each have a slot of their own
+    for buf, value, ok in ((p["bn_ih_mean"], mean, n >= 1), (p["bn_ih_var"], unbiased, n >= 2)):
+        k = torch.arange(first, device=buf.device)[ok[:first]]
+        buf[k] = buf[k] * (1 - BN_MOMENTUM) + value[k] * BN_MOMENTUM
+        for t in range(first, len(slot)):
+            if ok[t]:
+                buf[slot[t]].mul_(1 - BN_MOMENTUM).add_(value[t], alpha=BN_MOMENTUM)
 
 
 def run(layer, steps, h, c, p):
@@ -42,33 +53,34 @@ def run(layer, steps, h, c, p):
     h, c = h[0], c[0]
     training = layer.training
     last = p["bn_ih_mean"].shape[0] - 1  # the slot of every step from max_length - 1 on
-    slot = [min(t, last) for t in range(T)]
-    wx = torch.nn.functional.linear(x, p["weight_ih"])  # (T, B, 4H)
-    if training:
-        m_ih, v_ih = _input_stats(wx, lengths)
-    else:
-        idx = torch.tensor(slot, device=x.device)
-        m_ih, v_ih = p["bn_ih_mean"][idx], p["bn_ih_var"][idx]
-    xw = batch_norm(wx, p["bn_ih_weight"], p["bias_ih"], m_ih.unsqueeze(1), v_ih.unsqueeze(1)).unbind(0)
     T_run = T if lengths is None else int(lengths.max())
+    slot = [min(t, last) for t in range(T_run)]
+    wx = F.linear(x[:T_run], p["weight_ih"])  # (T_run, B, 4H)
+    if training:
+        m_ih, v_ih, n = _input_stats(wx, lengths)
+        _update_input_stats(p, slot, m_ih, v_ih, n)
+    else:
+        idx = torch.tensor(slot, device=x.device, dtype=torch.long)
+        m_ih, v_ih = p["bn_ih_mean"][idx], p["bn_ih_var"][idx]
+    xw = ((wx - m_ih.unsqueeze(1)) * torch.rsqrt(v_ih.unsqueeze(1) + BN_EPS) * p["bn_ih_weight"])
+    if p["bias_ih"] is not None:
+        xw = xw + p["bias_ih"]
+    xw = xw.unbind(0)
     t_full = T if lengths is None else int(lengths.min())
     outputs = []
     for t in range(T_run):
         k = slot[t]
-        population = None if training else (p["bn_hh_mean"][k], p["bn_hh_var"][k], p["bn_c_mean"][k], p["bn_c_var"][k])
-        rows = None if t < t_full else (t < lengths).nonzero().squeeze(1)
-        h_in, c_in, xw_t = (h, c, xw[t]) if rows is None else (h[rows], c[rows], xw[t][rows])
-        h_t, c_t, stats = batchnorm_step(xw_t, h_in, c_in, p["weight_hh"], p["bias_hh"], p["bn_hh_weight"],
-                                         p["bn_c_weight"], p["bn_c_bias"], population)
-        if training:
-            n = B if rows is None else int(rows.numel())
-            _update((p["bn_ih_mean"], p["bn_ih_var"]), k, (m_ih[t], v_ih[t]), n)
-            _update((p["bn_hh_mean"], p["bn_hh_var"]), k, stats[:2], n)
-            _update((p["bn_c_mean"], p["bn_c_var"]), k, stats[2:], n)
-        if rows is None:
-            h, c = h_t, c_t
+        stats_hh = p["bn_hh_mean"][k], p["bn_hh_var"][k]  # (views: training moves them in place)
+        stats_c = p["bn_c_mean"][k], p["bn_c_var"][k]
+        if t < t_full:
+            h, c = batchnorm_step(xw[t], h, c, p["weight_hh"], p["bias_hh"], p["bn_hh_weight"], p["bn_c_weight"],
+                                  p["bn_c_bias"], stats_hh, stats_c, training)
             outputs.append(h)
-        else:  # ended sequences keep their state and output zeros
+        else:  # ended sequences keep their state, output zeros and take no part in the statistics
+            rows = (t < lengths).nonzero().squeeze(1)
+            h_t, c_t = batchnorm_step(xw[t].index_select(0, rows), h.index_select(0, rows), c.index_select(0, rows),
+                                      p["weight_hh"], p["bias_hh"], p["bn_hh_weight"], p["bn_c_weight"],
+                                      p["bn_c_bias"], stats_hh, stats_c, training)
             h = h.index_copy(0, rows, h_t)
             c = c.index_copy(0, rows, c_t)
             outputs.append(torch.zeros_like(h).index_copy(0, rows, h_t))
