@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from phasedlstm.layers import RecurrentLayer
+from phasedlstm.layers import BatchNormLSTM, RecurrentLayer
 
 FORMATS = ("onnx", "pt2")
 
@@ -72,6 +72,10 @@ def export(model, path, fmt: str, check_inputs=None) -> dict:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
     if isinstance(model.rnn, torch.nn.LSTM):
         raise ExportError("torch-lstm models export with torch's own tools; this exports this library's layers")
+    if isinstance(model.rnn, BatchNormLSTM):
+        raise ExportError("a BatchNormLSTM (model batchnorm) does not export to .pt2 or ONNX: its per-step "
+                          "statistics are indexed by a step count that the graphs do not keep; run it in PyTorch "
+                          "or export --format safetensors")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = copy.deepcopy(model).eval()

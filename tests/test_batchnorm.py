@@ -199,3 +199,15 @@ def test_sequence_model_with_batchnorm_runs_with_lengths():
     x = torch.randn(4, 9, 3)
     y = m(x, torch.arange(9.0).expand(4, 9), torch.tensor([9, 3, 5, 1]))
     assert y.shape == (4, 2) and torch.isfinite(y).all()
+
+
+def test_export_to_graphs_and_streaming_are_refused_with_what_to_do_instead(tmp_path):
+    from phasedlstm import Stream
+    from phasedlstm.export import ExportError, export
+
+    m = SequenceModel("batchnorm", 2, 4, 2, proj_size=0, max_length=5).eval()
+    for fmt in ("pt2", "onnx"):
+        with pytest.raises(ExportError, match="does not export to .pt2 or ONNX.*safetensors"):
+            export(m, tmp_path / f"m.{fmt}", fmt)
+    with pytest.raises(ValueError, match="Stream cannot feed a BatchNormLSTM"):
+        Stream(BatchNormLSTM(2, 3))
