@@ -77,6 +77,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--grid-max-gflop", type=float, default=2.0,
                    help="draw only shapes whose forward does at most this many GFLOP of products (default: 2)")
     g.add_argument("--grid-plot", default=None, help="write the heat map (PNG) here")
+    d = p.add_argument_group("deployment (--deploy: instead of the sections above)")
+    d.add_argument("--deploy", action="store_true", help="ONNX Runtime against eager PyTorch on the frequency task's "
+                   "model, each layer (phasedlstm/bench_deploy.py; needs the export extra)")
+    d.add_argument("--deploy-batches", default="1,32", help="(default: 1,32)")
+    d.add_argument("--deploy-steps", type=int, default=100, help="T (default: 100)")
 
 
 def cpu_model() -> str:
@@ -576,6 +581,23 @@ def main(args) -> int:
         if args.grid_plot:
             heat_map(out["rows"], layers, args.grid_plot)
             print(f"written: {args.grid_plot}")
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(out, f, indent=2)
+            print(f"written: {args.json}")
+        return 0
+    if args.deploy:
+        from phasedlstm.bench_deploy import DEPLOY_LAYERS, run_deploy
+
+        if args.deploy_steps < 1:
+            raise SystemExit(f"error: --deploy-steps wants a positive integer, got {args.deploy_steps}")
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            raise SystemExit('error: --deploy needs the optional extra: pip install "phasedlstm[export]"') from None
+        out = run_deploy([v for v in layers if v in DEPLOY_LAYERS], tuple(_sizes(args.deploy_batches, "--deploy-batches")),
+                         args.deploy_steps, threads=args.threads, repeats=max(args.repeats, 1),
+                         warmup=args.warmup, log=lambda s: print(s, flush=True))
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(out, f, indent=2)

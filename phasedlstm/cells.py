@@ -13,6 +13,8 @@ before its loop (it does not depend on the state). Gate order is PyTorch's:
 
 from __future__ import annotations
 
+import contextlib
+
 import math
 
 import torch
@@ -195,10 +197,29 @@ def layer_norm(z: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
     first divided by a power of two near its largest value (exactly): the squares of values near
     float32's limit (3e38) would overflow, and ``F.layer_norm`` alone returns NaN there. Such a
     row is normalised as z / S is (eps acts on the scaled row). The fused kernel does the same.
+    Inside :func:`plain_layer_norm` it is ``F.layer_norm`` alone.
     """
+    if not _rescale_huge_rows[0]:
+        return F.layer_norm(z, (z.shape[-1],), weight, bias, LN_EPS)
     big = z.detach().abs().amax(-1, keepdim=True)  # the scale is a constant to autograd (log2(0) would give NaN)
     scale = torch.where(big > _LN_BIG, torch.exp2(torch.floor(torch.log2(big))), torch.ones_like(big))
     return F.layer_norm(z / scale, (z.shape[-1],), weight, bias, LN_EPS)
+
+
+_rescale_huge_rows = [True]
+
+
+@contextlib.contextmanager
+def plain_layer_norm():
+    """Within this block :func:`layer_norm` is ``F.layer_norm`` alone, one operator in a traced graph
+    (ONNX's LayerNormalization) instead of nine: what the ONNX export traces, where the rescaling's
+    operators would run at every step of the Scan. Rows whose squares overflow (values beyond about
+    1e19 in float32) then normalise to NaN instead of their rescaled value."""
+    _rescale_huge_rows[0] = False
+    try:
+        yield
+    finally:
+        _rescale_huge_rows[0] = True
 
 
 def layernorm_input(x: Tensor, weight_ih: Tensor, ln_ih_weight: Tensor, bias_ih: Tensor | None) -> Tensor:

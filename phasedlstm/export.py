@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from phasedlstm import paths
+from phasedlstm.cells import plain_layer_norm
 from phasedlstm.layers import BatchNormLSTM, RecurrentLayer
 
 FORMATS = ("onnx", "pt2")
@@ -98,10 +100,13 @@ def export(model, path, fmt: str, check_inputs=None) -> dict:
             raise ExportError('ONNX export needs the optional extra: pip install "phasedlstm[export]"') from None
         for m in model.modules():
             if isinstance(m, RecurrentLayer):
-                m.impl = "scan"
+                m.impl = "onnx"  # ONNX's LSTM operator where it computes the layer, else a Scan
         try:
-            program = torch.onnx.export(_Graphable(model), trace_args, dynamo=True, dynamic_shapes=_dynamic(), verbose=False,
-                                        input_names=["x", "times", "lengths"], output_names=["logits"])
+            with plain_layer_norm():  # (one LayerNormalization per normalisation in the Scan's body)
+                program = torch.onnx.export(_Graphable(model), trace_args, dynamo=True, dynamic_shapes=_dynamic(),
+                                            verbose=False, input_names=["x", "times", "lengths"],
+                                            output_names=["logits"],
+                                            custom_translation_table=paths.onnx_lstm.TRANSLATIONS)
         except Exception as e:
             raise ExportError(f"ONNX export of a {type(model.rnn).__name__} failed: "
                               f"{str(e).strip().splitlines()[0][:300]}") from None

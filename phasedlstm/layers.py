@@ -39,8 +39,10 @@ __all__ = ["RecurrentLayer", "LSTM", "PeepholeLSTM", "PhasedLSTM", "LayerNormLST
 #: "auto": the fused native loop where it can run (CPU, float32/float64, kernels built), else
 #: the reference; "reference": always the step-by-step reference; "fast": the fused loop or an error;
 #: "scan": the reference's step functions inside torch's scan operator, so that a traced graph keeps
-#: one loop whatever the sequence length (what the ONNX export uses: ONNX's Scan).
-IMPLS = ("auto", "reference", "fast", "scan")
+#: one loop whatever the sequence length (ONNX's Scan); "onnx": what the ONNX export uses, a plain or
+#: peephole LSTM without projections as one operator that becomes ONNX's own LSTM
+#: (:mod:`phasedlstm.paths.onnx_lstm`, no gradients), every other layer as "scan".
+IMPLS = ("auto", "reference", "fast", "scan", "onnx")
 
 
 def reverse_padded(x: Tensor, lengths: Tensor | None) -> Tensor:
@@ -202,7 +204,9 @@ class RecurrentLayer(Pretrained, nn.Module):
     def _path(self, steps: paths.Steps, h0: Tensor, c0: Tensor):
         """How this call runs every layer and direction (one of :mod:`phasedlstm.paths`), chosen once."""
         x = steps.x
-        if self.impl == "scan":
+        if self.impl == "onnx" and self._onnx_lstm and not self.proj_size:
+            return paths.onnx_lstm.run
+        if self.impl in ("scan", "onnx"):
             return paths.scan.run
         grad = fast._needs_grad(x, h0, c0, *self.parameters())
         own = self._own_path(x, grad)
@@ -221,6 +225,8 @@ class RecurrentLayer(Pretrained, nn.Module):
 
     #: whether torch's own LSTM computes this layer's equations (a plain LSTM): then it is a candidate path
     _torch_equivalent = False
+    #: whether ONNX's LSTM operator computes them (a plain or peephole LSTM): impl "onnx" then uses it
+    _onnx_lstm = False
 
     def _tunable(self, x: Tensor) -> bool:
         return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and not _checks.tracing()
@@ -477,7 +483,8 @@ _LAYER_DOC = """
         impl: "auto" (default) runs the fused native loop of :mod:`phasedlstm.fast` where it
             can (CPU tensors, float32/float64, kernels compiled) and the reference loop
             otherwise; "reference" always runs the step-by-step reference; "fast" insists;
-            "scan" runs the reference steps inside torch's scan (for ONNX export).
+            "scan" runs the reference steps inside torch's scan (one loop node in a graph);
+            "onnx" is what the ONNX export sets (ONNX's LSTM operator for LSTM and PeepholeLSTM).
 
     Inputs: ``input, hx=None, *, times=None, lengths=None``
         - input: (T, B, I), (B, T, I) if batch_first, or unbatched (T, I); or a PackedSequence
@@ -518,6 +525,7 @@ class LSTM(RecurrentLayer):
 
     _projections = True
     _torch_equivalent = True
+    _onnx_lstm = True
 
 
 class PeepholeLSTM(RecurrentLayer):
@@ -536,6 +544,7 @@ class PeepholeLSTM(RecurrentLayer):
     """ + _LAYER_DOC
 
     _projections = True
+    _onnx_lstm = True
 
     def _param_shapes(self, layer_input_size):
         H = self.hidden_size
@@ -758,7 +767,7 @@ class BatchNormLSTM(RecurrentLayer):
     (max_length, 4H), ``bn_c_mean_l{k}``, ``bn_c_var_l{k}`` (max_length, H).
 
     It runs the reference loop (plain PyTorch, any device and dtype, any derivative); ``impl``
-    "fast" and "scan" are refused. Training mode needs at least two sequences per batch for its
+    "fast", "scan" and "onnx" are refused. Training mode needs at least two sequences per batch for its
     statistics to mean anything, as batch normalisation does.
 
     Extra args: ``max_length`` (default 1000): the time steps with their own statistics.
@@ -770,7 +779,7 @@ class BatchNormLSTM(RecurrentLayer):
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
                  bidirectional=False, *, max_length=1000, **kwargs):
         _checks.check_int("max_length", max_length, 1)
-        if kwargs.get("impl", "auto") in ("fast", "scan"):
+        if kwargs.get("impl", "auto") in ("fast", "scan", "onnx"):
             raise ValueError(f"BatchNormLSTM runs the reference loop only: impl must be 'auto' or 'reference', "
                              f"got {kwargs['impl']!r}")
         self.max_length = max_length

@@ -48,6 +48,14 @@ def test_onnx_model_runs_in_onnxruntime_at_other_sizes(kind, tmp_path):
         got = session.run(None, {"x": x.numpy(), "times": times.numpy(), "lengths": lengths.numpy()})[0]
         with torch.no_grad():
             torch.testing.assert_close(torch.from_numpy(got), model(x, times, lengths), rtol=1e-5, atol=1e-5)
+    # a plain or peephole LSTM is ONNX's own LSTM operator (one per layer), the others a Scan
+    import onnx
+
+    ops = [n.op_type for n in onnx.load(r["path"]).graph.node]
+    if kind in ("lstm", "peephole"):
+        assert ops.count("LSTM") == 2 and "Scan" not in ops
+    else:
+        assert "Scan" in ops and "LSTM" not in ops
 
 
 def test_torch_lstm_runs_are_refused_with_a_message(tmp_path):
@@ -68,3 +76,50 @@ def test_export_command_round_trip(tmp_path, capsys):
         assert f"wrote {run / ('model.' + fmt)}" in out and "checked against the eager model on 32 test" in out
         assert (run / f"model.{fmt}").is_file()
     assert json.loads((run / "config.json").read_text())["model"] == "phased"
+
+
+@pytest.mark.parametrize("kind", ["lstm", "peephole"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_onnx_lstm_operator_computes_the_layer(kind, bias):
+    """impl="onnx" (ONNX's LSTM layout and semantics, in PyTorch) equals the reference loop: lengths,
+    two layers, both directions, with and without biases, float64."""
+    from phasedlstm import LSTM, PeepholeLSTM
+
+    torch.manual_seed(0)
+    cls = {"lstm": LSTM, "peephole": PeepholeLSTM}[kind]
+    layer = cls(3, 6, num_layers=2, bidirectional=True, bias=bias, batch_first=True, dtype=torch.float64).eval()
+    x = torch.randn(4, 9, 3, dtype=torch.float64)
+    lengths = torch.tensor([9, 4, 1, 7])
+    h0 = torch.randn(4, 4, 6, dtype=torch.float64)
+    c0 = torch.randn(4, 4, 6, dtype=torch.float64)
+    with torch.no_grad():
+        layer.impl = "reference"
+        want = layer(x, (h0, c0), lengths=lengths)
+        layer.impl = "onnx"
+        got = layer(x, (h0, c0), lengths=lengths)
+    torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "peephole", "phased", "layernorm"])
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_scan_and_onnx_paths_equal_the_reference(kind, mode):
+    """What the graphs run: the scan (the loop body without masking for the Phased LSTM, whose gate
+    closes past each sequence's end; the outputs masked after the loop) and the ONNX operator path
+    equal the reference loop, with lengths, both directions and NaN in the padding."""
+    from phasedlstm.models import MODELS
+
+    torch.manual_seed(0)
+    kw = {"r_on": 0.6, "period_init": (0.5, 1.5)} if kind == "phased" else {}
+    layer = MODELS[kind](3, 6, num_layers=2, bidirectional=True, batch_first=True, dtype=torch.float64, **kw)
+    layer.train(mode == "train")
+    x = torch.randn(4, 9, 3, dtype=torch.float64)
+    lengths = torch.tensor([9, 4, 1, 7])
+    for b in range(4):
+        x[b, lengths[b]:] = float("nan")
+    times = torch.rand(4, 9, dtype=torch.float64).cumsum(1)
+    with torch.no_grad():
+        layer.impl = "reference"
+        want = layer(x, times=times, lengths=lengths)
+        for impl in ("scan", "onnx"):
+            layer.impl = impl
+            torch.testing.assert_close(layer(x, times=times, lengths=lengths), want, msg=impl)

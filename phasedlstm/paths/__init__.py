@@ -10,6 +10,8 @@ where ``steps`` is :class:`Steps` (the direction's input, time-major), ``h`` (1,
   dtype, any derivative;
 - :mod:`.scan`: the same steps inside torch's scan operator, one loop node in a traced graph (what
   the ONNX export uses);
+- :mod:`.onnx_lstm`: a plain or peephole LSTM as one operator that the ONNX export writes as
+  ONNX's own LSTM;
 - :mod:`.fused`: the fused native loop with its hand-written backward (CPU, float32 and float64);
 - :mod:`.infer`: inference without gradients, the time gate inside the loop; a Phased LSTM at
   evaluation computes only its open units. Where its kernel declines, the fused loop runs;
@@ -58,4 +60,4 @@ class Declined(Exception):
     """A path that cannot serve this call (the one-step streaming path: the general forward runs)."""
 
 
-from phasedlstm.paths import batchnorm, fused, infer, reference, scan, torch_lstm  # noqa: E402,F401  (after Steps, which they use)
+from phasedlstm.paths import batchnorm, fused, infer, onnx_lstm, reference, scan, torch_lstm  # noqa: E402,F401  (after Steps, which they use)
