@@ -1,6 +1,6 @@
 """``phasedlstm bench --deploy``: a trained-shaped model exported to ONNX and run by ONNX Runtime,
-against the same model in eager PyTorch (the fused kernels' inference path), one process, calls
-interleaved, median of the repeats.
+against the same model in eager PyTorch (the fused kernels' inference path), one process, in
+alternating blocks of calls, median of the repeats.
 
 The model is the frequency task's: 2 input features (the signal and its timestamp), a 64-unit
 projection, one layer of 110 units, the last step read out to 2 classes; ``T`` steps with random
@@ -41,6 +41,8 @@ def run_deploy(layers=DEPLOY_LAYERS, batches=(1, 32), T: int = 100, H: int = 110
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
+    # ONNX Runtime's threads otherwise spin after each call, taking the cores from PyTorch's next one
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     rows = []
     log(f"ONNX Runtime {ort.__version__} against eager PyTorch (fused kernels), T={T}, H={H}, {threads} threads, "
         f"median of {repeats}")
@@ -65,11 +67,17 @@ def run_deploy(layers=DEPLOY_LAYERS, batches=(1, 32), T: int = 100, H: int = 110
                     session.run(None, feed)
 
                 spent = {"eager": [], "onnx": []}
-                for i in range(warmup + repeats):  # interleaved: a slower moment of the machine hits both
+                for _ in range(warmup):
+                    eager(), onnx()
+                # alternating blocks of calls, the first of each untimed: a slower moment of the machine
+                # hits both, and neither runtime's threads wait in the other's calls
+                block = 5
+                for _ in range(max(1, -(-repeats // block))):
                     for name, fn in (("eager", eager), ("onnx", onnx)):
-                        t0 = time.perf_counter()
                         fn()
-                        if i >= warmup:
+                        for _ in range(block):
+                            t0 = time.perf_counter()
+                            fn()
                             spent[name].append(time.perf_counter() - t0)
                 e, o = (1e3 * statistics.median(spent[k]) for k in ("eager", "onnx"))
                 rows.append({"layer": kind, "B": B, "T": T, "H": H, "eager_ms": e, "onnx_ms": o, "ratio": o / e})
