@@ -233,6 +233,9 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     d.add_argument("--n-val", type=_int_at_least(0), default=None, help="generated tasks: validation sequences")
     d.add_argument("--n-test", type=_int_at_least(1), default=None, help="generated tasks: test sequences")
     d.add_argument("--length", type=_int_at_least(2), default=None, help="adding: sequence length T")
+    d.add_argument("--design", default=None, choices=["lecture", "paper"],
+                   help="adding: values U(0, 1) with a marker in each half (lecture, the default) or U(-0.5, 0.5) "
+                        "with the first marker in the first 10%% (paper: the Phased LSTM paper's)")
     d.add_argument("--downsample", type=_int_at_least(1), default=None, help="watch: keep every k-th sample")
     d.add_argument("--crop", type=_int_at_least(1), default=None, help="watch: keep the first n samples")
     d.add_argument("--drop", type=_fraction, default=None,
@@ -274,7 +277,7 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 
 
 _TASK_ARGS = ["classes", "small", "val_fraction", "perm_seed", "data_dir", "data_path", "prefix", "n_train", "n_val",
-              "n_test", "length", "downsample", "crop", "test_subjects", "val_subjects", "fresh", "drop", "train_file",
+              "n_test", "length", "design", "downsample", "crop", "test_subjects", "val_subjects", "fresh", "drop", "train_file",
               "test_file", "file", "id_column", "time_column", "label_column", "feature_columns", "split_column",
               "regression", "test_fraction", "missing", "window", "stride"]
 

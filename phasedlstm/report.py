@@ -168,7 +168,8 @@ def update_tables(markdown: str, root=".") -> str:
         names = m["folders"].split()
         if all(n.endswith(".json") for n in names):  # `phasedlstm baseline --json` files
             return m.group(1) + format_baseline_table([Path(root) / n for n in names]) + "\n" + m.group(4)
-        rows = [r for folder in names for r in read_summary(Path(root) / folder)]
+        rows = [{**r, "folder": Path(folder).name} if len(names) > 1 else r
+                for folder in names for r in read_summary(Path(root) / folder)]
         return m.group(1) + format_table(rows) + "\n" + m.group(4)
 
     return _TABLE.sub(table, markdown)
@@ -198,7 +199,8 @@ def format_table(rows) -> str:
     (the authors' protocol) where any row has it."""
     unit = "%" if rows and rows[0]["metric"] == "test accuracy" else ""
     last = any(r.get("last_seeds") for r in rows)
-    head = ("| model | task | seeds | epochs | " + rows[0]["metric"] + " at the epoch chosen on validation "
+    folder = any("folder" in r for r in rows)  # (a table of several folders names each row's)
+    head = (("| folder " if folder else "") + "| model | task | seeds | epochs | " + rows[0]["metric"] + " at the epoch chosen on validation "
             "(mean ± s.d.) | chosen epochs | " + (rows[0]["metric"] + " at the last epoch | " if last else "")
             + "s / epoch |")
     lines = [head, "|---" * (head.count("|") - 1) + "|"]
@@ -210,7 +212,7 @@ def format_table(rows) -> str:
         if last:
             at_last = (_spread({"seeds": r["last_seeds"], "mean": r["last_mean"], "sd": r["last_sd"]}, unit)
                        if r.get("last_seeds") else "-") + " | "
-        lines.append(f"| {r['model']} | {r['task']} | {r['seeds']} | {epochs} | {_spread(r, unit)} | "
+        lines.append((f"| {r.get('folder', '')} " if folder else "") + f"| {r['model']} | {r['task']} | {r['seeds']} | {epochs} | {_spread(r, unit)} | "
                      f"{r['chosen_epochs']} | {at_last}{_seconds(r['seconds_per_epoch'])} |")
     return "\n".join(lines)
 

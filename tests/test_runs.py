@@ -628,3 +628,18 @@ def test_every_committed_results_folder_with_runs_regenerates_its_summary():
                 assert d[key] == k[key], (folder, key)
             for key in ("mean", "sd", "last_mean", "last_sd"):
                 assert d[key] == pytest.approx(k[key], rel=1e-9, nan_ok=True), (folder, key)
+
+
+def test_a_table_of_several_folders_names_each_rows_folder(tmp_path):
+    from phasedlstm import report
+
+    for name, mean in (("adding-100", 0.0037), ("adding-200", 0.1561)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.csv").write_text(
+            "model,task,metric,seeds,epochs,chosen_epochs,mean,sd,seconds_per_epoch\n"
+            f"lstm,adding,test MSE,1,10,10,{mean},0.0,4.0\n")
+    drawn = report.update_tables("<!-- table: adding-100 adding-200 -->\n<!-- end table -->\n", tmp_path)
+    assert "| adding-100 | lstm | adding | 1 | 10 | 0.0037 (1 seed) |" in drawn
+    assert "| adding-200 | lstm | adding | 1 | 10 | 0.1561 (1 seed) |" in drawn
+    one = report.update_tables("<!-- table: adding-100 -->\n<!-- end table -->\n", tmp_path)
+    assert "folder" not in one

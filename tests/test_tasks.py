@@ -371,3 +371,24 @@ def test_watch_sample_dropping_keeps_timestamps(tmp_path):
     torch.testing.assert_close(dt.train.x[0, :n, 6], want.float())
     with pytest.raises(ValueError, match="drop must be in"):
         watch_task(data, drop=1.0)
+
+
+def test_adding_paper_design_first_marker_in_the_first_tenth_values_centred():
+    """The Phased LSTM paper's adding task: values U(-0.5, 0.5), the first marker in the first 10%
+    of the sequence, the second in the second half; the trivial MSE stays 2/12."""
+    from phasedlstm.data import get_task
+
+    task = get_task("adding", length=500, design="paper", n_train=4000, n_val=10, n_test=10)
+    x, y = task.train.x.numpy(), task.train.y.numpy()
+    marked = np.argwhere(x[:, :, 1] == 1)
+    first, second = marked[0::2, 1], marked[1::2, 1]
+    assert len(first) == 4000 and first.max() < 50 and first.max() >= 45
+    assert second.min() >= 250 and second.max() == 499
+    assert -0.5 <= x[:, :, 0].min() and x[:, :, 0].max() < 0.5
+    np.testing.assert_allclose(y, x[np.arange(4000), first, 0] + x[np.arange(4000), second, 0], rtol=1e-6)
+    assert abs(y.var() - 2 / 12) < 0.01 and abs(y.mean()) < 0.02
+    assert task.info["design"] == "paper"
+    lecture = get_task("adding", length=500, n_train=4000, n_val=10, n_test=10)
+    assert lecture.train.x[:, :, 0].min() >= 0 and not np.array_equal(lecture.train.x.numpy(), x)
+    with pytest.raises(ValueError, match="design must be one of"):
+        get_task("adding", design="hard")

@@ -62,8 +62,8 @@ def _frequency(condition):
 
 
 def _adding(seed: int = 0, length: int = 200, n_train: int = 10000, n_val: int = 1000, n_test: int = 1000,
-            fresh: bool = False) -> Task:
-    return adding_task(length, seed, n_train, n_val, n_test, fresh)
+            fresh: bool = False, design: str = "lecture") -> Task:
+    return adding_task(length, seed, n_train, n_val, n_test, fresh, design)
 
 
 def _windowed(task: Task, window, stride) -> Task:
