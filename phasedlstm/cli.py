@@ -236,6 +236,13 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     d.add_argument("--design", default=None, choices=["lecture", "paper"],
                    help="adding: values U(0, 1) with a marker in each half (lecture, the default) or U(-0.5, 0.5) "
                         "with the first marker in the first 10%% (paper: the Phased LSTM paper's)")
+    d.add_argument("--representation", default=None, choices=["events", "frames"],
+                   help="nmnist, nmnist-sim: one step per event (its address, embedded by the model, and its time) "
+                        "or frames of event counts per address (default: events)")
+    d.add_argument("--frame-ms", type=_finite(0.0, True), default=None,
+                   help="nmnist, nmnist-sim: the frames' duration in ms (default: 30)")
+    d.add_argument("--max-events", type=_int_at_least(1), default=None,
+                   help="nmnist, nmnist-sim: keep a seeded subset of at most this many events per sample")
     d.add_argument("--downsample", type=_int_at_least(1), default=None, help="watch: keep every k-th sample")
     d.add_argument("--crop", type=_int_at_least(1), default=None, help="watch: keep the first n samples")
     d.add_argument("--drop", type=_fraction, default=None,
@@ -277,7 +284,7 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 
 
 _TASK_ARGS = ["classes", "small", "val_fraction", "perm_seed", "data_dir", "data_path", "prefix", "n_train", "n_val",
-              "n_test", "length", "design", "downsample", "crop", "test_subjects", "val_subjects", "fresh", "drop", "train_file",
+              "n_test", "length", "design", "representation", "frame_ms", "max_events", "downsample", "crop", "test_subjects", "val_subjects", "fresh", "drop", "train_file",
               "test_file", "file", "id_column", "time_column", "label_column", "feature_columns", "split_column",
               "regression", "test_fraction", "missing", "window", "stride"]
 

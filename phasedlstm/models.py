@@ -55,13 +55,16 @@ class SequenceModel(Pretrained, nn.Module):
         dropout: between recurrent layers.
         time_scale: timestamps are divided by this before the recurrent layer, so that its time
             parameters count in this unit (:func:`phasedlstm.timescale.auto_time_init` measures it).
+        embedding: if > 0, the first input feature is an index in [0, embedding) (an event's address),
+            looked up in a learned table of ``proj_size`` columns instead of projected; the other
+            features (a time feature) are appended to it.
         rnn_kwargs: passed to the recurrent layer (e.g. period_init, r_on for "phased");
             ``forget_bias`` defaults to 1.0 here (0 in the layers) unless ``gate_bias`` is given.
     """
 
     def __init__(self, model: str, input_size: int, hidden_size: int, output_size: int, num_layers: int = 1,
                  proj_size: int = 64, pooling: str = "last", dropout: float = 0.0, time_scale: float = 1.0,
-                 **rnn_kwargs):
+                 embedding: int = 0, **rnn_kwargs):
         super().__init__()
         if model not in MODELS:
             raise ValueError(f"unknown model {model!r}; choose from {', '.join(MODELS)}")
@@ -74,8 +77,15 @@ class SequenceModel(Pretrained, nn.Module):
         self.model_name = model
         self.pooling = pooling
         self.time_scale = float(time_scale)
-        self.proj = nn.Linear(input_size, proj_size) if proj_size > 0 else nn.Identity()
-        rnn_in = proj_size if proj_size > 0 else input_size
+        if embedding and proj_size < 1:
+            raise ValueError(f"an embedding needs proj_size > 0 (its width), got {proj_size}")
+        self.embedding = int(embedding)
+        if embedding:
+            self.proj = nn.Embedding(embedding, proj_size)
+            rnn_in = proj_size + input_size - 1
+        else:
+            self.proj = nn.Linear(input_size, proj_size) if proj_size > 0 else nn.Identity()
+            rnn_in = proj_size if proj_size > 0 else input_size
         if model != "torch-lstm" and "gate_bias" not in rnn_kwargs:
             rnn_kwargs.setdefault("forget_bias", 1.0)  # the experiments' init: +1 on the forget gate
         self.rnn = MODELS[model](rnn_in, hidden_size, num_layers, batch_first=True, dropout=dropout, **rnn_kwargs)
@@ -83,7 +93,12 @@ class SequenceModel(Pretrained, nn.Module):
 
     def features(self, x: Tensor, times: Tensor, lengths: Tensor) -> Tensor:
         """The recurrent layer's outputs (B, T, H), zero past each sequence's end."""
-        z = self.proj(x)
+        if self.embedding:
+            z = self.proj(x[..., 0].long().clamp(0, self.embedding - 1))  # (padding is 0, masked by lengths)
+            if x.shape[-1] > 1:
+                z = torch.cat([z, x[..., 1:]], dim=-1)
+        else:
+            z = self.proj(x)
         if isinstance(self.rnn, nn.LSTM):  # the torch baseline takes lengths as a packed sequence
             T = z.shape[1]
             packed = pack_padded_sequence(z, lengths.cpu(), batch_first=True, enforce_sorted=False)

@@ -263,7 +263,7 @@ def build_model(cfg: TrainConfig, task: Task, derived: dict | None = None) -> Se
     if cfg.model == "batchnorm":  # statistics for every step of the longest training sequence
         rnn.setdefault("max_length", max(1, int(task.train.lengths.max())))
     return SequenceModel(cfg.model, task.input_size, cfg.hidden_size, output, cfg.layers, cfg.proj_size,
-                         cfg.pooling, cfg.dropout, **rnn)
+                         cfg.pooling, cfg.dropout, embedding=task.info.get("embedding", 0), **rnn)
 
 
 def make_optimizer(params, lr: float, weight_decay: float) -> torch.optim.Optimizer:

@@ -179,6 +179,15 @@ experiments() {  # (one function, read whole before it runs)
                 for init in "0 2" "2 4" "4 6" "6 8"; do
                     $P compare --models phased --period-init $init --out "runs/paper/adding-paper-phased-${init/ /-}" "${a[@]}"
                 done ;;
+            nmnist-sim)  # event streams simulated from MNIST (phasedlstm/data/events.py): the Phased LSTM fed the events
+                # one by one (address embedded, event time as its timestamp, r_on 0.05), an LSTM fed 30 ms frames of
+                # event counts, an LSTM fed the events with the gap since the previous one; 6,000 training digits (600
+                # of them for validation), 1,000 test, a seeded 1,000 events per sample, 20 epochs; NMNIST_SEEDS
+                e=(--task nmnist-sim --seeds "${NMNIST_SEEDS:-0,1,2}" --epochs 20 --hidden-size 110 --max-events 1000
+                   "${COMMON[@]}")
+                $P compare --models phased --r-on 0.05 --out runs/events/nmnist-sim-phased "${e[@]}"
+                $P compare --models lstm --representation frames --out runs/events/nmnist-sim-frames "${e[@]}"
+                $P compare --models lstm --time-feature dt --out runs/events/nmnist-sim-dt "${e[@]}" ;;
             watch) # (no torch-lstm: its packed-sequence path ran 194 s / epoch on these 2618-step sequences,
                    # against 2.5 s for our LSTM: 60 epochs x 3 seeds would take about 10 hours)
                    motion watch watch lstm,peephole,phased,layernorm

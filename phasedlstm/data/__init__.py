@@ -12,6 +12,7 @@ from pathlib import Path
 
 from phasedlstm._files import data_dir as _resolve
 from phasedlstm.data.adding import adding_task
+from phasedlstm.data.events import events_task, nmnist_sim_task, read_nmnist_folder
 from phasedlstm.data.base import Batch, DataError, SequenceDataset, Task, windows
 from phasedlstm.data.fetch import verify
 from phasedlstm.data.frequency import frequency_task
@@ -64,6 +65,25 @@ def _frequency(condition):
 def _adding(seed: int = 0, length: int = 200, n_train: int = 10000, n_val: int = 1000, n_test: int = 1000,
             fresh: bool = False, design: str = "lecture") -> Task:
     return adding_task(length, seed, n_train, n_val, n_test, fresh, design)
+
+
+def _nmnist_sim(seed: int = 0, n_train: int = 6000, n_test: int = 1000, val_fraction: float = 0.1,
+                representation: str = "events", frame_ms: float = 30.0, max_events=None, time_feature: str = "none",
+                data_dir=None) -> Task:
+    images = load_images(_image_folder("mnist", data_dir, None))
+    return nmnist_sim_task(images, seed, n_train, n_test, val_fraction=val_fraction, representation=representation,
+                           frame_ms=frame_ms, max_events=max_events, time_feature=time_feature)
+
+
+def _nmnist(seed: int = 0, val_fraction: float = 0.1, representation: str = "events", frame_ms: float = 30.0,
+            max_events=None, time_feature: str = "none", data_path=None) -> Task:
+    if data_path is None:
+        raise DataError("nmnist reads your copy of N-MNIST: --data-path FOLDER (the folder holding Train/ and "
+                        "Test/, one .bin file per sample in digit folders); it cannot be fetched here. "
+                        "nmnist-sim simulates such streams from MNIST")
+    return events_task("nmnist", read_nmnist_folder(data_path, "train"), read_nmnist_folder(data_path, "test"),
+                       seed=seed, val_fraction=val_fraction, representation=representation, frame_ms=frame_ms,
+                       max_events=max_events, time_feature=time_feature)
 
 
 def _windowed(task: Task, window, stride) -> Task:
@@ -179,6 +199,9 @@ TASKS = {
     "watch": (_watch, "smartwatch IMU exercises, 6 channels at 50 Hz, 7 classes, split by subject"),
     "basic-motions": (_basic_motions, "BasicMotions, 6 channels x 100 at 10 Hz, 4 classes"),
     "japanese-vowels": (_japanese_vowels, "JapaneseVowels, 12 channels x 7-29 frames, 9 speakers"),
+    "nmnist-sim": (_nmnist_sim, "N-MNIST-like event streams simulated from MNIST (three saccades on a 34 x 34 "
+                                "event camera), one step per event or frames"),
+    "nmnist": (_nmnist, "your copy of N-MNIST (--data-path), one step per event or frames"),
     "ts": (_ts, "your own series: a UEA/UCR .ts file (--train-file, optional --test-file)"),
     "table": (_table, "your own series: a long-format CSV/Parquet table, one row per observation (--file)"),
 }
