@@ -25,12 +25,18 @@ def measure(run_dir, repeats: int = 3, single: int = 300) -> dict:
     cfg, task, model, ck = load_run_model(run_dir)  # best.pt: the epoch chosen on validation
     if not isinstance(model.rnn, PhasedLSTM):
         raise SystemExit(f"error: {run_dir} is a {cfg.model} run; compute measures Phased LSTMs (sparse inference)")
+    return measure_model(model, task, ck, run_dir, repeats, single)
+
+
+def measure_model(model, task, ck, run_dir, repeats: int = 3, single: int = 300) -> dict:
+    """:func:`measure` of a model already loaded from its run's checkpoint ``ck``."""
+    cfg = ck["config"]
     model.eval()
     rnn = model.rnn
     row = next((r for r in ck["history"] if r["epoch"] == ck["epoch"]), ck["history"][-1])
     test = task.test
     sets = {"B=32": list(test.batches(32)), "B=1": [test[torch.tensor([i])] for i in range(min(single, len(test)))]}
-    out = {"run": str(run_dir), "task": cfg.task, "hidden_size": cfg.hidden_size,
+    out = {"run": str(run_dir), "task": cfg["task"], "hidden_size": cfg["hidden_size"],
            "test_metric": row.get("test_acc") if row.get("test_acc") is not None else row.get("test_loss"),
            "epoch": int(row["epoch"]), "sequences": len(test)}
     opened = valid = 0
@@ -51,6 +57,7 @@ def measure(run_dir, repeats: int = 3, single: int = 300) -> dict:
                     times.append(time.perf_counter() - t0)
             out[f"{name} {'sparse' if sparse else 'dense'} ms/seq"] = 1000 * statistics.median(times[1:]) / per_seq
     rnn.sparse_inference = True
+    out["threads"] = torch.get_num_threads()
     out["open_fraction"] = opened / valid if valid else None
     out["r_on_median"] = float(rnn.open_ratios().detach().median())
     for b in ("B=32", "B=1"):

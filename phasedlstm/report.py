@@ -328,8 +328,9 @@ def report(paths, out_dir=None, log=print, gates: bool = True) -> dict:
         keep = out / r["dir"].name
         if keep.resolve() != r["dir"].resolve():
             keep.mkdir(exist_ok=True)
-            for name in ("config.json", "metrics.csv"):
-                atomic_write_bytes(keep / name, (r["dir"] / name).read_bytes())
+            for name in ("config.json", "metrics.csv", "inference.json"):  # (the last: a Phased LSTM's timing)
+                if (r["dir"] / name).exists():
+                    atomic_write_bytes(keep / name, (r["dir"] / name).read_bytes())
     plot_curves(runs, out / "curves.png")
     plot_final(rows, out / "final.png", settings(runs[0]["config"]))
     written = [out / "summary.md", out / "summary.csv", out / "curves.png", out / "final.png"]

@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from phasedlstm._files import atomic_path
+from phasedlstm._files import atomic_path, atomic_write_bytes
 from phasedlstm.data import Task, get_task, task_options
 from phasedlstm.models import SequenceModel
 
@@ -574,7 +574,7 @@ def train(cfg: TrainConfig | None, run_dir, resume: bool = False, progress: bool
 
 
 #: the files a run folder holds (besides the temporary files of an interrupted write)
-_RUN_FILES = {"config.json", "metrics.csv", "last.pt", "best.pt", ".lock"}
+_RUN_FILES = {"config.json", "metrics.csv", "last.pt", "best.pt", "inference.json", ".lock"}
 
 
 def _check_run_folder(run_dir: Path, resume: bool) -> None:
@@ -630,6 +630,8 @@ def _kernels_note(model, device) -> str:
     layers = [m for m in model.modules() if isinstance(m, RecurrentLayer) and m.impl in ("auto", "fast")]
     if torch.device(device).type != "cpu" or not layers:
         return ""
+    if all(m._kernel is None for m in layers):
+        return f" (the reference loop: {type(layers[0]).__name__} has no fused kernels)"
     if all(m.proj_size for m in layers):
         return " (the reference loop: the fused kernels have no projections, proj_size > 0)"
     return " (fused kernels)" if fast.load() else f" (the reference loop: fused kernels unavailable, {fast.unavailable_reason()})"
@@ -661,6 +663,8 @@ def _train_locked(cfg, run_dir: Path, resume: bool, progress: bool, extra_epochs
             train_seconds = run.train_epoch(epoch)
             run.end_epoch(epoch, train_seconds)
         run.check_replicas()
+        if run.dist.main:
+            run.time_inference()
     except BaseException:
         run.dist.close(ok=False)  # a failing rank must not wait in a barrier for the others
         raise
@@ -934,6 +938,25 @@ class _Run:
             self.log(f"epoch {epoch + 1}/{cfg.epochs}: {' | '.join(parts)} | {row['seconds']:.1f}s"
                      + (" (best)" if improved else ""))
         self.epoch_gen_state = None
+
+    def time_inference(self) -> None:
+        """A Phased LSTM's inference measured at the end of its run: the model of best.pt on the test
+        split, dense and sparse, at B = 32 and B = 1 (:func:`phasedlstm.compute.measure_model`), into
+        RUN/inference.json and the log."""
+        from phasedlstm.compute import measure_model
+        from phasedlstm.layers import PhasedLSTM
+
+        if not isinstance(self.model.rnn, PhasedLSTM) or not (self.run_dir / "best.pt").exists():
+            return
+        ck = load_checkpoint(self.run_dir / "best.pt")
+        model = build_model(self.cfg, self.task, self.derived)
+        model.load_state_dict(ck["model"])
+        r = measure_model(model, self.task, ck, self.run_dir, repeats=1, single=100)
+        atomic_write_bytes(self.run_dir / "inference.json", (json.dumps(r, indent=2) + "\n").encode())
+        self.log(f"inference of epoch {r['epoch']} on the test split, ms per sequence dense / sparse: "
+                 f"B=32 {r['B=32 dense ms/seq']:.3f} / {r['B=32 sparse ms/seq']:.3f} ({r['B=32 speed-up']:.1f}x), "
+                 f"B=1 {r['B=1 dense ms/seq']:.3f} / {r['B=1 sparse ms/seq']:.3f} ({r['B=1 speed-up']:.1f}x); "
+                 f"{100 * r['open_fraction']:.1f}% of unit-steps open")
 
     def _open_fraction(self) -> float | None:
         """A Phased LSTM's measured share of open unit-steps on the validation split (None otherwise)."""

@@ -180,11 +180,12 @@ def test_gains_start_at_one_tenth_and_statistics_save_and_load(tmp_path):
     assert (layer.bn_hh_mean_l0 == 0).all() and (layer.bn_hh_var_l0 == 1).all()
 
 
-def test_the_command_line_trains_a_batchnorm_model(tmp_path):
+def test_the_command_line_trains_a_batchnorm_model(tmp_path, capsys):
     out = tmp_path / "run"
     rc = cli.main(["train", "--task", "freq-async", "--model", "batchnorm", "--hidden-size", "8", "--epochs", "1",
                    "--n-train", "64", "--n-val", "16", "--n-test", "16", "--out", str(out), "--no-progress"])
     assert rc == 0
+    assert "(the reference loop: BatchNormLSTM has no fused kernels)" in capsys.readouterr().out
     assert json.loads((out / "config.json").read_text())["model"] == "batchnorm"
     from phasedlstm.train import load_run_model
 

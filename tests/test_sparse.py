@@ -508,3 +508,22 @@ def test_compute_measures_a_trained_run(tmp_path, capsys):
     assert row["B=32 dense ms/seq"] > 0 and row["B=1 sparse ms/seq"] > 0 and (tmp_path / "c.png").exists()
     with pytest.raises(SystemExit, match="is a lstm run; compute measures Phased LSTMs"):
         cli.main(["compute", str(tmp_path / "l")])
+
+
+def test_a_phased_run_measures_its_inference_at_the_end(tmp_path):
+    """RUN/inference.json: the best epoch's model on the test split, dense and sparse, measured."""
+    import json
+
+    from phasedlstm.train import TrainConfig, train
+
+    logs = []
+    cfg = TrainConfig(task="freq-async", model="phased", hidden_size=8, proj_size=4, batch_size=16, epochs=2,
+                      task_options={"n_train": 64, "n_val": 16, "n_test": 40})
+    train(cfg, tmp_path / "p", progress=False, log=logs.append)
+    r = json.loads((tmp_path / "p" / "inference.json").read_text())
+    assert r["sequences"] == 40 and 0 < r["open_fraction"] <= 1
+    for k in ("B=32 dense ms/seq", "B=32 sparse ms/seq", "B=1 dense ms/seq", "B=1 sparse ms/seq"):
+        assert r[k] > 0
+    assert any(line.startswith("inference of epoch") for line in logs)
+    train(TrainConfig(**{**cfg.__dict__, "model": "lstm"}), tmp_path / "l", progress=False, log=logs.append)
+    assert not (tmp_path / "l" / "inference.json").exists()
