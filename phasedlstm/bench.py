@@ -82,6 +82,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "model, each layer (phasedlstm/bench_deploy.py; needs the export extra)")
     d.add_argument("--deploy-batches", default="1,32", help="(default: 1,32)")
     d.add_argument("--deploy-steps", type=int, default=100, help="T (default: 100)")
+    e = p.add_argument_group("event streams (--events RUN: instead of the sections above)")
+    e.add_argument("--events", metavar="RUN", default=None,
+                   help="events per second of a trained Phased LSTM event model (nmnist-sim) on one stream, in chunks "
+                        "and one event per Stream.push, sparse against dense (phasedlstm/bench_events.py)")
+    e.add_argument("--events-samples", type=int, default=20, help="test samples fed (default: 20)")
 
 
 def cpu_model() -> str:
@@ -581,6 +586,17 @@ def main(args) -> int:
         if args.grid_plot:
             heat_map(out["rows"], layers, args.grid_plot)
             print(f"written: {args.grid_plot}")
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(out, f, indent=2)
+            print(f"written: {args.json}")
+        return 0
+    if args.events:
+        from phasedlstm.bench_events import run_events
+
+        torch.set_num_threads(args.threads)
+        out = run_events(args.events, samples=max(1, args.events_samples), repeats=max(args.repeats, 1),
+                         log=lambda s: print(s, flush=True))
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(out, f, indent=2)

@@ -79,7 +79,22 @@ def test_folder_layout_labels_and_errors(tmp_path):
     out = tmp_path / "run"
     rc = cli.main(["train", "--task", "nmnist", "--data-path", str(tmp_path), "--model", "phased", "--epochs", "1",
                    "--hidden-size", "8", "--out", str(out), "--no-progress"])
-    assert rc == 0 and (out / "best.pt").exists()
+    assert rc == 0 and (out / "best.pt").exists() and (out / "inference.json").exists()
+    # the deployed model's throughput on one stream: every way of feeding it, sparse and dense
+    from phasedlstm.bench_events import _chunked, run_events
+
+    r = run_events(out, chunks=(1, 7), samples=2, repeats=1, log=lambda *a: None)
+    assert [row["feeding"] for row in r["rows"]] == ["chunks of 1", "chunks of 7", "Stream.push, one event per call"]
+    assert all(row["sparse_events_per_s"] > 0 and row["dense_events_per_s"] > 0 for row in r["rows"])
+    # fed in chunks, the model gives what it gives on the whole stream
+    from phasedlstm.train import load_run_model
+
+    _, task, model, _ = load_run_model(out)
+    b = task.test[torch.tensor([0])]
+    with torch.no_grad():
+        whole = model.eval()(b.x, b.times, b.lengths)
+        torch.testing.assert_close(_chunked(model, b.x[:, :int(b.lengths[0])], b.times[:, :int(b.lengths[0])], 5),
+                                   whole, rtol=1e-4, atol=1e-5)
 
 
 def test_nmnist_without_a_copy_says_where_to_point():
