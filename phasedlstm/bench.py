@@ -570,6 +570,13 @@ def _sizes(s: str, what: str) -> list[int]:
     return v
 
 
+def _write_json(path, out) -> None:
+    if path:
+        with open(path, "w") as f:
+            json.dump(out, f, indent=2)
+        print(f"written: {path}")
+
+
 def main(args) -> int:
     layers = [v for v in args.layers.split(",") if v]
     unknown = sorted(set(layers) - set(LAYERS))
@@ -586,10 +593,7 @@ def main(args) -> int:
         if args.grid_plot:
             heat_map(out["rows"], layers, args.grid_plot)
             print(f"written: {args.grid_plot}")
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump(out, f, indent=2)
-            print(f"written: {args.json}")
+        _write_json(args.json, out)
         return 0
     if args.events:
         from phasedlstm.bench_events import run_events
@@ -597,10 +601,7 @@ def main(args) -> int:
         torch.set_num_threads(args.threads)
         out = run_events(args.events, samples=max(1, args.events_samples), repeats=max(args.repeats, 1),
                          log=lambda s: print(s, flush=True))
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump(out, f, indent=2)
-            print(f"written: {args.json}")
+        _write_json(args.json, out)
         return 0
     if args.deploy:
         from phasedlstm.bench_deploy import DEPLOY_LAYERS, run_deploy
@@ -614,10 +615,7 @@ def main(args) -> int:
         out = run_deploy([v for v in layers if v in DEPLOY_LAYERS], tuple(_sizes(args.deploy_batches, "--deploy-batches")),
                          args.deploy_steps, threads=args.threads, repeats=max(args.repeats, 1),
                          warmup=args.warmup, log=lambda s: print(s, flush=True))
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump(out, f, indent=2)
-            print(f"written: {args.json}")
+        _write_json(args.json, out)
         return 0
     run_dir = args.run
     if run_dir is None:

@@ -56,14 +56,17 @@ BN_MOMENTUM = 0.1
 # --------------------------------------------------------------------------------------
 
 
+def gates(a: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The input, forget, cell and output gates of the pre-activations ``a`` (B, 4H), in
+    torch.nn.LSTM's order: sigmoid, sigmoid, tanh, sigmoid."""
+    a_i, a_f, a_g, a_o = a.chunk(4, dim=-1)
+    return torch.sigmoid(a_i), torch.sigmoid(a_f), torch.tanh(a_g), torch.sigmoid(a_o)
+
+
 def lstm_step(xw: Tensor, h: Tensor, c: Tensor, weight_hh: Tensor, bias_hh: Tensor | None):
     """One LSTM step. ``xw`` is ``W_ih x_t + b_ih``, shape (B, 4H). Returns (h_t, c_t)."""
     a = xw + F.linear(h, weight_hh, bias_hh)  # (B, 4H)
-    a_i, a_f, a_g, a_o = a.chunk(4, dim=-1)
-    i = torch.sigmoid(a_i)
-    f = torch.sigmoid(a_f)
-    g = torch.tanh(a_g)
-    o = torch.sigmoid(a_o)
+    i, f, g, o = gates(a)
     c = f * c + i * g
     h = o * torch.tanh(c)
     return h, c
@@ -132,11 +135,7 @@ def layernorm_step(
     ``ln_ih_weight`` and shift ``bias_ih`` applied (shape (B, 4H)).
     """
     a = xw_ln + layer_norm(F.linear(h, weight_hh), ln_hh_weight, bias_hh)
-    a_i, a_f, a_g, a_o = a.chunk(4, dim=-1)
-    i = torch.sigmoid(a_i)
-    f = torch.sigmoid(a_f)
-    g = torch.tanh(a_g)
-    o = torch.sigmoid(a_o)
+    i, f, g, o = gates(a)
     c = f * c + i * g
     h = o * torch.tanh(layer_norm(c, ln_c_weight, ln_c_bias))
     return h, c
@@ -163,11 +162,7 @@ def batchnorm_step(
     moving these towards them in place; at evaluation by these.
     """
     a = xw_bn + batch_norm(F.linear(h, weight_hh), bn_hh_weight, bias_hh, *stats_hh, training)
-    a_i, a_f, a_g, a_o = a.chunk(4, dim=-1)
-    i = torch.sigmoid(a_i)
-    f = torch.sigmoid(a_f)
-    g = torch.tanh(a_g)
-    o = torch.sigmoid(a_o)
+    i, f, g, o = gates(a)
     c = f * c + i * g
     h = o * torch.tanh(batch_norm(c, bn_c_weight, bn_c_bias, *stats_c, training))
     return h, c
@@ -544,19 +539,19 @@ class LayerNormLSTMCell(_CellBase):
         return _checks.unbatch(h, c, batched)
 
 
+def _init_normalisation_(gains, cell_shift, gain: float) -> None:
+    with torch.no_grad():
+        for g in gains:
+            g.fill_(gain)
+        if cell_shift is not None:
+            cell_shift.zero_()
+
+
 def init_batchnorm_(bn_ih_weight, bn_hh_weight, bn_c_weight, bn_c_bias) -> None:
     """Gains 0.1 (Cooijmans et al.: gains of 1 saturate tanh and stop the gradient), cell shift 0."""
-    with torch.no_grad():
-        for g in (bn_ih_weight, bn_hh_weight, bn_c_weight):
-            g.fill_(0.1)
-        if bn_c_bias is not None:
-            bn_c_bias.zero_()
+    _init_normalisation_((bn_ih_weight, bn_hh_weight, bn_c_weight), bn_c_bias, 0.1)
 
 
 def init_layernorm_(ln_ih_weight, ln_hh_weight, ln_c_weight, ln_c_bias) -> None:
     """Gains 1, cell shift 0 (the gate shifts are the LSTM biases, initialised as usual)."""
-    with torch.no_grad():
-        for g in (ln_ih_weight, ln_hh_weight, ln_c_weight):
-            g.fill_(1.0)
-        if ln_c_bias is not None:
-            ln_c_bias.zero_()
+    _init_normalisation_((ln_ih_weight, ln_hh_weight, ln_c_weight), ln_c_bias, 1.0)

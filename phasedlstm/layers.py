@@ -703,7 +703,26 @@ class PhasedLSTM(RecurrentLayer):
         return s
 
 
-class LayerNormLSTM(RecurrentLayer):
+class _NormalisedLSTM(RecurrentLayer):
+    """An LSTM with normalised gate terms and cell state: gains ``{norm}_ih_weight``,
+    ``{norm}_hh_weight`` (4H,), ``{norm}_c_weight`` (H,) and the cell shift ``{norm}_c_bias`` (H,)
+    beside torch.nn.LSTM's parameters, initialised by ``_init_norm``."""
+
+    _norm = ""
+
+    def _param_shapes(self, layer_input_size):
+        H, n = self.hidden_size, self._norm
+        return {**super()._param_shapes(layer_input_size), f"{n}_ih_weight": (4 * H,), f"{n}_hh_weight": (4 * H,),
+                f"{n}_c_weight": (H,), f"{n}_c_bias": (H,) if self.bias else None}
+
+    def _reset_direction(self, p):
+        lstm_names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+        super()._reset_direction({k: p[k] for k in lstm_names})
+        n = self._norm
+        self._init_norm(p[f"{n}_ih_weight"], p[f"{n}_hh_weight"], p[f"{n}_c_weight"], p[f"{n}_c_bias"])
+
+
+class LayerNormLSTM(_NormalisedLSTM):
     __doc__ = r"""Layer-normalised LSTM over sequences (Ba, Kiros & Hinton, 2016).
 
     .. math::
@@ -722,15 +741,8 @@ class LayerNormLSTM(RecurrentLayer):
     _streamable = False  # (its own fused loop, ln_forward, serves every call)
     _kernel = "layernorm"
 
-    def _param_shapes(self, layer_input_size):
-        H = self.hidden_size
-        return {**super()._param_shapes(layer_input_size), "ln_ih_weight": (4 * H,), "ln_hh_weight": (4 * H,),
-                "ln_c_weight": (H,), "ln_c_bias": (H,) if self.bias else None}
-
-    def _reset_direction(self, p):
-        lstm_names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
-        super()._reset_direction({k: p[k] for k in lstm_names})
-        init_layernorm_(p["ln_ih_weight"], p["ln_hh_weight"], p["ln_c_weight"], p["ln_c_bias"])
+    _norm = "ln"
+    _init_norm = staticmethod(init_layernorm_)
 
     def _precompute(self, x, times, p):
         return (layernorm_input(x, p["weight_ih"], p["ln_ih_weight"], p["bias_ih"]),)  # (T, B, 4H)
@@ -741,7 +753,7 @@ class LayerNormLSTM(RecurrentLayer):
 
 
 
-class BatchNormLSTM(RecurrentLayer):
+class BatchNormLSTM(_NormalisedLSTM):
     __doc__ = r"""Batch-normalised LSTM over sequences (Cooijmans et al., Recurrent Batch Normalization, 2016).
 
     .. math::
@@ -800,15 +812,8 @@ class BatchNormLSTM(RecurrentLayer):
                 per_dir.append(names)
             self._buffer_names.append(per_dir)
 
-    def _param_shapes(self, layer_input_size):
-        H = self.hidden_size
-        return {**super()._param_shapes(layer_input_size), "bn_ih_weight": (4 * H,), "bn_hh_weight": (4 * H,),
-                "bn_c_weight": (H,), "bn_c_bias": (H,) if self.bias else None}
-
-    def _reset_direction(self, p):
-        lstm_names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
-        super()._reset_direction({k: p[k] for k in lstm_names})
-        init_batchnorm_(p["bn_ih_weight"], p["bn_hh_weight"], p["bn_c_weight"], p["bn_c_bias"])
+    _norm = "bn"
+    _init_norm = staticmethod(init_batchnorm_)
 
     def reset_running_stats(self) -> None:
         """Forget the population statistics (means 0, variances 1), as torch.nn.BatchNorm1d's method."""
