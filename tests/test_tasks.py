@@ -293,7 +293,7 @@ def test_unknown_task_and_option():
 def test_task_names():
     assert set(TASKS) == {"smnist-rows", "smnist-pixels", "psmnist", "fashion-rows", "fashion-pixels",
                           "freq-standard", "freq-highres", "freq-async", "freq-combo", "freq-combo-hard", "adding", "watch",
-                          "basic-motions", "japanese-vowels", "ts", "table"}
+                          "basic-motions", "japanese-vowels", "nmnist-sim", "nmnist", "ts", "table"}
 
 
 # -- accelerometer data ----------------------------------------------------------------------------
