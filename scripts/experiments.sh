@@ -171,9 +171,10 @@ experiments() {  # (one function, read whole before it runs)
                         "${COMMON[@]}" $(periods_1_6 "${ADDING_MODELS:-$models}")
                 done ;;
             adding-paper)  # the Phased LSTM paper's adding task (values U(-0.5, 0.5), the first marker in the first
-                # 10%), T = 500, 200,000 fresh sequences (20 epochs of 10,000, batch 50: 4,000 updates); the LSTM and
-                # the Phased LSTM with its periods initialised at exp(U(0, 2)) ... exp(U(6, 8)), one folder each
-                a=(--task adding --length 500 --design paper --fresh yes --n-train 10000 --seeds 0 --epochs 20
+                # 10%), T = 500, 500,000 fresh sequences (50 epochs of 10,000, batch 50: 10,000 updates; the budget at
+                # which adding-500k's models solved T = 500); the LSTM and the Phased LSTM with its periods initialised
+                # at exp(U(0, 2)) ... exp(U(6, 8)), one folder each (about 25 s per epoch per model on one core)
+                a=(--task adding --length 500 --design paper --fresh yes --n-train 10000 --seeds 0 --epochs 50
                    --hidden-size 64 --proj-size 0 --batch-size 50 "${COMMON[@]}")
                 $P compare --models lstm --out runs/paper/adding-paper-lstm "${a[@]}"
                 for init in "0 2" "2 4" "4 6" "6 8"; do
