@@ -709,7 +709,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(bl)
     bl.set_defaults(func=cmd_baseline)
 
-    cp = command("compute", help="trained Phased LSTMs: accuracy, open fraction, dense and sparse inference time")
+    cp = command("compute", help="trained runs: accuracy, updates per unit, inference time (a Phased LSTM's dense and "
+                                 "sparse)")
     cp.add_argument("runs", nargs="+", help="run folders of Phased LSTMs")
     cp.add_argument("--repeats", type=_int_at_least(1), default=3, help="timed repeats, median (default: 3)")
     cp.add_argument("--sequences", type=_int_at_least(1), default=300,

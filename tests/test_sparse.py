@@ -489,7 +489,8 @@ def test_the_compute_penalty_lowers_the_open_ratios_and_is_reported(tmp_path):
 
 def test_compute_measures_a_trained_run(tmp_path, capsys):
     """phasedlstm compute: the chosen epoch's accuracy, the measured open fraction (within the cap),
-    dense and sparse time per sequence at B = 32 and B = 1; a non-Phased run is refused."""
+    dense and sparse time per sequence at B = 32 and B = 1; another layer's dense time and its updates
+    per unit (every valid step)."""
     import json
 
     from phasedlstm import cli
@@ -506,8 +507,15 @@ def test_compute_measures_a_trained_run(tmp_path, capsys):
     row = json.loads(out.read_text())["rows"][0]
     assert 0 < row["open_fraction"] < 0.2 and row["r_on_median"] == pytest.approx(0.1)  # (a sample: about r_on)
     assert row["B=32 dense ms/seq"] > 0 and row["B=1 sparse ms/seq"] > 0 and (tmp_path / "c.png").exists()
-    with pytest.raises(SystemExit, match="is a lstm run; compute measures Phased LSTMs"):
-        cli.main(["compute", str(tmp_path / "l")])
+    from phasedlstm.train import load_run_model
+
+    steps = float(load_run_model(tmp_path / "p")[1].test.lengths.double().mean())
+    assert row["updates_per_unit"] == pytest.approx(steps * row["open_fraction"])
+    assert cli.main(["compute", str(tmp_path / "l"), "--repeats", "1", "--sequences", "4", "--json", str(out)]) == 0
+    row = json.loads(out.read_text())["rows"][0]
+    assert row["model"] == "lstm" and row["open_fraction"] is None and row["updates_per_unit"] == pytest.approx(steps)
+    assert row["B=1 dense ms/seq"] > 0 and "B=1 sparse ms/seq" not in row
+    assert "| lstm |" in capsys.readouterr().out
 
 
 def test_a_phased_run_measures_its_inference_at_the_end(tmp_path):
