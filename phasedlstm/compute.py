@@ -46,7 +46,8 @@ def measure_model(model, task, ck, run_dir, repeats: int = 3, single: int = 300)
     for name, batches in sets.items():
         per_seq = sum(len(b.y) for b in batches)
         for sparse in (False, True) if gated else (False,):
-            rnn.sparse_inference = sparse
+            if gated:
+                rnn.sparse_inference = sparse
             times = []
             with torch.no_grad():
                 for _ in range(repeats + 1):  # (the first: warm-up)

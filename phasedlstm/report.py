@@ -200,8 +200,9 @@ def format_table(rows) -> str:
     unit = "%" if rows and rows[0]["metric"] == "test accuracy" else ""
     last = any(r.get("last_seeds") for r in rows)
     folder = any("folder" in r for r in rows)  # (a table of several folders names each row's)
-    head = (("| folder " if folder else "") + "| model | task | seeds | epochs | " + rows[0]["metric"] + " at the epoch chosen on validation "
-            "(mean ± s.d.) | chosen epochs | " + (rows[0]["metric"] + " at the last epoch | " if last else "")
+    metric = rows[0]["metric"]
+    head = (("| folder " if folder else "") + f"| model | task | seeds | epochs | {metric} at the epoch chosen on "
+            "validation (mean ± s.d.) | chosen epochs | " + (f"{metric} at the last epoch | " if last else "")
             + "s / epoch |")
     lines = [head, "|---" * (head.count("|") - 1) + "|"]
     for r in rows:
@@ -212,7 +213,8 @@ def format_table(rows) -> str:
         if last:
             at_last = (_spread({"seeds": r["last_seeds"], "mean": r["last_mean"], "sd": r["last_sd"]}, unit)
                        if r.get("last_seeds") else "-") + " | "
-        lines.append((f"| {r.get('folder', '')} " if folder else "") + f"| {r['model']} | {r['task']} | {r['seeds']} | {epochs} | {_spread(r, unit)} | "
+        lines.append((f"| {r.get('folder', '')} " if folder else "")
+                     + f"| {r['model']} | {r['task']} | {r['seeds']} | {epochs} | {_spread(r, unit)} | "
                      f"{r['chosen_epochs']} | {at_last}{_seconds(r['seconds_per_epoch'])} |")
     return "\n".join(lines)
 
