@@ -273,11 +273,15 @@ def make_optimizer(params, lr: float, weight_decay: float) -> torch.optim.Optimi
     return torch.optim.Adam(params, lr=lr)
 
 
-def with_input_noise(x: Tensor, lengths: Tensor, sd: float, generator: torch.Generator | None = None) -> Tensor:
+def with_input_noise(x: Tensor, lengths: Tensor, sd: float, generator: torch.Generator | None = None,
+                     skip: int = 0) -> Tensor:
     """x plus Gaussian noise of s.d. ``sd`` on each sequence's valid steps (augmentation), drawn from
-    ``generator`` (torch's default, which checkpoints carry, where None)."""
+    ``generator`` (torch's default, which checkpoints carry, where None); the first ``skip`` features
+    (an embedded index: an event's address) are left as they are."""
     valid = torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]
     noise = torch.randn_like(x) if generator is None else torch.randn(x.shape, generator=generator).to(x.device)
+    if skip:
+        noise[..., :skip] = 0
     return x + sd * noise * valid[..., None]
 
 
@@ -874,7 +878,7 @@ class _Run:
         for step in bar:
             x, t, n, y = (v.to(self.device) for v in train_set[order[step]])
             if cfg.noise > 0:
-                x = with_input_noise(x, n, cfg.noise)
+                x = with_input_noise(x, n, cfg.noise, skip=1 if self.model.embedding else 0)
             out = self.ddp_model(x, t, n)
             loss = self.model.loss(out, y)
             penalty = cfg.compute_penalty * self.model.rnn.expected_open_fraction() if cfg.compute_penalty else 0.0

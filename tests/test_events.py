@@ -183,3 +183,13 @@ def test_event_options_refused_where_they_do_not_apply():
                     representation="frames", time_feature="dt")
     with pytest.raises(SystemExit, match="--max-events does not apply to task adding"):
         cli.main(["train", "--task", "adding", "--max-events", "10", "--out", "/nonexistent/x"])
+
+
+def test_input_noise_leaves_the_embedded_address_alone():
+    from phasedlstm.train import with_input_noise
+
+    x = torch.zeros(2, 5, 2)
+    x[..., 0] = torch.tensor([[3.0, 7, 9, 11, 0], [5, 6, 0, 0, 0]])
+    noisy = with_input_noise(x, torch.tensor([4, 2]), 1.0, torch.Generator().manual_seed(0), skip=1)
+    assert torch.equal(noisy[..., 0], x[..., 0])
+    assert noisy[0, :4, 1].abs().min() > 0 and (noisy[1, 2:, 1] == 0).all()
