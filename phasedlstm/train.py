@@ -805,8 +805,10 @@ class _Run:
         self.history = list(ck["history"])
         self.start_epoch, self.start_step = ck["epoch"], ck["step"]
         self.running = list(ck["running"])
-        # a checkpoint saved before keys were tuples holds the one number its rule compared
-        self.best = tuple(ck["best"]) if isinstance(ck["best"], (list, tuple)) else (ck["best"],)
+        # None before the first epoch's end; a checkpoint saved before keys were tuples holds the one
+        # number its rule compared
+        best = ck["best"]
+        self.best = None if best is None else tuple(best) if isinstance(best, (list, tuple)) else (best,)
         self.gen.set_state(ck["generator_state"])
         self.epoch_gen_state = ck["epoch_generator_state"] if self.start_step else None
         torch.set_rng_state(ck["torch_rng_state"])

@@ -643,3 +643,27 @@ def test_a_table_of_several_folders_names_each_rows_folder(tmp_path):
     assert "| adding-200 | lstm | adding | 1 | 10 | 0.1561 (1 seed) |" in drawn
     one = report.update_tables("<!-- table: adding-100 -->\n<!-- end table -->\n", tmp_path)
     assert "folder" not in one
+
+
+def test_a_run_killed_inside_its_first_epoch_resumes(tmp_path):
+    """Its checkpoint has no best epoch yet (None), which resuming keeps as none."""
+    import phasedlstm.train as tr
+
+    real, calls = tr.save_checkpoint, []
+
+    def dying(path, state):
+        calls.append(path)
+        real(path, state)
+        if state["step"] > 0:
+            raise KeyboardInterrupt
+
+    cfg = TrainConfig(**{**CFG, "epochs": 1, "checkpoint_seconds": 0})
+    tr.save_checkpoint = dying
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(cfg, tmp_path / "run", **QUIET)
+    finally:
+        tr.save_checkpoint = real
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["best"] is None
+    train(None, tmp_path / "run", resume=True, **QUIET)
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 1
