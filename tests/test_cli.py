@@ -213,4 +213,5 @@ def test_two_process_ddp_on_loopback(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     assert "2 processes" in r.stdout and "ranks agree" in r.stdout
     assert len(metrics(run)) == 2
-    assert sorted(p.name for p in run.iterdir()) == [".lock", "best.pt", "config.json", "last.pt", "metrics.csv"]
+    assert sorted(p.name for p in run.iterdir()) == [".lock", "best.pt", "config.json", "inference.json", "last.pt",
+                                                   "metrics.csv"]  # (the last but one: rank 0 timed inference)
