@@ -56,6 +56,33 @@ def zero_padding(x: Tensor, lengths: Tensor | None) -> Tensor:
     return torch.where(valid.unsqueeze(2), x, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
+def step_loop(T: int, lengths: Tensor | None, h: Tensor, c: Tensor, step):
+    """A step function over T steps with the masking of the step-by-step paths: steps beyond every
+    sequence's length are not run (their output is zero); at a step that some sequences have passed,
+    only the others step, and the ended keep their state and output zero (their padding takes no
+    part in any number or gradient, NaN or inf included). ``step(t, rows, h, c) -> (h, c)`` gets the
+    rows still running (None: all of them) and their state (B', H'), (B', H).
+    -> output (T, B, H'), h_n, c_n (B, ...)."""
+    B = h.shape[0]
+    T_run = T if lengths is None else int(lengths.max())
+    t_full = T if lengths is None else int(lengths.min())  # steps valid for every sequence
+    outputs = []
+    for t in range(T_run):
+        if t < t_full:
+            h, c = step(t, None, h, c)
+            outputs.append(h)
+        else:
+            rows = (t < lengths).nonzero().squeeze(1)
+            h_rows, c_rows = step(t, rows, h.index_select(0, rows), c.index_select(0, rows))
+            h = h.index_copy(0, rows, h_rows)
+            c = c.index_copy(0, rows, c_rows)
+            outputs.append(torch.zeros_like(h).index_copy(0, rows, h_rows))
+    out = torch.stack(outputs)  # (T_run, B, H')
+    if T_run < T:
+        out = torch.cat([out, out.new_zeros(T - T_run, B, out.shape[2])])
+    return out, h, c
+
+
 class Declined(Exception):
     """A path that cannot serve this call (the one-step streaming path: the general forward runs)."""
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from phasedlstm.cells import BN_EPS, BN_MOMENTUM, batchnorm_step
-from phasedlstm.paths import zero_padding
+from phasedlstm.paths import step_loop, zero_padding
 
 
 def _input_stats(wx, lengths):
@@ -49,7 +49,7 @@ def _update_input_stats(p, slot, mean, var, n):
 def run(layer, steps, h, c, p):
     lengths = steps.lengths
     x = zero_padding(steps.x, lengths)
-    T, B = x.shape[0], x.shape[1]
+    T = x.shape[0]
     h, c = h[0], c[0]
     training = layer.training
     last = p["bn_ih_mean"].shape[0] - 1  # the slot of every step from max_length - 1 on
@@ -66,25 +66,14 @@ def run(layer, steps, h, c, p):
     if p["bias_ih"] is not None:
         xw = xw + p["bias_ih"]
     xw = xw.unbind(0)
-    t_full = T if lengths is None else int(lengths.min())
-    outputs = []
-    for t in range(T_run):
+
+    def step(t, rows, h, c):
         k = slot[t]
         stats_hh = p["bn_hh_mean"][k], p["bn_hh_var"][k]  # (views: training moves them in place)
         stats_c = p["bn_c_mean"][k], p["bn_c_var"][k]
-        if t < t_full:
-            h, c = batchnorm_step(xw[t], h, c, p["weight_hh"], p["bias_hh"], p["bn_hh_weight"], p["bn_c_weight"],
-                                  p["bn_c_bias"], stats_hh, stats_c, training)
-            outputs.append(h)
-        else:  # ended sequences keep their state, output zeros and take no part in the statistics
-            rows = (t < lengths).nonzero().squeeze(1)
-            h_t, c_t = batchnorm_step(xw[t].index_select(0, rows), h.index_select(0, rows), c.index_select(0, rows),
-                                      p["weight_hh"], p["bias_hh"], p["bn_hh_weight"], p["bn_c_weight"],
-                                      p["bn_c_bias"], stats_hh, stats_c, training)
-            h = h.index_copy(0, rows, h_t)
-            c = c.index_copy(0, rows, c_t)
-            outputs.append(torch.zeros_like(h).index_copy(0, rows, h_t))
-    out = torch.stack(outputs)
-    if T_run < T:
-        out = torch.cat([out, out.new_zeros(T - T_run, B, out.shape[2])])
+        xw_t = xw[t] if rows is None else xw[t].index_select(0, rows)  # (ended sequences: not in the statistics)
+        return batchnorm_step(xw_t, h, c, p["weight_hh"], p["bias_hh"], p["bn_hh_weight"], p["bn_c_weight"],
+                              p["bn_c_bias"], stats_hh, stats_c, training)
+
+    out, h, c = step_loop(T, lengths, h, c, step)
     return out, h.unsqueeze(0), c.unsqueeze(0)
