@@ -21,11 +21,8 @@ def _chunked(model, x, times, chunk: int):
     rnn, hx = model.rnn, None
     T = x.shape[1]
     for start in range(0, T, chunk):
-        xs, ts = x[:, start:start + chunk], times[:, start:start + chunk]
-        z = model.proj(xs[..., 0].long())
-        if xs.shape[-1] > 1:
-            z = torch.cat([z, xs[..., 1:]], dim=-1)
-        out, hx = rnn(z, hx, times=ts / model.time_scale)
+        z = model.inputs(x[:, start:start + chunk])
+        out, hx = rnn(z, hx, times=times[:, start:start + chunk] / model.time_scale)
     return model.head(out[:, -1])
 
 
@@ -62,7 +59,7 @@ def run_events(run_dir, chunks=(1, 10, 100, 1000), samples: int = 20, repeats: i
 
     def push_all(x, times):
         stream = Stream(model.rnn)
-        z = model.proj(x[0, :, 0].long())
+        z = model.inputs(x)[0]
         for k in range(x.shape[1]):
             h = stream.push(z[k], times[0, k] / model.time_scale)
         return model.head(h)

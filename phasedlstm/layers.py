@@ -752,7 +752,6 @@ class LayerNormLSTM(_NormalisedLSTM):
                               p["ln_c_bias"])
 
 
-
 class BatchNormLSTM(_NormalisedLSTM):
     __doc__ = r"""Batch-normalised LSTM over sequences (Cooijmans et al., Recurrent Batch Normalization, 2016).
 
@@ -787,6 +786,8 @@ class BatchNormLSTM(_NormalisedLSTM):
 
     _streamable = False
     _kernel = None
+    _norm = "bn"
+    _init_norm = staticmethod(init_batchnorm_)
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
                  bidirectional=False, *, max_length=1000, **kwargs):
@@ -796,29 +797,28 @@ class BatchNormLSTM(_NormalisedLSTM):
                              f"got {kwargs['impl']!r}")
         self.max_length = max_length
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, **kwargs)
-        H, D = hidden_size, 2 if bidirectional else 1
+        H = hidden_size
         fk = {"device": self.weight_ih_l0.device, "dtype": self.weight_ih_l0.dtype}
-        #: self._buffer_names[layer][direction]: {"bn_ih_mean": "bn_ih_mean_l0", ...}
+        #: self._buffer_names[layer][direction]: {"bn_ih_mean": "bn_ih_mean_l0", ...}, suffixed as the
+        #: parameters of that layer and direction are
         self._buffer_names = []
-        for layer in range(num_layers):
-            per_dir = []
-            for direction in range(D):
-                suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
-                names = {}
+        for per_dir in self._names:
+            self._buffer_names.append([])
+            for names in per_dir:
+                suffix = names["weight_ih"].removeprefix("weight_ih")
+                buffers = {}
                 for base, width in (("bn_ih", 4 * H), ("bn_hh", 4 * H), ("bn_c", H)):
-                    self.register_buffer(base + "_mean" + suffix, torch.zeros(max_length, width, **fk))
-                    self.register_buffer(base + "_var" + suffix, torch.ones(max_length, width, **fk))
-                    names[base + "_mean"], names[base + "_var"] = base + "_mean" + suffix, base + "_var" + suffix
-                per_dir.append(names)
-            self._buffer_names.append(per_dir)
-
-    _norm = "bn"
-    _init_norm = staticmethod(init_batchnorm_)
+                    for stat, init in (("_mean", torch.zeros), ("_var", torch.ones)):
+                        buffers[base + stat] = base + stat + suffix
+                        self.register_buffer(base + stat + suffix, init(max_length, width, **fk))
+                self._buffer_names[-1].append(buffers)
 
     def reset_running_stats(self) -> None:
         """Forget the population statistics (means 0, variances 1), as torch.nn.BatchNorm1d's method."""
-        for name, buf in self.named_buffers():
-            buf.fill_(0.0 if name.startswith("bn_") and "_mean" in name else 1.0)
+        for per_dir in self._buffer_names:
+            for buffers in per_dir:
+                for base, full in buffers.items():
+                    self._buffers[full].fill_(0.0 if base.endswith("_mean") else 1.0)
 
     def params(self, layer, direction=0):
         """The parameters of one layer and direction by base name, with its statistics buffers."""

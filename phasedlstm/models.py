@@ -91,14 +91,17 @@ class SequenceModel(Pretrained, nn.Module):
         self.rnn = MODELS[model](rnn_in, hidden_size, num_layers, batch_first=True, dropout=dropout, **rnn_kwargs)
         self.head = nn.Linear(hidden_size, output_size)
 
+    def inputs(self, x: Tensor) -> Tensor:
+        """What the recurrent layer reads: x projected, or its first feature embedded (padding is
+        index 0, masked by the lengths) with the other features appended."""
+        if not self.embedding:
+            return self.proj(x)
+        z = self.proj(x[..., 0].long())
+        return torch.cat([z, x[..., 1:]], dim=-1) if x.shape[-1] > 1 else z
+
     def features(self, x: Tensor, times: Tensor, lengths: Tensor) -> Tensor:
         """The recurrent layer's outputs (B, T, H), zero past each sequence's end."""
-        if self.embedding:
-            z = self.proj(x[..., 0].long().clamp(0, self.embedding - 1))  # (padding is 0, masked by lengths)
-            if x.shape[-1] > 1:
-                z = torch.cat([z, x[..., 1:]], dim=-1)
-        else:
-            z = self.proj(x)
+        z = self.inputs(x)
         if isinstance(self.rnn, nn.LSTM):  # the torch baseline takes lengths as a packed sequence
             T = z.shape[1]
             packed = pack_padded_sequence(z, lengths.cpu(), batch_first=True, enforce_sorted=False)

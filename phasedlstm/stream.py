@@ -35,7 +35,9 @@ class Stream:
         if getattr(layer, "bidirectional", False):
             raise ValueError("Stream needs a unidirectional layer: a bidirectional layer's backward direction "
                              "reads the events after each one, which a stream does not have yet")
-        if hasattr(layer, "max_length") and hasattr(layer, "reset_running_stats"):  # (a BatchNormLSTM)
+        from phasedlstm.layers import BatchNormLSTM
+
+        if isinstance(layer, BatchNormLSTM):
             raise ValueError("Stream cannot feed a BatchNormLSTM one event at a time: its statistics are per "
                              "time step of a call, and every push would be step 0; run it on whole sequences")
         self.layer = layer
