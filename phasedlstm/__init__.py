@@ -19,8 +19,8 @@ __version__ = "0.1.0"
 
 # A whole model saved with torch.save loads with torch.load's default weights_only=True, as a model
 # with torch.nn.LSTM does: the unpickler may build these classes.
-torch.serialization.add_safe_globals([LSTM, PeepholeLSTM, PhasedLSTM, LayerNormLSTM, BatchNormLSTM, LSTMCell, PeepholeLSTMCell,
-                                      PhasedLSTMCell, LayerNormLSTMCell])
+torch.serialization.add_safe_globals([LSTM, PeepholeLSTM, PhasedLSTM, LayerNormLSTM, BatchNormLSTM, LSTMCell,
+                                      PeepholeLSTMCell, PhasedLSTMCell, LayerNormLSTMCell])
 
 # The kernels' operators, where this version is built for this machine already (see fast.load_built):
 # torch.export.load of a program that calls them then works after `import phasedlstm`.

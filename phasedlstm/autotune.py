@@ -12,8 +12,8 @@ input and hidden sizes, the projection, the layers and directions, whether lengt
 dtype, the threads, training (forward and backward) or not — the candidates are timed on a copy of
 the call (one warm-up and five alternating runs each, the median kept), and the fastest serves
 every later call of that class, if it beats the kernels' fixed rule by 10% (below that, the
-difference is within the noise of one measurement and the rule stays). The choices live in memory and in a JSON file beside the kernels'
-build (``choices_file()``), so a new process reuses them.
+difference is within the noise of one measurement and the rule stays). The choices live in memory
+and in a JSON file beside the kernels' build (``choices_file()``), so a new process reuses them.
 
 Every candidate computes the same equations on the same parameters: a choice changes the numbers
 by float rounding only (tests compare every candidate with the reference loop). Turn it off with

@@ -612,9 +612,9 @@ def main(args) -> int:
             import onnxruntime  # noqa: F401
         except ImportError:
             raise SystemExit('error: --deploy needs the optional extra: pip install "phasedlstm[export]"') from None
-        out = run_deploy([v for v in layers if v in DEPLOY_LAYERS], tuple(_sizes(args.deploy_batches, "--deploy-batches")),
-                         args.deploy_steps, threads=args.threads, repeats=max(args.repeats, 1),
-                         warmup=args.warmup, log=lambda s: print(s, flush=True))
+        batches = tuple(_sizes(args.deploy_batches, "--deploy-batches"))
+        out = run_deploy([v for v in layers if v in DEPLOY_LAYERS], batches, args.deploy_steps, threads=args.threads,
+                         repeats=max(args.repeats, 1), warmup=args.warmup, log=lambda s: print(s, flush=True))
         _write_json(args.json, out)
         return 0
     run_dir = args.run

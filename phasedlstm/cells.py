@@ -14,7 +14,6 @@ before its loop (it does not depend on the state). Gate order is PyTorch's:
 from __future__ import annotations
 
 import contextlib
-
 import math
 
 import torch
@@ -185,6 +184,10 @@ def batch_norm(z: Tensor, weight: Tensor, bias: Tensor | None, mean: Tensor, var
     return F.batch_norm(z, None, None, weight, bias, True, 0.0, BN_EPS)
 
 
+#: whether layer_norm rescales rows with values beyond _LN_BIG (off inside plain_layer_norm)
+_rescale_huge_rows = [True]
+
+
 def layer_norm(z: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
     r"""Layer normalisation over the last dimension: :math:`\gamma (z - \mu) / \sqrt{\sigma^2 + \epsilon} + \beta`.
 
@@ -199,9 +202,6 @@ def layer_norm(z: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
     big = z.detach().abs().amax(-1, keepdim=True)  # the scale is a constant to autograd (log2(0) would give NaN)
     scale = torch.where(big > _LN_BIG, torch.exp2(torch.floor(torch.log2(big))), torch.ones_like(big))
     return F.layer_norm(z / scale, (z.shape[-1],), weight, bias, LN_EPS)
-
-
-_rescale_huge_rows = [True]
 
 
 @contextlib.contextmanager

@@ -284,8 +284,8 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 
 
 _TASK_ARGS = ["classes", "small", "val_fraction", "perm_seed", "data_dir", "data_path", "prefix", "n_train", "n_val",
-              "n_test", "length", "design", "representation", "frame_ms", "max_events", "downsample", "crop", "test_subjects", "val_subjects", "fresh", "drop", "train_file",
-              "test_file", "file", "id_column", "time_column", "label_column", "feature_columns", "split_column",
+              "n_test", "length", "design", "representation", "frame_ms", "max_events", "downsample", "crop",
+              "test_subjects", "val_subjects", "fresh", "drop", "train_file", "test_file", "file", "id_column", "time_column", "label_column", "feature_columns", "split_column",
               "regression", "test_fraction", "missing", "window", "stride"]
 
 
@@ -380,7 +380,8 @@ def _config(args, task: str, model: str, seed: int, others: tuple = ()):
                        lr_decay_every=args.lr_decay_every, clip=args.clip, seed=seed, device=args.device,
                        time_feature=args.time_feature, task_options=task_opts, rnn_options=rnn,
                        checkpoint_seconds=args.checkpoint_seconds, test_every=args.test_every,
-                       selection=args.select, tensorboard=None if args.tensorboard is None else str(Path(args.tensorboard).resolve()))
+                       selection=args.select,
+                       tensorboard=None if args.tensorboard is None else str(Path(args.tensorboard).resolve()))
 
 
 #: configuration keys that do not change a run's numbers (a run is reused whatever they say)
@@ -711,7 +712,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cp = command("compute", help="trained runs: accuracy, updates per unit, inference time (a Phased LSTM's dense and "
                                  "sparse)")
-    cp.add_argument("runs", nargs="+", help="run folders of Phased LSTMs")
+    cp.add_argument("runs", nargs="+", help="run folders")
     cp.add_argument("--repeats", type=_int_at_least(1), default=3, help="timed repeats, median (default: 3)")
     cp.add_argument("--sequences", type=_int_at_least(1), default=300,
                     help="test sequences timed one per call at B = 1 (default: 300)")

@@ -21,7 +21,6 @@ import torch
 
 
 def measure(run_dir, repeats: int = 3, single: int = 300) -> dict:
-    from phasedlstm.layers import PhasedLSTM
     from phasedlstm.train import load_run_model
 
     cfg, task, model, ck = load_run_model(run_dir)  # best.pt: the epoch chosen on validation

@@ -64,5 +64,5 @@ def adding_task(length: int = 200, seed: int = 0, n_train: int = 10000, n_val: i
     if fresh:
         splits["train"] = sampler(0)
     return Task(name="adding", num_classes=0, metric="mse", baseline=TRIVIAL_MSE,
-                info={"seed": seed, "length": length, "fresh": fresh, "design": design}, train_sampler=sampler if fresh else None,
-                **splits)
+                info={"seed": seed, "length": length, "fresh": fresh, "design": design},
+                train_sampler=sampler if fresh else None, **splits)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from phasedlstm.data.base import DataError, SequenceDataset
+from phasedlstm.data.base import DataError, SequenceDataset, Task, split_off
 
 SENSOR = 34
 ADDRESSES = SENSOR * SENSOR * 2
@@ -162,7 +162,7 @@ def events_dataset(streams: list[np.ndarray], labels: np.ndarray, representation
                    time_feature: str = "none", gap_ms: float = 1.0) -> SequenceDataset:
     """Event streams as a padded dataset (module docstring); ``max_events``: a seeded subset of at most
     that many events of each stream (in time order); ``time_feature`` "dt": the gap since the previous
-    event, in units of ``gap_ms``, as a second feature (events only)."""
+    event kept, in units of ``gap_ms``, as a second feature (events only)."""
     if representation not in REPRESENTATIONS:
         raise ValueError(f"representation must be one of {REPRESENTATIONS}, got {representation!r}")
     if any(len(s) == 0 for s in streams):
@@ -201,8 +201,9 @@ def events_dataset(streams: list[np.ndarray], labels: np.ndarray, representation
 def events_task(name: str, train: tuple[list[np.ndarray], np.ndarray], test: tuple[list[np.ndarray], np.ndarray],
                 seed: int = 0, val_fraction: float = 0.1, representation: str = "events", frame_ms: float = 30.0,
                 max_events: int | None = None, time_feature: str = "none", info: dict | None = None):
-    """A classification task of event streams; validation is a seeded share of the training streams."""
-    from phasedlstm.data.base import Task, split_off
+    """A classification task of event streams; validation is a seeded share of the training streams.
+    The "dt" feature counts in the median gap between events of (up to 1,000) whole training streams,
+    measured before ``max_events`` subsamples them."""
 
     if time_feature not in ("none", "dt"):
         raise ValueError(f"time_feature must be none or dt for event streams, got {time_feature!r}")

@@ -40,7 +40,8 @@ def run(layer, steps, h, c, p):
         h, c = torch.where(v, h_new, h), torch.where(v, c_new, c)
         return (h, c), h.clone()
 
-    xs = tuple(q.contiguous() for q in pre) + (() if gated else (valid,))  # (an LN-LSTM's strided input fails ONNX export)
+    # (contiguous: an LN-LSTM's strided input fails ONNX export)
+    xs = tuple(q.contiguous() for q in pre) + (() if gated else (valid,))
     (h, c), out = scan(step, (h[0].clone(), c[0].clone()), xs)  # scan's carry may not be a view
     out = torch.where(valid, out, torch.zeros((), dtype=out.dtype, device=x.device))
     return out, h.unsqueeze(0), c.unsqueeze(0)
