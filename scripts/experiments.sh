@@ -121,9 +121,12 @@ experiments() {  # (one function, read whole before it runs)
                     --epochs 70 --n-test 10000 --test-every 5 --gate-bias=-0.1,0,0,0 \
                     --out "runs/paper/freq-$c-authors" "${COMMON[@]}" ;;
             freq-async-compute)  # the Phased LSTM kept sparse while it learns: its open ratios capped (--r-on-max) or
-                # penalised (--compute-penalty); COMPUTE_SETTINGS picks some of the settings
+                # penalised (--compute-penalty); COMPUTE_SETTINGS picks some of the settings; a suffix
+                # -hN sets the hidden size (the paper's 110 otherwise)
                 for setting in ${COMPUTE_SETTINGS:-cap0.1 cap0.05 penalty0.1 penalty1}; do
-                    case "$setting" in cap*) opt=(--r-on-max "${setting#cap}") ;; *) opt=(--compute-penalty "${setting#penalty}") ;; esac
+                    base=${setting%-h*}
+                    case "$base" in cap*) opt=(--r-on-max "${base#cap}") ;; *) opt=(--compute-penalty "${base#penalty}") ;; esac
+                    case "$setting" in *-h*) opt+=(--hidden-size "${setting##*-h}") ;; esac
                     $P compare --task freq-async --models phased --seeds 0,1,2 --epochs 70 --n-test 10000 \
                         --test-every 5 --out "runs/paper/freq-async-$setting" "${COMMON[@]}" "${opt[@]}"
                 done ;;
