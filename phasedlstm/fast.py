@@ -325,8 +325,8 @@ def layernorm_lstm(x, w_ih, g_ih, b_ih, w_hh, h0, c0, g_hh, b_hh, g_c, b_c, leng
 _absmax_cache: dict = {}  # id(tensor) -> (weak reference, (version, data_ptr), max |tensor|)
 
 
-#: calls of at least this many sequence-steps recompute the weights' bounds (one pass over the
-#: weights, little beside the call's own work); shorter ones (a stream's one-step calls) use the cache
+#: calls of fewer sequence-steps than this (a stream's one-step calls) take the weights' bounds from
+#: a cache kept per weight version; longer calls have the kernel compute them from the weights
 BOUND_CACHE_BELOW = 32
 
 
@@ -336,16 +336,16 @@ def forget_weight_bounds() -> None:
     _absmax_cache.clear()
 
 
-def _absmax(t: Tensor | None, cached: bool = True) -> float:
+def _absmax(t: Tensor | None) -> float:
     """max |t| (inf if any value is not finite; 0 for None): the sparse kernel's bound on its
-    pre-activations. With ``cached``, kept per tensor while its version and storage stay the same, so
-    that one-step calls read it once per weight update; writes through ``.data`` do not change the
-    version (:func:`forget_weight_bounds`), so calls of many steps always recompute it."""
+    pre-activations, for calls of few steps. Kept per tensor while its version and storage stay the
+    same, so that one-step calls read it once per weight update; writes through ``.data`` do not
+    change the version (:func:`forget_weight_bounds`)."""
     if t is None:
         return 0.0
     key = (t._version, t.data_ptr())
     hit = _absmax_cache.get(id(t))
-    if cached and hit is not None and hit[0]() is t and hit[1] == key:
+    if hit is not None and hit[0]() is t and hit[1] == key:
         return hit[2]
     d = t.detach()
     v = float(d.abs().max()) if d.numel() else 0.0
@@ -368,9 +368,12 @@ def infer(x: Tensor, times: Tensor | None, h0: Tensor, c0: Tensor, p: dict, leak
     values large enough for a sum of products to overflow (where the result depends on the order
     of the sums: the caller runs the dense path, whose sums are the reference's).
     ``open``: the unit-steps computed."""
-    cached = x.shape[0] * x.shape[1] < BOUND_CACHE_BELOW
-    bounds = [_absmax(p["weight_ih"], cached), _absmax(p["weight_hh"], cached),
-              _absmax(p["bias_ih"], cached) + _absmax(p["bias_hh"], cached)] if sparse else [0.0, 0.0, 0.0]
+    if not sparse:
+        bounds = [0.0, 0.0, 0.0]
+    elif x.shape[0] * x.shape[1] < BOUND_CACHE_BELOW:  # (cached per weight version)
+        bounds = [_absmax(p["weight_ih"]), _absmax(p["weight_hh"]), _absmax(p["bias_ih"]) + _absmax(p["bias_hh"])]
+    else:
+        bounds = [-1.0, -1.0, -1.0]  # computed by the kernel, from the weights as they are now
     res, status, n_open = torch.ops.phasedlstm_fused.infer_forward(
         x, times, h0, c0, p["weight_ih"], p["weight_hh"], p["bias_ih"], p["bias_hh"], p.get("weight_ci"),
         p.get("weight_cf"), p.get("weight_co"), p.get("period"), p.get("shift"), p.get("r_on"),

@@ -112,6 +112,61 @@ def test_sparse_at_nanosecond_timestamps():
     assert frac > 0
 
 
+def _open_unit_steps(m, times, lengths):
+    """The valid unit-steps whose reference gate is open (k > 0), every layer being one layer."""
+    k = m.time_gates(times.t().contiguous() if times.dim() == 2 else times[:, None])  # (T, B or 1, H)
+    T = k.shape[0]
+    k = k.expand(T, lengths.shape[0], k.shape[2])
+    valid = torch.arange(T)[:, None] < lengths[None, :]
+    return int(((k > 0) & valid[:, :, None]).sum()), int(valid.sum()) * k.shape[2]
+
+
+@pytest.mark.parametrize("shared", [True, False])
+@pytest.mark.parametrize("grid", [False, True])
+def test_sparse_computes_exactly_the_open_unit_steps(shared, grid):
+    """Over many periods (each unit opening and closing dozens of times), the units computed at each
+    step are exactly those with k > 0: the kernel examines a closed unit again only when its phase
+    can have wrapped, and that never skips an opening. grid: integer periods, shifts and times, so
+    that phases fall exactly on 0 (closed: k = 0) and on the edges r/2 and r of the open phase."""
+    torch.manual_seed(8)
+    B, T, H = 5, 400, 24
+    m = _phased(torch.float64, H=H)
+    with torch.no_grad():
+        if grid:
+            m.period_l0.copy_(torch.tensor([2.0, 4.0, 8.0])[torch.randint(0, 3, (H,))])
+            m.shift_l0.copy_(torch.tensor([0.0, 0.5, 1.0])[torch.randint(0, 3, (H,))])
+            m.r_on_l0.copy_(torch.tensor([0.25, 0.5])[torch.randint(0, 2, (H,))])
+    if grid:
+        steps = torch.randint(0, 3, (T,) if shared else (B, T)).double() * 0.5  # (equal times too)
+        times = torch.cumsum(steps, -1)
+    else:
+        times = _times(B, T, shared)
+    lengths = torch.tensor([T, 1, 250, 399, T])
+    x = torch.randn(B, T, 3, dtype=torch.float64)
+    (sp, de, ref), frac = _three(m, x, times, lengths)
+    _close(ref[0], sp[0], torch.float64, "output")
+    _close(de[1][1], sp[1][1], torch.float64, "c_n")
+    opened, valid = _open_unit_steps(m, times, lengths)
+    assert 0 < opened < valid
+    assert round(frac * valid) == opened
+
+
+def test_sparse_where_timestamps_dwarf_the_periods():
+    """Timestamps some 2^50 periods from the origin: every unit's phase is computed at every step
+    (the exact remainder), and sparse still equals dense."""
+    torch.manual_seed(9)
+    m = _phased(torch.float64, H=16)
+    with torch.no_grad():
+        m.period_l0.copy_(torch.empty(16).uniform_(0.5, 3.0))
+    B, T = 2, 60
+    t = 2.0**52 + torch.cumsum(torch.randint(1, 4, (B, T)), 1).double()
+    x = torch.randn(B, T, 3, dtype=torch.float64)
+    (sp, de, ref), frac = _three(m, x, t)
+    _close(de[0], sp[0], torch.float64, "output")
+    opened, valid = _open_unit_steps(m, t, torch.full((B,), T))
+    assert round(frac * valid) == opened
+
+
 def test_open_fraction_matches_r_on():
     torch.manual_seed(5)
     m = _phased(torch.float32, H=64, learned_r_on=False, r_on=0.05)

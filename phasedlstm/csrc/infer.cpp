@@ -11,12 +11,13 @@ namespace phasedlstm {
 // ---------------------------------------------------------------------------------------------
 // At evaluation the Phased LSTM's leak is 0, so a unit whose gate is closed (k_t = 0) keeps h and
 // c exactly: the dense loop computes its gates and then multiplies them by 0 (c = 0 c~ + 1 c_prev,
-// which is c_prev to the bit while c~ is finite). Here, per step and sequence, the phase of every
-// unit gives k_t; only the open units (k_t > 0) get their four rows of the input and recurrent
-// products (row-by-row dot products on the weights as stored: nothing is packed, so a call of
-// one step costs what its step costs) and their element-wise update, in place; the state of
-// every other unit is not touched. With sparse = false every unit is computed (the same row
-// products, all rows): what a call of a few steps uses, for the layers without a time gate too.
+// which is c_prev to the bit while c~ is finite). Here, per step and sequence, the units whose gate
+// is open (k_t > 0; open_units_due examines only those whose phase can have wrapped since they
+// were last seen closed) get their four rows of the input and recurrent products (row-by-row dot
+// products on the weights as stored: nothing is packed, so a call of one step costs what its
+// step costs) and their element-wise update; the state of every other unit is not touched. With
+// sparse = false every unit is computed (the same row products, all rows): what a call of a few
+// steps uses, for the layers without a time gate too.
 //
 // Inputs: x (T, B, I); times (T,) shared by the batch, (B, T), or empty for the step index (any
 // real dtype: float64 is used, and a dtype that cannot hold the values exactly is reported);
@@ -88,6 +89,77 @@ static inline void dot4(const T* __restrict r0, const T* __restrict r1, const T*
   s3 += a3;
 }
 
+// Four rows of W_ih against x (n1 values) and the same four rows of W_hh against h (n2 values),
+// added to s0..s3: b + W_ih x + W_hh h of one unit's four gates. With AVX-512 the two products share
+// four 16-float (8-double) accumulators, their tails are masked loads, and the four sums are reduced
+// once; otherwise two calls of dot4.
+template <typename T>
+static inline void dot4x2(const T* __restrict a0, const T* __restrict a1, const T* __restrict a2,
+                          const T* __restrict a3, const T* __restrict x, int64_t n1, const T* __restrict b0,
+                          const T* __restrict b1, const T* __restrict b2, const T* __restrict b3,
+                          const T* __restrict h, int64_t n2, T& s0, T& s1, T& s2, T& s3) {
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float>) {
+    __m512 c0 = _mm512_setzero_ps(), c1 = c0, c2 = c0, c3 = c0;
+    auto rows = [&](const float* r0, const float* r1, const float* r2, const float* r3, const float* v, int64_t n) {
+      int64_t k = 0;
+      for (; k + 16 <= n; k += 16) {
+        const __m512 w = _mm512_loadu_ps(v + k);
+        c0 = _mm512_fmadd_ps(_mm512_loadu_ps(r0 + k), w, c0);
+        c1 = _mm512_fmadd_ps(_mm512_loadu_ps(r1 + k), w, c1);
+        c2 = _mm512_fmadd_ps(_mm512_loadu_ps(r2 + k), w, c2);
+        c3 = _mm512_fmadd_ps(_mm512_loadu_ps(r3 + k), w, c3);
+      }
+      if (k < n) {
+        const __mmask16 m = static_cast<__mmask16>((1u << (n - k)) - 1u);
+        const __m512 w = _mm512_maskz_loadu_ps(m, v + k);
+        c0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, r0 + k), w, c0);
+        c1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, r1 + k), w, c1);
+        c2 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, r2 + k), w, c2);
+        c3 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, r3 + k), w, c3);
+      }
+    };
+    rows(a0, a1, a2, a3, x, n1);
+    rows(b0, b1, b2, b3, h, n2);
+    s0 += _mm512_reduce_add_ps(c0);
+    s1 += _mm512_reduce_add_ps(c1);
+    s2 += _mm512_reduce_add_ps(c2);
+    s3 += _mm512_reduce_add_ps(c3);
+    return;
+  } else {
+    __m512d c0 = _mm512_setzero_pd(), c1 = c0, c2 = c0, c3 = c0;
+    auto rows = [&](const double* r0, const double* r1, const double* r2, const double* r3, const double* v,
+                    int64_t n) {
+      int64_t k = 0;
+      for (; k + 8 <= n; k += 8) {
+        const __m512d w = _mm512_loadu_pd(v + k);
+        c0 = _mm512_fmadd_pd(_mm512_loadu_pd(r0 + k), w, c0);
+        c1 = _mm512_fmadd_pd(_mm512_loadu_pd(r1 + k), w, c1);
+        c2 = _mm512_fmadd_pd(_mm512_loadu_pd(r2 + k), w, c2);
+        c3 = _mm512_fmadd_pd(_mm512_loadu_pd(r3 + k), w, c3);
+      }
+      if (k < n) {
+        const __mmask8 m = static_cast<__mmask8>((1u << (n - k)) - 1u);
+        const __m512d w = _mm512_maskz_loadu_pd(m, v + k);
+        c0 = _mm512_fmadd_pd(_mm512_maskz_loadu_pd(m, r0 + k), w, c0);
+        c1 = _mm512_fmadd_pd(_mm512_maskz_loadu_pd(m, r1 + k), w, c1);
+        c2 = _mm512_fmadd_pd(_mm512_maskz_loadu_pd(m, r2 + k), w, c2);
+        c3 = _mm512_fmadd_pd(_mm512_maskz_loadu_pd(m, r3 + k), w, c3);
+      }
+    };
+    rows(a0, a1, a2, a3, x, n1);
+    rows(b0, b1, b2, b3, h, n2);
+    s0 += _mm512_reduce_add_pd(c0);
+    s1 += _mm512_reduce_add_pd(c1);
+    s2 += _mm512_reduce_add_pd(c2);
+    s3 += _mm512_reduce_add_pd(c3);
+    return;
+  }
+#endif
+  dot4(a0, a1, a2, a3, x, n1, s0, s1, s2, s3);
+  dot4(b0, b1, b2, b3, h, n2, s0, s1, s2, s3);
+}
+
 template <typename scalar_t>
 struct InferArgs {
   const scalar_t *x, *w_ih, *w_hh, *b_ih, *b_hh, *wci, *wcf, *wco;
@@ -97,6 +169,7 @@ struct InferArgs {
   int64_t T, B, I, H;
   double leak;
   bool sparse;
+  bool due;  // sparse: examine only the units whose due time has come (open_units_due)
 };
 
 // The pre-activations of unit j's four gate rows for one sequence: b + W_ih x + W_hh h.
@@ -105,10 +178,9 @@ static inline void unit_gates(const InferArgs<scalar_t>& A, int64_t j, const sca
                               scalar_t* a) {
   const int64_t H = A.H, I = A.I;
   for (int q = 0; q < 4; ++q) a[q] = A.b_ih != nullptr ? A.b_ih[q * H + j] + A.b_hh[q * H + j] : scalar_t(0);
-  dot4(A.w_ih + j * I, A.w_ih + (H + j) * I, A.w_ih + (2 * H + j) * I, A.w_ih + (3 * H + j) * I, x, I, a[0], a[1],
-       a[2], a[3]);
-  dot4(A.w_hh + j * H, A.w_hh + (H + j) * H, A.w_hh + (2 * H + j) * H, A.w_hh + (3 * H + j) * H, h, H, a[0], a[1],
-       a[2], a[3]);
+  dot4x2(A.w_ih + j * I, A.w_ih + (H + j) * I, A.w_ih + (2 * H + j) * I, A.w_ih + (3 * H + j) * I, x, I,
+         A.w_hh + j * H, A.w_hh + (H + j) * H, A.w_hh + (2 * H + j) * H, A.w_hh + (3 * H + j) * H, h, H, a[0], a[1],
+         a[2], a[3]);
 }
 
 // Every row: G (4H) = b + W_ih x + W_hh h.
@@ -119,15 +191,74 @@ static inline void all_gates(const InferArgs<scalar_t>& A, const scalar_t* x, co
     scalar_t* g = G + r;
     for (int q = 0; q < 4; ++q) g[q] = A.b_ih != nullptr ? A.b_ih[r + q] + A.b_hh[r + q] : scalar_t(0);
     const scalar_t *wi = A.w_ih + r * I, *wh = A.w_hh + r * H;
-    dot4(wi, wi + I, wi + 2 * I, wi + 3 * I, x, I, g[0], g[1], g[2], g[3]);
-    dot4(wh, wh + H, wh + 2 * H, wh + 3 * H, h, H, g[0], g[1], g[2], g[3]);
+    dot4x2(wi, wi + I, wi + 2 * I, wi + 3 * I, x, I, wh, wh + H, wh + 2 * H, wh + 3 * H, h, H, g[0], g[1], g[2], g[3]);
   }
+}
+
+// is_finite_bits, here again: common.h's is compiled with -ffast-math and this file without (the
+// time gate's header), and GCC does not inline across differing options (a call per value)
+template <typename T>
+static inline bool finite(T v) {
+  if constexpr (std::is_same_v<T, float>) {
+    uint32_t b;
+    std::memcpy(&b, &v, sizeof b);
+    return (b & 0x7f800000u) != 0x7f800000u;
+  } else {
+    uint64_t b;
+    std::memcpy(&b, &v, sizeof b);
+    return (b & 0x7ff0000000000000ull) != 0x7ff0000000000000ull;
+  }
+}
+
+// max |v| over the finite values of v (0 if none): the sparse path's bound on its inputs. Vector
+// code, as this file is compiled without -ffast-math (the time gate's header) and GCC leaves the
+// scalar loop scalar.
+template <typename T>
+static double finite_absmax(const T* v, int64_t n) {
+  int64_t i = 0;
+  double top = 0;
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float>) {
+    const __m512 inf = _mm512_set1_ps(std::numeric_limits<float>::infinity());
+    __m512 m = _mm512_setzero_ps();
+    for (; i + 16 <= n; i += 16) {
+      const __m512 a = _mm512_abs_ps(_mm512_loadu_ps(v + i));
+      m = _mm512_mask_max_ps(m, _mm512_cmp_ps_mask(a, inf, _CMP_LT_OQ), m, a);
+    }
+    top = _mm512_reduce_max_ps(m);
+  } else {
+    const __m512d inf = _mm512_set1_pd(std::numeric_limits<double>::infinity());
+    __m512d m = _mm512_setzero_pd();
+    for (; i + 8 <= n; i += 8) {
+      const __m512d a = _mm512_abs_pd(_mm512_loadu_pd(v + i));
+      m = _mm512_mask_max_pd(m, _mm512_cmp_pd_mask(a, inf, _CMP_LT_OQ), m, a);
+    }
+    top = _mm512_reduce_max_pd(m);
+  }
+#endif
+  for (; i < n; ++i) {
+    const double a = std::fabs(double(v[i]));
+    if (finite(v[i]) && a > top) top = a;
+  }
+  return top;
 }
 
 template <typename scalar_t>
 static inline bool row_finite(const scalar_t* v, int64_t n) {
+  int64_t j = 0;
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    const __m512 inf = _mm512_set1_ps(std::numeric_limits<float>::infinity());
+    for (; j + 16 <= n; j += 16)
+      if (_mm512_cmp_ps_mask(_mm512_abs_ps(_mm512_loadu_ps(v + j)), inf, _CMP_LT_OQ) != 0xFFFF) return false;
+  } else {
+    const __m512d inf = _mm512_set1_pd(std::numeric_limits<double>::infinity());
+    for (; j + 8 <= n; j += 8)
+      if (_mm512_cmp_pd_mask(_mm512_abs_pd(_mm512_loadu_pd(v + j)), inf, _CMP_LT_OQ) != 0xFF) return false;
+  }
+#endif
   bool ok = true;
-  for (int64_t j = 0; j < n; ++j) ok &= is_finite_bits(v[j]);
+  for (; j < n; ++j) ok &= finite(v[j]);
   return ok;
 }
 
@@ -138,23 +269,40 @@ static inline bool row_finite(const scalar_t* v, int64_t n) {
 // non-finite value, all its later steps too. (Non-finite weights, and finite values large enough
 // for products to overflow, where the result depends on the order of the sums, are declined
 // before the loop: the caller runs the dense path.)
+//
+// Per step, the open units of all the thread's sequences are gathered first (their four
+// pre-activations read the previous h of every unit of their sequence), then updated by one
+// forward_row over all of them (vectorised, as the dense loop's; a few units per sequence would
+// leave it scalar), then scattered back; every closed unit keeps h and c.
 template <typename scalar_t, bool PEEP, bool PHASED>
 int64_t infer_loop(const InferArgs<scalar_t>& A, const GateUnits* gu, scalar_t* HS, scalar_t* CS, scalar_t* O) {
   const int64_t T = A.T, B = A.B, I = A.I, H = A.H, BH = B * H;
   const bool sparse = PHASED && A.sparse;
   std::vector<int64_t> counts(std::max<int64_t>(1, at::get_num_threads()), 0);
   at::parallel_for(0, B, batch_grain(B), [&](int64_t b0, int64_t b1) {
+    // gathered rows: at most every unit of every sequence, and a whole vector more (forward_row
+    // runs on a multiple of kPad rows: its vector loop, where a few rows would be left to scalar code)
+    constexpr int64_t kPad = 16;
+    const int64_t nb = b1 - b0, cap = sparse ? nb * H + kPad : 0;
     std::vector<double> phi(PHASED ? H : 0);
     std::vector<scalar_t> kk(PHASED ? H : 0), G(4 * H), hp(H), cp(H);
-    std::vector<scalar_t> ks(PHASED ? H : 0), hs(H), cs(H), pw(PEEP ? 3 * H : 0);  // (the open units, gathered)
-    std::vector<int64_t> open(H);
-    std::vector<char> dense_from_now(b1 - b0, 0);  // sparse: a sequence whose state is not all finite
+    std::vector<scalar_t> ga(4 * cap), gh(cap), gc(cap), gk(cap), hs(cap), cs(cap), pw(PEEP ? 3 * cap : 0);
+    std::vector<int64_t> open(H), unit(cap), pend_b(nb), pend_at(nb + 1);
+    std::vector<char> dense_from_now(nb, 0);  // sparse: a sequence whose state is not all finite
+    // sparse with due times: the next examination of each unit, per sequence (or once, shared times)
+    const int64_t rows = sparse && A.due ? (A.shared ? 1 : nb) : 0;
+    std::vector<double> due(rows * H), last(rows, std::numeric_limits<double>::infinity());
     if (sparse)
       for (int64_t b = b0; b < b1; ++b)
         if (!row_finite(HS + b * H, H) || !row_finite(CS + b * H, H)) dense_from_now[b - b0] = 1;
     int64_t n_open = 0, computed = 0;
     bool full_k = !sparse;  // whether kk holds every unit's k for the current phase row
-    auto gate_row = [&](double t) {  // k of every unit at time t (sparse: of the open ones, listed)
+    auto gate_row = [&](double t, int64_t row) {  // k of every unit at time t (sparse: of the open ones, listed)
+      if (sparse && A.due) {
+        n_open = open_units_due(t, *gu, due.data() + row * H, last[row], kk.data(), open.data(), H);
+        full_k = false;
+        return;
+      }
       phase_row(t, gu->s.data(), gu->te.data(), phi.data(), H);
       if (sparse) {
         n_open = open_units(phi.data(), gu->r.data(), kk.data(), open.data(), H);
@@ -163,56 +311,48 @@ int64_t infer_loop(const InferArgs<scalar_t>& A, const GateUnits* gu, scalar_t* 
         gate_forward_row(phi.data(), gu->r.data(), A.leak, kk.data(), H);
       }
     };
+    auto time_of = [&](int64_t t, int64_t b) {
+      return A.times == nullptr ? double(t) : A.shared ? A.times[t] : A.times[b * T + t];
+    };
     for (int64_t t = 0; t < T; ++t) {
-      if (PHASED && A.shared) gate_row(A.times != nullptr ? A.times[t] : double(t));
+      if (PHASED && A.shared) gate_row(time_of(t, 0), 0);
+      int64_t m = 0, np = 0;  // rows gathered, sequences pending
+      pend_at[0] = 0;
       for (int64_t b = b0; b < b1; ++b) {
         scalar_t *h = HS + b * H, *c = CS + b * H, *o = O + t * BH + b * H;
         if (A.len != nullptr && t >= A.len[b]) {  // past the end: state kept, output zero
           zero_row(o, H);
           continue;
         }
-        if (PHASED && !A.shared) gate_row(A.times != nullptr ? A.times[b * T + t] : double(t));
+        if (PHASED && !A.shared) gate_row(time_of(t, b), b - b0);
         const scalar_t* xt = A.x + (t * B + b) * I;
         const bool dense_step = !sparse || dense_from_now[b - b0] || !row_finite(xt, I);
-        if (!dense_step) {
-          // the open units' pre-activations first (they read the previous h of every unit), then
-          // their updates: gathered into rows of n_open units (G holds i, f, g, o of the open units
-          // one after the other), forward_row over those rows at once (vectorised, as the dense
-          // loop's), the new h and c scattered back; every closed unit keeps h and c
-          scalar_t* a = G.data();
-          const int64_t n = n_open;
-          for (int64_t u = 0; u < n; ++u) {
-            const int64_t j = open[u];
+        if (!dense_step) {  // the open units' pre-activations and states, gathered
+          for (int64_t u = 0; u < n_open; ++u) {
+            const int64_t j = open[u], r = m + u;
             scalar_t a4[4];
             unit_gates(A, j, xt, h, a4);
-            a[u] = a4[0];
-            a[n + u] = a4[1];
-            a[2 * n + u] = a4[2];
-            a[3 * n + u] = a4[3];
-            hp[u] = h[j];
-            cp[u] = c[j];
-            if (PHASED) ks[u] = kk[j];
+            ga[r] = a4[0];
+            ga[cap + r] = a4[1];
+            ga[2 * cap + r] = a4[2];
+            ga[3 * cap + r] = a4[3];
+            gh[r] = h[j];
+            gc[r] = c[j];
+            gk[r] = kk[j];
+            unit[r] = j;
             if (PEEP) {
-              pw[u] = A.wci[j];
-              pw[n + u] = A.wcf[j];
-              pw[2 * n + u] = A.wco[j];
+              pw[r] = A.wci[j];
+              pw[cap + r] = A.wcf[j];
+              pw[2 * cap + r] = A.wco[j];
             }
           }
-          forward_row<scalar_t, PEEP, PHASED, false>(a, a + n, a + 2 * n, a + 3 * n, hp.data(), cp.data(),
-                                                     hs.data(), cs.data(), nullptr, PEEP ? pw.data() : nullptr,
-                                                     PEEP ? pw.data() + n : nullptr, PEEP ? pw.data() + 2 * n : nullptr,
-                                                     PHASED ? ks.data() : nullptr, n);
-          bool ok = true;
-          for (int64_t u = 0; u < n; ++u) {
-            const int64_t j = open[u];
-            h[j] = hs[u];
-            c[j] = cs[u];
-            ok &= is_finite_bits(hs[u]) & is_finite_bits(cs[u]);
-          }
-          if (!ok) dense_from_now[b - b0] = 1;
+          m += n_open;
+          pend_b[np++] = b;
+          pend_at[np] = m;
           computed += n_open;
         } else {
           if (sparse && !full_k) {  // every unit's k for this phase row (at leak 0 the closed ones get 0)
+            if (A.due) phase_row(time_of(t, b), gu->s.data(), gu->te.data(), phi.data(), H);
             gate_forward_row(phi.data(), gu->r.data(), A.leak, kk.data(), H);
             full_k = A.shared;  // (per-sample rows are recomputed for the next sequence anyway)
           }
@@ -224,8 +364,34 @@ int64_t infer_loop(const InferArgs<scalar_t>& A, const GateUnits* gu, scalar_t* 
                                                      PHASED ? kk.data() : nullptr, H);
           if (sparse && (!row_finite(h, H) || !row_finite(c, H))) dense_from_now[b - b0] = 1;
           computed += H;
+          copy_row(h, o, H);
         }
-        copy_row(h, o, H);
+      }
+      if (np == 0) continue;
+      if (m > 0) {
+        const int64_t mp = (m + kPad - 1) / kPad * kPad;  // the padding rows: zeros, their results unused
+        for (int64_t q = 0; q < 4; ++q) std::fill(ga.begin() + q * cap + m, ga.begin() + q * cap + mp, scalar_t(0));
+        std::fill(gh.begin() + m, gh.begin() + mp, scalar_t(0));
+        std::fill(gc.begin() + m, gc.begin() + mp, scalar_t(0));
+        std::fill(gk.begin() + m, gk.begin() + mp, scalar_t(0));
+        if (PEEP)
+          for (int64_t q = 0; q < 3; ++q) std::fill(pw.begin() + q * cap + m, pw.begin() + q * cap + mp, scalar_t(0));
+        forward_row<scalar_t, PEEP, PHASED, false>(ga.data(), ga.data() + cap, ga.data() + 2 * cap, ga.data() + 3 * cap,
+                                                   gh.data(), gc.data(), hs.data(), cs.data(), nullptr,
+                                                   PEEP ? pw.data() : nullptr, PEEP ? pw.data() + cap : nullptr,
+                                                   PEEP ? pw.data() + 2 * cap : nullptr, PHASED ? gk.data() : nullptr, mp);
+      }
+      for (int64_t q = 0; q < np; ++q) {  // the new h and c scattered back; the output row of each sequence
+        const int64_t b = pend_b[q];
+        scalar_t *h = HS + b * H, *c = CS + b * H;
+        bool ok = true;
+        for (int64_t r = pend_at[q]; r < pend_at[q + 1]; ++r) {
+          h[unit[r]] = hs[r];
+          c[unit[r]] = cs[r];
+          ok &= finite(hs[r]) & finite(cs[r]);
+        }
+        if (!ok) dense_from_now[b - b0] = 1;
+        copy_row(h, O + t * BH + b * H, H);
       }
     }
     counts[at::get_thread_num()] += computed;
@@ -261,6 +427,7 @@ std::tuple<std::vector<Tensor>, int64_t, int64_t> infer_forward(
       c0.scalar_type() != w_ih.scalar_type())
     return {none, 4, 0};
   Tensor t64;
+  double top_t = double(T);  // max |timestamp| (the step index without times)
   if (has_values(times)) {  // checked for every layer (as the reference does); used by the time gate
     TORCH_CHECK(times.numel() == T || times.numel() == B * T, "times must be (T,) or (B, T)");
     const auto dt = times.scalar_type();
@@ -269,37 +436,51 @@ std::tuple<std::vector<Tensor>, int64_t, int64_t> infer_forward(
     const int64_t n = t64.numel();
     double top = 0;
     for (int64_t i = 0; i < n; ++i) {
-      if (!is_finite_bits(tp[i])) return {none, 2, 0};
+      if (!finite(tp[i])) return {none, 2, 0};
       top = std::max(top, std::fabs(tp[i]));
     }
     const double exact = dt == at::kFloat ? 16777216.0 : dt == at::kHalf ? 2048.0
                        : dt == at::kBFloat16 ? 256.0 : dt == at::kLong ? 9007199254740992.0 : -1.0;
     if (exact >= 0 && top > exact) return {none, 3, 0};
+    top_t = top;
   }
   const bool use_sparse = sparse && phased && leak == 0.0;
+  const Tensor xc = x.contiguous();
   if (use_sparse) {
     // status 5: weights not finite, or values so large that a sum of products could overflow (a
     // bound of every pre-activation: max|W_ih| max|x| I + max|W_hh| max(1, max|h_0|) H + max|b|;
     // an update keeps |h| within max(1, max|h_0|)). NaN or inf inputs and states are handled inside.
+    // bounds: max|W_ih|, max|W_hh|, max|b_ih| + max|b_hh| (inf where a value is not finite), the
+    // caller's where it keeps them (a stream's one-step calls), else (negative) computed here
     const double limit = x.scalar_type() == at::kFloat ? 1.0e36 : 1.0e300;
-    bool ok = is_finite_bits(bounds[0]) && is_finite_bits(bounds[1]) && is_finite_bits(bounds[2]);
+    double bd[3] = {bounds[0], bounds[1], bounds[2]};
     double xmax = 0, hmax = 1;
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "infer_bounds", [&] {
-      const Tensor xc = x.contiguous(), hc = h0.contiguous();
-      const scalar_t *px = xc.data_ptr<scalar_t>(), *ph = hc.data_ptr<scalar_t>();
-      for (int64_t i = 0, n = xc.numel(); i < n; ++i)
-        if (is_finite_bits(px[i])) xmax = std::max<double>(xmax, std::fabs(double(px[i])));
-      for (int64_t i = 0, n = hc.numel(); i < n; ++i)
-        if (is_finite_bits(ph[i])) hmax = std::max<double>(hmax, std::fabs(double(ph[i])));
+      if (bd[0] < 0) {
+        auto of = [](const Tensor& w) -> double {
+          if (!has_values(w)) return 0.0;
+          const Tensor c = w.contiguous();
+          const scalar_t* p = c.data_ptr<scalar_t>();
+          return row_finite(p, c.numel()) ? finite_absmax(p, c.numel())
+                                           : std::numeric_limits<double>::infinity();
+        };
+        bd[0] = of(w_ih);
+        bd[1] = of(w_hh);
+        bd[2] = of(b_ih) + of(b_hh);
+      }
+      const Tensor hc = h0.contiguous();
+      xmax = finite_absmax(xc.data_ptr<scalar_t>(), xc.numel());
+      hmax = std::max(1.0, finite_absmax(hc.data_ptr<scalar_t>(), hc.numel()));
     });
-    const double bound = bounds[0] * xmax * double(I) + bounds[1] * hmax * double(H) + bounds[2];
-    if (!ok || !is_finite_bits(bound) || !(bound < limit)) return {none, 5, 0};
+    const bool ok = finite(bd[0]) && finite(bd[1]) && finite(bd[2]);
+    const double bound = bd[0] * xmax * double(I) + bd[1] * hmax * double(H) + bd[2];
+    if (!ok || !finite(bound) || !(bound < limit)) return {none, 5, 0};
   }
   auto opts = x.options();
   Tensor out = at::empty({T, B, H}, opts);
   Tensor hn = h0.reshape({1, B, H}).clone(at::MemoryFormat::Contiguous);
   Tensor cn = c0.reshape({1, B, H}).clone(at::MemoryFormat::Contiguous);
-  const Tensor xc = x.contiguous(), wi = w_ih.contiguous(), w = w_hh.contiguous();
+  const Tensor wi = w_ih.contiguous(), w = w_hh.contiguous();
   const bool bias = has_values(b_ih);
   const Tensor bi = bias ? b_ih.contiguous() : b_ih, bh = bias ? b_hh.contiguous() : b_hh;
   const Tensor pi = peephole ? w_ci.contiguous() : w_ci, pf = peephole ? w_cf.contiguous() : w_cf,
@@ -321,7 +502,7 @@ std::tuple<std::vector<Tensor>, int64_t, int64_t> infer_forward(
                           peephole ? pi.data_ptr<scalar_t>() : nullptr, peephole ? pf.data_ptr<scalar_t>() : nullptr,
                           peephole ? po.data_ptr<scalar_t>() : nullptr,
                           t64.defined() ? t64.data_ptr<double>() : nullptr, !t64.defined() || t64.numel() == T, len,
-                          T, B, I, H, leak, use_sparse};
+                          T, B, I, H, leak, use_sparse, use_sparse && phased && due_usable(top_t, *gu, H)};
     scalar_t *HS = hn.data_ptr<scalar_t>(), *CS = cn.data_ptr<scalar_t>(), *O = out.data_ptr<scalar_t>();
     if (phased && peephole) computed = infer_loop<scalar_t, true, true>(A, gu.get(), HS, CS, O);
     else if (phased) computed = infer_loop<scalar_t, false, true>(A, gu.get(), HS, CS, O);

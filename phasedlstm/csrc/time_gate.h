@@ -139,6 +139,63 @@ static inline int64_t open_units(const double* __restrict phi, const double* __r
   return n;
 }
 
+// Sparse inference of a sequence whose timestamps do not decrease: the units examined at a step are
+// those whose `due` time has come. A closed unit (phi >= r) stays closed until its phase wraps, so its
+// next examination is due at t + (1 - phi) tau_e less a margin (1e-12 of |t| + |s| + tau_e, far
+// above the rounding of t - s and of that sum), which is never later than the first step at which
+// the phase computed as phase_row's would be below r again; the open ones are examined at every step.
+// Each examined unit's phase is phase_row_fast's scalar formula, so the open units and their k
+// are those of open_units(phase_row(t)) to the bit. That holds where no unit's quotient reaches
+// 2^50 (phase_row would then take phase_exact for the whole row): due_usable says so for a call.
+// `last` is the previous step's time: a step earlier than it (or the first) examines every unit.
+static inline bool due_usable(double max_abs_t, const GateUnits& U, int64_t H) {
+  double smax = 0, temin = std::numeric_limits<double>::infinity();
+  for (int64_t j = 0; j < H; ++j) {
+    smax = std::max(smax, std::fabs(U.s[j]));
+    temin = std::min(temin, U.te[j]);
+  }
+  return max_abs_t + smax < 0.25 * kFastQuotient * temin;
+}
+
+template <typename scalar_t>
+static inline int64_t open_units_due(double t, const GateUnits& U, double* __restrict due, double& last,
+                                     scalar_t* __restrict k, int64_t* __restrict open, int64_t H) {
+  const double *s = U.s.data(), *te = U.te.data(), *r = U.r.data();
+  if (!(t >= last))
+    for (int64_t j = 0; j < H; ++j) due[j] = -std::numeric_limits<double>::infinity();
+  last = t;
+  int64_t n = 0;
+  auto examine = [&](int64_t j) {
+    const double u = t - s[j], q = u / te[j];
+    double m = std::fma(-te[j], std::floor(q), u);
+    m = m < 0 ? m + te[j] : (m >= te[j] ? m - te[j] : m);
+    const double p = m / te[j];
+    if (p < r[j]) {
+      const scalar_t v = static_cast<scalar_t>(p < r[j] / 2 ? 2 * p / r[j] : 2 - 2 * p / r[j]);
+      if (v != scalar_t(0)) {
+        k[j] = v;
+        open[n++] = j;
+      }
+    } else {
+      due[j] = t + (1.0 - p) * te[j] - 1e-12 * (std::fabs(t) + std::fabs(s[j]) + te[j]);
+    }
+  };
+  int64_t j = 0;
+#if defined(__AVX2__)
+  const __m256d tt = _mm256_set1_pd(t);
+  for (; j + 4 <= H; j += 4) {
+    int m = _mm256_movemask_pd(_mm256_cmp_pd(_mm256_loadu_pd(due + j), tt, _CMP_LE_OQ));
+    while (m) {
+      examine(j + __builtin_ctz(m));
+      m &= m - 1;
+    }
+  }
+#endif
+  for (; j < H; ++j)
+    if (due[j] <= t) examine(j);
+  return n;
+}
+
 // One row of the gate's backward: the per-unit sums of d tau, d s, d r_on (added to a_tau, a_s, a_r)
 // and the gradient wrt the row's timestamp (returned). Per unit: dk/dphi = 2/r rising, -2/r
 // falling, the leak closed; dk/dr = -2 phi/r^2 rising, 2 phi/r^2 falling; dphi/du = 1/tau_e and
