@@ -208,7 +208,8 @@ class RecurrentLayer(Pretrained, nn.Module):
             return paths.onnx_lstm.run
         if self.impl in ("scan", "onnx"):
             return paths.scan.run
-        grad = fast._needs_grad(x, h0, c0, *self.parameters())
+        # (a call without gradients does not walk the parameters: what a one-step call costs counts)
+        grad = torch.is_grad_enabled() and fast._needs_grad(x, h0, c0, *self._parameters.values())
         own = self._own_path(x, grad)
         if self.impl == "auto" and autotune.enabled() and self._tunable(x):
             return self._tuned(own, steps, h0, c0, grad)

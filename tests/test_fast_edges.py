@@ -221,12 +221,17 @@ def test_time_gate_gradients_equal_reference(dtype, leak):
 @pytest.mark.parametrize("name", ["r_on_l0", "period_l0", "shift_l0"])
 @pytest.mark.parametrize("impl", ["reference", "fast"])
 @pytest.mark.parametrize("value", [float("nan"), INF])
-def test_non_finite_time_parameters_are_refused(name, impl, value):
+@pytest.mark.parametrize("mode", ["train", "sparse", "dense", "one step"])
+def test_non_finite_time_parameters_are_refused(name, impl, value, mode):
+    """In training and in every inference path (sparse, dense, a stream's one-step call)."""
     m = PhasedLSTM(2, 6, impl=impl)
     with torch.no_grad():
         getattr(m, name)[3] = value
-    with pytest.raises(ValueError, match=f"{name} must be finite"):
-        m(torch.randn(4, 2))
+    if mode != "train":
+        m.eval()
+        m.sparse_inference = mode != "dense"
+    with pytest.raises(ValueError, match=f"{name} must be finite"), torch.set_grad_enabled(mode == "train"):
+        m(torch.randn(1 if mode == "one step" else 4, 2))
 
 
 @pytest.mark.parametrize("kind", list(LAYERS))

@@ -26,13 +26,13 @@ def _kernel(layer, steps, h, c, p, check):
     x, times, lengths = steps.x, steps.times, steps.lengths
     if check:  # the general forward's (T, B) float64 timestamps in the kernel's forms: (T,) shared, or (B, T)
         times = times[:, 0] if steps.shared else times.t()
-        if "period" in p:
-            layer._time_parameters(p)  # (refuses non-finite ones, naming them)
     if "r_on" in p and layer.r_on_max < 1.0:
         p = {**p, "r_on": layer._capped(p["r_on"])}
     sparse = layer._inference(x.shape[0]) == "sparse"
     r = fast.infer(x, times, h, c, p, layer._alpha, lengths, sparse)
-    if r is None:  # declined: weights not finite, or values that could overflow (the dense path's sums decide)
+    if r is None:  # declined: time parameters or weights not finite, or values that could overflow
+        if check and "period" in p:
+            layer._time_parameters(p)  # (refuses non-finite time parameters, naming them)
         return None
     out, hn, cn, n_open = r
     if sparse:
