@@ -287,7 +287,7 @@ int64_t infer_loop(const InferArgs<scalar_t>& A, const GateUnits* gu, scalar_t* 
     std::vector<double> phi(PHASED ? H : 0);
     std::vector<scalar_t> kk(PHASED ? H : 0), G(4 * H), hp(H), cp(H);
     std::vector<scalar_t> ga(4 * cap), gh(cap), gc(cap), gk(cap), hs(cap), cs(cap), pw(PEEP ? 3 * cap : 0);
-    std::vector<int64_t> open(H), unit(cap), pend_b(nb), pend_at(nb + 1);
+    std::vector<int64_t> open(H), cand(H), unit(cap), pend_b(nb), pend_at(nb + 1);
     std::vector<char> dense_from_now(nb, 0);  // sparse: a sequence whose state is not all finite
     // sparse with due times: the next examination of each unit, per sequence (or once, shared times)
     const int64_t rows = sparse && A.due ? (A.shared ? 1 : nb) : 0;
@@ -299,7 +299,7 @@ int64_t infer_loop(const InferArgs<scalar_t>& A, const GateUnits* gu, scalar_t* 
     bool full_k = !sparse;  // whether kk holds every unit's k for the current phase row
     auto gate_row = [&](double t, int64_t row) {  // k of every unit at time t (sparse: of the open ones, listed)
       if (sparse && A.due) {
-        n_open = open_units_due(t, *gu, due.data() + row * H, last[row], kk.data(), open.data(), H);
+        n_open = open_units_due(t, *gu, due.data() + row * H, last[row], kk.data(), open.data(), cand.data(), H);
         full_k = false;
         return;
       }
