@@ -121,13 +121,18 @@ experiments() {  # (one function, read whole before it runs)
                     --epochs 70 --n-test 10000 --test-every 5 --gate-bias=-0.1,0,0,0 \
                     --out "runs/paper/freq-$c-authors" "${COMMON[@]}" ;;
             freq-async-compute)  # the Phased LSTM kept sparse while it learns: its open ratios capped (--r-on-max) or
-                # penalised (--compute-penalty); COMPUTE_SETTINGS picks some of the settings; a suffix
-                # -hN sets the hidden size (the paper's 110 otherwise)
+                # penalised (--compute-penalty); COMPUTE_SETTINGS picks some of the settings. A setting is
+                # parts joined by "-": capR, penaltyL, hN (hidden size; the paper's 110 otherwise), long
+                # (the longer protocol of freq-*-long: 120 epochs, the rate halved every 40, 5000 validation)
                 for setting in ${COMPUTE_SETTINGS:-cap0.1 cap0.05 penalty0.1 penalty1}; do
-                    base=${setting%-h*}
-                    case "$base" in cap*) opt=(--r-on-max "${base#cap}") ;; *) opt=(--compute-penalty "${base#penalty}") ;; esac
-                    case "$setting" in *-h*) opt+=(--hidden-size "${setting##*-h}") ;; esac
-                    $P compare --task freq-async --models phased --seeds 0,1,2 --epochs 70 --n-test 10000 \
+                    opt=(--epochs 70)
+                    for part in ${setting//-/ }; do
+                        case "$part" in cap*) opt+=(--r-on-max "${part#cap}") ;; penalty*) opt+=(--compute-penalty "${part#penalty}") ;;
+                                        h*) opt+=(--hidden-size "${part#h}") ;;
+                                        long) opt+=(--epochs 120 --lr-decay 0.5 --lr-decay-every 40 --n-val 5000) ;;
+                                        *) echo "unknown part $part of $setting" >&2; exit 2 ;; esac
+                    done
+                    $P compare --task freq-async --models phased --seeds 0,1,2 --n-test 10000 \
                         --test-every 5 --out "runs/paper/freq-async-$setting" "${COMMON[@]}" "${opt[@]}"
                 done ;;
             rows-027) rows rows-027-2ep 2 lstm,peephole,phased,layernorm,torch-lstm 0,1,2 --classes 0,2,7 ;;
