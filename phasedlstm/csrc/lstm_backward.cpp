@@ -129,8 +129,13 @@ void units_backward(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, con
 // element-wise pass gives the gate gradients dG of its rows (kept for this step only), then
 //   dh_{t-1} += dG W_hh,  dx_t = dG W_ih,  and the weight-gradient sums
 //   dW_hh^T += h_{t-1}^T dG,  dW_ih^T += x_t^T dG,  db += sum of dG rows
-// accumulate in per-thread partials, added up at the end. (For few sequences and a large W_hh:
-// units_backward.)
+// accumulate in per-thread partials, added up at the end. With few sequences per thread
+// (kDeferBelow) those per-step sums are products of rank a few, each streaming the whole weight
+// gradient through the cache: there dG is kept for every step and dx and the weight gradients
+// are each one product over all steps after the loop (as in units_backward). (For few sequences
+// and a large W_hh: units_backward.)
+constexpr int64_t kDeferBelow = 16;
+
 template <typename scalar_t, bool PEEP, bool PHASED>
 void backward_loop(const Tensor& grad_out, const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, const Tensor& peep,
                    const Tensor& k, const int64_t* len, const Tensor& acts, const Tensor& hs, const Tensor& cs,
@@ -156,6 +161,9 @@ void backward_loop(const Tensor& grad_out, const Tensor& x, const Tensor& w_ih, 
   const int64_t kB = PHASED ? k.size(1) : 0;
   const scalar_t* GO = grad_out.data_ptr<scalar_t>();
   scalar_t* DK = PHASED ? dk.data_ptr<scalar_t>() : nullptr;
+  const bool deferred = !units && batch_grain(B) < kDeferBelow;
+  Tensor dgall = deferred ? at::empty({T, B, 4 * H}, acts.options()) : Tensor();
+  scalar_t* DGA = deferred ? dgall.data_ptr<scalar_t>() : nullptr;
   if (units)
     units_backward<scalar_t, PEEP, PHASED>(x, w_ih, w_hh, wci, kgate, kB, GO, len, acts, hs, cs, dhb, dcb, dx, dwhh_t,
                                            dwih_t, dbias, dpeep_parts, DK);
@@ -177,7 +185,7 @@ void backward_loop(const Tensor& grad_out, const Tensor& x, const Tensor& w_ih, 
         const int64_t r = b * H, p = t * BH + r, n = (t + 1) * BH + r, g4 = t * 4 * BH + 4 * r;
         const scalar_t *dh = DHB + cur * BH + r, *dc = DCB + cur * BH + r;
         scalar_t *dhp = DHB + prv * BH + r, *dcp = DCB + prv * BH + r;
-        scalar_t* d = DG + (b - b0) * 4 * H;
+        scalar_t* d = deferred ? DGA + g4 : DG + (b - b0) * 4 * H;
         if (len != nullptr && t >= len[b]) {
           pass_row(dh, dc, d, H, dhp, dcp, H);
           continue;
@@ -189,12 +197,37 @@ void backward_loop(const Tensor& grad_out, const Tensor& x, const Tensor& w_ih, 
                                              PHASED ? dk_base + (kB == 1 ? t * H : p) : nullptr,
                                              PEEP ? acc : nullptr, PEEP ? acc + H : nullptr,
                                              PEEP ? acc + 2 * H : nullptr, H);
-        add_row(d, DB, 4 * H);
+        if (!deferred) add_row(d, DB, 4 * H);
       }
-      if (compact) products.running(t, rows, DG, DHB + prv * BH, dx[t].narrow(0, b0, Bt), dwhh, dwih);
-      else products(t, dg, dg, dhb[prv].narrow(0, b0, Bt), dx[t].narrow(0, b0, Bt), dwhh, dwih);
+      if (deferred) {  // dh_{t-1} += dG_t W_hh only
+        if (compact) products.dh_running(rows, DGA + t * 4 * BH, DHB + prv * BH);
+        else rec.acc<scalar_t>(dhb[prv].narrow(0, b0, Bt), dgall[t].narrow(0, b0, Bt));
+      } else if (compact) {
+        products.running(t, rows, DG, DHB + prv * BH, dx[t].narrow(0, b0, Bt), dwhh, dwih);
+      } else {
+        products(t, dg, dg, dhb[prv].narrow(0, b0, Bt), dx[t].narrow(0, b0, Bt), dwhh, dwih);
+      }
     }
   });
+  if (deferred) {  // dx, the weight gradients and db, each one product over all steps
+    Tensor dg2 = dgall.view({T * B, 4 * H}), h2 = hs.narrow(0, 0, T).reshape({T * B, H}), x2 = x.reshape({T * B, I});
+    Tensor dx2 = dx.view({T * B, I});
+    if (len == nullptr) {
+      at::mm_out(dx2, dg2, w_ih);
+    } else {  // the valid steps only: a padded step's input or state (inf or NaN too) takes no part
+      std::vector<int64_t> valid;
+      for (int64_t t = 0; t < T; ++t)
+        for (int64_t b = 0; b < B; ++b)
+          if (t < len[b]) valid.push_back(t * B + b);
+      const Tensor idx = at::tensor(valid, at::TensorOptions().dtype(at::kLong));
+      dg2 = dg2.index_select(0, idx);
+      h2 = h2.index_select(0, idx);
+      x2 = x2.index_select(0, idx);
+      dx2.zero_();
+      dx2.index_copy_(0, idx, at::mm(dg2, w_ih));
+    }
+    acc_weight_grads<scalar_t>(dg2, {{h2, dwhh_t[0]}, {x2, dwih_t[0]}, {Tensor(), dbias[0]}});
+  }
   dh.copy_(dhb[0]);
   dc.copy_(dcb[0]);
 }

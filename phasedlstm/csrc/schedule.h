@@ -247,6 +247,21 @@ struct StepGrads {
       for (int64_t j = 0; j < I; ++j) xt[j * m + i] = X[(t * B + rows[i]) * I + j];
     acc_ab<scalar_t>(dwih, x_t.view({-1}).narrow(0, 0, I * m).view({I, m}), g);
   }
+  // dh_{t-1} += dG_t W_hh alone (the weight gradients and dx deferred to one product over all steps),
+  // on the running rows only; dg_t: step t's gate gradients of the whole batch (global rows)
+  void dh_running(const std::vector<int64_t>& rows, const scalar_t* dg_t, scalar_t* dh_prev) {
+    const int64_t m = int64_t(rows.size());
+    if (m == 0) return;
+    if (!dgc.defined()) {
+      dgc = at::empty({Bt, 4 * H}, h_t.options());
+      dhc = at::empty({Bt, H}, h_t.options());
+      dxc = at::empty({Bt, I}, h_t.options());
+    }
+    gather_rows(dg_t, 4 * H, rows, 0, 4 * H, dgc.data_ptr<scalar_t>());
+    gather_rows(dh_prev, H, rows, 0, H, dhc.data_ptr<scalar_t>());
+    rec.acc<scalar_t>(dhc.narrow(0, 0, m), dgc.narrow(0, 0, m));
+    scatter_rows(dhc.data_ptr<scalar_t>(), rows, 0, H, dh_prev, H);
+  }
   Tensor dgc, dhc, dxc;  // scratch of running(): the running rows' dG, dh_{t-1} and dx_t
 };
 
