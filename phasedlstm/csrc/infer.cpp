@@ -195,24 +195,8 @@ static inline void all_gates(const InferArgs<scalar_t>& A, const scalar_t* x, co
   }
 }
 
-// is_finite_bits, here again: common.h's is compiled with -ffast-math and this file without (the
-// time gate's header), and GCC does not inline across differing options (a call per value)
-template <typename T>
-static inline bool finite(T v) {
-  if constexpr (std::is_same_v<T, float>) {
-    uint32_t b;
-    std::memcpy(&b, &v, sizeof b);
-    return (b & 0x7f800000u) != 0x7f800000u;
-  } else {
-    uint64_t b;
-    std::memcpy(&b, &v, sizeof b);
-    return (b & 0x7ff0000000000000ull) != 0x7ff0000000000000ull;
-  }
-}
-
-// max |v| over the finite values of v (0 if none): the sparse path's bound on its inputs. Vector
-// code, as this file is compiled without -ffast-math (the time gate's header) and GCC leaves the
-// scalar loop scalar.
+// max |v| over the finite values of v (0 if none): the sparse path's bound on its inputs (vector
+// code: -ffast-math may not assume the values finite here).
 template <typename T>
 static double finite_absmax(const T* v, int64_t n) {
   int64_t i = 0;
@@ -238,7 +222,7 @@ static double finite_absmax(const T* v, int64_t n) {
 #endif
   for (; i < n; ++i) {
     const double a = std::fabs(double(v[i]));
-    if (finite(v[i]) && a > top) top = a;
+    if (is_finite_bits(v[i]) && a > top) top = a;
   }
   return top;
 }
@@ -258,7 +242,7 @@ static inline bool row_finite(const scalar_t* v, int64_t n) {
   }
 #endif
   bool ok = true;
-  for (; j < n; ++j) ok &= finite(v[j]);
+  for (; j < n; ++j) ok &= is_finite_bits(v[j]);
   return ok;
 }
 
@@ -388,7 +372,7 @@ int64_t infer_loop(const InferArgs<scalar_t>& A, const GateUnits* gu, scalar_t* 
         for (int64_t r = pend_at[q]; r < pend_at[q + 1]; ++r) {
           h[unit[r]] = hs[r];
           c[unit[r]] = cs[r];
-          ok &= finite(hs[r]) & finite(cs[r]);
+          ok &= is_finite_bits(hs[r]) & is_finite_bits(cs[r]);
         }
         if (!ok) dense_from_now[b - b0] = 1;
         copy_row(h, O + t * BH + b * H, H);
@@ -436,7 +420,7 @@ std::tuple<std::vector<Tensor>, int64_t, int64_t> infer_forward(
     const int64_t n = t64.numel();
     double top = 0;
     for (int64_t i = 0; i < n; ++i) {
-      if (!finite(tp[i])) return {none, 2, 0};
+      if (!is_finite_bits(tp[i])) return {none, 2, 0};
       top = std::max(top, std::fabs(tp[i]));
     }
     const double exact = dt == at::kFloat ? 16777216.0 : dt == at::kHalf ? 2048.0
@@ -472,9 +456,9 @@ std::tuple<std::vector<Tensor>, int64_t, int64_t> infer_forward(
       xmax = finite_absmax(xc.data_ptr<scalar_t>(), xc.numel());
       hmax = std::max(1.0, finite_absmax(hc.data_ptr<scalar_t>(), hc.numel()));
     });
-    const bool ok = finite(bd[0]) && finite(bd[1]) && finite(bd[2]);
+    const bool ok = is_finite_bits(bd[0]) && is_finite_bits(bd[1]) && is_finite_bits(bd[2]);
     const double bound = bd[0] * xmax * double(I) + bd[1] * hmax * double(H) + bd[2];
-    if (!ok || !finite(bound) || !(bound < limit)) return {none, 5, 0};
+    if (!ok || !is_finite_bits(bound) || !(bound < limit)) return {none, 5, 0};
   }
   auto opts = x.options();
   Tensor out = at::empty({T, B, H}, opts);

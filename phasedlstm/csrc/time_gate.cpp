@@ -4,6 +4,10 @@
 
 namespace phasedlstm {
 
+// the gate's loops, as the header's functions: float64 phase arithmetic without -ffast-math
+#pragma GCC push_options
+#pragma GCC optimize("no-fast-math")
+
 template <typename scalar_t>
 void gate_forward_impl(const double* times, int64_t R, const scalar_t* tau, const scalar_t* s, const scalar_t* r_on,
                        double leak, int64_t H, scalar_t* k) {

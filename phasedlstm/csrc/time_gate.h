@@ -13,6 +13,7 @@ namespace phasedlstm {
 // as 1e9 keep their phase. Like phasedlstm.cells.time_gate: tau_e = max(|tau|, 1e-6),
 // r = clamp(|r_on|, 1e-6, 1), a true modulo (the result is in [0, tau_e) also for t < s).
 
+// (This header's functions only: files that include it compile the rest under their own options.)
 #pragma GCC push_options
 #pragma GCC optimize("no-fast-math")
 
@@ -302,5 +303,7 @@ static inline double gate_backward_row(double t, const double* __restrict phi, c
   }
   return d_t;
 }
+
+#pragma GCC pop_options
 
 }  // namespace phasedlstm
