@@ -89,75 +89,75 @@ static inline void dot4(const T* __restrict r0, const T* __restrict r1, const T*
   s3 += a3;
 }
 
+#if defined(__AVX512F__)
+// One AVX-512 register of floats or doubles, for the dot products below.
+struct Floats16 {
+  using T = float;
+  using V = __m512;
+  using M = __mmask16;
+  static constexpr int64_t N = 16;
+  static V zero() { return _mm512_setzero_ps(); }
+  static V load(const T* p) { return _mm512_loadu_ps(p); }
+  static V load(M m, const T* p) { return _mm512_maskz_loadu_ps(m, p); }
+  static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  static T sum(V v) { return _mm512_reduce_add_ps(v); }
+};
+struct Doubles8 {
+  using T = double;
+  using V = __m512d;
+  using M = __mmask8;
+  static constexpr int64_t N = 8;
+  static V zero() { return _mm512_setzero_pd(); }
+  static V load(const T* p) { return _mm512_loadu_pd(p); }
+  static V load(M m, const T* p) { return _mm512_maskz_loadu_pd(m, p); }
+  static V fma(V a, V b, V c) { return _mm512_fmadd_pd(a, b, c); }
+  static T sum(V v) { return _mm512_reduce_add_pd(v); }
+};
+
+// c_q += rows r_q (n values) times v, N at a time, the tail by a masked load
+template <typename Z>
+static inline void rows4(const typename Z::T* r0, const typename Z::T* r1, const typename Z::T* r2,
+                         const typename Z::T* r3, const typename Z::T* v, int64_t n, typename Z::V (&c)[4]) {
+  int64_t k = 0;
+  for (; k + Z::N <= n; k += Z::N) {
+    const typename Z::V w = Z::load(v + k);
+    c[0] = Z::fma(Z::load(r0 + k), w, c[0]);
+    c[1] = Z::fma(Z::load(r1 + k), w, c[1]);
+    c[2] = Z::fma(Z::load(r2 + k), w, c[2]);
+    c[3] = Z::fma(Z::load(r3 + k), w, c[3]);
+  }
+  if (k < n) {
+    const auto m = static_cast<typename Z::M>((1u << (n - k)) - 1u);
+    const typename Z::V w = Z::load(m, v + k);
+    c[0] = Z::fma(Z::load(m, r0 + k), w, c[0]);
+    c[1] = Z::fma(Z::load(m, r1 + k), w, c[1]);
+    c[2] = Z::fma(Z::load(m, r2 + k), w, c[2]);
+    c[3] = Z::fma(Z::load(m, r3 + k), w, c[3]);
+  }
+}
+#endif
+
 // Four rows of W_ih against x (n1 values) and the same four rows of W_hh against h (n2 values),
 // added to s0..s3: b + W_ih x + W_hh h of one unit's four gates. With AVX-512 the two products share
-// four 16-float (8-double) accumulators, their tails are masked loads, and the four sums are reduced
-// once; otherwise two calls of dot4.
+// four accumulators and their sums are reduced once; otherwise two calls of dot4.
 template <typename T>
 static inline void dot4x2(const T* __restrict a0, const T* __restrict a1, const T* __restrict a2,
                           const T* __restrict a3, const T* __restrict x, int64_t n1, const T* __restrict b0,
                           const T* __restrict b1, const T* __restrict b2, const T* __restrict b3,
                           const T* __restrict h, int64_t n2, T& s0, T& s1, T& s2, T& s3) {
 #if defined(__AVX512F__)
-  if constexpr (std::is_same_v<T, float>) {
-    __m512 c0 = _mm512_setzero_ps(), c1 = c0, c2 = c0, c3 = c0;
-    auto rows = [&](const float* r0, const float* r1, const float* r2, const float* r3, const float* v, int64_t n) {
-      int64_t k = 0;
-      for (; k + 16 <= n; k += 16) {
-        const __m512 w = _mm512_loadu_ps(v + k);
-        c0 = _mm512_fmadd_ps(_mm512_loadu_ps(r0 + k), w, c0);
-        c1 = _mm512_fmadd_ps(_mm512_loadu_ps(r1 + k), w, c1);
-        c2 = _mm512_fmadd_ps(_mm512_loadu_ps(r2 + k), w, c2);
-        c3 = _mm512_fmadd_ps(_mm512_loadu_ps(r3 + k), w, c3);
-      }
-      if (k < n) {
-        const __mmask16 m = static_cast<__mmask16>((1u << (n - k)) - 1u);
-        const __m512 w = _mm512_maskz_loadu_ps(m, v + k);
-        c0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, r0 + k), w, c0);
-        c1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, r1 + k), w, c1);
-        c2 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, r2 + k), w, c2);
-        c3 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, r3 + k), w, c3);
-      }
-    };
-    rows(a0, a1, a2, a3, x, n1);
-    rows(b0, b1, b2, b3, h, n2);
-    s0 += _mm512_reduce_add_ps(c0);
-    s1 += _mm512_reduce_add_ps(c1);
-    s2 += _mm512_reduce_add_ps(c2);
-    s3 += _mm512_reduce_add_ps(c3);
-    return;
-  } else {
-    __m512d c0 = _mm512_setzero_pd(), c1 = c0, c2 = c0, c3 = c0;
-    auto rows = [&](const double* r0, const double* r1, const double* r2, const double* r3, const double* v,
-                    int64_t n) {
-      int64_t k = 0;
-      for (; k + 8 <= n; k += 8) {
-        const __m512d w = _mm512_loadu_pd(v + k);
-        c0 = _mm512_fmadd_pd(_mm512_loadu_pd(r0 + k), w, c0);
-        c1 = _mm512_fmadd_pd(_mm512_loadu_pd(r1 + k), w, c1);
-        c2 = _mm512_fmadd_pd(_mm512_loadu_pd(r2 + k), w, c2);
-        c3 = _mm512_fmadd_pd(_mm512_loadu_pd(r3 + k), w, c3);
-      }
-      if (k < n) {
-        const __mmask8 m = static_cast<__mmask8>((1u << (n - k)) - 1u);
-        const __m512d w = _mm512_maskz_loadu_pd(m, v + k);
-        c0 = _mm512_fmadd_pd(_mm512_maskz_loadu_pd(m, r0 + k), w, c0);
-        c1 = _mm512_fmadd_pd(_mm512_maskz_loadu_pd(m, r1 + k), w, c1);
-        c2 = _mm512_fmadd_pd(_mm512_maskz_loadu_pd(m, r2 + k), w, c2);
-        c3 = _mm512_fmadd_pd(_mm512_maskz_loadu_pd(m, r3 + k), w, c3);
-      }
-    };
-    rows(a0, a1, a2, a3, x, n1);
-    rows(b0, b1, b2, b3, h, n2);
-    s0 += _mm512_reduce_add_pd(c0);
-    s1 += _mm512_reduce_add_pd(c1);
-    s2 += _mm512_reduce_add_pd(c2);
-    s3 += _mm512_reduce_add_pd(c3);
-    return;
-  }
-#endif
+  using Z = std::conditional_t<std::is_same_v<T, float>, Floats16, Doubles8>;
+  typename Z::V c[4] = {Z::zero(), Z::zero(), Z::zero(), Z::zero()};
+  rows4<Z>(a0, a1, a2, a3, x, n1, c);
+  rows4<Z>(b0, b1, b2, b3, h, n2, c);
+  s0 += Z::sum(c[0]);
+  s1 += Z::sum(c[1]);
+  s2 += Z::sum(c[2]);
+  s3 += Z::sum(c[3]);
+#else
   dot4(a0, a1, a2, a3, x, n1, s0, s1, s2, s3);
   dot4(b0, b1, b2, b3, h, n2, s0, s1, s2, s3);
+#endif
 }
 
 template <typename scalar_t>
