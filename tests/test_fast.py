@@ -196,16 +196,18 @@ def test_without_kernels_the_reference_runs_and_says_so_once():
     assert r.stdout.split() == ["1", "False"]
 
 
-@pytest.mark.parametrize("split", ["units", "batch"])
+@pytest.mark.parametrize("split,B", [("units", 5), ("batch", 5), ("batch", 40)])
 @pytest.mark.parametrize("kind", ["lstm", "peephole", "phased", "layernorm"])
 @pytest.mark.parametrize("dtype,packed", DTYPE_PACKED)
-def test_both_ways_of_sharing_a_step_among_threads_equal_the_reference(kind, dtype, split, packed, tune):
+def test_both_ways_of_sharing_a_step_among_threads_equal_the_reference(kind, dtype, split, B, packed, tune):
     """A step's work is shared among threads by sequences, or (few sequences and a large W_hh) by
     units: each thread its units' rows of W_hh; PHASEDLSTM_SPLIT forces one. Both give the
     reference's outputs, states and gradients, with the micro-kernel (its unit blocks of W_hh
     packed once per call) and without (PHASEDLSTM_PACKED=0). H = 40 on 2 threads makes unequal
     unit blocks (32 + 8: a full and a partial panel); shared and per-sample timestamps, lengths,
-    and 400 steps without gradients (the inference loop works in chunks of steps) are covered."""
+    and 400 steps without gradients (the inference loop works in chunks of steps) are covered.
+    By sequences, B = 5 forms the weight gradients once after the loop (few sequences per
+    thread) and B = 40 step by step."""
     tune(split=split)
     tune(packed=packed)
     threads = torch.get_num_threads()
@@ -221,12 +223,12 @@ def test_both_ways_of_sharing_a_step_among_threads_equal_the_reference(kind, dty
                     p.add_(torch.randn_like(p) * 0.3)
         fst = copy.deepcopy(ref)
         fst.impl = "fast"
-        x = torch.randn(5, 11, 3, dtype=dtype, requires_grad=True)
-        h0 = torch.randn(1, 5, H, dtype=dtype, requires_grad=True)
-        c0 = torch.randn(1, 5, H, dtype=dtype, requires_grad=True)
-        times = torch.rand(5, 11, dtype=torch.float64).mul(0.9).add(0.05).cumsum(1)
-        lengths = torch.tensor([11, 4, 7, 1, 11])
-        for call in ({}, {"times": times}, {"times": times[:1].expand(5, 11)}, {"lengths": lengths},
+        x = torch.randn(B, 11, 3, dtype=dtype, requires_grad=True)
+        h0 = torch.randn(1, B, H, dtype=dtype, requires_grad=True)
+        c0 = torch.randn(1, B, H, dtype=dtype, requires_grad=True)
+        times = torch.rand(B, 11, dtype=torch.float64).mul(0.9).add(0.05).cumsum(1)
+        lengths = torch.tensor([11, 4, 7, 1, 11] * (B // 5))
+        for call in ({}, {"times": times}, {"times": times[:1].expand(B, 11)}, {"lengths": lengths},
                      {"times": times, "lengths": lengths}):
             _assert_same(_run(ref, x, h0, c0, **call), _run(fst, x, h0, c0, **call), dtype)
         fst.eval()
