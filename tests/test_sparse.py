@@ -153,7 +153,7 @@ def test_sparse_computes_exactly_the_open_unit_steps(shared, grid):
 
 def test_sparse_where_timestamps_dwarf_the_periods():
     """Timestamps some 2^50 periods from the origin: every unit's phase is computed at every step
-    (the exact remainder), and sparse still equals dense."""
+    (the exact remainder), and sparse equals dense."""
     torch.manual_seed(9)
     m = _phased(torch.float64, H=16)
     with torch.no_grad():
