@@ -576,6 +576,37 @@ void ln_backward_loop(const Tensor& grad_out, const Tensor& x, const Tensor& w_i
     // (dW_ih's product on its own dX stays with MKL: the micro-kernel would pack all of dX for a
     // product of I rows only)
     dwih_t[0].addmm_(x.reshape({T * B, I}).t(), dx2w);
+  } else if (batch_grain(B) < kDeferBelow) {
+    // Few sequences per thread (as lstm_backward.cpp): per step the rows and dh_{t-1} += dZ W_hh
+    // only; the gradients of all steps' terms are kept, and dx and the weight gradients are one
+    // product each over the valid steps at the end.
+    Tensor dzall = at::empty({T, B, 4 * H}, zhh.options()), dxall = at::empty({T, B, 4 * H}, zhh.options());
+    scalar_t* DZA = dzall.data_ptr<scalar_t>();
+    scalar_t* DXA = dxall.data_ptr<scalar_t>();
+    at::parallel_for(0, B, batch_grain(B), [&](int64_t b0, int64_t b1) {
+      scalar_t* acc = parts[at::get_thread_num()].data_ptr<scalar_t>();
+      Scratch w(H);
+      for (int64_t t = T - 1; t >= 0; --t) {
+        for (int64_t b = b0; b < b1; ++b) row(t, b, DXA + (t * B + b) * 4 * H, DZA + (t * B + b) * 4 * H, acc, w);
+        rec.acc<scalar_t>(dhb[t % 2].narrow(0, b0, b1 - b0), dzall[t].narrow(0, b0, b1 - b0));
+      }
+    });
+    Tensor dz2 = dzall.view({T * B, 4 * H}), dx2w = dxall.view({T * B, 4 * H});
+    Tensor h2 = hs.narrow(0, 0, T).reshape({T * B, H}), x2 = x.reshape({T * B, I});
+    Tensor dx2 = dx.view({T * B, I});
+    if (len == nullptr) {
+      at::mm_out(dx2, dx2w, w_ih.detach());
+    } else {  // a padded step's input or state (inf or NaN too) takes no part
+      const Tensor idx = valid_steps(len, T, B);
+      dz2 = dz2.index_select(0, idx);
+      dx2w = dx2w.index_select(0, idx);
+      h2 = h2.index_select(0, idx);
+      x2 = x2.index_select(0, idx);
+      dx2.zero_();
+      dx2.index_copy_(0, idx, at::mm(dx2w, w_ih.detach()));
+    }
+    acc_weight_grads<scalar_t>(dz2, {{h2, dwhh_t[0]}});
+    dwih_t[0].addmm_(x2.t(), dx2w);
   } else at::parallel_for(0, B, batch_grain(B), [&](int64_t b0, int64_t b1) {
     const int64_t Bt = b1 - b0, tid = at::get_thread_num();
     // per-thread sums: [d g_hh | d b_hh | d g_ih | d b_ih (4H each) | d g_c | d b_c (H each)]

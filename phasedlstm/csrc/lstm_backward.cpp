@@ -130,11 +130,10 @@ void units_backward(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, con
 //   dh_{t-1} += dG W_hh,  dx_t = dG W_ih,  and the weight-gradient sums
 //   dW_hh^T += h_{t-1}^T dG,  dW_ih^T += x_t^T dG,  db += sum of dG rows
 // accumulate in per-thread partials, added up at the end. With few sequences per thread
-// (kDeferBelow) those per-step sums are products of rank a few, each streaming the whole weight
-// gradient through the cache: there dG is kept for every step and dx and the weight gradients
-// are each one product over all steps after the loop (as in units_backward). (For few sequences
-// and a large W_hh: units_backward.)
-constexpr int64_t kDeferBelow = 16;
+// (kDeferBelow, schedule.h) those per-step sums are products of rank a few, each streaming the
+// whole weight gradient through the cache: there dG is kept for every step and dx and the weight
+// gradients are each one product over the valid steps after the loop (as in units_backward).
+// (For few sequences and a large W_hh: units_backward.)
 
 template <typename scalar_t, bool PEEP, bool PHASED>
 void backward_loop(const Tensor& grad_out, const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, const Tensor& peep,
@@ -215,11 +214,7 @@ void backward_loop(const Tensor& grad_out, const Tensor& x, const Tensor& w_ih, 
     if (len == nullptr) {
       at::mm_out(dx2, dg2, w_ih);
     } else {  // the valid steps only: a padded step's input or state (inf or NaN too) takes no part
-      std::vector<int64_t> valid;
-      for (int64_t t = 0; t < T; ++t)
-        for (int64_t b = 0; b < B; ++b)
-          if (t < len[b]) valid.push_back(t * B + b);
-      const Tensor idx = at::tensor(valid, at::TensorOptions().dtype(at::kLong));
+      const Tensor idx = valid_steps(len, T, B);
       dg2 = dg2.index_select(0, idx);
       h2 = h2.index_select(0, idx);
       x2 = x2.index_select(0, idx);

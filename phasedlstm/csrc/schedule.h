@@ -77,6 +77,16 @@ inline bool running_rows(const int64_t* len, int64_t t, int64_t b0, int64_t b1, 
   return int64_t(rows.size()) * 4 <= (b1 - b0) * 3;
 }
 
+// The flat indices t * B + b of the valid steps (t < len[b]), for products over all steps that a
+// padded step's values (inf or NaN too) must not enter.
+inline Tensor valid_steps(const int64_t* len, int64_t T, int64_t B) {
+  std::vector<int64_t> valid;
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t b = 0; b < B; ++b)
+      if (t < len[b]) valid.push_back(t * B + b);
+  return at::tensor(valid, at::TensorOptions().dtype(at::kLong));
+}
+
 template <typename scalar_t>
 inline void gather_rows(const scalar_t* src, int64_t lds, const std::vector<int64_t>& rows, int64_t off, int64_t n,
                         scalar_t* dst) {  // dst row i = src row (rows[i] - off), n values each
@@ -98,6 +108,10 @@ inline int64_t infer_chunk(int64_t T, int64_t BH) {
 // Parallel over the batch, serial over time: each thread runs the whole time loop for its own
 // block of sequences (rows never interact), so there is no fork/join per step. Inside, the
 // per-step GEMM runs single-threaded on the thread's rows.
+// The backward by sequences with fewer sequences per thread than this forms dx and the weight
+// gradients once after the loop (lstm_backward.cpp, layernorm.cpp), not step by step.
+constexpr int64_t kDeferBelow = 16;
+
 inline int64_t batch_grain(int64_t B) {
   const int64_t n = std::max<int64_t>(1, at::get_num_threads());
   return std::max<int64_t>(1, (B + n - 1) / n);
