@@ -486,7 +486,7 @@ std::tuple<std::vector<Tensor>, int64_t, int64_t> infer_forward(
                           peephole ? pi.data_ptr<scalar_t>() : nullptr, peephole ? pf.data_ptr<scalar_t>() : nullptr,
                           peephole ? po.data_ptr<scalar_t>() : nullptr,
                           t64.defined() ? t64.data_ptr<double>() : nullptr, !t64.defined() || t64.numel() == T, len,
-                          T, B, I, H, leak, use_sparse, use_sparse && phased && due_usable(top_t, *gu, H)};
+                          T, B, I, H, leak, use_sparse, use_sparse && due_usable(top_t, *gu, H)};
     scalar_t *HS = hn.data_ptr<scalar_t>(), *CS = cn.data_ptr<scalar_t>(), *O = out.data_ptr<scalar_t>();
     if (phased && peephole) computed = infer_loop<scalar_t, true, true>(A, gu.get(), HS, CS, O);
     else if (phased) computed = infer_loop<scalar_t, false, true>(A, gu.get(), HS, CS, O);

@@ -549,11 +549,21 @@ void ln_backward_loop(const Tensor& grad_out, const Tensor& x, const Tensor& w_i
     normalise_backward(zi, w.dzn.data(), RI[t * B + b], 4 * H, dxr);
     zero_row(dhp, H);
   };
+  // dx and the weight gradients from every step's term gradients (dz: recurrent, dxw: input; (T, B, 4H)
+  // each), one product each over the valid steps (valid_step_products). (dW_ih's product on its own
+  // dX stays with MKL: the micro-kernel would pack all of dX for a product of I rows only.)
+  auto grads_over_steps = [&](const Tensor& dzall, const Tensor& dxall) {
+    Tensor dz = dzall.view({T * B, 4 * H}), dxw = dxall.view({T * B, 4 * H});
+    Tensor h = hs.narrow(0, 0, T).reshape({T * B, H}), xr = x.reshape({T * B, I});
+    valid_step_products(len, T, B, w_ih.detach(), dx.view({T * B, I}), dxw, {&dz, &h, &xr});
+    acc_weight_grads<scalar_t>(dz, {{h, dwhh_t[0]}});
+    dwih_t[0].addmm_(xr.t(), dxw);
+  };
   if (units) {
     // Few sequences and a large W_hh (split_units): per step the rows by sequences, then
     // dh_{t-1} += dZ_t W_hh by columns of dh (each thread its units' columns of W_hh: no thread
     // streams all of it), two parallel regions per step; the gradients of all steps' terms are
-    // kept, and dx and the weight gradients are one GEMM each at the end.
+    // kept, and dx and the weight gradients are one GEMM each at the end (grads_over_steps).
     Tensor dzall = at::empty({T, B, 4 * H}, zhh.options()), dxall = at::empty({T, B, 4 * H}, zhh.options());
     scalar_t* DZA = dzall.data_ptr<scalar_t>();
     scalar_t* DXA = dxall.data_ptr<scalar_t>();
@@ -569,13 +579,7 @@ void ln_backward_loop(const Tensor& grad_out, const Tensor& x, const Tensor& w_i
       Tensor dhprev = dhb[t % 2];
       units_dh_product<scalar_t>(dhprev, dzt, W, up);
     }
-    const Tensor dz2 = dzall.view({T * B, 4 * H}), dx2w = dxall.view({T * B, 4 * H});
-    Tensor dx2 = dx.view({T * B, I});
-    at::mm_out(dx2, dx2w, w_ih.detach());
-    acc_weight_grads<scalar_t>(dz2, {{hs.narrow(0, 0, T).reshape({T * B, H}), dwhh_t[0]}});
-    // (dW_ih's product on its own dX stays with MKL: the micro-kernel would pack all of dX for a
-    // product of I rows only)
-    dwih_t[0].addmm_(x.reshape({T * B, I}).t(), dx2w);
+    grads_over_steps(dzall, dxall);
   } else if (batch_grain(B) < kDeferBelow) {
     // Few sequences per thread (as lstm_backward.cpp): per step the rows and dh_{t-1} += dZ W_hh
     // only; the gradients of all steps' terms are kept, and dx and the weight gradients are one
@@ -591,22 +595,7 @@ void ln_backward_loop(const Tensor& grad_out, const Tensor& x, const Tensor& w_i
         rec.acc<scalar_t>(dhb[t % 2].narrow(0, b0, b1 - b0), dzall[t].narrow(0, b0, b1 - b0));
       }
     });
-    Tensor dz2 = dzall.view({T * B, 4 * H}), dx2w = dxall.view({T * B, 4 * H});
-    Tensor h2 = hs.narrow(0, 0, T).reshape({T * B, H}), x2 = x.reshape({T * B, I});
-    Tensor dx2 = dx.view({T * B, I});
-    if (len == nullptr) {
-      at::mm_out(dx2, dx2w, w_ih.detach());
-    } else {  // a padded step's input or state (inf or NaN too) takes no part
-      const Tensor idx = valid_steps(len, T, B);
-      dz2 = dz2.index_select(0, idx);
-      dx2w = dx2w.index_select(0, idx);
-      h2 = h2.index_select(0, idx);
-      x2 = x2.index_select(0, idx);
-      dx2.zero_();
-      dx2.index_copy_(0, idx, at::mm(dx2w, w_ih.detach()));
-    }
-    acc_weight_grads<scalar_t>(dz2, {{h2, dwhh_t[0]}});
-    dwih_t[0].addmm_(x2.t(), dx2w);
+    grads_over_steps(dzall, dxall);
   } else at::parallel_for(0, B, batch_grain(B), [&](int64_t b0, int64_t b1) {
     const int64_t Bt = b1 - b0, tid = at::get_thread_num();
     // per-thread sums: [d g_hh | d b_hh | d g_ih | d b_ih (4H each) | d g_c | d b_c (H each)]

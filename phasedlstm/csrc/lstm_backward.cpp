@@ -65,16 +65,28 @@ static inline void pass_row(const scalar_t* __restrict dh, const scalar_t* __res
   }
 }
 
+// dx, the weight gradients and db from every step's gate gradients dgall (T, B, 4H), one product each
+// over the valid steps (valid_step_products): dW_hh^T += h_{t-1}^T dG, dW_ih^T += x_t^T dG and db +=
+// the sum of dG's rows in one pass over dG, into the first thread's partials.
+template <typename scalar_t>
+static void grads_over_steps(const Tensor& dgall, const int64_t* len, const Tensor& x, const Tensor& hs,
+                             const Tensor& w_ih, Tensor& dx, Tensor& dwhh_t, Tensor& dwih_t, Tensor& dbias) {
+  const int64_t T = dgall.size(0), B = dgall.size(1), I = x.size(2), H = hs.size(2);
+  Tensor dg = dgall.view({T * B, 4 * H}), h = hs.narrow(0, 0, T).reshape({T * B, H}), xr = x.reshape({T * B, I});
+  valid_step_products(len, T, B, w_ih, dx.view({T * B, I}), dg, {&h, &xr});
+  acc_weight_grads<scalar_t>(dg, {{h, dwhh_t[0]}, {xr, dwih_t[0]}, {Tensor(), dbias[0]}});
+}
+
 // The backward of the unit split: per step, the element-wise pass over each thread's units
 // (all sequences) gives the gate gradients dG_t, kept for every step; then dh_{t-1} += dG_t W_hh,
 // each thread its block of dh's columns. The weight gradients, dx and db are each one GEMM over
-// all steps at the end (into the first thread's partials).
+// the valid steps at the end (grads_over_steps).
 template <typename scalar_t, bool PEEP, bool PHASED>
 void units_backward(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, const scalar_t* wci, const scalar_t* kgate,
                     int64_t kB, const scalar_t* GO, const int64_t* len, const Tensor& acts, const Tensor& hs,
                     const Tensor& cs, Tensor& dhb, Tensor& dcb, Tensor& dx, Tensor& dwhh_t, Tensor& dwih_t,
                     Tensor& dbias, Tensor& dpeep_parts, scalar_t* DK) {
-  const int64_t T = acts.size(0), B = acts.size(1), I = x.size(2), H = w_hh.size(1), BH = B * H;
+  const int64_t T = acts.size(0), B = acts.size(1), H = w_hh.size(1), BH = B * H;
   scalar_t* DHB = dhb.data_ptr<scalar_t>();
   scalar_t* DCB = dcb.data_ptr<scalar_t>();
   Tensor dgall = at::empty({T, B, 4 * H}, acts.options());
@@ -116,13 +128,7 @@ void units_backward(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, con
     Tensor dhprev = dhb[prv];
     units_dh_product<scalar_t>(dhprev, dgt, W, up);  // dh_{t-1} += dG_t W_hh, by columns of dh
   }
-  const Tensor dg2 = dgall.view({T * B, 4 * H});
-  Tensor dx2 = dx.view({T * B, I});
-  at::mm_out(dx2, dg2, w_ih);
-  // dW_hh^T += h_{t-1}^T dG, dW_ih^T += x_t^T dG and db += the sum of dG's rows, one pass over dG
-  acc_weight_grads<scalar_t>(dg2, {{hs.narrow(0, 0, T).reshape({T * B, H}), dwhh_t[0]},
-                          {x.reshape({T * B, I}), dwih_t[0]},
-                          {Tensor(), dbias[0]}});
+  grads_over_steps<scalar_t>(dgall, len, x, hs, w_ih, dx, dwhh_t, dwih_t, dbias);
 }
 
 // The backward, all in one parallel region over the batch. Per step and thread: the
@@ -208,21 +214,7 @@ void backward_loop(const Tensor& grad_out, const Tensor& x, const Tensor& w_ih, 
       }
     }
   });
-  if (deferred) {  // dx, the weight gradients and db, each one product over all steps
-    Tensor dg2 = dgall.view({T * B, 4 * H}), h2 = hs.narrow(0, 0, T).reshape({T * B, H}), x2 = x.reshape({T * B, I});
-    Tensor dx2 = dx.view({T * B, I});
-    if (len == nullptr) {
-      at::mm_out(dx2, dg2, w_ih);
-    } else {  // the valid steps only: a padded step's input or state (inf or NaN too) takes no part
-      const Tensor idx = valid_steps(len, T, B);
-      dg2 = dg2.index_select(0, idx);
-      h2 = h2.index_select(0, idx);
-      x2 = x2.index_select(0, idx);
-      dx2.zero_();
-      dx2.index_copy_(0, idx, at::mm(dg2, w_ih));
-    }
-    acc_weight_grads<scalar_t>(dg2, {{h2, dwhh_t[0]}, {x2, dwih_t[0]}, {Tensor(), dbias[0]}});
-  }
+  if (deferred) grads_over_steps<scalar_t>(dgall, len, x, hs, w_ih, dx, dwhh_t, dwih_t, dbias);
   dh.copy_(dhb[0]);
   dc.copy_(dcb[0]);
 }

@@ -77,14 +77,25 @@ inline bool running_rows(const int64_t* len, int64_t t, int64_t b0, int64_t b1, 
   return int64_t(rows.size()) * 4 <= (b1 - b0) * 3;
 }
 
-// The flat indices t * B + b of the valid steps (t < len[b]), for products over all steps that a
-// padded step's values (inf or NaN too) must not enter.
-inline Tensor valid_steps(const int64_t* len, int64_t T, int64_t B) {
+// After a backward that kept every step's gradients (rows t * B + b): dx2 (T*B, I) = d_in W_ih, and
+// d_in and each tensor of `rows` (T*B rows each) narrowed to the valid steps (t < len[b]), for the
+// weight gradients formed from them: a padded step's input or state (inf or NaN too) takes no part,
+// and its dx is 0. Without lengths every row stays.
+inline void valid_step_products(const int64_t* len, int64_t T, int64_t B, const Tensor& w_ih, Tensor dx2, Tensor& d_in,
+                                std::initializer_list<Tensor*> rows) {
+  if (len == nullptr) {
+    at::mm_out(dx2, d_in, w_ih);
+    return;
+  }
   std::vector<int64_t> valid;
   for (int64_t t = 0; t < T; ++t)
     for (int64_t b = 0; b < B; ++b)
       if (t < len[b]) valid.push_back(t * B + b);
-  return at::tensor(valid, at::TensorOptions().dtype(at::kLong));
+  const Tensor idx = at::tensor(valid, at::TensorOptions().dtype(at::kLong));
+  d_in = d_in.index_select(0, idx);
+  for (Tensor* r : rows) *r = r->index_select(0, idx);
+  dx2.zero_();
+  dx2.index_copy_(0, idx, at::mm(d_in, w_ih));
 }
 
 template <typename scalar_t>
