@@ -125,14 +125,14 @@ experiments() {  # (one function, read whole before it runs)
                 # parts joined by "-": capR, penaltyL, hN (hidden size; the paper's 110 otherwise), long
                 # (the longer protocol of freq-*-long: 120 epochs, the rate halved every 40, 5000 validation)
                 for setting in ${COMPUTE_SETTINGS:-cap0.1 cap0.05 penalty0.1 penalty1}; do
-                    opt=(--epochs 70)
+                    opt=() epochs=70
                     for part in ${setting//-/ }; do
                         case "$part" in cap*) opt+=(--r-on-max "${part#cap}") ;; penalty*) opt+=(--compute-penalty "${part#penalty}") ;;
                                         h*) opt+=(--hidden-size "${part#h}") ;;
-                                        long) opt+=(--epochs 120 --lr-decay 0.5 --lr-decay-every 40 --n-val 5000) ;;
+                                        long) epochs=120 opt+=(--lr-decay 0.5 --lr-decay-every 40 --n-val 5000) ;;
                                         *) echo "unknown part $part of $setting" >&2; exit 2 ;; esac
                     done
-                    $P compare --task freq-async --models phased --seeds 0,1,2 --n-test 10000 \
+                    $P compare --task freq-async --models phased --seeds 0,1,2 --epochs "$epochs" --n-test 10000 \
                         --test-every 5 --out "runs/paper/freq-async-$setting" "${COMMON[@]}" "${opt[@]}"
                 done ;;
             rows-027) rows rows-027-2ep 2 lstm,peephole,phased,layernorm,torch-lstm 0,1,2 --classes 0,2,7 ;;
