@@ -94,7 +94,7 @@ experiments() {  # (one function, read whole before it runs)
                 freq "$c" phased,lstm,batchnorm 0,1,2
                 freq "$c" peephole,layernorm 0 ;;
             freq-async-others|freq-standard-others|freq-highres-others)  # the peephole and LN-LSTM of a
-                # condition alone, in their own folder (the runs of freq-COND's first line were not carried)
+                # condition alone, in their own folder (results/paper/freq-COND-others)
                 c=${name#freq-}; c=${c%-others}
                 freq "$c" peephole,layernorm 0 -others ;;
             freq-combo|freq-combo-hard) combo "$name" ;;  # COMBO_MODELS=lstm: one model
