@@ -496,7 +496,7 @@ void ln_backward_loop(const Tensor& grad_out, const Tensor& x, const Tensor& w_i
                       const LnParams<scalar_t>& P, const int64_t* len, const Tensor& rih,
                       const Tensor& zhh, const Tensor& rhh, const Tensor& zc, const Tensor& rc, const Tensor& hs,
                       const Tensor& cs, Tensor& dh, Tensor& dc, Tensor& dx, Tensor& dwhh_t, Tensor& dwih_t,
-                      Tensor& parts) {
+                      Tensor& dw_hh, Tensor& dw_ih, Tensor& parts) {
   const int64_t T = zhh.size(0), B = zhh.size(1), I = x.size(2), H = w_hh.size(1), BH = B * H;
   const bool units = split_units(B, H);
   const RecurrentProduct rec(w_hh, /*transpose=*/false, /*pack=*/!units), rin(w_ih, /*transpose=*/false, /*pack=*/!units);
@@ -550,14 +550,14 @@ void ln_backward_loop(const Tensor& grad_out, const Tensor& x, const Tensor& w_i
     zero_row(dhp, H);
   };
   // dx and the weight gradients from every step's term gradients (dz: recurrent, dxw: input; (T, B, 4H)
-  // each), one product each over the valid steps (valid_step_products). (dW_ih's product on its own
-  // dX stays with MKL: the micro-kernel would pack all of dX for a product of I rows only.)
+  // each), one product each over the valid steps (valid_step_products), written straight into the
+  // gradients' layouts: dW_hh = dZ^T h_{t-1}, dW_ih = dXW^T x (as lstm_backward.cpp).
   auto grads_over_steps = [&](const Tensor& dzall, const Tensor& dxall) {
     Tensor dz = dzall.view({T * B, 4 * H}), dxw = dxall.view({T * B, 4 * H});
     Tensor h = hs.narrow(0, 0, T).reshape({T * B, H}), xr = x.reshape({T * B, I});
     valid_step_products(len, T, B, w_ih.detach(), dx.view({T * B, I}), dxw, {&dz, &h, &xr});
-    acc_weight_grads<scalar_t>(dz, {{h, dwhh_t[0]}});
-    dwih_t[0].addmm_(xr.t(), dxw);
+    at::mm_out(dw_hh, dz.t(), h);
+    at::mm_out(dw_ih, dxw.t(), xr);
   };
   if (units) {
     // Few sequences and a large W_hh (split_units): per step the rows by sequences, then
@@ -636,7 +636,12 @@ std::vector<Tensor> ln_backward(const OptTensor& grad_out_opt, const OptTensor& 
   Tensor dh = has_values(grad_hn) ? grad_hn.contiguous().clone() : at::zeros({B, H}, opts);
   Tensor dc = has_values(grad_cn) ? grad_cn.contiguous().clone() : at::zeros({B, H}, opts);
   Tensor dx = at::empty({T, B, I}, opts);
-  Tensor dwhh_t = at::zeros({nt, H, 4 * H}, opts), dwih_t = at::zeros({nt, I, 4 * H}, opts);
+  // the weight gradients: formed once after the loop where ln_backward_loop keeps every step's term
+  // gradients (the unit split, few sequences per thread), else per-thread partials (H, 4H) added up
+  const bool at_end = split_units(B, H) || batch_grain(B) < kDeferBelow;
+  const int64_t np = at_end ? 0 : nt;
+  Tensor dwhh_t = at::zeros({np, H, 4 * H}, opts), dwih_t = at::zeros({np, I, 4 * H}, opts);
+  Tensor dw_hh = at::empty({at_end ? 4 * H : 0, H}, opts), dw_ih = at::empty({at_end ? 4 * H : 0, I}, opts);
   Tensor parts = at::zeros({nt, 18 * H}, opts);
   const Tensor go = has_values(grad_out) ? grad_out.contiguous() : at::zeros({T, B, H}, opts);
   const Tensor xc = x.contiguous(), wi = w_ih.contiguous(), w = w_hh.contiguous();
@@ -644,9 +649,12 @@ std::vector<Tensor> ln_backward(const OptTensor& grad_out_opt, const OptTensor& 
   const int64_t* len = has_values(lengths) ? lengths.data_ptr<int64_t>() : nullptr;
   AT_DISPATCH_FLOATING_TYPES(zhh.scalar_type(), "ln_backward", [&] {
     ln_backward_loop<scalar_t>(go, xc, wi, w, ln.params<scalar_t>(), len, rih, zhh, rhh, zc, rc, hs, cs, dh, dc,
-                               dx, dwhh_t, dwih_t, parts);
+                               dx, dwhh_t, dwih_t, dw_hh, dw_ih, parts);
   });
-  Tensor dw_hh = dwhh_t.sum(0).t().contiguous(), dw_ih = dwih_t.sum(0).t().contiguous();
+  if (!at_end) {
+    dw_hh = dwhh_t.sum(0).t().contiguous();
+    dw_ih = dwih_t.sum(0).t().contiguous();
+  }
   Tensor sums = parts.sum(0);
   // dx, dW_ih, d g_ih, d b_ih, dW_hh, dh0, dc0, d g_hh, d b_hh, d g_c, d b_c
   return {dx, dw_ih, sums.narrow(0, 8 * H, 4 * H), sums.narrow(0, 12 * H, 4 * H), dw_hh, dh, dc,

@@ -66,15 +66,18 @@ static inline void pass_row(const scalar_t* __restrict dh, const scalar_t* __res
 }
 
 // dx, the weight gradients and db from every step's gate gradients dgall (T, B, 4H), one product each
-// over the valid steps (valid_step_products): dW_hh^T += h_{t-1}^T dG, dW_ih^T += x_t^T dG and db +=
-// the sum of dG's rows in one pass over dG, into the first thread's partials.
-template <typename scalar_t>
+// over the valid steps (valid_step_products), written straight into the gradients' own layouts:
+// dW_hh = dG^T h_{t-1} (4H, H), dW_ih = dG^T x (4H, I), db = the sum of dG's rows. (No per-thread
+// partials to zero, add up and transpose: at a few steps those passes over weight-sized buffers cost
+// more than the products.)
 static void grads_over_steps(const Tensor& dgall, const int64_t* len, const Tensor& x, const Tensor& hs,
-                             const Tensor& w_ih, Tensor& dx, Tensor& dwhh_t, Tensor& dwih_t, Tensor& dbias) {
+                             const Tensor& w_ih, Tensor& dx, Tensor& dw_hh, Tensor& dw_ih, Tensor& db) {
   const int64_t T = dgall.size(0), B = dgall.size(1), I = x.size(2), H = hs.size(2);
   Tensor dg = dgall.view({T * B, 4 * H}), h = hs.narrow(0, 0, T).reshape({T * B, H}), xr = x.reshape({T * B, I});
   valid_step_products(len, T, B, w_ih, dx.view({T * B, I}), dg, {&h, &xr});
-  acc_weight_grads<scalar_t>(dg, {{h, dwhh_t[0]}, {xr, dwih_t[0]}, {Tensor(), dbias[0]}});
+  at::mm_out(dw_hh, dg.t(), h);
+  at::mm_out(dw_ih, dg.t(), xr);
+  at::sum_out(db, dg, 0);
 }
 
 // The backward of the unit split: per step, the element-wise pass over each thread's units
@@ -84,8 +87,8 @@ static void grads_over_steps(const Tensor& dgall, const int64_t* len, const Tens
 template <typename scalar_t, bool PEEP, bool PHASED>
 void units_backward(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, const scalar_t* wci, const scalar_t* kgate,
                     int64_t kB, const scalar_t* GO, const int64_t* len, const Tensor& acts, const Tensor& hs,
-                    const Tensor& cs, Tensor& dhb, Tensor& dcb, Tensor& dx, Tensor& dwhh_t, Tensor& dwih_t,
-                    Tensor& dbias, Tensor& dpeep_parts, scalar_t* DK) {
+                    const Tensor& cs, Tensor& dhb, Tensor& dcb, Tensor& dx, Tensor& dw_hh, Tensor& dw_ih, Tensor& db,
+                    Tensor& dpeep_parts, scalar_t* DK) {
   const int64_t T = acts.size(0), B = acts.size(1), H = w_hh.size(1), BH = B * H;
   scalar_t* DHB = dhb.data_ptr<scalar_t>();
   scalar_t* DCB = dcb.data_ptr<scalar_t>();
@@ -128,7 +131,7 @@ void units_backward(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, con
     Tensor dhprev = dhb[prv];
     units_dh_product<scalar_t>(dhprev, dgt, W, up);  // dh_{t-1} += dG_t W_hh, by columns of dh
   }
-  grads_over_steps<scalar_t>(dgall, len, x, hs, w_ih, dx, dwhh_t, dwih_t, dbias);
+  grads_over_steps(dgall, len, x, hs, w_ih, dx, dw_hh, dw_ih, db);
 }
 
 // The backward, all in one parallel region over the batch. Per step and thread: the
@@ -145,7 +148,7 @@ template <typename scalar_t, bool PEEP, bool PHASED>
 void backward_loop(const Tensor& grad_out, const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, const Tensor& peep,
                    const Tensor& k, const int64_t* len, const Tensor& acts, const Tensor& hs, const Tensor& cs,
                    Tensor& dh, Tensor& dc, Tensor& dx, Tensor& dwhh_t, Tensor& dwih_t, Tensor& dbias,
-                   Tensor& dpeep_parts, Tensor& dk, bool units) {
+                   Tensor& dw_hh, Tensor& dw_ih, Tensor& db_all, Tensor& dpeep_parts, Tensor& dk, bool units) {
   const int64_t T = acts.size(0), B = acts.size(1), I = x.size(2), H = w_hh.size(1), BH = B * H;
   const scalar_t* wci = PEEP ? peep.data_ptr<scalar_t>() : nullptr;
   const scalar_t* wcf = PEEP ? wci + H : nullptr;
@@ -170,8 +173,8 @@ void backward_loop(const Tensor& grad_out, const Tensor& x, const Tensor& w_ih, 
   Tensor dgall = deferred ? at::empty({T, B, 4 * H}, acts.options()) : Tensor();
   scalar_t* DGA = deferred ? dgall.data_ptr<scalar_t>() : nullptr;
   if (units)
-    units_backward<scalar_t, PEEP, PHASED>(x, w_ih, w_hh, wci, kgate, kB, GO, len, acts, hs, cs, dhb, dcb, dx, dwhh_t,
-                                           dwih_t, dbias, dpeep_parts, DK);
+    units_backward<scalar_t, PEEP, PHASED>(x, w_ih, w_hh, wci, kgate, kB, GO, len, acts, hs, cs, dhb, dcb, dx, dw_hh,
+                                           dw_ih, db_all, dpeep_parts, DK);
   else at::parallel_for(0, B, batch_grain(B), [&](int64_t b0, int64_t b1) {
     const int64_t Bt = b1 - b0, tid = at::get_thread_num();
     scalar_t* acc = PEEP ? dpeep_parts[tid].data_ptr<scalar_t>() : nullptr;
@@ -179,9 +182,10 @@ void backward_loop(const Tensor& grad_out, const Tensor& x, const Tensor& w_ih, 
     scalar_t* dk_base = PHASED ? (kB == 1 ? DK + tid * T * H : DK) : nullptr;
     Tensor dg = at::empty({Bt, 4 * H}, acts.options());  // this step's gate gradients, this thread's rows
     StepGrads<scalar_t> products(rec, rin, HS, X, B, H, I, b0, Bt, acts.options());
-    Tensor dwhh = dwhh_t[tid], dwih = dwih_t[tid], db = dbias[tid];
+    // per-thread partials of the weight gradients (none when they are formed after the loop)
+    Tensor dwhh = deferred ? Tensor() : dwhh_t[tid], dwih = deferred ? Tensor() : dwih_t[tid];
     scalar_t* DG = dg.data_ptr<scalar_t>();
-    scalar_t* DB = db.data_ptr<scalar_t>();
+    scalar_t* DB = deferred ? nullptr : dbias[tid].data_ptr<scalar_t>();
     std::vector<int64_t> rows;  // the rows still running at step t (with lengths)
     for (int64_t t = T - 1; t >= 0; --t) {
       const int64_t cur = (t + 1) % 2, prv = t % 2;
@@ -214,7 +218,7 @@ void backward_loop(const Tensor& grad_out, const Tensor& x, const Tensor& w_ih, 
       }
     }
   });
-  if (deferred) grads_over_steps<scalar_t>(dgall, len, x, hs, w_ih, dx, dwhh_t, dwih_t, dbias);
+  if (deferred) grads_over_steps(dgall, len, x, hs, w_ih, dx, dw_hh, dw_ih, db_all);
   dh.copy_(dhb[0]);
   dc.copy_(dcb[0]);
 }
@@ -237,8 +241,16 @@ std::vector<Tensor> lstm_backward(const OptTensor& grad_out_opt, const OptTensor
   Tensor dh = has_values(grad_hn) ? grad_hn.contiguous().clone() : at::zeros({B, H}, opts);
   Tensor dc = has_values(grad_cn) ? grad_cn.contiguous().clone() : at::zeros({B, H}, opts);
   Tensor dx = at::empty({T, B, I}, opts);
-  Tensor dwhh_t = at::zeros({nt, H, 4 * H}, opts), dwih_t = at::zeros({nt, I, 4 * H}, opts);
-  Tensor dbias = at::zeros({nt, 4 * H}, opts);
+  const bool units = split_units(B, H);
+  // The weight gradients: formed once over all steps after the loop (the unit split, or few sequences
+  // per thread), straight into their own layouts; otherwise summed per thread, step by step, into
+  // partials (H, 4H) that are added up and transposed at the end.
+  const bool at_end = units || batch_grain(B) < kDeferBelow;
+  const int64_t parts = at_end ? 0 : nt;
+  Tensor dwhh_t = at::zeros({parts, H, 4 * H}, opts), dwih_t = at::zeros({parts, I, 4 * H}, opts);
+  Tensor dbias = at::zeros({parts, 4 * H}, opts);
+  Tensor dw_hh = at::empty({at_end ? 4 * H : 0, H}, opts), dw_ih = at::empty({at_end ? 4 * H : 0, I}, opts);
+  Tensor db = at::empty({at_end ? 4 * H : 0}, opts);
   const bool shared_k = phased && k.size(1) == 1;
   // dk accumulates: zeros, per sequence (T, B, H), or per thread (threads, T, H) when shared
   Tensor dk = !phased ? at::empty({0}, opts) : (shared_k ? at::zeros({nt, T, H}, opts) : at::zeros({T, B, H}, opts));
@@ -247,14 +259,18 @@ std::vector<Tensor> lstm_backward(const OptTensor& grad_out_opt, const OptTensor
   const Tensor xc = x.contiguous(), wi = w_ih.contiguous(), w = w_hh.contiguous();
   const Tensor kc = phased ? k.contiguous() : k;
   const int64_t* len = has_values(lengths) ? lengths.data_ptr<int64_t>() : nullptr;
-  const bool units = split_units(B, H);
   AT_DISPATCH_FLOATING_TYPES(acts.scalar_type(), "lstm_backward", [&] {
     with_flags(peephole, phased, [&](auto peep_flag, auto phased_flag) {
       backward_loop<scalar_t, decltype(peep_flag)::value, decltype(phased_flag)::value>(
-          go, xc, wi, w, peep, kc, len, acts, hs, cs, dh, dc, dx, dwhh_t, dwih_t, dbias, dpeep_parts, dk, units);
+          go, xc, wi, w, peep, kc, len, acts, hs, cs, dh, dc, dx, dwhh_t, dwih_t, dbias, dw_hh, dw_ih, db, dpeep_parts, dk,
+          units);
     });
   });
-  Tensor dw_hh = dwhh_t.sum(0).t().contiguous(), dw_ih = dwih_t.sum(0).t().contiguous(), db = dbias.sum(0);
+  if (!at_end) {
+    dw_hh = dwhh_t.sum(0).t().contiguous();
+    dw_ih = dwih_t.sum(0).t().contiguous();
+    db = dbias.sum(0);
+  }
   Tensor dpeep = peephole ? dpeep_parts.sum(0) : at::empty({0}, opts);
   if (shared_k) dk = dk.sum(0).unsqueeze(1);  // (T, 1, H)
   return {dx, dw_ih, db, dw_hh, dh, dc, dpeep, dk};
