@@ -38,29 +38,27 @@ _SPLITS = {"auto": 0, "units": 1, "batch": 2}
 
 
 @contextlib.contextmanager
-def tuning(*, packed: bool | None = None, weight_grads: bool | None = None, running_rows: bool | None = None,
-           split: str | None = None, kblock: int | None = None):
+def tuning(*, packed: bool | None = None, running_rows: bool | None = None, split: str | None = None,
+           kblock: int | None = None):
     """The kernels' tuning switches for the duration of a block (tests and benchmarks; the defaults
-    are the strategies of docs/speed.md, or what the PHASEDLSTM_PACKED, _WEIGHT_GRADS, _RUNNING_ROWS, _SPLIT
-    and _KBLOCK environment variables said when the kernels loaded). ``packed``: the micro-kernel
-    (False: at::addmm); ``weight_grads``: the unit split's weight gradients by the micro-kernel (False: MKL);
-    ``running_rows``: with lengths, multiply only the sequences still running; ``split``: "auto",
+    are the strategies of docs/speed.md, or what the PHASEDLSTM_PACKED, _RUNNING_ROWS, _SPLIT and _KBLOCK
+    environment variables said when the kernels loaded). ``packed``: the micro-kernel (False:
+    at::addmm); ``running_rows``: with lengths, multiply only the sequences still running; ``split``: "auto",
     "units" or "batch"; ``kblock``: the unit split's products by blocks of this many rows of K (0:
     whole). Restored on exit."""
     if not load():
         raise RuntimeError(f"the fused kernels are not available: {_state['error']}")
     ops = torch.ops.phasedlstm_testing
     before = tuple(ops.get_options())
-    now = dict(zip(("packed", "weight_grads", "running_rows", "split", "kblock"), before))
-    for name, value in (("packed", packed), ("weight_grads", weight_grads), ("running_rows", running_rows), ("kblock", kblock)):
+    now = dict(zip(("packed", "running_rows", "split", "kblock"), before))
+    for name, value in (("packed", packed), ("running_rows", running_rows), ("kblock", kblock)):
         if value is not None:
             now[name] = value
     if split is not None:
         if split not in _SPLITS:
             raise ValueError(f"split must be one of {sorted(_SPLITS)}, got {split!r}")
         now["split"] = _SPLITS[split]
-    ops.set_options(bool(now["packed"]), bool(now["weight_grads"]), bool(now["running_rows"]), int(now["split"]),
-                    int(now["kblock"]))
+    ops.set_options(bool(now["packed"]), bool(now["running_rows"]), int(now["split"]), int(now["kblock"]))
     try:
         yield
     finally:
@@ -165,7 +163,7 @@ def _needs_grad(*tensors) -> bool:
 
 def _split_in_force() -> int:
     """How the kernels share a step among threads now (0: by shape, 1: units, 2: batch)."""
-    return int(torch.ops.phasedlstm_testing.get_options()[3])
+    return int(torch.ops.phasedlstm_testing.get_options()[2])
 
 
 @contextlib.contextmanager
@@ -173,10 +171,10 @@ def _split(split: int):
     """The backward in the split its forward ran in (a split chosen for a call, phasedlstm.autotune,
     holds for the call's forward only: its backward runs later, outside it)."""
     now = tuple(torch.ops.phasedlstm_testing.get_options())
-    if now[3] == split:
+    if now[2] == split:  # (packed, running_rows, split, kblock)
         yield
         return
-    torch.ops.phasedlstm_testing.set_options(*now[:3], split, now[4])
+    torch.ops.phasedlstm_testing.set_options(*now[:2], split, now[3])
     try:
         yield
     finally:

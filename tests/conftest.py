@@ -54,7 +54,7 @@ def tune():
     from phasedlstm import fast
 
     def value(name, v):
-        if name in ("packed", "weight_grads", "running_rows") and isinstance(v, str):
+        if name in ("packed", "running_rows") and isinstance(v, str):
             return v != "0"
         return int(v) if name == "kblock" else v
 

@@ -196,10 +196,10 @@ def test_without_kernels_the_reference_runs_and_says_so_once():
     assert r.stdout.split() == ["1", "False"]
 
 
-@pytest.mark.parametrize("split,B", [("units", 5), ("batch", 5), ("batch", 40)])
+@pytest.mark.parametrize("split,B,threads", [("units", 5, 2), ("units", 5, 1), ("batch", 5, 2), ("batch", 40, 2)])
 @pytest.mark.parametrize("kind", ["lstm", "peephole", "phased", "layernorm"])
 @pytest.mark.parametrize("dtype,packed", DTYPE_PACKED)
-def test_both_ways_of_sharing_a_step_among_threads_equal_the_reference(kind, dtype, split, B, packed, tune):
+def test_both_ways_of_sharing_a_step_among_threads_equal_the_reference(kind, dtype, split, B, threads, packed, tune):
     """A step's work is shared among threads by sequences, or (few sequences and a large W_hh) by
     units: each thread its units' rows of W_hh; PHASEDLSTM_SPLIT forces one. Both give the
     reference's outputs, states and gradients, with the micro-kernel (its unit blocks of W_hh
@@ -207,11 +207,11 @@ def test_both_ways_of_sharing_a_step_among_threads_equal_the_reference(kind, dty
     unit blocks (32 + 8: a full and a partial panel); shared and per-sample timestamps, lengths,
     and 400 steps without gradients (the inference loop works in chunks of steps) are covered.
     By sequences, B = 5 forms the weight gradients once after the loop (few sequences per
-    thread) and B = 40 step by step."""
+    thread) and B = 40 step by step. On one thread the unit split runs every block itself."""
     tune(split=split)
     tune(packed=packed)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
     try:
         torch.manual_seed(5)
         H = 40
@@ -249,7 +249,7 @@ def test_both_ways_of_sharing_a_step_among_threads_equal_the_reference(kind, dty
                 for u, v in ((o1, o2), (h1, h2), (c1, c2)):
                     torch.testing.assert_close(v.to(u.dtype), u, **tol)
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("H", [3, 5, 13])
@@ -283,36 +283,13 @@ def test_layer_norm_rows_of_any_length_equal_the_reference(H, dtype, packed, tun
         torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize("weight_grads", ["1", "0"])
-@pytest.mark.parametrize("K,M,N,chunk", [(1000, 37, 148, 64), (1000, 37, 148, 0), (7, 1, 5, 0), (305, 3, 160, 8),
-                                         (2000, 40, 4096, 0)])
-def test_weight_gradient_product_equals_float64(K, M, N, chunk, weight_grads, tune):
-    """The weight gradients over all steps, C += A^T B and bias += B's column sums, by the blocked
-    micro-kernel (weight_grads="1", the default; 0: at::addmm): chunks of K that do not divide it
-    (and 8-row groups with a tail), a partial last panel of B (N = 148, 5), a single row of A, and
-    N = 4096, whose default chunk (1024 rows: 16 MiB of packed B) splits K = 2000 in two. Equal to the
-    float64 product within float32's rounding over K terms."""
-    tune(weight_grads=weight_grads)
-    torch.manual_seed(K + M + N)
-    a, b, c, bias = torch.randn(K, M), torch.randn(K, N), torch.randn(M, N), torch.randn(N)
-    c0, bias0 = c.double(), bias.double()
-    torch.ops.phasedlstm_testing.weight_grads_acc(c, a, b, bias, chunk)
-    want_c, want_b = c0 + a.double().t() @ b.double(), bias0 + b.double().sum(0)
-    torch.testing.assert_close(c.double(), want_c, rtol=1e-5, atol=1e-5 * float(want_c.abs().max()))
-    torch.testing.assert_close(bias.double(), want_b, rtol=1e-5, atol=1e-5 * float(want_b.abs().max()))
-    with pytest.raises(RuntimeError, match=r"expected A \(K, M\), B \(K, N\), C \(M, N\)"):
-        torch.ops.phasedlstm_testing.weight_grads_acc(c, a[:-1], b, bias, chunk)
-
-
-@pytest.mark.parametrize("weight_grads", ["1", "0"])
 @pytest.mark.parametrize("kind", list(LAYERS))
-def test_unit_split_weight_gradients_equal_the_reference(kind, weight_grads, tune):
-    """With the unit split, the backward sums the weight and bias gradients over all steps at its
-    end, with the blocked micro-kernel (dW_hh, dW_ih and the bias in one pass over dG) or at::addmm
-    (weight_grads="0"). H = 37 makes a partial last panel of 4H = 148 columns and K = 7 x 43 = 301
-    steps x sequences a tail after groups of 8 rows. Every gradient equals the reference's."""
+def test_unit_split_weight_gradients_equal_the_reference(kind, tune):
+    """With the unit split, the backward forms the weight and bias gradients once over all steps at
+    its end (dG^T h_{t-1}, dG^T x and dG's column sums over the valid steps). H = 37 makes a partial
+    last panel of 4H = 148 columns in the per-step products; 7 sequences of up to 43 steps, with and
+    without lengths. Every gradient equals the reference's."""
     tune(split="units")
-    tune(weight_grads=weight_grads)
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:

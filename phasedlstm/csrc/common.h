@@ -62,11 +62,10 @@ namespace phasedlstm {
 
 // The kernels' tuning switches. The defaults are the strategies docs/speed.md describes; tests and
 // benchmarks change them through phasedlstm_testing::set_options (phasedlstm.fast.tuning in Python).
-// Read once from the environment when first used: PHASEDLSTM_PACKED=0, PHASEDLSTM_WEIGHT_GRADS=0,
-// PHASEDLSTM_RUNNING_ROWS=0, PHASEDLSTM_SPLIT=units|batch, PHASEDLSTM_KBLOCK=N.
+// Read once from the environment when first used: PHASEDLSTM_PACKED=0, PHASEDLSTM_RUNNING_ROWS=0,
+// PHASEDLSTM_SPLIT=units|batch, PHASEDLSTM_KBLOCK=N.
 struct Options {
   bool packed = true;        // the register-blocked micro-kernel where it serves (false: at::addmm)
-  bool weight_grads = true;           // the unit split's weight gradients by the micro-kernel (false: MKL)
   bool running_rows = true;  // with lengths, multiply only the sequences still running
   int split = 0;             // how a step is shared among threads: 0 by shape, 1 units, 2 batch
   int64_t kblock = 128;      // the unit split's products by blocks of this many rows of K (0: whole)
@@ -79,7 +78,6 @@ inline Options options_from_env() {
     return e != nullptr && std::strcmp(e, "0") == 0;
   };
   o.packed = !off("PHASEDLSTM_PACKED");
-  o.weight_grads = !off("PHASEDLSTM_WEIGHT_GRADS");
   o.running_rows = !off("PHASEDLSTM_RUNNING_ROWS");
   if (const char* e = std::getenv("PHASEDLSTM_SPLIT")) o.split = std::strcmp(e, "units") == 0 ? 1 : std::strcmp(e, "batch") == 0 ? 2 : 0;
   if (const char* e = std::getenv("PHASEDLSTM_KBLOCK")) o.kblock = std::max<int64_t>(0, std::atoll(e));

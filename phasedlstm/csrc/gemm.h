@@ -28,14 +28,6 @@ struct PackedB {
   int64_t K = 0, N = 0;
 };
 
-// One operand of the weight-gradient product (gemm_at_b_parts below): C += A^T B
-struct AtBPart {
-  const float* a;  // (K x m), rows of stride lda; nullptr: a row of ones (m = 1)
-  int64_t lda, m;
-  float* c;  // (m x N), rows of stride ldc
-  int64_t ldc;
-};
-
 #if defined(__AVX2__)
 // 8 rows of src (stride sn) x 8 consecutive values -> 8 rows of d (stride ldd) x 8: an 8 x 8 transpose
 static inline void transpose8(const float* __restrict s, int64_t sn, float* __restrict d, int64_t ldd) {
@@ -96,9 +88,10 @@ inline PackedB pack_b(const Tensor& src, int64_t K, int64_t N, int64_t sk, int64
 constexpr bool kHavePacked = true;
 
 // FULL: all 64 columns valid (plain loads; masked loads are several times slower on some
-// CPUs, so only the last, partial panel uses them).
+// CPUs, so only the last, partial panel uses them). BFULL: B's rows are whole panels even where C's
+// are not (a packed B is padded with zeros to kNR columns), so B is read without masks.
 // init: if not null, C is not read; every row starts from init (a bias vector) instead.
-template <int MR, bool FULL>
+template <int MR, bool FULL, bool BFULL = FULL>
 static inline void micro_tile(int64_t K, const float* __restrict A, int64_t lda, const float* __restrict Bp,
                               int64_t ldb, float* __restrict C, int64_t ldc, int64_t ncols,
                               const float* __restrict init, const float* = nullptr) {
@@ -116,7 +109,7 @@ static inline void micro_tile(int64_t K, const float* __restrict A, int64_t lda,
   for (int64_t k = 0; k < K; ++k) {
     const float* b = Bp + k * ldb;  // masked in a partial panel: a row-major B may end inside it
     __m512 b0, b1, b2, b3;
-    if (FULL) {
+    if (FULL || BFULL) {
       b0 = _mm512_loadu_ps(b);
       b1 = _mm512_loadu_ps(b + 16);
       b2 = _mm512_loadu_ps(b + 32);
@@ -149,7 +142,7 @@ constexpr bool kHavePacked = true;
 // GCC 12 keeps an array of __m256 in memory and stores it at every k, at less than half the
 // rate. FULL: all 16 columns valid; otherwise C (and a row-major B, which
 // may end inside the panel) are read and written under a mask.
-template <int MR, bool FULL>
+template <int MR, bool FULL, bool BFULL = FULL>
 static inline void micro_tile(int64_t K, const float* __restrict A, int64_t lda, const float* __restrict Bp,
                               int64_t ldb, float* __restrict C, int64_t ldc, int64_t ncols,
                               const float* __restrict init, const float* pf = nullptr) {
@@ -172,7 +165,7 @@ static inline void micro_tile(int64_t K, const float* __restrict A, int64_t lda,
   for (int64_t k = 0; k < K; ++k) {
     const float* b = Bp + k * ldb;
     if (pf != nullptr) _mm_prefetch(reinterpret_cast<const char*>(pf + k * ldb), _MM_HINT_T0);
-    const __m256 b0 = load(b, 0), b1 = load(b + 8, 1);
+    const __m256 b0 = BFULL ? _mm256_loadu_ps(b) : load(b, 0), b1 = BFULL ? _mm256_loadu_ps(b + 8) : load(b + 8, 1);
 #define PLSTM_STEP(r)                                          \
   if constexpr (MR > r) {                                      \
     const __m256 a = _mm256_broadcast_ss(A + r * lda + k);     \
@@ -201,31 +194,32 @@ static inline void micro_tile(int64_t K, const float* __restrict A, int64_t lda,
 #if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
 // (the tiles above, 6 rows at a time, over the panels of B)
 // prefetch: K lines of B (stride ldb) fetched into L1 by the second tile of 6 rows (nullptr: none)
-template <bool FULL>
+template <bool FULL, bool BFULL = FULL>
 inline void micro_rows(int64_t M, int64_t K, const float* A, int64_t lda, const float* bq, int64_t ldb, float* cq,
                        int64_t ldc, int64_t ncols, const float* init, const float* prefetch = nullptr) {
   int64_t m = 0;
   for (; m + 6 <= M; m += 6)
-    micro_tile<6, FULL>(K, A + m * lda, lda, bq, ldb, cq + m * ldc, ldc, ncols, init, m == 6 ? prefetch : nullptr);
+    micro_tile<6, FULL, BFULL>(K, A + m * lda, lda, bq, ldb, cq + m * ldc, ldc, ncols, init, m == 6 ? prefetch : nullptr);
   switch (M - m) {
-    case 5: micro_tile<5, FULL>(K, A + m * lda, lda, bq, ldb, cq + m * ldc, ldc, ncols, init); break;
-    case 4: micro_tile<4, FULL>(K, A + m * lda, lda, bq, ldb, cq + m * ldc, ldc, ncols, init); break;
-    case 3: micro_tile<3, FULL>(K, A + m * lda, lda, bq, ldb, cq + m * ldc, ldc, ncols, init); break;
-    case 2: micro_tile<2, FULL>(K, A + m * lda, lda, bq, ldb, cq + m * ldc, ldc, ncols, init); break;
-    case 1: micro_tile<1, FULL>(K, A + m * lda, lda, bq, ldb, cq + m * ldc, ldc, ncols, init); break;
+    case 5: micro_tile<5, FULL, BFULL>(K, A + m * lda, lda, bq, ldb, cq + m * ldc, ldc, ncols, init); break;
+    case 4: micro_tile<4, FULL, BFULL>(K, A + m * lda, lda, bq, ldb, cq + m * ldc, ldc, ncols, init); break;
+    case 3: micro_tile<3, FULL, BFULL>(K, A + m * lda, lda, bq, ldb, cq + m * ldc, ldc, ncols, init); break;
+    case 2: micro_tile<2, FULL, BFULL>(K, A + m * lda, lda, bq, ldb, cq + m * ldc, ldc, ncols, init); break;
+    case 1: micro_tile<1, FULL, BFULL>(K, A + m * lda, lda, bq, ldb, cq + m * ldc, ldc, ncols, init); break;
     default: break;
   }
 }
 
-// C (M x N) += A (M x K) B (K x N); B is packed (panel_stride = K * kNR, ldb = kNR) or row-major
-// (panel_stride = kNR, ldb = its row stride). Rows of A and C have strides lda and ldc. With
-// init (an N-vector), C = init + A B instead: C is written, never read.
+// C (M x N) += A (M x K) B (K x N); B is packed (packed = true: panel_stride = K * kNR, ldb = kNR) or
+// row-major (panel_stride = kNR, ldb = its row stride). Rows of A and C have strides lda and ldc.
+// With init (an N-vector), C = init + A B instead: C is written, never read.
 inline void gemm_acc_any(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* Bq0,
                          int64_t panel_stride, int64_t ldb, float* C, int64_t ldc, const float* init = nullptr,
-                         int64_t kblock = 0) {
+                         int64_t kblock = 0, bool packed = false) {
   const int64_t panels = (N + kNR - 1) / kNR;
   // by blocks of K rows only where asked (see UnitPacks) and B is packed; otherwise one block of all K
-  const bool blocked = kblock > 0 && M > 6 && panel_stride == K * kNR && ldb == kNR;
+  // packed: B is a PackedB (panels zero-padded to kNR columns), read without masks in a partial panel
+  const bool blocked = kblock > 0 && M > 6 && packed;
   const int64_t kstep = blocked ? kblock : std::max<int64_t>(K, 1);
   for (int64_t q = 0; q < panels; ++q) {
     const float* bq = Bq0 + q * panel_stride;
@@ -239,6 +233,7 @@ inline void gemm_acc_any(int64_t M, int64_t N, int64_t K, const float* A, int64_
           !blocked ? nullptr : (k0 + kb < K ? bq + (k0 + kb) * kNR : (q + 1 < panels ? bq + panel_stride : nullptr));
       const float* iq = init != nullptr && k0 == 0 ? init + q * kNR : nullptr;
       if (ncols == kNR) micro_rows<true>(M, kb, A + k0, lda, bq + k0 * ldb, ldb, cq, ldc, ncols, iq, next);
+      else if (packed) micro_rows<false, true>(M, kb, A + k0, lda, bq + k0 * ldb, ldb, cq, ldc, ncols, iq, next);
       else micro_rows<false>(M, kb, A + k0, lda, bq + k0 * ldb, ldb, cq, ldc, ncols, iq, next);
     }
   }
@@ -246,88 +241,15 @@ inline void gemm_acc_any(int64_t M, int64_t N, int64_t K, const float* A, int64_
 
 inline void gemm_acc(int64_t M, const float* A, int64_t lda, const PackedB& B, float* C, int64_t ldc,
                      const float* init = nullptr, int64_t kblock = 0) {
-  gemm_acc_any(M, B.N, B.K, A, lda, B.data.data_ptr<float>(), B.K * kNR, kNR, C, ldc, init, kblock);
+  gemm_acc_any(M, B.N, B.K, A, lda, B.data.data_ptr<float>(), B.K * kNR, kNR, C, ldc, init, kblock, /*packed=*/true);
 }
 
-// The weight gradients over all steps: C_p (M_p x N) += A_p^T B for a few parts p at once, with
-// A_p (K x M_p) and B (K x N) row-major (K = T * B rows: for example h_{t-1} and dG of every step;
-// a part without A is a row of ones, so its C row gets the column sums of B: the bias gradient).
-// B is the large operand (dG: K x 4H), read once for all parts. Per chunk of K rows the threads
-// pack B into panels (K x kNR, read from L2 by the tiles) and the parts' A transposed (rows of K,
-// streamed), then split the panels, each tile summing over the whole chunk in registers (C loaded
-// and stored once per chunk, not per block of K).
-inline void gemm_at_b_parts(int64_t N, int64_t K, const float* B, int64_t ldb, const std::vector<AtBPart>& parts,
-                           int64_t chunk = 0) {
-  const int64_t panels = (N + kNR - 1) / kNR;
-  int64_t mt = 0;
-  for (const auto& p : parts) mt += p.m;
-  // chunks of K: packed B at most 16 MiB (4 Mi floats over panels * kNR per row) but at least 256 rows
-  // (so more where 4H > 4096), rows a multiple of 8
-  const int64_t kch = chunk > 0 ? chunk : std::max<int64_t>(256, (int64_t(4) << 20) / (panels * kNR) / 8 * 8);
-  const int64_t kmax = std::min(K, kch);
-  // (buffers kept by the calling thread between calls: a fresh 16 MiB allocation is mapped and
-  // faulted in page by page at every call, which cost more than the packing itself)
-  static thread_local std::vector<float> bp_keep, ap_keep;
-  if (bp_keep.size() < size_t(panels * kmax * kNR)) bp_keep.resize(panels * kmax * kNR);
-  if (ap_keep.size() < size_t(mt * kmax)) ap_keep.resize(mt * kmax);
-  float* const bpd = bp_keep.data();
-  float* const apd = ap_keep.data();
-  for (int64_t k0 = 0; k0 < K; k0 += kch) {
-    const int64_t kc = std::min(kch, K - k0);
-    at::parallel_for(0, (kc + 7) / 8, 1, [&](int64_t e0, int64_t e1) {  // packing, by groups of 8 rows of K
-      for (int64_t e = e0; e < e1; ++e) {
-        const int64_t ka = e * 8, kb = std::min(kc, ka + 8);
-        for (int64_t k = ka; k < kb; ++k)
-          for (int64_t q = 0; q < panels; ++q) {
-            const int64_t nc = std::min(kNR, N - q * kNR);
-            float* d = bpd + (q * kc + k) * kNR;
-            std::memcpy(d, B + (k0 + k) * ldb + q * kNR, nc * sizeof(float));
-            for (int64_t c = nc; c < kNR; ++c) d[c] = 0;
-          }
-        int64_t row = 0;  // ap[row][k] = A_p[k0 + k][m]
-        for (const auto& p : parts) {
-          float* d = apd + row * kc;
-          if (p.a == nullptr) {
-            std::fill(d + ka, d + kb, 1.0f);
-          } else {
-            int64_t m = 0;
-#if defined(__AVX2__)
-            if (kb - ka == 8)
-              for (; m + 8 <= p.m; m += 8) transpose8(p.a + (k0 + ka) * p.lda + m, p.lda, d + m * kc + ka, kc);
-#endif
-            for (; m < p.m; ++m)
-              for (int64_t k = ka; k < kb; ++k) d[m * kc + k] = p.a[(k0 + k) * p.lda + m];
-          }
-          row += p.m;
-        }
-      }
-    });
-    at::parallel_for(0, panels, 1, [&](int64_t q0, int64_t q1) {
-      for (int64_t q = q0; q < q1; ++q) {
-        const int64_t nc = std::min(kNR, N - q * kNR);
-        const float* bq = bpd + q * kc * kNR;
-        int64_t row = 0;
-        for (const auto& p : parts) {
-          const float* a = apd + row * kc;
-          if (nc == kNR) micro_rows<true>(p.m, kc, a, kc, bq, kNR, p.c + q * kNR, p.ldc, nc, nullptr);
-          else micro_rows<false>(p.m, kc, a, kc, bq, kNR, p.c + q * kNR, p.ldc, nc, nullptr);
-          row += p.m;
-        }
-      }
-    });
-  }
-}
-
-// options().weight_grads = false: the weight gradients over all steps with at::addmm_ (MKL) instead
-inline bool weight_grads_enabled() { return options().weight_grads; }
 #else
 constexpr bool kHavePacked = false;
 inline void gemm_acc(int64_t, const float*, int64_t, const PackedB&, float*, int64_t, const float* = nullptr,
                      int64_t = 0) {}
 inline void gemm_acc_any(int64_t, int64_t, int64_t, const float*, int64_t, const float*, int64_t, int64_t, float*,
-                         int64_t, const float* = nullptr, int64_t = 0) {}
-inline void gemm_at_b_parts(int64_t, int64_t, const float*, int64_t, const std::vector<AtBPart>&, int64_t = 0) {}
-inline bool weight_grads_enabled() { return false; }
+                         int64_t, const float* = nullptr, int64_t = 0, bool = false) {}
 #endif
 
 // options().packed = false switches the micro-kernel off (at::addmm_ for every product): the tests
@@ -347,31 +269,6 @@ inline void acc_ab(Tensor C, const Tensor& A, const Tensor& B) {
     }
   }
   C.addmm_(A, B);
-}
-
-// The weight gradients over all steps, at the end of a backward (outside parallel regions: it
-// parallelises itself): for each (A, C) of parts, C += A^T B, or C += the column sums of B where A
-// is undefined (a bias). A (K x M), B (K x N) and C with contiguous rows.
-template <typename scalar_t>
-inline void acc_weight_grads(const Tensor& B, const std::vector<std::pair<Tensor, Tensor>>& parts, int64_t chunk = 0) {
-  if constexpr (std::is_same_v<scalar_t, float>) {
-    if (kHavePacked && packed_enabled() && weight_grads_enabled() && B.stride(1) == 1) {
-      std::vector<AtBPart> ps;
-      for (const auto& part : parts) {
-        const Tensor &a = part.first, &c = part.second;
-        TORCH_CHECK(c.stride(-1) == 1 && (!a.defined() || a.stride(1) == 1), "acc_weight_grads: rows must be contiguous");
-        if (a.defined()) ps.push_back({a.data_ptr<float>(), a.stride(0), a.size(1), c.data_ptr<float>(), c.stride(0)});
-        else ps.push_back({nullptr, 0, 1, c.data_ptr<float>(), 0});
-      }
-      gemm_at_b_parts(B.size(1), B.size(0), B.data_ptr<float>(), B.stride(0), ps, chunk);
-      return;
-    }
-  }
-  for (const auto& part : parts) {
-    Tensor c = part.second;
-    if (part.first.defined()) c.addmm_(part.first.t(), B);
-    else c.add_(B.sum(0));
-  }
 }
 
 // dst (n x m) = src (m x n)^T, src rows of stride lds

@@ -6,6 +6,8 @@ namespace phasedlstm {
 
 // Steps t0 .. t0+n-1 of the unit split (gbuf[slot] holds x_t W_ih^T + b): per step, each thread
 // its block of units: + h_{t-1} W_hh^T on its units' columns of the four gates, then their update.
+// With the micro-kernel's packs, one parallel region runs all steps, a barrier between them (the
+// next step reads every unit's h); otherwise a fork/join per step around at::addmm_.
 template <typename scalar_t, bool PEEP, bool PHASED, bool OUT>
 void units_steps(Tensor& gbuf, Tensor& hbuf, Tensor& cbuf, const Tensor& W, const UnitPacks& up, const scalar_t* kgate,
                  int64_t kB, const scalar_t* wci, scalar_t* O, const int64_t* len, bool save, int64_t t0, int64_t n) {
@@ -13,38 +15,52 @@ void units_steps(Tensor& gbuf, Tensor& hbuf, Tensor& cbuf, const Tensor& W, cons
   const int64_t blk = unit_block(H), nb = (H + blk - 1) / blk;
   scalar_t* HS = hbuf.data_ptr<scalar_t>();
   scalar_t* CS = cbuf.data_ptr<scalar_t>();
+  scalar_t* GB = gbuf.data_ptr<scalar_t>();
+  // step t's update of block q, its gate rows G (B, 4H) already summed
+  auto update = [&](int64_t t, int64_t q, scalar_t* G) {
+    const int64_t sp = save ? t : t % 2, sn = save ? t + 1 : (t + 1) % 2;
+    const int64_t u0 = q * blk, hb = std::min(blk, H - u0);
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t r = b * H + u0;
+      scalar_t* g = G + 4 * b * H + u0;
+      scalar_t *hp = HS + sp * BH + r, *cp = CS + sp * BH + r, *hn = HS + sn * BH + r, *cn = CS + sn * BH + r;
+      if (len != nullptr && t >= len[b]) {  // (lengths imply OUT)
+        ended_row(hp, cp, hn, cn, O + t * BH + r, hb);
+        continue;
+      }
+      const scalar_t* kk = PHASED ? kgate + t * kB * H + (kB == 1 ? u0 : r) : nullptr;
+      forward_row<scalar_t, PEEP, PHASED, OUT>(g, g + H, g + 2 * H, g + 3 * H, hp, cp, hn, cn,
+                                               OUT ? O + t * BH + r : nullptr, PEEP ? wci + u0 : nullptr,
+                                               PEEP ? wci + H + u0 : nullptr, PEEP ? wci + 2 * H + u0 : nullptr, kk, hb);
+    }
+  };
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (up.on()) {
+      in_team(nb, [&](int64_t tid, int64_t nth, auto barrier) {
+        const int64_t q0 = tid * nb / nth, q1 = (tid + 1) * nb / nth;
+        for (int64_t t = t0; t < t0 + n; ++t) {
+          float* G = GB + (save ? t : t - t0) * B * 4 * H;
+          const float* hprev = HS + (save ? t : t % 2) * BH;
+          for (int64_t q = q0; q < q1; ++q) {
+            for (int64_t gate = 0; gate < 4; ++gate) up.acc(4 * q + gate, B, hprev, H, G + gate * H + q * blk, 4 * H);
+            update(t, q, G);
+          }
+          barrier();
+        }
+      });
+      return;
+    }
+  }
   for (int64_t t = t0; t < t0 + n; ++t) {
     const int64_t slot = save ? t : t - t0;
-    const int64_t sp = save ? t : t % 2, sn = save ? t + 1 : (t + 1) % 2;
     Tensor gates = gbuf[slot];
-    const Tensor hprev = hbuf[sp];
-    scalar_t* G = gates.data_ptr<scalar_t>();
+    const Tensor hprev = hbuf[save ? t : t % 2];
     at::parallel_for(0, nb, 1, [&](int64_t q0, int64_t q1) {
       for (int64_t q = q0; q < q1; ++q) {
         const int64_t u0 = q * blk, hb = std::min(blk, H - u0);
-        for (int64_t gate = 0; gate < 4; ++gate) {  // + h_{t-1} W_hh^T, this block's columns of each gate
-          if constexpr (std::is_same_v<scalar_t, float>) {
-            if (up.on()) {
-              up.acc(4 * q + gate, B, hprev.data_ptr<float>(), H, G + gate * H + u0, 4 * H);
-              continue;
-            }
-          }
+        for (int64_t gate = 0; gate < 4; ++gate)  // + h_{t-1} W_hh^T, this block's columns of each gate
           gates.narrow(1, gate * H + u0, hb).addmm_(hprev, W.narrow(0, gate * H + u0, hb).t());
-        }
-        for (int64_t b = 0; b < B; ++b) {
-          const int64_t r = b * H + u0;
-          scalar_t* g = G + 4 * b * H + u0;
-          scalar_t *hp = HS + sp * BH + r, *cp = CS + sp * BH + r, *hn = HS + sn * BH + r, *cn = CS + sn * BH + r;
-          if (len != nullptr && t >= len[b]) {  // (lengths imply OUT)
-            ended_row(hp, cp, hn, cn, O + t * BH + r, hb);
-            continue;
-          }
-          const scalar_t* kk = PHASED ? kgate + t * kB * H + (kB == 1 ? u0 : r) : nullptr;
-          forward_row<scalar_t, PEEP, PHASED, OUT>(g, g + H, g + 2 * H, g + 3 * H, hp, cp, hn, cn,
-                                                   OUT ? O + t * BH + r : nullptr, PEEP ? wci + u0 : nullptr,
-                                                   PEEP ? wci + H + u0 : nullptr, PEEP ? wci + 2 * H + u0 : nullptr,
-                                                   kk, hb);
-        }
+        update(t, q, gates.data_ptr<scalar_t>());
       }
     });
   }

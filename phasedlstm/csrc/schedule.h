@@ -2,6 +2,8 @@
 // unit split, for few sequences and a large W_hh), and the running rows of a padded batch.
 #pragma once
 
+#include <omp.h>
+
 #include "gemm.h"
 
 namespace phasedlstm {
@@ -144,6 +146,25 @@ inline bool split_units(int64_t B, int64_t H, bool packed_infer = false) {
   // sequences per thread; otherwise from H = 512 at up to 16.
   if (packed_infer) return nt > 1 && H >= 768 && B <= 8 * nt;
   return nt > 1 && H >= 512 && B <= 16 * nt;
+}
+
+// One parallel region for a whole loop of steps: f(tid, nth, barrier) runs once on each of nth <=
+// `want` threads, and barrier() waits until every one of them has reached it. The unit split's
+// steps use it so that a step costs a barrier, not a fork/join of the thread team. Serial (nth = 1)
+// with one thread or inside another parallel region. f must not throw (nothing here catches it).
+template <typename F>
+void in_team(int64_t want, const F& f) {
+  const int64_t nt = std::min<int64_t>(want, at::get_num_threads());
+  if (nt <= 1 || omp_in_parallel()) {
+    f(0, 1, [] {});
+    return;
+  }
+#pragma omp parallel num_threads(nt)
+  {
+    f(omp_get_thread_num(), omp_get_num_threads(), [] {
+#pragma omp barrier
+    });
+  }
 }
 
 // The unit blocks of the unit split: one per thread, multiples of 16 units

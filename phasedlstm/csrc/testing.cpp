@@ -22,30 +22,16 @@ double micro_kernel_gflops(int64_t M, int64_t K, int64_t N, int64_t repeats) {
   return 2.0 * M * K * N / best / 1e9;
 }
 
-// C += A^T B (and, with bias defined, bias += the column sums of B) as a backward computes its
-// weight gradients over all steps, in chunks of `chunk` rows of K (0: the default). For the tests
-// and the benchmark (options().weight_grads = false: at::addmm_, i.e. MKL).
-void weight_grads_acc(Tensor C, const Tensor& A, const Tensor& B, Tensor bias, int64_t chunk) {
-  TORCH_CHECK(C.scalar_type() == at::kFloat && A.scalar_type() == at::kFloat && B.scalar_type() == at::kFloat,
-              "weight_grads_acc: float32 only");
-  TORCH_CHECK(A.dim() == 2 && B.dim() == 2 && C.dim() == 2 && A.size(0) == B.size(0) && C.size(0) == A.size(1) &&
-                  C.size(1) == B.size(1),
-              "weight_grads_acc: expected A (K, M), B (K, N), C (M, N); got ", A.sizes(), ", ", B.sizes(), ", ", C.sizes());
-  std::vector<std::pair<Tensor, Tensor>> parts = {{A, C}};
-  if (bias.defined() && bias.numel() > 0) parts.push_back({Tensor(), bias});
-  acc_weight_grads<float>(B, parts, chunk);
-}
-
-// The tuning options (common.h): set all five, or read them.
-void set_options(bool packed, bool weight_grads, bool running_rows, int64_t split, int64_t kblock) {
+// The tuning options (common.h): set all four, or read them.
+void set_options(bool packed, bool running_rows, int64_t split, int64_t kblock) {
   TORCH_CHECK(split >= 0 && split <= 2, "set_options: split must be 0 (by shape), 1 (units) or 2 (batch), got ", split);
   TORCH_CHECK(kblock >= 0, "set_options: kblock must be >= 0, got ", kblock);
-  options() = Options{packed, weight_grads, running_rows, static_cast<int>(split), kblock};
+  options() = Options{packed, running_rows, static_cast<int>(split), kblock};
 }
 
-std::tuple<bool, bool, bool, int64_t, int64_t> get_options() {
+std::tuple<bool, bool, int64_t, int64_t> get_options() {
   const Options& o = options();
-  return {o.packed, o.weight_grads, o.running_rows, o.split, o.kblock};
+  return {o.packed, o.running_rows, o.split, o.kblock};
 }
 
 }  // namespace phasedlstm
@@ -53,7 +39,6 @@ std::tuple<bool, bool, bool, int64_t, int64_t> get_options() {
 // Not for users: the switches and probes of the tests and the benchmark.
 TORCH_LIBRARY(phasedlstm_testing, m) {
   m.def("micro_kernel_gflops(int M, int K, int N, int repeats) -> float", &phasedlstm::micro_kernel_gflops);
-  m.def("weight_grads_acc(Tensor(a!) C, Tensor A, Tensor B, Tensor(b!) bias, int chunk) -> ()", &phasedlstm::weight_grads_acc);
-  m.def("set_options(bool packed, bool weight_grads, bool running_rows, int split, int kblock) -> ()", &phasedlstm::set_options);
-  m.def("get_options() -> (bool, bool, bool, int, int)", &phasedlstm::get_options);
+  m.def("set_options(bool packed, bool running_rows, int split, int kblock) -> ()", &phasedlstm::set_options);
+  m.def("get_options() -> (bool, bool, int, int)", &phasedlstm::get_options);
 }
