@@ -580,7 +580,7 @@ void ln_backward_loop(const Tensor& grad_out, const Tensor& x, const Tensor& w_i
       units_dh_product<scalar_t>(dhprev, dzt, W, up);
     }
     grads_over_steps(dzall, dxall);
-  } else if (batch_grain(B) < kDeferBelow) {
+  } else if (defer_weight_grads(B, H)) {
     // Few sequences per thread (as lstm_backward.cpp): per step the rows and dh_{t-1} += dZ W_hh
     // only; the gradients of all steps' terms are kept, and dx and the weight gradients are one
     // product each over the valid steps at the end.
@@ -638,7 +638,7 @@ std::vector<Tensor> ln_backward(const OptTensor& grad_out_opt, const OptTensor& 
   Tensor dx = at::empty({T, B, I}, opts);
   // the weight gradients: formed once after the loop where ln_backward_loop keeps every step's term
   // gradients (the unit split, few sequences per thread), else per-thread partials (H, 4H) added up
-  const bool at_end = split_units(B, H) || batch_grain(B) < kDeferBelow;
+  const bool at_end = split_units(B, H) || defer_weight_grads(B, H);
   const int64_t np = at_end ? 0 : nt;
   Tensor dwhh_t = at::zeros({np, H, 4 * H}, opts), dwih_t = at::zeros({np, I, 4 * H}, opts);
   Tensor dw_hh = at::empty({at_end ? 4 * H : 0, H}, opts), dw_ih = at::empty({at_end ? 4 * H : 0, I}, opts);

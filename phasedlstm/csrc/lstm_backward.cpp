@@ -139,7 +139,7 @@ void units_backward(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, con
 //   dh_{t-1} += dG W_hh,  dx_t = dG W_ih,  and the weight-gradient sums
 //   dW_hh^T += h_{t-1}^T dG,  dW_ih^T += x_t^T dG,  db += sum of dG rows
 // accumulate in per-thread partials, added up at the end. With few sequences per thread
-// (kDeferBelow, schedule.h) those per-step sums are products of rank a few, each streaming the
+// (defer_weight_grads, schedule.h) those per-step sums are products of rank a few, each streaming the
 // whole weight gradient through the cache: there dG is kept for every step and dx and the weight
 // gradients are each one product over the valid steps after the loop (as in units_backward).
 // (For few sequences and a large W_hh: units_backward.)
@@ -169,7 +169,7 @@ void backward_loop(const Tensor& grad_out, const Tensor& x, const Tensor& w_ih, 
   const int64_t kB = PHASED ? k.size(1) : 0;
   const scalar_t* GO = grad_out.data_ptr<scalar_t>();
   scalar_t* DK = PHASED ? dk.data_ptr<scalar_t>() : nullptr;
-  const bool deferred = !units && batch_grain(B) < kDeferBelow;
+  const bool deferred = !units && defer_weight_grads(B, H);
   Tensor dgall = deferred ? at::empty({T, B, 4 * H}, acts.options()) : Tensor();
   scalar_t* DGA = deferred ? dgall.data_ptr<scalar_t>() : nullptr;
   if (units)
@@ -245,7 +245,7 @@ std::vector<Tensor> lstm_backward(const OptTensor& grad_out_opt, const OptTensor
   // The weight gradients: formed once over all steps after the loop (the unit split, or few sequences
   // per thread), straight into their own layouts; otherwise summed per thread, step by step, into
   // partials (H, 4H) that are added up and transposed at the end.
-  const bool at_end = units || batch_grain(B) < kDeferBelow;
+  const bool at_end = units || defer_weight_grads(B, H);
   const int64_t parts = at_end ? 0 : nt;
   Tensor dwhh_t = at::zeros({parts, H, 4 * H}, opts), dwih_t = at::zeros({parts, I, 4 * H}, opts);
   Tensor dbias = at::zeros({parts, 4 * H}, opts);

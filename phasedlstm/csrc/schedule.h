@@ -121,13 +121,19 @@ inline int64_t infer_chunk(int64_t T, int64_t BH) {
 // Parallel over the batch, serial over time: each thread runs the whole time loop for its own
 // block of sequences (rows never interact), so there is no fork/join per step. Inside, the
 // per-step GEMM runs single-threaded on the thread's rows.
-// The backward by sequences with fewer sequences per thread than this forms dx and the weight
-// gradients once after the loop (lstm_backward.cpp, layernorm.cpp), not step by step.
-constexpr int64_t kDeferBelow = 16;
-
 inline int64_t batch_grain(int64_t B) {
   const int64_t n = std::max<int64_t>(1, at::get_num_threads());
   return std::max<int64_t>(1, (B + n - 1) / n);
+}
+
+// Whether the backward by sequences keeps every step's gate gradients and forms dx and the weight
+// gradients once after the loop (lstm_backward.cpp, layernorm.cpp), rather than step by step. Step
+// by step, each thread adds a product of rank (its sequences) to its own partial dW_hh (H x 4H) at
+// every step, streaming it through the cache: worth it only for many sequences per thread and a
+// small H (docs/speed.md has the measurements).
+inline bool defer_weight_grads(int64_t B, int64_t H) {
+  const int64_t per_thread = batch_grain(B);
+  return per_thread < 16 || (H >= 192 && per_thread <= 32);
 }
 
 // Split over units instead of sequences, for few sequences and a large W_hh: with the batch
