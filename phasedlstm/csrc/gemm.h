@@ -256,6 +256,20 @@ inline void gemm_acc_any(int64_t, int64_t, int64_t, const float*, int64_t, const
 // run both paths, the benchmarks compare them.
 inline bool packed_enabled() { return options().packed; }
 
+// C (M x N, contiguous rows) += A (M x K, row stride K) B (K x N, row stride N), on this thread
+template <typename scalar_t>
+inline void acc_ab_rows(Tensor& C, int64_t M, int64_t K, const scalar_t* A, const scalar_t* B) {
+  const int64_t N = C.size(1);
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (kHavePacked && kNR == 64 && packed_enabled()) {
+      gemm_acc_any(M, N, K, A, K, B, kNR, N, C.data_ptr<float>(), C.stride(0));
+      return;
+    }
+  }
+  const auto opts = C.options();
+  C.addmm_(at::from_blob(const_cast<scalar_t*>(A), {M, K}, opts), at::from_blob(const_cast<scalar_t*>(B), {K, N}, opts));
+}
+
 // C += A B for 2-D tensors whose rows are contiguous (inner stride 1), on this thread.
 template <typename scalar_t>
 inline void acc_ab(Tensor C, const Tensor& A, const Tensor& B) {

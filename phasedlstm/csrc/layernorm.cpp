@@ -284,6 +284,7 @@ void ln_forward_loop(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, co
   scalar_t* HS = hs.data_ptr<scalar_t>();
   scalar_t* CS = cs.data_ptr<scalar_t>();
   scalar_t* O = out.data_ptr<scalar_t>();
+  const scalar_t* XP = x.data_ptr<scalar_t>();
   const Tensor W = units ? w_hh.detach() : Tensor();
   const UnitPacks up(units ? w_hh : Tensor(), units ? T : 0);
   // rows b0..b1 of step t (their z already computed); with the batch split one region runs all steps
@@ -318,8 +319,9 @@ void ln_forward_loop(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, co
     std::vector<scalar_t> act(4 * H);  // the gate activations of one row (the backward recomputes them)
     for (int64_t t = 0; t < T; ++t) {
       // z = h_{t-1} W_hh^T for this thread's rows (the first 4H of their zhh rows)
-      if (per_step_in) rin.set<scalar_t>(zhh[t].narrow(0, b0, Bt).narrow(1, 4 * H, 4 * H), x[t].narrow(0, b0, Bt));
-      rec.set<scalar_t>(zhh[t].narrow(0, b0, Bt).narrow(1, 0, 4 * H), hs[t].narrow(0, b0, Bt));
+      scalar_t* zr = Z + (t * B + b0) * 8 * H;  // this thread's zhh rows of step t
+      if (per_step_in) rin.set_rows<scalar_t>(Bt, XP + (t * B + b0) * I, I, zr + 4 * H, 8 * H);
+      rec.set_rows<scalar_t>(Bt, HS + (t * B + b0) * H, H, zr, 8 * H);
       rows(t, b0, b1, act);
     }
   });
@@ -346,6 +348,7 @@ void ln_infer_loop(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, cons
   scalar_t* HS = hbuf.data_ptr<scalar_t>();
   scalar_t* CS = cbuf.data_ptr<scalar_t>();
   scalar_t* O = out.data_ptr<scalar_t>();
+  const scalar_t* XP = x.data_ptr<scalar_t>();
   const int64_t chunk = per_step_in ? T : infer_chunk(T, BH);
   Tensor zi_all = per_step_in ? Tensor() : at::empty({chunk, B, 4 * H}, x.options());
   Tensor z_all = units ? at::empty({B, 4 * H}, x.options()) : Tensor();  // (the unit split's recurrent terms)
@@ -392,8 +395,8 @@ void ln_infer_loop(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, cons
       Tensor z_rows = at::empty({Bt, 4 * H}, x.options());
       Tensor zi_rows = per_step_in ? at::empty({Bt, 4 * H}, x.options()) : Tensor();
       for (int64_t t = t0; t < t0 + n; ++t) {
-        if (per_step_in) rin.set<scalar_t>(zi_rows, x[t].narrow(0, b0, Bt));
-        rec.set<scalar_t>(z_rows, hbuf[t % 2].narrow(0, b0, Bt));
+        if (per_step_in) rin.set_rows<scalar_t>(Bt, XP + (t * B + b0) * I, I, zi_rows.data_ptr<scalar_t>(), 4 * H);
+        rec.set_rows<scalar_t>(Bt, HS + ((t % 2) * B + b0) * H, H, z_rows.data_ptr<scalar_t>(), 4 * H);
         rows(t, b0, b1, z_rows.data_ptr<scalar_t>(),
              per_step_in ? zi_rows.data_ptr<scalar_t>() : zi_of(t) + b0 * 4 * H, b0, act, zc);
       }
@@ -592,7 +595,7 @@ void ln_backward_loop(const Tensor& grad_out, const Tensor& x, const Tensor& w_i
       Scratch w(H);
       for (int64_t t = T - 1; t >= 0; --t) {
         for (int64_t b = b0; b < b1; ++b) row(t, b, DXA + (t * B + b) * 4 * H, DZA + (t * B + b) * 4 * H, acc, w);
-        rec.acc<scalar_t>(dhb[t % 2].narrow(0, b0, b1 - b0), dzall[t].narrow(0, b0, b1 - b0));
+        rec.acc_rows<scalar_t>(b1 - b0, DZA + (t * B + b0) * 4 * H, DHB + ((t % 2) * B + b0) * H);
       }
     });
     grads_over_steps(dzall, dxall);
@@ -609,7 +612,7 @@ void ln_backward_loop(const Tensor& grad_out, const Tensor& x, const Tensor& w_i
     for (int64_t t = T - 1; t >= 0; --t) {
       for (int64_t b = b0; b < b1; ++b) row(t, b, DX + 4 * (b - b0) * H, DZ + 4 * (b - b0) * H, acc, w);
       // dh_{t-1} (= 0, or the pass-through of finished sequences) += dZ W_hh; dx_t; weight sums
-      products(t, dxw, dz, dhb[t % 2].narrow(0, b0, Bt), dx[t].narrow(0, b0, Bt), dwhh, dwih);
+      products(t, DX, DZ, DHB + ((t % 2) * B + b0) * H, dx.data_ptr<scalar_t>() + (t * B + b0) * I, dwhh, dwih);
     }
   });
   dh.copy_(dhb[0]);

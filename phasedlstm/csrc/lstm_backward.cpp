@@ -165,6 +165,7 @@ void backward_loop(const Tensor& grad_out, const Tensor& x, const Tensor& w_ih, 
   const scalar_t* HS = hs.data_ptr<scalar_t>();
   const scalar_t* CS = cs.data_ptr<scalar_t>();
   const scalar_t* X = x.data_ptr<scalar_t>();
+  scalar_t* DX = dx.data_ptr<scalar_t>();
   const scalar_t* kgate = PHASED ? k.data_ptr<scalar_t>() : nullptr;
   const int64_t kB = PHASED ? k.size(1) : 0;
   const scalar_t* GO = grad_out.data_ptr<scalar_t>();
@@ -210,11 +211,11 @@ void backward_loop(const Tensor& grad_out, const Tensor& x, const Tensor& w_ih, 
       }
       if (deferred) {  // dh_{t-1} += dG_t W_hh only
         if (compact) products.dh_running(rows, DGA + t * 4 * BH, DHB + prv * BH);
-        else rec.acc<scalar_t>(dhb[prv].narrow(0, b0, Bt), dgall[t].narrow(0, b0, Bt));
+        else rec.acc_rows<scalar_t>(Bt, DGA + (t * B + b0) * 4 * H, DHB + prv * BH + b0 * H);
       } else if (compact) {
         products.running(t, rows, DG, DHB + prv * BH, dx[t].narrow(0, b0, Bt), dwhh, dwih);
       } else {
-        products(t, dg, dg, dhb[prv].narrow(0, b0, Bt), dx[t].narrow(0, b0, Bt), dwhh, dwih);
+        products(t, DG, DG, DHB + prv * BH + b0 * H, DX + (t * B + b0) * I, dwhh, dwih);
       }
     }
   });

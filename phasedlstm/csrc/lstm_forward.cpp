@@ -104,6 +104,7 @@ void forward_loop(const Tensor& x, const Tensor& w_ih, const Tensor& bias, const
   cbuf[0].copy_(c0);
   scalar_t* HS = hbuf.data_ptr<scalar_t>();
   scalar_t* CS = cbuf.data_ptr<scalar_t>();
+  scalar_t* GB = gbuf.data_ptr<scalar_t>();
   for (int64_t t0 = 0; t0 < T; t0 += chunk) {
     const int64_t n = std::min(chunk, T - t0);
     if (!fused_in) {  // input projection of steps t0 .. t0+n-1 in one (multi-threaded) GEMM
@@ -125,8 +126,7 @@ void forward_loop(const Tensor& x, const Tensor& w_ih, const Tensor& bias, const
       for (int64_t t = t0; t < t0 + n; ++t) {
         const int64_t slot = save ? t : (fused_in ? 0 : t - t0);
         const int64_t sp = save ? t : t % 2, sn = save ? t + 1 : (t + 1) % 2;  // state rows: previous, next
-        Tensor gates = gbuf[slot].narrow(0, b0, Bt);
-        scalar_t* G = gates.data_ptr<scalar_t>();
+        scalar_t* G = GB + (slot * B + b0) * 4 * H;  // this thread's gate rows of the step
         const bool compact = running_rows(run_len, t, b0, b1, rows);
         const int64_t m = compact ? int64_t(rows.size()) : Bt;
         if (compact && !gc.defined()) {
@@ -147,7 +147,7 @@ void forward_loop(const Tensor& x, const Tensor& w_ih, const Tensor& bias, const
             }
           }
         }
-        if (!fused_in && !compact) rec.acc<scalar_t>(gates, hbuf[sp].narrow(0, b0, Bt));  // + h_{t-1} W_hh^T
+        if (!fused_in && !compact) rec.acc_rows<scalar_t>(Bt, HS + sp * BH + b0 * H, G);  // + h_{t-1} W_hh^T
         if (!fused_in && compact && m > 0) {  // the same on the running rows
           gather_rows(HS + sp * BH, H, rows, 0, H, hc.data_ptr<scalar_t>());
           gather_rows(G, 4 * H, rows, b0, 4 * H, gc.data_ptr<scalar_t>());

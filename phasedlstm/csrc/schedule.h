@@ -15,6 +15,7 @@ struct RecurrentProduct {
   PackedB packed;
   Tensor zeros;  // (N, float32) with the packed kernel: set() writes 0 + A B, without a zeroing pass first
   bool use_packed = false;
+  int64_t K = 0, N = 0;
 
   // Whether the micro-kernel serves this product: float32 on AVX-512 or AVX2, and N >= kNR
   // (narrower products, e.g. dx = dG W_ih for a few input features, waste most of a panel and
@@ -28,6 +29,8 @@ struct RecurrentProduct {
     // (detached: grad mode is per thread, and a worker's product with a weight that requires grad
     // would be tracked, or refused by the out= variant)
     b_for_aten = (transpose ? w_hh.t() : w_hh).detach();
+    K = b_for_aten.size(0);
+    N = b_for_aten.size(1);
     use_packed = pack && packable(w_hh, transpose);
     if (use_packed) {
       const int64_t R = w_hh.size(0), Cc = w_hh.size(1);  // (4H, H), row-major
@@ -35,6 +38,31 @@ struct RecurrentProduct {
       packed = transpose ? pack_b(w_hh, Cc, R, /*sk=*/1, /*sn=*/Cc) : pack_b(w_hh, R, Cc, /*sk=*/Cc, /*sn=*/1);
       zeros = at::zeros({packed.N}, w_hh.options());
     }
+  }
+
+  // acc and set on raw rows, for the per-step loops (a Tensor view per step and thread costs about
+  // a microsecond): out (M x N, row stride ldo) += in (M x K, row stride ldi); with set, out = that
+  // product (not read).
+  template <typename scalar_t>
+  void acc_rows(int64_t M, const scalar_t* in, scalar_t* out, int64_t ldi = 0, int64_t ldo = 0, bool set = false) const {
+    if (M <= 0) return;
+    ldi = ldi > 0 ? ldi : K;
+    ldo = ldo > 0 ? ldo : N;
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      if (use_packed) {
+        gemm_acc(M, in, ldi, packed, out, ldo, set ? zeros.data_ptr<float>() : nullptr);
+        return;
+      }
+    }
+    const auto opts = b_for_aten.options();
+    Tensor o = at::from_blob(out, {M, N}, {ldo, 1}, opts);
+    const Tensor i = at::from_blob(const_cast<scalar_t*>(in), {M, K}, {ldi, 1}, opts);
+    if (set) at::mm_out(o, i, b_for_aten);
+    else o.addmm_(i, b_for_aten);
+  }
+  template <typename scalar_t>
+  void set_rows(int64_t M, const scalar_t* in, int64_t ldi, scalar_t* out, int64_t ldo) const {
+    acc_rows<scalar_t>(M, in, out, ldi, ldo, /*set=*/true);
   }
 
   template <typename scalar_t>
@@ -256,15 +284,18 @@ struct StepGrads {
       : rec(rec_), rin(rin_), HS(HS_), X(X_), B(B_), H(H_), I(I_), b0(b0_), Bt(Bt_),
         h_t(at::empty({H_, Bt_}, opts)), x_t(at::empty({I_, Bt_}, opts)) {}
 
-  void operator()(int64_t t, const Tensor& d_in, const Tensor& d_rec, Tensor dh_prev_rows, Tensor dx_rows,
+  // d_in, d_rec: this thread's rows (Bt x 4H); dh_prev (Bt x H) and dx (Bt x I): its rows of step t
+  void operator()(int64_t t, const scalar_t* d_in, const scalar_t* d_rec, scalar_t* dh_prev, scalar_t* dx,
                   Tensor& dwhh, Tensor& dwih) {
-    rec.acc<scalar_t>(dh_prev_rows, d_rec);
-    dx_rows.zero_();
-    rin.acc<scalar_t>(dx_rows, d_in);
-    transpose_into(HS + t * B * H + b0 * H, Bt, H, H, h_t.data_ptr<scalar_t>());
-    acc_ab<scalar_t>(dwhh, h_t, d_rec);
-    transpose_into(X + (t * B + b0) * I, Bt, I, I, x_t.data_ptr<scalar_t>());
-    acc_ab<scalar_t>(dwih, x_t, d_in);
+    rec.acc_rows<scalar_t>(Bt, d_rec, dh_prev);
+    zero_row(dx, Bt * I);
+    rin.acc_rows<scalar_t>(Bt, d_in, dx);
+    scalar_t* ht = h_t.data_ptr<scalar_t>();
+    scalar_t* xt = x_t.data_ptr<scalar_t>();
+    transpose_into(HS + t * B * H + b0 * H, Bt, H, H, ht);
+    acc_ab_rows<scalar_t>(dwhh, H, Bt, ht, d_rec);
+    transpose_into(X + (t * B + b0) * I, Bt, I, I, xt);
+    acc_ab_rows<scalar_t>(dwih, I, Bt, xt, d_in);
   }
 
   // The same for the LSTM's gate gradients dg (rows of this thread, 4H each) on the running rows
