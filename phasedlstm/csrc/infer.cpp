@@ -287,7 +287,7 @@ int64_t infer_loop(const InferArgs<scalar_t>& A, const GateUnits* gu, scalar_t* 
         full_k = false;
         return;
       }
-      phase_row(t, gu->s.data(), gu->te.data(), phi.data(), H);
+      phase_row(t, *gu, phi.data(), H);
       if (sparse) {
         n_open = open_units(phi.data(), gu->r.data(), kk.data(), open.data(), H);
         full_k = false;
@@ -336,7 +336,7 @@ int64_t infer_loop(const InferArgs<scalar_t>& A, const GateUnits* gu, scalar_t* 
           computed += n_open;
         } else {
           if (sparse && !full_k) {  // every unit's k for this phase row (at leak 0 the closed ones get 0)
-            if (A.due) phase_row(time_of(t, b), gu->s.data(), gu->te.data(), phi.data(), H);
+            if (A.due) phase_row(time_of(t, b), *gu, phi.data(), H);
             gate_forward_row(phi.data(), gu->r.data(), A.leak, kk.data(), H);
             full_k = A.shared;  // (per-sample rows are recomputed for the next sequence anyway)
           }

@@ -15,7 +15,7 @@ void gate_forward_impl(const double* times, int64_t R, const scalar_t* tau, cons
   at::parallel_for(0, R, std::max<int64_t>(1, 4096 / H), [&](int64_t r0, int64_t r1) {
     std::vector<double> phi(H);
     for (int64_t row = r0; row < r1; ++row) {
-      phase_row(times[row], u.s.data(), u.te.data(), phi.data(), H);
+      phase_row(times[row], u, phi.data(), H);
       gate_forward_row(phi.data(), u.r.data(), leak, k + row * H, H);
     }
   });
@@ -29,7 +29,7 @@ void gate_backward_impl(const scalar_t* dk, const double* times, int64_t R, cons
     double* acc = parts + at::get_thread_num() * 3 * H;  // [d tau | d s | d r_on]
     std::vector<double> phi(H);
     for (int64_t row = r0; row < r1; ++row) {
-      phase_row(times[row], u.s.data(), u.te.data(), phi.data(), H);
+      phase_row(times[row], u, phi.data(), H);
       d_times[row] = gate_backward_row(times[row], phi.data(), dk + row * H, u, leak, acc, acc + H, acc + 2 * H, H);
     }
   });

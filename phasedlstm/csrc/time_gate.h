@@ -46,7 +46,9 @@ struct GateUnits {
 // phi = ((t - s) mod tau_e) / tau_e, equal to torch.remainder (phasedlstm.cells.phase) for every
 // finite input. The remainder is exact: with n = floor(u / tau_e), fma(-tau_e, n, u) is u - n tau_e
 // rounded once, and that value is representable, so it is exact; a quotient rounded across an
-// integer gives n off by one, which one correction by tau_e fixes (again exactly). This holds
+// integer gives n off by one, which one correction by tau_e fixes (again exactly). The quotient is
+// therefore taken as u * (1 / tau_e), a multiplication instead of a division (its few ulps of error
+// move n by at most one, which the correction absorbs): the remainder, and phi, are the same. This holds
 // while n is an exact integer of modest size; beyond |u / tau_e| >= 2^50 (timestamps of 1e18 ns,
 // or a shift of 1e30, where the old floor-based formula gave phases far outside [0, 1)) the row
 // is recomputed with std::fmod and torch's sign rule, which is exact for any size.
@@ -60,7 +62,7 @@ static inline double phase_exact(double u, double te) {  // torch.remainder(u, t
 
 // phi of one timestamp for every unit, into phi (H); true if it is exact for all of them.
 static inline bool phase_row_fast(double t, const double* __restrict s, const double* __restrict te,
-                                  double* __restrict phi, int64_t H) {
+                                  const double* __restrict inv_te, double* __restrict phi, int64_t H) {
   bool ok = true;
   int64_t j = 0;
 #if defined(__AVX2__) && defined(__FMA__)
@@ -72,7 +74,7 @@ static inline bool phase_row_fast(double t, const double* __restrict s, const do
   for (; j + 4 <= H; j += 4) {
     const __m256d tev = _mm256_loadu_pd(te + j);
     const __m256d u = _mm256_sub_pd(tt, _mm256_loadu_pd(s + j));
-    const __m256d q = _mm256_div_pd(u, tev);
+    const __m256d q = _mm256_mul_pd(u, _mm256_loadu_pd(inv_te + j));
     small &= _mm256_movemask_pd(_mm256_cmp_pd(_mm256_andnot_pd(sign, q), big, _CMP_LT_OQ));
     __m256d r = _mm256_fnmadd_pd(tev, _mm256_floor_pd(q), u);
     const __m256d neg = _mm256_cmp_pd(r, zero, _CMP_LT_OQ);
@@ -84,7 +86,7 @@ static inline bool phase_row_fast(double t, const double* __restrict s, const do
   ok = small == 0xF;
 #endif
   for (; j < H; ++j) {
-    const double u = t - s[j], q = u / te[j];
+    const double u = t - s[j], q = u * inv_te[j];
     ok &= std::fabs(q) < kFastQuotient;
     double m = std::fma(-te[j], std::floor(q), u);
     m = m < 0 ? m + te[j] : (m >= te[j] ? m - te[j] : m);
@@ -93,8 +95,9 @@ static inline bool phase_row_fast(double t, const double* __restrict s, const do
   return ok;
 }
 
-static inline void phase_row(double t, const double* s, const double* te, double* phi, int64_t H) {
-  if (!phase_row_fast(t, s, te, phi, H))
+static inline void phase_row(double t, const GateUnits& U, double* phi, int64_t H) {
+  const double *s = U.s.data(), *te = U.te.data();
+  if (!phase_row_fast(t, s, te, U.inv_te.data(), phi, H))
     for (int64_t j = 0; j < H; ++j) phi[j] = phase_exact(t - s[j], te[j]);
 }
 
@@ -162,7 +165,7 @@ template <typename scalar_t>
 static inline int64_t open_units_due(double t, const GateUnits& U, double* __restrict due, double& last,
                                      scalar_t* __restrict k, int64_t* __restrict open, int64_t* __restrict cand,
                                      int64_t H) {
-  const double *s = U.s.data(), *te = U.te.data(), *r = U.r.data();
+  const double *s = U.s.data(), *te = U.te.data(), *r = U.r.data(), *it = U.inv_te.data();
   if (!(t >= last))
     for (int64_t j = 0; j < H; ++j) due[j] = -std::numeric_limits<double>::infinity();
   last = t;
@@ -214,9 +217,9 @@ static inline int64_t open_units_due(double t, const GateUnits& U, double* __res
   for (; i + 4 <= nc; i += 4) {
     const __m256i vi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(cand + i));
     const __m256d sv = _mm256_i64gather_pd(s, vi, 8), tev = _mm256_i64gather_pd(te, vi, 8),
-                  rv = _mm256_i64gather_pd(r, vi, 8);
+                  rv = _mm256_i64gather_pd(r, vi, 8), itv = _mm256_i64gather_pd(it, vi, 8);
     const __m256d u = _mm256_sub_pd(tt, sv);
-    __m256d m = _mm256_fnmadd_pd(tev, _mm256_floor_pd(_mm256_div_pd(u, tev)), u);
+    __m256d m = _mm256_fnmadd_pd(tev, _mm256_floor_pd(_mm256_mul_pd(u, itv)), u);
     const __m256d neg = _mm256_cmp_pd(m, zero, _CMP_LT_OQ);
     const __m256d over = _mm256_andnot_pd(neg, _mm256_cmp_pd(m, tev, _CMP_GE_OQ));
     m = _mm256_blendv_pd(m, _mm256_add_pd(m, tev), neg);
@@ -235,7 +238,7 @@ static inline int64_t open_units_due(double t, const GateUnits& U, double* __res
 #endif
   for (; i < nc; ++i) {
     const int64_t j = cand[i];
-    const double u = t - s[j], q = u / te[j];
+    const double u = t - s[j], q = u * it[j];
     double m = std::fma(-te[j], std::floor(q), u);
     m = m < 0 ? m + te[j] : (m >= te[j] ? m - te[j] : m);
     const double p = m / te[j];
