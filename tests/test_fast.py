@@ -283,6 +283,38 @@ def test_layer_norm_rows_of_any_length_equal_the_reference(H, dtype, packed, tun
         torch.set_num_threads(threads)
 
 
+@pytest.mark.parametrize("kind", ["lstm", "peephole", "phased"])
+def test_batch_split_with_a_wide_input_equals_the_reference(kind, tune):
+    """By sequences, the micro-kernel multiplies [x_t | h_{t-1}] by [W_ih | W_hh] in one product per
+    step, except where I is large and the two weights together outgrow half a core's L2 (here I = H
+    = 256): then the input terms of all steps are one GEMM first and each step multiplies h_{t-1}
+    alone. Outputs, states and gradients equal the reference's, with lengths (the running rows
+    only), and 30 steps without gradients."""
+    tune(split="batch")
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.manual_seed(11)
+        ref, fst = _pair(kind, torch.float32, input_size=256, hidden_size=256)
+        x = torch.randn(6, 9, 256, requires_grad=True)
+        h0 = torch.randn(1, 6, 256, requires_grad=True)
+        c0 = torch.randn(1, 6, 256, requires_grad=True)
+        times = torch.rand(6, 9, dtype=torch.float64).mul(0.9).add(0.05).cumsum(1)
+        calls = ({}, {"lengths": torch.tensor([9, 2, 5, 9, 1, 3])}) + (({"times": times},) if kind == "phased" else ())
+        for call in calls:
+            _assert_same(_run(ref, x, h0, c0, **call), _run(fst, x, h0, c0, **call), torch.float32)
+        fst.eval()
+        ref.eval()
+        if kind == "phased":
+            fst.sparse_inference = False  # (the dense fused loop)
+        xl = torch.randn(6, 30, 256)
+        with torch.no_grad():
+            for u, v in zip(ref(xl)[1] + (ref(xl)[0],), fst(xl)[1] + (fst(xl)[0],)):
+                torch.testing.assert_close(v, u, **TOL[torch.float32])
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("kind", list(LAYERS))
 def test_unit_split_weight_gradients_equal_the_reference(kind, tune):
     """With the unit split, the backward forms the weight and bias gradients once over all steps at
