@@ -167,19 +167,21 @@ inline bool defer_weight_grads(int64_t B, int64_t H) {
 // Split over units instead of sequences, for few sequences and a large W_hh: with the batch
 // split every thread streams all of W_hh (16 H^2 bytes in float32) through its cache every step;
 // here each thread multiplies by its own block of W_hh's rows (the four gates of its units) and
-// updates those units, at the price of a fork/join per step (the next step needs every unit's
-// h). PHASEDLSTM_SPLIT=units or =batch forces one of them (for tests and benchmarks).
-// packed_infer: the inference forward of the LSTM, peephole or Phased LSTM with the micro-kernel
-// (float32, AVX2 or AVX-512), whose batch split multiplies [x_t | h_{t-1}] by packed panels of W
-// and keeps up to a larger W_hh.
+// updates those units, at the price of a barrier per step (the next step needs every unit's h).
+// PHASEDLSTM_SPLIT=units or =batch forces one of them (for tests and benchmarks); the autotuner
+// (phasedlstm/autotune.py) measures both where it is on, this rule being the default it keeps
+// unless another is clearly faster.
+// packed_infer: the inference forward with the micro-kernel (float32, AVX2 or AVX-512), whose batch
+// split multiplies [x_t | h_{t-1}] by packed panels of W.
 inline bool split_units(int64_t B, int64_t H, bool packed_infer = false) {
   if (options().split != 0) return options().split == 1;
   const int64_t nt = at::get_num_threads();
-  // The thresholds are where the unit split measured faster than the batch split on 2 cores (the
-  // figures are in docs/speed.md): forward-only with the packed kernel from H = 768 at up to 8
-  // sequences per thread; otherwise from H = 512 at up to 16.
-  if (packed_infer) return nt > 1 && H >= 768 && B <= 8 * nt;
-  return nt > 1 && H >= 512 && B <= 16 * nt;
+  // Where the unit split measured faster than the batch split on 2 cores (docs/speed.md): forward-only
+  // from H = 384 at up to 8 sequences per thread and from H = 192 at up to 2; training from H = 512
+  // at up to 16, H = 384 at up to 8 and H = 256 at up to 2.
+  if (nt <= 1) return false;
+  if (packed_infer) return (H >= 384 && B <= 8 * nt) || (H >= 192 && B <= 2 * nt);
+  return (H >= 512 && B <= 16 * nt) || (H >= 384 && B <= 8 * nt) || (H >= 256 && B <= 2 * nt);
 }
 
 // One parallel region for a whole loop of steps: f(tid, nth, barrier) runs once on each of nth <=
