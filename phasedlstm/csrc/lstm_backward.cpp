@@ -82,8 +82,11 @@ static void grads_over_steps(const Tensor& dgall, const int64_t* len, const Tens
 
 // The backward of the unit split: per step, the element-wise pass over each thread's units
 // (all sequences) gives the gate gradients dG_t, kept for every step; then dh_{t-1} += dG_t W_hh,
-// each thread its block of dh's columns. The weight gradients, dx and db are each one GEMM over
-// the valid steps at the end (grads_over_steps).
+// each thread its block of dh's columns (the same units: the next step's element-wise pass reads
+// only its own columns). With the micro-kernel's packs one parallel region runs all steps, a barrier
+// between the two halves of a step (the products read every unit's dG_t); otherwise two fork/joins
+// per step. The weight gradients, dx and db are each one GEMM over the valid steps at the end
+// (grads_over_steps).
 template <typename scalar_t, bool PEEP, bool PHASED>
 void units_backward(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, const scalar_t* wci, const scalar_t* kgate,
                     int64_t kB, const scalar_t* GO, const int64_t* len, const Tensor& acts, const Tensor& hs,
@@ -97,38 +100,55 @@ void units_backward(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, con
   const scalar_t* A = acts.data_ptr<scalar_t>();
   const scalar_t* HS = hs.data_ptr<scalar_t>();
   const scalar_t* CS = cs.data_ptr<scalar_t>();
+  scalar_t* DPEEP = PEEP ? dpeep_parts.data_ptr<scalar_t>() : nullptr;  // (threads, 3, H)
   const int64_t blk = unit_block(H), nb = (H + blk - 1) / blk;
   const Tensor W = w_hh.detach();  // (as in forward_loop)
   const UnitPacks up(w_hh, T, /*backward=*/true);
-  for (int64_t t = T - 1; t >= 0; --t) {
+  // step t's element-wise pass over blocks q0..q1, by thread tid (its peephole and gate sums)
+  auto elementwise = [&](int64_t t, int64_t tid, int64_t q0, int64_t q1) {
     const int64_t cur = (t + 1) % 2, prv = t % 2;
-    at::parallel_for(0, nb, 1, [&](int64_t q0, int64_t q1) {
-      const int64_t tid = at::get_thread_num();
-      scalar_t* acc = PEEP ? dpeep_parts[tid].data_ptr<scalar_t>() : nullptr;
-      scalar_t* dk_base = PHASED ? (kB == 1 ? DK + tid * T * H : DK) : nullptr;
-      for (int64_t q = q0; q < q1; ++q) {
-        const int64_t u0 = q * blk, hb = std::min(blk, H - u0);
-        for (int64_t b = 0; b < B; ++b) {
-          const int64_t r = b * H + u0, p = t * BH + r, n = (t + 1) * BH + r, g4 = t * 4 * BH + 4 * b * H + u0;
-          const scalar_t *dhc = DHB + cur * BH + r, *dcc = DCB + cur * BH + r;
-          scalar_t *dhp = DHB + prv * BH + r, *dcp = DCB + prv * BH + r;
-          scalar_t* d = DGA + g4;
-          if (len != nullptr && t >= len[b]) {
-            pass_row(dhc, dcc, d, H, dhp, dcp, hb);
-            continue;
-          }
-          const scalar_t* g = A + g4;
-          backward_row<scalar_t, PEEP, PHASED>(
-              g, g + H, g + 2 * H, g + 3 * H, dhc, dcc, GO + p, HS + p, CS + p, CS + n,
-              PHASED ? kgate + t * kB * H + (kB == 1 ? u0 : r) : nullptr, PEEP ? wci + u0 : nullptr,
-              PEEP ? wci + H + u0 : nullptr, PEEP ? wci + 2 * H + u0 : nullptr, d, d + H, d + 2 * H, d + 3 * H, dhp,
-              dcp, PHASED ? dk_base + (kB == 1 ? t * H + u0 : p) : nullptr, PEEP ? acc + u0 : nullptr,
-              PEEP ? acc + H + u0 : nullptr, PEEP ? acc + 2 * H + u0 : nullptr, hb);
+    scalar_t* acc = PEEP ? DPEEP + tid * 3 * H : nullptr;
+    scalar_t* dk_base = PHASED ? (kB == 1 ? DK + tid * T * H : DK) : nullptr;
+    for (int64_t q = q0; q < q1; ++q) {
+      const int64_t u0 = q * blk, hb = std::min(blk, H - u0);
+      for (int64_t b = 0; b < B; ++b) {
+        const int64_t r = b * H + u0, p = t * BH + r, n = (t + 1) * BH + r, g4 = t * 4 * BH + 4 * b * H + u0;
+        const scalar_t *dhc = DHB + cur * BH + r, *dcc = DCB + cur * BH + r;
+        scalar_t *dhp = DHB + prv * BH + r, *dcp = DCB + prv * BH + r;
+        scalar_t* d = DGA + g4;
+        if (len != nullptr && t >= len[b]) {
+          pass_row(dhc, dcc, d, H, dhp, dcp, hb);
+          continue;
         }
+        const scalar_t* g = A + g4;
+        backward_row<scalar_t, PEEP, PHASED>(
+            g, g + H, g + 2 * H, g + 3 * H, dhc, dcc, GO + p, HS + p, CS + p, CS + n,
+            PHASED ? kgate + t * kB * H + (kB == 1 ? u0 : r) : nullptr, PEEP ? wci + u0 : nullptr,
+            PEEP ? wci + H + u0 : nullptr, PEEP ? wci + 2 * H + u0 : nullptr, d, d + H, d + 2 * H, d + 3 * H, dhp,
+            dcp, PHASED ? dk_base + (kB == 1 ? t * H + u0 : p) : nullptr, PEEP ? acc + u0 : nullptr,
+            PEEP ? acc + H + u0 : nullptr, PEEP ? acc + 2 * H + u0 : nullptr, hb);
       }
-    });
+    }
+  };
+  bool done = false;
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (up.on()) {
+      in_team(nb, [&](int64_t tid, int64_t nth, auto barrier) {
+        const int64_t q0 = tid * nb / nth, q1 = (tid + 1) * nb / nth;
+        for (int64_t t = T - 1; t >= 0; --t) {
+          elementwise(t, tid, q0, q1);
+          barrier();  // every unit's dG_t, before the products read it
+          for (int64_t q = q0; q < q1; ++q)  // dh_{t-1} += dG_t W_hh, this thread's columns of dh
+            up.acc(q, B, DGA + t * 4 * BH, 4 * H, DHB + (t % 2) * BH + q * blk, H);
+        }
+      });
+      done = true;
+    }
+  }
+  for (int64_t t = T - 1; t >= 0 && !done; --t) {
+    at::parallel_for(0, nb, 1, [&](int64_t q0, int64_t q1) { elementwise(t, at::get_thread_num(), q0, q1); });
     const Tensor dgt = dgall[t];
-    Tensor dhprev = dhb[prv];
+    Tensor dhprev = dhb[t % 2];
     units_dh_product<scalar_t>(dhprev, dgt, W, up);  // dh_{t-1} += dG_t W_hh, by columns of dh
   }
   grads_over_steps(dgall, len, x, hs, w_ih, dx, dw_hh, dw_ih, db);
