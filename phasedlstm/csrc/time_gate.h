@@ -165,7 +165,7 @@ template <typename scalar_t>
 static inline int64_t open_units_due(double t, const GateUnits& U, double* __restrict due, double& last,
                                      scalar_t* __restrict k, int64_t* __restrict open, int64_t* __restrict cand,
                                      int64_t H) {
-  const double *s = U.s.data(), *te = U.te.data(), *r = U.r.data(), *it = U.inv_te.data();
+  const double *s = U.s.data(), *te = U.te.data(), *r = U.r.data();
   if (!(t >= last))
     for (int64_t j = 0; j < H; ++j) due[j] = -std::numeric_limits<double>::infinity();
   last = t;
@@ -217,9 +217,11 @@ static inline int64_t open_units_due(double t, const GateUnits& U, double* __res
   for (; i + 4 <= nc; i += 4) {
     const __m256i vi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(cand + i));
     const __m256d sv = _mm256_i64gather_pd(s, vi, 8), tev = _mm256_i64gather_pd(te, vi, 8),
-                  rv = _mm256_i64gather_pd(r, vi, 8), itv = _mm256_i64gather_pd(it, vi, 8);
+                  rv = _mm256_i64gather_pd(r, vi, 8);
     const __m256d u = _mm256_sub_pd(tt, sv);
-    __m256d m = _mm256_fnmadd_pd(tev, _mm256_floor_pd(_mm256_mul_pd(u, itv)), u);
+    // (the quotient by division here: a fourth gather, of 1 / tau_e, costs more than the division
+    // saves; the corrected remainder, and so the phase, are phase_row_fast's either way)
+    __m256d m = _mm256_fnmadd_pd(tev, _mm256_floor_pd(_mm256_div_pd(u, tev)), u);
     const __m256d neg = _mm256_cmp_pd(m, zero, _CMP_LT_OQ);
     const __m256d over = _mm256_andnot_pd(neg, _mm256_cmp_pd(m, tev, _CMP_GE_OQ));
     m = _mm256_blendv_pd(m, _mm256_add_pd(m, tev), neg);
@@ -238,7 +240,7 @@ static inline int64_t open_units_due(double t, const GateUnits& U, double* __res
 #endif
   for (; i < nc; ++i) {
     const int64_t j = cand[i];
-    const double u = t - s[j], q = u * it[j];
+    const double u = t - s[j], q = u / te[j];
     double m = std::fma(-te[j], std::floor(q), u);
     m = m < 0 ? m + te[j] : (m >= te[j] ? m - te[j] : m);
     const double p = m / te[j];
