@@ -283,6 +283,34 @@ def test_layer_norm_rows_of_any_length_equal_the_reference(H, dtype, packed, tun
         torch.set_num_threads(threads)
 
 
+def _same_as_reference(kind, seed, B, T, I, H, lengths):
+    """A float32 pair (reference, fused) of layers from one seed; outputs, states and every gradient
+    of the fused one equal the reference's, without and with ``lengths`` (and, for a Phased LSTM,
+    per-sample timestamps). Returns the pair."""
+    torch.manual_seed(seed)
+    ref, fst = _pair(kind, torch.float32, input_size=I, hidden_size=H)
+    x = torch.randn(B, T, I, requires_grad=True)
+    h0 = torch.randn(1, B, H, requires_grad=True)
+    c0 = torch.randn(1, B, H, requires_grad=True)
+    times = torch.rand(B, T, dtype=torch.float64).mul(0.9).add(0.05).cumsum(1)
+    for call in ({}, {"lengths": lengths}) + (({"times": times},) if kind == "phased" else ()):
+        _assert_same(_run(ref, x, h0, c0, **call), _run(fst, x, h0, c0, **call), torch.float32)
+    return ref, fst
+
+
+def _same_without_gradients(ref, fst, x, **tol):
+    """The pair in eval mode (a Phased LSTM's dense fused loop, not sparse inference) on x without
+    gradients: outputs, h_n and c_n equal."""
+    fst.eval()
+    ref.eval()
+    if isinstance(fst, PhasedLSTM):
+        fst.sparse_inference = False
+    with torch.no_grad():
+        (o1, (h1, c1)), (o2, (h2, c2)) = ref(x), fst(x)
+    for u, v in ((o1, o2), (h1, h2), (c1, c2)):
+        torch.testing.assert_close(v, u, **tol)
+
+
 @pytest.mark.parametrize("kind", ["lstm", "peephole", "phased"])
 def test_batch_split_with_a_wide_input_equals_the_reference(kind, tune):
     """By sequences, the micro-kernel multiplies [x_t | h_{t-1}] by [W_ih | W_hh] in one product per
@@ -294,23 +322,8 @@ def test_batch_split_with_a_wide_input_equals_the_reference(kind, tune):
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        torch.manual_seed(11)
-        ref, fst = _pair(kind, torch.float32, input_size=256, hidden_size=256)
-        x = torch.randn(6, 9, 256, requires_grad=True)
-        h0 = torch.randn(1, 6, 256, requires_grad=True)
-        c0 = torch.randn(1, 6, 256, requires_grad=True)
-        times = torch.rand(6, 9, dtype=torch.float64).mul(0.9).add(0.05).cumsum(1)
-        calls = ({}, {"lengths": torch.tensor([9, 2, 5, 9, 1, 3])}) + (({"times": times},) if kind == "phased" else ())
-        for call in calls:
-            _assert_same(_run(ref, x, h0, c0, **call), _run(fst, x, h0, c0, **call), torch.float32)
-        fst.eval()
-        ref.eval()
-        if kind == "phased":
-            fst.sparse_inference = False  # (the dense fused loop)
-        xl = torch.randn(6, 30, 256)
-        with torch.no_grad():
-            for u, v in zip(ref(xl)[1] + (ref(xl)[0],), fst(xl)[1] + (fst(xl)[0],)):
-                torch.testing.assert_close(v, u, **TOL[torch.float32])
+        ref, fst = _same_as_reference(kind, 11, 6, 9, 256, 256, torch.tensor([9, 2, 5, 9, 1, 3]))
+        _same_without_gradients(ref, fst, torch.randn(6, 30, 256), **TOL[torch.float32])
     finally:
         torch.set_num_threads(before)
 
@@ -322,19 +335,12 @@ def test_unit_split_weight_gradients_equal_the_reference(kind, tune):
     last panel of 4H = 148 columns in the per-step products; 7 sequences of up to 43 steps, with and
     without lengths. Every gradient equals the reference's."""
     tune(split="units")
-    threads = torch.get_num_threads()
+    before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        torch.manual_seed(9)
-        ref, fst = _pair(kind, torch.float32, input_size=5, hidden_size=37)
-        x = torch.randn(7, 43, 5, requires_grad=True)
-        h0 = torch.randn(1, 7, 37, requires_grad=True)
-        c0 = torch.randn(1, 7, 37, requires_grad=True)
-        times = torch.rand(7, 43, dtype=torch.float64).mul(0.9).add(0.05).cumsum(1)
-        for call in ({}, {"lengths": torch.tensor([43, 5, 20, 43, 1, 42, 30])}) + (({"times": times},) if kind == "phased" else ()):
-            _assert_same(_run(ref, x, h0, c0, **call), _run(fst, x, h0, c0, **call), torch.float32)
+        _same_as_reference(kind, 9, 7, 43, 5, 37, torch.tensor([43, 5, 20, 43, 1, 42, 30]))
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("kblock", ["16", None, "0"])
@@ -352,23 +358,8 @@ def test_unit_split_products_by_blocks_of_k_equal_the_reference(kind, kblock, tu
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        torch.manual_seed(8)
-        ref, fst = _pair(kind, torch.float32, hidden_size=200)
-        x = torch.randn(13, 9, 3, requires_grad=True)
-        h0 = torch.randn(1, 13, 200, requires_grad=True)
-        c0 = torch.randn(1, 13, 200, requires_grad=True)
-        times = torch.rand(13, 9, dtype=torch.float64).mul(0.9).add(0.05).cumsum(1)
-        call = {"times": times} if kind == "phased" else {}
-        _assert_same(_run(ref, x, h0, c0, **call), _run(fst, x, h0, c0, **call), torch.float32)
-        fst.eval()
-        ref.eval()
-        if kind == "phased":
-            fst.sparse_inference = False  # (the dense fused loop)
-        xl = torch.randn(13, 40, 3)
-        with torch.no_grad():
-            (o1, (h1, c1)), (o2, (h2, c2)) = ref(xl), fst(xl)
-        for u, v in ((o1, o2), (h1, h2), (c1, c2)):
-            torch.testing.assert_close(v, u, rtol=1e-4, atol=2e-4)
+        ref, fst = _same_as_reference(kind, 8, 13, 9, 3, 200, torch.tensor([9, 4, 7, 1, 9, 9, 2, 3, 9, 5, 6, 8, 9]))
+        _same_without_gradients(ref, fst, torch.randn(13, 40, 3), rtol=1e-4, atol=2e-4)
     finally:
         torch.set_num_threads(threads)
 
