@@ -239,7 +239,8 @@ struct LnTensors {
 // The LN-LSTM's recurrent term z = h_{t-1} W_hh^T of all rows, shared among threads by units (few
 // sequences and a large W_hh, as split_units says): each thread multiplies by its block of units'
 // rows of W_hh in each gate, so no thread streams all of W_hh. Its layer norms couple all units of
-// a row, so the element-wise pass after it is shared by rows (a second parallel region per step).
+// a row, so the element-wise pass after it is shared by rows (with the micro-kernel's packs the
+// loops run both in one parallel region, a barrier after each; otherwise this is a fork/join).
 // z: (B, 4H) rows, any row stride; hprev contiguous
 inline void ln_units_product(Tensor z, const Tensor& hprev, const Tensor& W, const UnitPacks& up) {
   const int64_t H = W.size(1), blk = unit_block(H), nb = (H + blk - 1) / blk;
@@ -305,6 +306,24 @@ void ln_forward_loop(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, co
     }
   };
   if (units) {
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      if (up.on()) {  // one region for all steps: products by units | barrier | rows | barrier
+        const int64_t blk = unit_block(H), nb = (H + blk - 1) / blk;
+        in_team(nb, [&](int64_t tid, int64_t nth, auto barrier) {
+          const int64_t q0 = tid * nb / nth, q1 = (tid + 1) * nb / nth, b0 = tid * B / nth, b1 = (tid + 1) * B / nth;
+          std::vector<scalar_t> act(4 * H);
+          for (int64_t t = 0; t < T; ++t) {
+            for (int64_t q = q0; q < q1; ++q)
+              for (int64_t gate = 0; gate < 4; ++gate)
+                up.acc(4 * q + gate, B, HS + t * BH, H, Z + t * B * 8 * H + gate * H + q * blk, 8 * H, /*set=*/true);
+            barrier();  // every unit's recurrent terms, before the rows normalise them
+            rows(t, b0, b1, act);
+            barrier();  // every row's h_t, before the next products read it
+          }
+        });
+        return;
+      }
+    }
     for (int64_t t = 0; t < T; ++t) {
       ln_units_product(zhh[t].narrow(1, 0, 4 * H), hs[t], W, up);
       at::parallel_for(0, B, batch_grain(B), [&](int64_t b0, int64_t b1) {
@@ -380,6 +399,25 @@ void ln_infer_loop(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, cons
     }
     auto zi_of = [&](int64_t t) { return zi_all.data_ptr<scalar_t>() + (t - t0) * B * 4 * H; };
     if (units) {  // per step: the recurrent terms by units, then the rows
+      if constexpr (std::is_same_v<scalar_t, float>) {
+        if (up.on()) {  // one region for the chunk's steps, as in ln_forward_loop
+          const int64_t blk = unit_block(H), nb = (H + blk - 1) / blk;
+          float* ZA = z_all.data_ptr<float>();
+          in_team(nb, [&](int64_t tid, int64_t nth, auto barrier) {
+            const int64_t q0 = tid * nb / nth, q1 = (tid + 1) * nb / nth, b0 = tid * B / nth, b1 = (tid + 1) * B / nth;
+            std::vector<scalar_t> act(4 * H), zc(H);
+            for (int64_t t = t0; t < t0 + n; ++t) {
+              for (int64_t q = q0; q < q1; ++q)
+                for (int64_t gate = 0; gate < 4; ++gate)
+                  up.acc(4 * q + gate, B, HS + (t % 2) * BH, H, ZA + gate * H + q * blk, 4 * H, /*set=*/true);
+              barrier();
+              rows(t, b0, b1, ZA, zi_of(t), 0, act, zc);
+              barrier();
+            }
+          });
+          continue;
+        }
+      }
       for (int64_t t = t0; t < t0 + n; ++t) {
         ln_units_product(z_all, hbuf[t % 2], W, up);
         at::parallel_for(0, B, batch_grain(B), [&](int64_t b0, int64_t b1) {
