@@ -261,6 +261,8 @@ template <typename scalar_t>
 inline void acc_ab_rows(Tensor& C, int64_t M, int64_t K, const scalar_t* A, const scalar_t* B) {
   const int64_t N = C.size(1);
   if constexpr (std::is_same_v<scalar_t, float>) {
+    // (not on AVX2: there the weight gradients' products, on a row-major dG that is not packed,
+    // were slower than MKL's: (256, 100, 32, 256) LSTM training 0.77x -> 0.94x torch.nn.LSTM)
     if (kHavePacked && kNR == 64 && packed_enabled()) {
       gemm_acc_any(M, N, K, A, K, B, kNR, N, C.data_ptr<float>(), C.stride(0));
       return;
@@ -268,21 +270,6 @@ inline void acc_ab_rows(Tensor& C, int64_t M, int64_t K, const scalar_t* A, cons
   }
   const auto opts = C.options();
   C.addmm_(at::from_blob(const_cast<scalar_t*>(A), {M, K}, opts), at::from_blob(const_cast<scalar_t*>(B), {K, N}, opts));
-}
-
-// C += A B for 2-D tensors whose rows are contiguous (inner stride 1), on this thread.
-template <typename scalar_t>
-inline void acc_ab(Tensor C, const Tensor& A, const Tensor& B) {
-  if constexpr (std::is_same_v<scalar_t, float>) {
-    // (not on AVX2: there the weight gradients' products, on a row-major dG that is not packed,
-    // were slower than MKL's: (256, 100, 32, 256) LSTM training 0.77x -> 0.94x torch.nn.LSTM)
-    if (kHavePacked && kNR == 64 && packed_enabled()) {
-      gemm_acc_any(A.size(0), B.size(1), A.size(1), A.data_ptr<float>(), A.stride(0), B.data_ptr<float>(), kNR,
-                   B.stride(0), C.data_ptr<float>(), C.stride(0));
-      return;
-    }
-  }
-  C.addmm_(A, B);
 }
 
 // dst (n x m) = src (m x n)^T, src rows of stride lds

@@ -155,7 +155,7 @@ void forward_loop(const Tensor& x, const Tensor& w_ih, const Tensor& bias, const
         if (!fused_in && compact && m > 0) {  // the same on the running rows
           gather_rows(HS + sp * BH, H, rows, 0, H, hc.data_ptr<scalar_t>());
           gather_rows(G, 4 * H, rows, b0, 4 * H, gc.data_ptr<scalar_t>());
-          rec.acc<scalar_t>(gc.narrow(0, 0, m), hc.narrow(0, 0, m));
+          rec.acc_rows<scalar_t>(m, hc.data_ptr<scalar_t>(), gc.data_ptr<scalar_t>());
           scatter_rows(gc.data_ptr<scalar_t>(), rows, b0, 4 * H, G, 4 * H);
         }
         for (int64_t b = b0; b < b1; ++b) {

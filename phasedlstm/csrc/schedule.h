@@ -40,9 +40,9 @@ struct RecurrentProduct {
     }
   }
 
-  // acc and set on raw rows, for the per-step loops (a Tensor view per step and thread costs about
-  // a microsecond): out (M x N, row stride ldo) += in (M x K, row stride ldi); with set, out = that
-  // product (not read).
+  // out (M x N, row stride ldo) += in (M x K, row stride ldi); with set, out = that product (not read,
+  // no zeroing pass first). On raw rows: the per-step loops call it, and a Tensor view per step and
+  // thread costs about a microsecond.
   template <typename scalar_t>
   void acc_rows(int64_t M, const scalar_t* in, scalar_t* out, int64_t ldi = 0, int64_t ldo = 0, bool set = false) const {
     if (M <= 0) return;
@@ -63,30 +63,6 @@ struct RecurrentProduct {
   template <typename scalar_t>
   void set_rows(int64_t M, const scalar_t* in, int64_t ldi, scalar_t* out, int64_t ldo) const {
     acc_rows<scalar_t>(M, in, out, ldi, ldo, /*set=*/true);
-  }
-
-  template <typename scalar_t>
-  void acc(Tensor out_rows, const Tensor& in_rows) const {  // rows are contiguous (row strides K and N)
-    if constexpr (std::is_same_v<scalar_t, float>) {
-      if (use_packed) {
-        gemm_acc(in_rows.size(0), in_rows.data_ptr<float>(), in_rows.stride(0), packed, out_rows.data_ptr<float>(),
-                 out_rows.stride(0));
-        return;
-      }
-    }
-    out_rows.addmm_(in_rows, b_for_aten);
-  }
-
-  template <typename scalar_t>
-  void set(Tensor out_rows, const Tensor& in_rows) const {  // out_rows = in_rows B (no zeroing pass first)
-    if constexpr (std::is_same_v<scalar_t, float>) {
-      if (use_packed) {
-        gemm_acc(in_rows.size(0), in_rows.data_ptr<float>(), in_rows.stride(0), packed, out_rows.data_ptr<float>(),
-                 out_rows.stride(0), zeros.data_ptr<float>());
-        return;
-      }
-    }
-    at::mm_out(out_rows, in_rows, b_for_aten);
   }
 };
 
@@ -309,45 +285,43 @@ struct StepGrads {
     const int64_t m = int64_t(rows.size());
     dx_rows.zero_();
     if (m == 0) return;
-    if (!dgc.defined()) {
-      dgc = at::empty({Bt, 4 * H}, h_t.options());
-      dhc = at::empty({Bt, H}, h_t.options());
-      dxc = at::empty({Bt, I}, h_t.options());
-    }
-    const Tensor g = dgc.narrow(0, 0, m);
-    gather_rows(dg, 4 * H, rows, b0, 4 * H, dgc.data_ptr<scalar_t>());
-    gather_rows(dh_prev, H, rows, 0, H, dhc.data_ptr<scalar_t>());  // (dh_prev: all rows of the batch)
-    rec.acc<scalar_t>(dhc.narrow(0, 0, m), g);
-    scatter_rows(dhc.data_ptr<scalar_t>(), rows, 0, H, dh_prev, H);
-    Tensor dxm = dxc.narrow(0, 0, m);
-    dxm.zero_();
-    rin.acc<scalar_t>(dxm, g);
-    scatter_rows(dxc.data_ptr<scalar_t>(), rows, b0, I, dx_rows.data_ptr<scalar_t>(), I);
+    dh_rows(rows, dg, b0, dh_prev);
+    const scalar_t* g = dgc.data_ptr<scalar_t>();  // (their dG, gathered by dh_rows)
+    scalar_t* dxm = dxc.data_ptr<scalar_t>();
+    zero_row(dxm, m * I);
+    rin.acc_rows<scalar_t>(m, g, dxm);
+    scatter_rows(dxm, rows, b0, I, dx_rows.data_ptr<scalar_t>(), I);
     scalar_t* ht = h_t.data_ptr<scalar_t>();  // h_{t-1}^T of the running rows, (H, m)
     for (int64_t i = 0; i < m; ++i)
       for (int64_t j = 0; j < H; ++j) ht[j * m + i] = HS[t * B * H + rows[i] * H + j];
-    acc_ab<scalar_t>(dwhh, h_t.view({-1}).narrow(0, 0, H * m).view({H, m}), g);
+    acc_ab_rows<scalar_t>(dwhh, H, m, ht, g);
     scalar_t* xt = x_t.data_ptr<scalar_t>();
     for (int64_t i = 0; i < m; ++i)
       for (int64_t j = 0; j < I; ++j) xt[j * m + i] = X[(t * B + rows[i]) * I + j];
-    acc_ab<scalar_t>(dwih, x_t.view({-1}).narrow(0, 0, I * m).view({I, m}), g);
+    acc_ab_rows<scalar_t>(dwih, I, m, xt, g);
   }
   // dh_{t-1} += dG_t W_hh alone (the weight gradients and dx deferred to one product over all steps),
   // on the running rows only; dg_t: step t's gate gradients of the whole batch (global rows)
   void dh_running(const std::vector<int64_t>& rows, const scalar_t* dg_t, scalar_t* dh_prev) {
+    if (!rows.empty()) dh_rows(rows, dg_t, 0, dh_prev);
+  }
+
+ private:
+  // The running rows' dG (row r of dg at r - off) gathered into dgc, and dh_{t-1} += dG W_hh on those
+  // rows of dh_prev (all rows of the batch)
+  void dh_rows(const std::vector<int64_t>& rows, const scalar_t* dg, int64_t off, scalar_t* dh_prev) {
     const int64_t m = int64_t(rows.size());
-    if (m == 0) return;
     if (!dgc.defined()) {
       dgc = at::empty({Bt, 4 * H}, h_t.options());
       dhc = at::empty({Bt, H}, h_t.options());
       dxc = at::empty({Bt, I}, h_t.options());
     }
-    gather_rows(dg_t, 4 * H, rows, 0, 4 * H, dgc.data_ptr<scalar_t>());
+    gather_rows(dg, 4 * H, rows, off, 4 * H, dgc.data_ptr<scalar_t>());
     gather_rows(dh_prev, H, rows, 0, H, dhc.data_ptr<scalar_t>());
-    rec.acc<scalar_t>(dhc.narrow(0, 0, m), dgc.narrow(0, 0, m));
+    rec.acc_rows<scalar_t>(m, dgc.data_ptr<scalar_t>(), dhc.data_ptr<scalar_t>());
     scatter_rows(dhc.data_ptr<scalar_t>(), rows, 0, H, dh_prev, H);
   }
-  Tensor dgc, dhc, dxc;  // scratch of running(): the running rows' dG, dh_{t-1} and dx_t
+  Tensor dgc, dhc, dxc;  // scratch of the running rows: their dG, dh_{t-1} and dx_t
 };
 
 }  // namespace phasedlstm
