@@ -260,6 +260,28 @@ inline void ln_units_product(Tensor z, const Tensor& hprev, const Tensor& W, con
   });
 }
 
+// The unit split's steps t0 .. t1-1 with the micro-kernel's packs, in one parallel region: per step
+// the recurrent terms z(t) (row stride ldz) = h_{t-1} W_hh^T by units (hprev(t): all rows), a
+// barrier, the rows by sequences, a barrier (the next products read every row's h_t).
+// make_rows() gives each thread its callable rows(t, b0, b1), with its own scratch.
+template <typename HP, typename ZP, typename MakeRows>
+void ln_units_steps(const UnitPacks& up, int64_t B, int64_t H, int64_t t0, int64_t t1, HP hprev, ZP z, int64_t ldz,
+                    MakeRows make_rows) {
+  const int64_t blk = unit_block(H), nb = (H + blk - 1) / blk;
+  in_team(nb, [&](int64_t tid, int64_t nth, auto barrier) {
+    const int64_t q0 = tid * nb / nth, q1 = (tid + 1) * nb / nth, b0 = tid * B / nth, b1 = (tid + 1) * B / nth;
+    auto rows = make_rows();
+    for (int64_t t = t0; t < t1; ++t) {
+      for (int64_t q = q0; q < q1; ++q)
+        for (int64_t gate = 0; gate < 4; ++gate)
+          up.acc(4 * q + gate, B, hprev(t), H, z(t) + gate * H + q * blk, ldz, /*set=*/true);
+      barrier();  // every unit's recurrent terms, before the rows normalise them
+      rows(t, b0, b1);
+      barrier();  // every row's h_t, before the next products read it
+    }
+  });
+}
+
 template <typename scalar_t>
 void ln_forward_loop(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, const LnParams<scalar_t>& P,
                      const int64_t* len, Tensor& rih, Tensor& zhh, Tensor& rhh, Tensor& zc, Tensor& rc,
@@ -307,20 +329,14 @@ void ln_forward_loop(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, co
   };
   if (units) {
     if constexpr (std::is_same_v<scalar_t, float>) {
-      if (up.on()) {  // one region for all steps: products by units | barrier | rows | barrier
-        const int64_t blk = unit_block(H), nb = (H + blk - 1) / blk;
-        in_team(nb, [&](int64_t tid, int64_t nth, auto barrier) {
-          const int64_t q0 = tid * nb / nth, q1 = (tid + 1) * nb / nth, b0 = tid * B / nth, b1 = (tid + 1) * B / nth;
-          std::vector<scalar_t> act(4 * H);
-          for (int64_t t = 0; t < T; ++t) {
-            for (int64_t q = q0; q < q1; ++q)
-              for (int64_t gate = 0; gate < 4; ++gate)
-                up.acc(4 * q + gate, B, HS + t * BH, H, Z + t * B * 8 * H + gate * H + q * blk, 8 * H, /*set=*/true);
-            barrier();  // every unit's recurrent terms, before the rows normalise them
-            rows(t, b0, b1, act);
-            barrier();  // every row's h_t, before the next products read it
-          }
-        });
+      if (up.on()) {
+        ln_units_steps(
+            up, B, H, 0, T, [&](int64_t t) { return HS + t * BH; }, [&](int64_t t) { return Z + t * B * 8 * H; },
+            8 * H, [&] {
+              return [&, act = std::vector<scalar_t>(4 * H)](int64_t t, int64_t b0, int64_t b1) mutable {
+                rows(t, b0, b1, act);
+              };
+            });
         return;
       }
     }
@@ -400,21 +416,14 @@ void ln_infer_loop(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, cons
     auto zi_of = [&](int64_t t) { return zi_all.data_ptr<scalar_t>() + (t - t0) * B * 4 * H; };
     if (units) {  // per step: the recurrent terms by units, then the rows
       if constexpr (std::is_same_v<scalar_t, float>) {
-        if (up.on()) {  // one region for the chunk's steps, as in ln_forward_loop
-          const int64_t blk = unit_block(H), nb = (H + blk - 1) / blk;
+        if (up.on()) {  // (z_all: the one step's recurrent terms, rewritten every step)
           float* ZA = z_all.data_ptr<float>();
-          in_team(nb, [&](int64_t tid, int64_t nth, auto barrier) {
-            const int64_t q0 = tid * nb / nth, q1 = (tid + 1) * nb / nth, b0 = tid * B / nth, b1 = (tid + 1) * B / nth;
-            std::vector<scalar_t> act(4 * H), zc(H);
-            for (int64_t t = t0; t < t0 + n; ++t) {
-              for (int64_t q = q0; q < q1; ++q)
-                for (int64_t gate = 0; gate < 4; ++gate)
-                  up.acc(4 * q + gate, B, HS + (t % 2) * BH, H, ZA + gate * H + q * blk, 4 * H, /*set=*/true);
-              barrier();
-              rows(t, b0, b1, ZA, zi_of(t), 0, act, zc);
-              barrier();
-            }
-          });
+          ln_units_steps(
+              up, B, H, t0, t0 + n, [&](int64_t t) { return HS + (t % 2) * BH; }, [&](int64_t) { return ZA; }, 4 * H,
+              [&] {
+                return [&, act = std::vector<scalar_t>(4 * H), zc = std::vector<scalar_t>(H)](
+                           int64_t t, int64_t b0, int64_t b1) mutable { rows(t, b0, b1, ZA, zi_of(t), 0, act, zc); };
+              });
           continue;
         }
       }
