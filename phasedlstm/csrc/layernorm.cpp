@@ -688,7 +688,7 @@ std::vector<Tensor> ln_backward(const OptTensor& grad_out_opt, const OptTensor& 
   Tensor dx = at::empty({T, B, I}, opts);
   // the weight gradients: formed once after the loop where ln_backward_loop keeps every step's term
   // gradients (the unit split, few sequences per thread), else per-thread partials (H, 4H) added up
-  const bool at_end = split_units(B, H) || defer_weight_grads(B, H);
+  const bool at_end = weight_grads_at_end(B, H);
   const int64_t np = at_end ? 0 : nt;
   Tensor dwhh_t = at::zeros({np, H, 4 * H}, opts), dwih_t = at::zeros({np, I, 4 * H}, opts);
   Tensor dw_hh = at::empty({at_end ? 4 * H : 0, H}, opts), dw_ih = at::empty({at_end ? 4 * H : 0, I}, opts);

@@ -266,7 +266,7 @@ std::vector<Tensor> lstm_backward(const OptTensor& grad_out_opt, const OptTensor
   // The weight gradients: formed once over all steps after the loop (the unit split, or few sequences
   // per thread), straight into their own layouts; otherwise summed per thread, step by step, into
   // partials (H, 4H) that are added up and transposed at the end.
-  const bool at_end = units || defer_weight_grads(B, H);
+  const bool at_end = weight_grads_at_end(B, H);
   const int64_t parts = at_end ? 0 : nt;
   Tensor dwhh_t = at::zeros({parts, H, 4 * H}, opts), dwih_t = at::zeros({parts, I, 4 * H}, opts);
   Tensor dbias = at::zeros({parts, 4 * H}, opts);

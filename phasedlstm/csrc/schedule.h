@@ -160,6 +160,11 @@ inline bool split_units(int64_t B, int64_t H, bool packed_infer = false) {
   return (H >= 512 && B <= 16 * nt) || (H >= 384 && B <= 8 * nt) || (H >= 256 && B <= 2 * nt);
 }
 
+// Whether a backward forms its weight gradients once after the loop, straight into their own
+// layouts (the unit split always; the split by sequences where defer_weight_grads says), rather than
+// in per-thread partials added up at the end.
+inline bool weight_grads_at_end(int64_t B, int64_t H) { return split_units(B, H) || defer_weight_grads(B, H); }
+
 // One parallel region for a whole loop of steps: f(tid, nth, barrier) runs once on each of nth <=
 // `want` threads, and barrier() waits until every one of them has reached it. The unit split's
 // steps use it so that a step costs a barrier, not a fork/join of the thread team. Serial (nth = 1)
