@@ -16,10 +16,8 @@ import time
 
 import torch
 
-import phasedlstm
 from phasedlstm import autotune, fast
-
-LAYERS = {"lstm": phasedlstm.LSTM, "peephole": phasedlstm.PeepholeLSTM, "layernorm": phasedlstm.LayerNormLSTM}
+from phasedlstm.bench import _make
 
 
 def median_time(fn, repeats: int) -> float:
@@ -35,7 +33,7 @@ def median_time(fn, repeats: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--layer", default="peephole", choices=sorted(LAYERS))
+    ap.add_argument("--layer", default="peephole", choices=["lstm", "peephole", "layernorm"])
     ap.add_argument("--hidden", default="128,200,256,384,512")
     ap.add_argument("--batch", default="1,4,8,16,32")
     ap.add_argument("--steps", type=int, default=35)
@@ -48,7 +46,7 @@ def main() -> None:
           "forward-only / training")
     for H in (int(v) for v in a.hidden.split(",")):
         for B in (int(v) for v in a.batch.split(",")):
-            layer = LAYERS[a.layer](a.inputs, H)
+            layer = _make(a.layer, a.inputs, H, "auto")
             x = torch.randn(a.steps, B, a.inputs, requires_grad=True)
 
             def infer():
