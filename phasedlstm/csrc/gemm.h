@@ -19,13 +19,21 @@ namespace phasedlstm {
 
 #if defined(__AVX512F__)
 constexpr int64_t kNR = 64;  // panel width: 4 zmm registers
+constexpr int kPanelVecs = 4;
 #else
 constexpr int64_t kNR = 16;  // panel width: 2 ymm registers
+constexpr int kPanelVecs = 2;
 #endif
+constexpr int64_t kTailStep = 16;  // the last panel's width is a multiple of this (AVX2: always kNR)
 
+// Panels of kNR columns, K rows each; the last panel is only as wide as N needs, rounded up to a
+// whole vector (tail columns: 16, 32, 48 or 64 with AVX-512), and zero-padded to that width. A
+// partial panel padded to 64 would make the products read up to 48 columns of zeros per row of K:
+// at H = 650 split over two threads, 12% more of W_hh streamed from L3 by one thread than by the
+// other.
 struct PackedB {
-  Tensor data;  // (panels, K, 64), zero-padded past N
-  int64_t K = 0, N = 0;
+  Tensor data;  // the panels, one after the other: (panels - 1) x (K, kNR), then (K, tail)
+  int64_t K = 0, N = 0, tail = 0;
 };
 
 #if defined(__AVX2__)
@@ -56,29 +64,38 @@ static inline void transpose8(const float* __restrict s, int64_t sn, float* __re
 }
 #endif
 
-// Pack B (K x N) where B[k][n] = src[n * sn + k * sk].
-inline PackedB pack_b(const Tensor& src, int64_t K, int64_t N, int64_t sk, int64_t sn) {
+// The width of a packed B's last panel, and the floats of the whole pack
+inline int64_t packed_tail(int64_t N) {
+  const int64_t last = N - (N + kNR - 1) / kNR * kNR + kNR;
+  return std::min(kNR, (last + kTailStep - 1) / kTailStep * kTailStep);
+}
+inline int64_t packed_size(int64_t K, int64_t N) { return ((N + kNR - 1) / kNR * kNR - kNR + packed_tail(N)) * K; }
+
+// Pack B (K x N) where B[k][n] = src[n * sn + k * sk], into dst (packed_size(K, N) floats) or new memory.
+inline PackedB pack_b(const Tensor& src, int64_t K, int64_t N, int64_t sk, int64_t sn, const Tensor& dst = Tensor()) {
   PackedB p;
   p.K = K;
   p.N = N;
   const int64_t panels = (N + kNR - 1) / kNR;
-  p.data = at::empty({panels, K, kNR}, src.options());  // (every value written below: no zero pass)
+  p.tail = packed_tail(N);
+  p.data = dst.defined() ? dst : at::empty({packed_size(K, N)}, src.options());  // (every value written below)
   const float* s = src.data_ptr<float>();
-  float* d = p.data.data_ptr<float>();
+  float* d0 = p.data.data_ptr<float>();
   for (int64_t q = 0; q < panels; ++q) {
-    const int64_t nc = std::min(kNR, N - q * kNR);
+    const int64_t nc = std::min(kNR, N - q * kNR), w = q + 1 < panels ? kNR : p.tail;
+    float* d = d0 + q * K * kNR;
     int64_t k0 = 0;
 #if defined(__AVX2__)
-    if (sk == 1 && nc == kNR) {  // rows of W along k: by 8 x 8 transposes (the scalar loop's strided reads were
-      // 10% of a forward-only call of T = 8 at H = 1024)
+    if (sk == 1 && nc == w && w % 8 == 0) {  // rows of W along k: by 8 x 8 transposes (the scalar loop's strided
+      // reads were 10% of a forward-only call of T = 8 at H = 1024)
       for (; k0 + 8 <= K; k0 += 8)
-        for (int64_t c = 0; c < kNR; c += 8) transpose8(s + (q * kNR + c) * sn + k0, sn, d + (q * K + k0) * kNR + c, kNR);
+        for (int64_t c = 0; c < w; c += 8) transpose8(s + (q * kNR + c) * sn + k0, sn, d + k0 * w + c, w);
     }
 #endif
     for (int64_t k = k0; k < K; ++k) {
-      float* dk = d + (q * K + k) * kNR;
+      float* dk = d + k * w;
       for (int64_t c = 0; c < nc; ++c) dk[c] = s[(q * kNR + c) * sn + k * sk];
-      for (int64_t c = nc; c < kNR; ++c) dk[c] = 0;  // the last panel's padding
+      for (int64_t c = nc; c < w; ++c) dk[c] = 0;  // the last panel's padding
     }
   }
   return p;
@@ -89,47 +106,36 @@ constexpr bool kHavePacked = true;
 
 // FULL: all 64 columns valid (plain loads; masked loads are several times slower on some
 // CPUs, so only the last, partial panel uses them). BFULL: B's rows are whole panels even where C's
-// are not (a packed B is padded with zeros to kNR columns), so B is read without masks.
+// are not (a packed B is padded with zeros to a whole vector), so B is read without masks.
+// NV: vectors of 16 columns per row (4; fewer for a packed B's narrow last panel).
 // init: if not null, C is not read; every row starts from init (a bias vector) instead.
-template <int MR, bool FULL, bool BFULL = FULL>
+template <int MR, bool FULL, bool BFULL = FULL, int NV = 4>
 static inline void micro_tile(int64_t K, const float* __restrict A, int64_t lda, const float* __restrict Bp,
                               int64_t ldb, float* __restrict C, int64_t ldc, int64_t ncols,
                               const float* __restrict init, const float* = nullptr) {
-  __m512 acc[MR][4];
-  __mmask16 mask[4];
-  for (int j = 0; j < 4; ++j) {
+  __m512 acc[MR][NV];
+  __mmask16 mask[NV];
+  for (int j = 0; j < NV; ++j) {
     const int64_t left = ncols - 16 * j;
     mask[j] = left >= 16 ? (__mmask16)0xFFFF : (left <= 0 ? (__mmask16)0 : (__mmask16)((1u << left) - 1));
   }
   for (int r = 0; r < MR; ++r)
-    for (int j = 0; j < 4; ++j) {
+    for (int j = 0; j < NV; ++j) {
       const float* src = init != nullptr ? init + 16 * j : C + r * ldc + 16 * j;
       acc[r][j] = FULL ? _mm512_loadu_ps(src) : _mm512_maskz_loadu_ps(mask[j], src);
     }
   for (int64_t k = 0; k < K; ++k) {
     const float* b = Bp + k * ldb;  // masked in a partial panel: a row-major B may end inside it
-    __m512 b0, b1, b2, b3;
-    if (FULL || BFULL) {
-      b0 = _mm512_loadu_ps(b);
-      b1 = _mm512_loadu_ps(b + 16);
-      b2 = _mm512_loadu_ps(b + 32);
-      b3 = _mm512_loadu_ps(b + 48);
-    } else {
-      b0 = _mm512_maskz_loadu_ps(mask[0], b);
-      b1 = _mm512_maskz_loadu_ps(mask[1], b + 16);
-      b2 = _mm512_maskz_loadu_ps(mask[2], b + 32);
-      b3 = _mm512_maskz_loadu_ps(mask[3], b + 48);
-    }
+    __m512 bv[NV];
+    for (int j = 0; j < NV; ++j)
+      bv[j] = FULL || BFULL ? _mm512_loadu_ps(b + 16 * j) : _mm512_maskz_loadu_ps(mask[j], b + 16 * j);
     for (int r = 0; r < MR; ++r) {
       const __m512 a = _mm512_set1_ps(A[r * lda + k]);
-      acc[r][0] = _mm512_fmadd_ps(a, b0, acc[r][0]);
-      acc[r][1] = _mm512_fmadd_ps(a, b1, acc[r][1]);
-      acc[r][2] = _mm512_fmadd_ps(a, b2, acc[r][2]);
-      acc[r][3] = _mm512_fmadd_ps(a, b3, acc[r][3]);
+      for (int j = 0; j < NV; ++j) acc[r][j] = _mm512_fmadd_ps(a, bv[j], acc[r][j]);
     }
   }
   for (int r = 0; r < MR; ++r)
-    for (int j = 0; j < 4; ++j) {
+    for (int j = 0; j < NV; ++j) {
       if (FULL) _mm512_storeu_ps(C + r * ldc + 16 * j, acc[r][j]);
       else _mm512_mask_storeu_ps(C + r * ldc + 16 * j, mask[j], acc[r][j]);
     }
@@ -142,10 +148,11 @@ constexpr bool kHavePacked = true;
 // GCC 12 keeps an array of __m256 in memory and stores it at every k, at less than half the
 // rate. FULL: all 16 columns valid; otherwise C (and a row-major B, which
 // may end inside the panel) are read and written under a mask.
-template <int MR, bool FULL, bool BFULL = FULL>
+template <int MR, bool FULL, bool BFULL = FULL, int NV = 2>  // (NV: always the whole panel here)
 static inline void micro_tile(int64_t K, const float* __restrict A, int64_t lda, const float* __restrict Bp,
                               int64_t ldb, float* __restrict C, int64_t ldc, int64_t ncols,
                               const float* __restrict init, const float* pf = nullptr) {
+  static_assert(NV == 2, "the AVX2 tile is 16 columns wide");
   const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   const __m256i m0 = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)ncols), lane);
   const __m256i m1 = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)ncols - 8), lane);
@@ -194,60 +201,74 @@ static inline void micro_tile(int64_t K, const float* __restrict A, int64_t lda,
 #if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
 // (the tiles above, 6 rows at a time, over the panels of B)
 // prefetch: K lines of B (stride ldb) fetched into L1 by the second tile of 6 rows (nullptr: none)
-template <bool FULL, bool BFULL = FULL>
+template <bool FULL, bool BFULL = FULL, int NV = kPanelVecs>
 inline void micro_rows(int64_t M, int64_t K, const float* A, int64_t lda, const float* bq, int64_t ldb, float* cq,
                        int64_t ldc, int64_t ncols, const float* init, const float* prefetch = nullptr) {
   int64_t m = 0;
   for (; m + 6 <= M; m += 6)
-    micro_tile<6, FULL, BFULL>(K, A + m * lda, lda, bq, ldb, cq + m * ldc, ldc, ncols, init, m == 6 ? prefetch : nullptr);
+    micro_tile<6, FULL, BFULL, NV>(K, A + m * lda, lda, bq, ldb, cq + m * ldc, ldc, ncols, init,
+                                   m == 6 ? prefetch : nullptr);
   switch (M - m) {
-    case 5: micro_tile<5, FULL, BFULL>(K, A + m * lda, lda, bq, ldb, cq + m * ldc, ldc, ncols, init); break;
-    case 4: micro_tile<4, FULL, BFULL>(K, A + m * lda, lda, bq, ldb, cq + m * ldc, ldc, ncols, init); break;
-    case 3: micro_tile<3, FULL, BFULL>(K, A + m * lda, lda, bq, ldb, cq + m * ldc, ldc, ncols, init); break;
-    case 2: micro_tile<2, FULL, BFULL>(K, A + m * lda, lda, bq, ldb, cq + m * ldc, ldc, ncols, init); break;
-    case 1: micro_tile<1, FULL, BFULL>(K, A + m * lda, lda, bq, ldb, cq + m * ldc, ldc, ncols, init); break;
+    case 5: micro_tile<5, FULL, BFULL, NV>(K, A + m * lda, lda, bq, ldb, cq + m * ldc, ldc, ncols, init); break;
+    case 4: micro_tile<4, FULL, BFULL, NV>(K, A + m * lda, lda, bq, ldb, cq + m * ldc, ldc, ncols, init); break;
+    case 3: micro_tile<3, FULL, BFULL, NV>(K, A + m * lda, lda, bq, ldb, cq + m * ldc, ldc, ncols, init); break;
+    case 2: micro_tile<2, FULL, BFULL, NV>(K, A + m * lda, lda, bq, ldb, cq + m * ldc, ldc, ncols, init); break;
+    case 1: micro_tile<1, FULL, BFULL, NV>(K, A + m * lda, lda, bq, ldb, cq + m * ldc, ldc, ncols, init); break;
     default: break;
   }
 }
 
-// C (M x N) += A (M x K) B (K x N); B is packed (packed = true: panel_stride = K * kNR, ldb = kNR) or
-// row-major (panel_stride = kNR, ldb = its row stride). Rows of A and C have strides lda and ldc.
+// C (M x N) += A (M x K) B (K x N); B is packed (packed = true: a PackedB's panels, panel_stride = K * kNR,
+// ldb = kNR, and tail_ld the last panel's width) or row-major (panel_stride = kNR, ldb = its row
+// stride). Rows of A and C have strides lda and ldc.
 // With init (an N-vector), C = init + A B instead: C is written, never read.
 inline void gemm_acc_any(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* Bq0,
                          int64_t panel_stride, int64_t ldb, float* C, int64_t ldc, const float* init = nullptr,
-                         int64_t kblock = 0, bool packed = false) {
+                         int64_t kblock = 0, bool packed = false, int64_t tail_ld = kNR, bool reverse = false) {
   const int64_t panels = (N + kNR - 1) / kNR;
   // by blocks of K rows only where asked (see UnitPacks) and B is packed; otherwise one block of all K
-  // packed: B is a PackedB (panels zero-padded to kNR columns), read without masks in a partial panel
   const bool blocked = kblock > 0 && M > 6 && packed;
   const int64_t kstep = blocked ? kblock : std::max<int64_t>(K, 1);
-  for (int64_t q = 0; q < panels; ++q) {
+  for (int64_t i = 0; i < panels; ++i) {  // reverse: the last panel first
+    const int64_t q = reverse ? panels - 1 - i : i, qn = reverse ? q - 1 : q + 1;
     const float* bq = Bq0 + q * panel_stride;
     const int64_t ncols = std::min(kNR, N - q * kNR);
+    // packed: the last panel is tail_ld wide, zero-padded past N, read without masks
+    const int64_t ld = packed && q + 1 == panels ? tail_ld : ldb;
     float* cq = C + q * kNR;
     for (int64_t k0 = 0; k0 == 0 || k0 < K; k0 += kstep) {
       const int64_t kb = std::min(kstep, K - k0);
       // the lines of the next block of B (this panel's next rows of K, or the next panel's first),
       // fetched while the second tile of rows reads this block from cache
       const float* next =
-          !blocked ? nullptr : (k0 + kb < K ? bq + (k0 + kb) * kNR : (q + 1 < panels ? bq + panel_stride : nullptr));
+          !blocked ? nullptr : (k0 + kb < K ? bq + (k0 + kb) * ld : (i + 1 < panels ? Bq0 + qn * panel_stride : nullptr));
       const float* iq = init != nullptr && k0 == 0 ? init + q * kNR : nullptr;
-      if (ncols == kNR) micro_rows<true>(M, kb, A + k0, lda, bq + k0 * ldb, ldb, cq, ldc, ncols, iq, next);
-      else if (packed) micro_rows<false, true>(M, kb, A + k0, lda, bq + k0 * ldb, ldb, cq, ldc, ncols, iq, next);
-      else micro_rows<false>(M, kb, A + k0, lda, bq + k0 * ldb, ldb, cq, ldc, ncols, iq, next);
+      const float* bk = bq + k0 * ld;
+      if (ncols == kNR) micro_rows<true>(M, kb, A + k0, lda, bk, ld, cq, ldc, ncols, iq, next);
+      else if (!packed) micro_rows<false>(M, kb, A + k0, lda, bk, ld, cq, ldc, ncols, iq, next);
+#if defined(__AVX512F__)
+      else if (ld == 16) micro_rows<false, true, 1>(M, kb, A + k0, lda, bk, ld, cq, ldc, ncols, iq, next);
+      else if (ld == 32) micro_rows<false, true, 2>(M, kb, A + k0, lda, bk, ld, cq, ldc, ncols, iq, next);
+      else if (ld == 48) micro_rows<false, true, 3>(M, kb, A + k0, lda, bk, ld, cq, ldc, ncols, iq, next);
+#endif
+      else micro_rows<false, true>(M, kb, A + k0, lda, bk, ld, cq, ldc, ncols, iq, next);
     }
   }
 }
 
+// reverse: B's panels from the last to the first. A loop that multiplies by the same B at every step
+// and alternates the direction reads first what the previous step read last, still in L2 where B is
+// larger than L2 (W_hh at H >= 512).
 inline void gemm_acc(int64_t M, const float* A, int64_t lda, const PackedB& B, float* C, int64_t ldc,
-                     const float* init = nullptr, int64_t kblock = 0) {
-  gemm_acc_any(M, B.N, B.K, A, lda, B.data.data_ptr<float>(), B.K * kNR, kNR, C, ldc, init, kblock, /*packed=*/true);
+                     const float* init = nullptr, int64_t kblock = 0, bool reverse = false) {
+  gemm_acc_any(M, B.N, B.K, A, lda, B.data.data_ptr<float>(), B.K * kNR, kNR, C, ldc, init, kblock, /*packed=*/true,
+               B.tail, reverse);
 }
 
 #else
 constexpr bool kHavePacked = false;
 inline void gemm_acc(int64_t, const float*, int64_t, const PackedB&, float*, int64_t, const float* = nullptr,
-                     int64_t = 0) {}
+                     int64_t = 0, bool = false) {}
 inline void gemm_acc_any(int64_t, int64_t, int64_t, const float*, int64_t, const float*, int64_t, int64_t, float*,
                          int64_t, const float* = nullptr, int64_t = 0, bool = false) {}
 #endif

@@ -41,8 +41,15 @@ void units_steps(Tensor& gbuf, Tensor& hbuf, Tensor& cbuf, const Tensor& W, cons
         for (int64_t t = t0; t < t0 + n; ++t) {
           float* G = GB + (save ? t : t - t0) * B * 4 * H;
           const float* hprev = HS + (save ? t : t % 2) * BH;
-          for (int64_t q = q0; q < q1; ++q) {
-            for (int64_t gate = 0; gate < 4; ++gate) up.acc(4 * q + gate, B, hprev, H, G + gate * H + q * blk, 4 * H);
+          // odd steps read the thread's packs backwards: what one step read last, still in the core's
+          // L2, is read first in the next (a thread's packs can exceed its L2)
+          const bool back = t % 2 == 1;
+          for (int64_t j = q0; j < q1; ++j) {
+            const int64_t q = back ? q0 + q1 - 1 - j : j;
+            for (int64_t i = 0; i < 4; ++i) {
+              const int64_t gate = back ? 3 - i : i;
+              up.acc(4 * q + gate, B, hprev, H, G + gate * H + q * blk, 4 * H, /*set=*/false, back);
+            }
             update(t, q, G);
           }
           barrier();
@@ -132,6 +139,7 @@ void forward_loop(const Tensor& x, const Tensor& w_ih, const Tensor& bias, const
         const int64_t sp = save ? t : t % 2, sn = save ? t + 1 : (t + 1) % 2;  // state rows: previous, next
         scalar_t* G = GB + (slot * B + b0) * 4 * H;  // this thread's gate rows of the step
         const bool compact = running_rows(run_len, t, b0, b1, rows);
+        const bool back = t % 2 == 1;  // odd steps read the weight's panels backwards (gemm_acc)
         const int64_t m = compact ? int64_t(rows.size()) : Bt;
         if (compact && !gc.defined()) {
           hc = at::empty({Bt, H}, x.options());
@@ -144,18 +152,18 @@ void forward_loop(const Tensor& x, const Tensor& w_ih, const Tensor& bias, const
               copy_row(X + (t * B + b) * I, xh.data() + i * (I + H), I);
               copy_row(HS + sp * BH + b * H, xh.data() + i * (I + H) + I, H);
             }
-            if (!compact) gemm_acc(Bt, xh.data(), I + H, cat, G, 4 * H, bias_or_zero);  // the bias starts the sums
+            if (!compact) gemm_acc(Bt, xh.data(), I + H, cat, G, 4 * H, bias_or_zero, 0, back);  // (the bias starts the sums)
             else if (m > 0) {
-              gemm_acc(m, xh.data(), I + H, cat, gc.data_ptr<float>(), 4 * H, bias_or_zero);
+              gemm_acc(m, xh.data(), I + H, cat, gc.data_ptr<float>(), 4 * H, bias_or_zero, 0, back);
               scatter_rows(gc.data_ptr<float>(), rows, b0, 4 * H, G, 4 * H);
             }
           }
         }
-        if (!fused_in && !compact) rec.acc_rows<scalar_t>(Bt, HS + sp * BH + b0 * H, G);  // + h_{t-1} W_hh^T
+        if (!fused_in && !compact) rec.acc_rows<scalar_t>(Bt, HS + sp * BH + b0 * H, G, 0, 0, false, back);  // + h W_hh^T
         if (!fused_in && compact && m > 0) {  // the same on the running rows
           gather_rows(HS + sp * BH, H, rows, 0, H, hc.data_ptr<scalar_t>());
           gather_rows(G, 4 * H, rows, b0, 4 * H, gc.data_ptr<scalar_t>());
-          rec.acc_rows<scalar_t>(m, hc.data_ptr<scalar_t>(), gc.data_ptr<scalar_t>());
+          rec.acc_rows<scalar_t>(m, hc.data_ptr<scalar_t>(), gc.data_ptr<scalar_t>(), 0, 0, false, back);
           scatter_rows(gc.data_ptr<scalar_t>(), rows, b0, 4 * H, G, 4 * H);
         }
         for (int64_t b = b0; b < b1; ++b) {
