@@ -343,6 +343,29 @@ def test_unit_split_weight_gradients_equal_the_reference(kind, tune):
         torch.set_num_threads(before)
 
 
+@pytest.mark.parametrize("kind", ["peephole", "layernorm"])
+def test_unit_split_packs_in_reused_memory_equal_the_reference(kind, tune):
+    """The unit split packs W_hh at every call into memory that the calls of a thread reuse.
+    Calls one after another with a larger W_hh, a smaller one, the first layer again after its
+    weights changed in place, and the backward's packs between them: each equals the reference
+    (no pack of an earlier call or of other weights is read)."""
+    tune(split="units")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        ref, fst = _same_as_reference(kind, 3, 5, 12, 4, 200, torch.tensor([12, 3, 7, 12, 1]))
+        _same_as_reference(kind, 4, 5, 12, 4, 264, torch.tensor([12, 12, 2, 5, 9]))
+        _same_without_gradients(*_same_as_reference(kind, 5, 3, 9, 2, 72, torch.tensor([9, 1, 4])),
+                                torch.randn(3, 20, 2), rtol=1e-4, atol=1e-4)
+        with torch.no_grad():
+            for a, b in zip(ref.parameters(), fst.parameters()):
+                a.mul_(-0.5)
+                b.mul_(-0.5)
+        _same_without_gradients(ref, fst, torch.randn(5, 30, 4), rtol=1e-4, atol=1e-4)
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("kblock", ["16", None, "0"])
 @pytest.mark.parametrize("kind", list(LAYERS))
 def test_unit_split_products_by_blocks_of_k_equal_the_reference(kind, kblock, tune):

@@ -71,33 +71,51 @@ inline int64_t packed_tail(int64_t N) {
 }
 inline int64_t packed_size(int64_t K, int64_t N) { return ((N + kNR - 1) / kNR * kNR - kNR + packed_tail(N)) * K; }
 
+// Rows k_begin .. k_end-1 of a packed B (K x N, panels at d0) from s, where B[k][n] = s[n * sn + (k - k_begin) * sk]
+inline void pack_rows(const float* s, int64_t sk, int64_t sn, int64_t k_begin, int64_t k_end, int64_t K, int64_t N,
+                      int64_t tail, float* d0) {
+  const int64_t panels = (N + kNR - 1) / kNR;
+  for (int64_t q = 0; q < panels; ++q) {
+    const int64_t nc = std::min(kNR, N - q * kNR), w = q + 1 < panels ? kNR : tail;
+    float* d = d0 + q * K * kNR;
+    int64_t k0 = k_begin;
+#if defined(__AVX2__)
+    if (sk == 1 && nc == w && w % 8 == 0) {  // rows of W along k: by 8 x 8 transposes (the scalar loop's strided
+      // reads were 10% of a forward-only call of T = 8 at H = 1024)
+      for (; k0 + 8 <= k_end; k0 += 8)
+        for (int64_t c = 0; c < w; c += 8) transpose8(s + (q * kNR + c) * sn + k0 - k_begin, sn, d + k0 * w + c, w);
+    }
+#endif
+    for (int64_t k = k0; k < k_end; ++k) {
+      float* dk = d + k * w;
+      for (int64_t c = 0; c < nc; ++c) dk[c] = s[(q * kNR + c) * sn + (k - k_begin) * sk];
+      for (int64_t c = nc; c < w; ++c) dk[c] = 0;  // the last panel's padding
+    }
+  }
+}
+
 // Pack B (K x N) where B[k][n] = src[n * sn + k * sk], into dst (packed_size(K, N) floats) or new memory.
 inline PackedB pack_b(const Tensor& src, int64_t K, int64_t N, int64_t sk, int64_t sn, const Tensor& dst = Tensor()) {
   PackedB p;
   p.K = K;
   p.N = N;
-  const int64_t panels = (N + kNR - 1) / kNR;
   p.tail = packed_tail(N);
   p.data = dst.defined() ? dst : at::empty({packed_size(K, N)}, src.options());  // (every value written below)
-  const float* s = src.data_ptr<float>();
-  float* d0 = p.data.data_ptr<float>();
-  for (int64_t q = 0; q < panels; ++q) {
-    const int64_t nc = std::min(kNR, N - q * kNR), w = q + 1 < panels ? kNR : p.tail;
-    float* d = d0 + q * K * kNR;
-    int64_t k0 = 0;
-#if defined(__AVX2__)
-    if (sk == 1 && nc == w && w % 8 == 0) {  // rows of W along k: by 8 x 8 transposes (the scalar loop's strided
-      // reads were 10% of a forward-only call of T = 8 at H = 1024)
-      for (; k0 + 8 <= K; k0 += 8)
-        for (int64_t c = 0; c < w; c += 8) transpose8(s + (q * kNR + c) * sn + k0, sn, d + k0 * w + c, w);
-    }
-#endif
-    for (int64_t k = k0; k < K; ++k) {
-      float* dk = d + k * w;
-      for (int64_t c = 0; c < nc; ++c) dk[c] = s[(q * kNR + c) * sn + k * sk];
-      for (int64_t c = nc; c < w; ++c) dk[c] = 0;  // the last panel's padding
-    }
-  }
+  pack_rows(src.data_ptr<float>(), sk, sn, 0, K, K, N, p.tail, p.data.data_ptr<float>());
+  return p;
+}
+
+// Pack [A | B]^T for row-major A (N x Ka) and B (N x Kb), both contiguous: K = Ka + Kb (the input and
+// recurrent weights of one product, without concatenating them first)
+inline PackedB pack_b_cat(const Tensor& a, const Tensor& b) {
+  PackedB p;
+  const int64_t Ka = a.size(1), Kb = b.size(1);
+  p.K = Ka + Kb;
+  p.N = a.size(0);
+  p.tail = packed_tail(p.N);
+  p.data = at::empty({packed_size(p.K, p.N)}, a.options());
+  pack_rows(a.data_ptr<float>(), 1, Ka, 0, Ka, p.K, p.N, p.tail, p.data.data_ptr<float>());
+  pack_rows(b.data_ptr<float>(), 1, Kb, Ka, p.K, p.K, p.N, p.tail, p.data.data_ptr<float>());
   return p;
 }
 

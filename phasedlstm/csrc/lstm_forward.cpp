@@ -95,8 +95,7 @@ void forward_loop(const Tensor& x, const Tensor& w_ih, const Tensor& bias, const
   const UnitPacks up(units ? w_hh : Tensor(), units ? T : 0);
   PackedB cat;
   if (fused_in) {
-    const Tensor w_cat = at::cat({w_ih, w_hh}, 1).contiguous();  // (4H, I + H)
-    cat = pack_b(w_cat, I + H, 4 * H, /*sk=*/1, /*sn=*/I + H);
+    cat = pack_b_cat(w_ih, w_hh);  // [W_ih | W_hh]^T: K = I + H, N = 4H
   }
   const scalar_t* wci = PEEP ? peep.data_ptr<scalar_t>() : nullptr;
   const scalar_t* wcf = PEEP ? wci + H : nullptr;

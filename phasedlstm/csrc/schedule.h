@@ -118,10 +118,12 @@ inline void scatter_rows(const scalar_t* src, const std::vector<int64_t>& rows, 
   for (size_t i = 0; i < rows.size(); ++i) copy_row(src + i * n, dst + (rows[i] - off) * ldd, n);
 }
 
-// Inference computes the input terms of a chunk of steps at a time: about 2^18 gate values (1 MiB
-// in float32) per chunk, so long sequences need no (T, B, 4H) buffer.
+// Inference computes the input terms of a chunk of steps at a time: about 2^22 gate values (16 MiB
+// in float32) per chunk, so long sequences need no (T, B, 4H) buffer. Each chunk is one
+// multi-threaded GEMM that packs W_ih again; chunks of 1 MiB made that a tenth of the call
+// (docs/speed.md).
 inline int64_t infer_chunk(int64_t T, int64_t BH) {
-  return std::max<int64_t>(1, std::min<int64_t>(T, (int64_t(1) << 18) / (4 * BH) + 1));
+  return std::max<int64_t>(1, std::min<int64_t>(T, (int64_t(1) << 22) / (4 * BH) + 1));
 }
 
 // Parallel over the batch, serial over time: each thread runs the whole time loop for its own
