@@ -12,8 +12,8 @@ COMMON=(--threads 1 --no-progress)
 P() {  # the command line; a comparison's report is then kept in results/ (runs/X -> results/X)
     .venv/bin/phasedlstm "$@"
     if [ "$1" = compare ]; then
-        local out="" prev=""
-        for a in "$@"; do [ "$prev" = --out ] && out=$a; prev=$a; done
+        local out="" prev="" arg
+        for arg in "$@"; do [ "$prev" = --out ] && out=$arg; prev=$arg; done
         .venv/bin/phasedlstm report "$out" --out "results/${out#runs/}" > /dev/null
     fi
 }
