@@ -17,6 +17,8 @@ import warnings
 import torch
 from torch import Tensor
 
+from phasedlstm._build import _state as _build_state
+
 # float32 represents every integer exactly only up to 2**24; beyond that, timestamps
 # have already lost precision before the time gate sees them.
 _FLOAT32_EXACT = 2.0**24
@@ -165,10 +167,24 @@ def tracing() -> bool:
     return torch.compiler.is_compiling()
 
 
-def _check_times_values(times: Tensor, valid: Tensor | None) -> None:
-    """times (B, T) or (1, T) (shared) float64: finite everywhere, non-decreasing within valid steps."""
+def _kernel_checks():
+    """The kernels' one-pass value checks (``times_status``, ``all_finite``; csrc/time_gate.cpp) where
+    the kernels are loaded, else None. A check as tensor operations costs several operator calls (about
+    5 µs each), a tenth of a short sequence's forward; these take one."""
+    return torch.ops.phasedlstm_fused if _build_state["loaded"] else None
+
+
+def _check_times_values(times: Tensor, lengths: Tensor | None) -> None:
+    """times (B, T) or (1, T) (shared) float64: finite everywhere, non-decreasing within the valid steps
+    (the first lengths[b] of sequence b, all without lengths)."""
     if tracing():
         return
+    ops = _kernel_checks()
+    if ops is not None and times.device.type == "cpu" and ops.times_status(times, lengths) == 0:
+        return
+    valid = None
+    if lengths is not None:
+        valid = torch.arange(times.shape[1], device=times.device).unsqueeze(0) < lengths.unsqueeze(1)  # (B, T)
     if not torch.isfinite(times).all():
         b, t = (~torch.isfinite(times)).nonzero()[0].tolist()
         raise InputError(f"times must be finite (padding included), got {times[b, t].item()} "
@@ -261,7 +277,6 @@ def check_layer_input(module, input, hx, times, lengths):
         raise InputError(f"Expected a sequence of at least one step, got shape {_shape(input)}")
 
     # lengths
-    valid = None
     if lengths is not None:
         if not batched:
             raise InputError("lengths is only accepted for batched input; slice an unbatched sequence instead")
@@ -288,7 +303,6 @@ def check_layer_input(module, input, hx, times, lengths):
         if lo < 1 or hi > T:
             raise InputError(f"lengths must be in [1, {T}] (the padded sequence length), got values in [{lo}, {hi}]")
         lengths = lengths.to(device=x.device, dtype=torch.int64)
-        valid = torch.arange(T, device=x.device).unsqueeze(0) < lengths.unsqueeze(1)  # (B, T)
 
     # times
     shared = True
@@ -303,12 +317,12 @@ def check_layer_input(module, input, hx, times, lengths):
         if _has_shape(times, (T,)):  # shared by the batch: kept as an expanded view (the fast path uses that)
             _warn_imprecise_times(times)
             t64 = times.to(torch.float64)
-            _check_times_values(t64.unsqueeze(0), valid)
+            _check_times_values(t64.unsqueeze(0), lengths)
             times = t64.unsqueeze(1).expand(T, B)
         elif batched and _has_shape(times, (B, T)):
             _warn_imprecise_times(times)
             times = times.to(torch.float64)
-            _check_times_values(times, valid)
+            _check_times_values(times, lengths)
             times = times.t()  # (T, B)
             shared = B == 1
         else:
@@ -329,6 +343,10 @@ def check_time_parameters(params, name_of) -> None:
     """The Phased LSTM's tau, s and r_on must be finite for the time gate to be defined.
     ``name_of(param)`` gives a parameter's name for the message (called only on failure)."""
     if tracing():
+        return
+    ops = _kernel_checks()
+    if (ops is not None and all(q.device.type == "cpu" and q.dtype in (torch.float32, torch.float64) for q in params)
+            and ops.all_finite(list(params))):
         return
     for q in params:
         if not bool(torch.isfinite(q).all()):

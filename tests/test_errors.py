@@ -126,6 +126,20 @@ def test_times_decreasing_in_padding_is_allowed(layer):
         layer(x_ok(), times=t, lengths=torch.tensor([T, 4]))
 
 
+def test_shared_times_are_checked_up_to_the_longest_sequence(layer):
+    """Timestamps shared by the batch, (T,), with lengths: a step back after the longest sequence's
+    end is padding; one within it, or a non-finite value anywhere, is refused (the kernels' one-pass
+    check and the tensor operations behind the message agree)."""
+    t = torch.arange(T, dtype=torch.float64)
+    t[4:] = -1.0
+    layer(x_ok(), times=t, lengths=torch.tensor([4, 2]))
+    with pytest.raises(ValueError, match="non-decreasing.*goes from 3.0 at step 3 to -1.0 at step 4"):
+        layer(x_ok(), times=t, lengths=torch.tensor([3, 5]))
+    t[T - 1] = float("-inf")
+    with pytest.raises(ValueError, match=f"times must be finite.*-inf at sample 0, step {T - 1}"):
+        layer(x_ok(), times=t, lengths=torch.tensor([4, 2]))
+
+
 def test_times_bool(layer):
     with pytest.raises(TypeError, match="times must be a float32, float64 or integer tensor"):
         layer(x_ok(), times=torch.ones(B, T, dtype=torch.bool))

@@ -26,6 +26,8 @@ std::vector<Tensor> ln_backward(const OptTensor& grad_out_opt, const OptTensor& 
                                 const Tensor& zhh, const Tensor& rhh, const Tensor& zc, const Tensor& rc,
                                 const Tensor& hs, const Tensor& cs);
 Tensor time_gate_forward(const Tensor& times, const Tensor& tau, const Tensor& s, const Tensor& r_on, double leak);
+int64_t times_status(const Tensor& times, const c10::optional<Tensor>& lengths);
+bool all_finite(at::TensorList tensors);
 std::vector<Tensor> time_gate_backward(const Tensor& dk, const Tensor& times, const Tensor& tau, const Tensor& s,
                                        const Tensor& r_on, double leak);
 std::tuple<std::vector<Tensor>, int64_t, int64_t> infer_forward(

@@ -58,6 +58,8 @@ using namespace phasedlstm;
 TORCH_LIBRARY(phasedlstm_fused, m) {
   m.def("time_gate_forward(Tensor times, Tensor tau, Tensor s, Tensor r_on, float leak) -> Tensor");
   m.def("time_gate_backward(Tensor dk, Tensor times, Tensor tau, Tensor s, Tensor r_on, float leak) -> Tensor[]");
+  m.def("times_status(Tensor times, Tensor? lengths) -> int");
+  m.def("all_finite(Tensor[] tensors) -> bool");
   m.def("lstm_forward(Tensor x, Tensor w_ih, Tensor? bias, Tensor w_hh, Tensor h0, Tensor c0, Tensor? peep, Tensor? k, "
         "Tensor? lengths, bool save) -> Tensor[]");
   m.def("lstm_backward(Tensor? grad_out, Tensor? grad_hn, Tensor? grad_cn, Tensor x, Tensor w_ih, Tensor w_hh, "
@@ -79,6 +81,8 @@ TORCH_LIBRARY(phasedlstm_fused, m) {
 TORCH_LIBRARY_IMPL(phasedlstm_fused, CPU, m) {
   m.impl("time_gate_forward", &time_gate_forward);
   m.impl("time_gate_backward", &time_gate_backward);
+  m.impl("times_status", &times_status);
+  m.impl("all_finite", &all_finite);
   m.impl("lstm_forward", &lstm_forward);
   m.impl("lstm_backward", &lstm_backward);
   m.impl("ln_forward", &ln_forward);

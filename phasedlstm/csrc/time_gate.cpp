@@ -35,6 +35,48 @@ void gate_backward_impl(const scalar_t* dk, const double* times, int64_t R, cons
   });
 }
 
+// The layers' value checks of the time gate's inputs, one pass each (Python words the error when one
+// fails). is_finite_bits: -ffast-math folds std::isfinite to true.
+// times (R, T) float64, R = B or 1 (timestamps shared by the batch); lengths (B,) or none: 0 where
+// every value is finite and each row is non-decreasing over its valid steps (a shared row: over the
+// longest sequence's), 1 where a value is not finite (padding included), 2 where a valid step goes
+// back in time.
+int64_t times_status(const Tensor& times, const c10::optional<Tensor>& lengths) {
+  TORCH_CHECK(times.dim() == 2 && times.scalar_type() == at::kDouble, "times_status: times must be (R, T) float64");
+  const Tensor t = times.contiguous();
+  const int64_t R = t.size(0), T = t.size(1);
+  const double* p = t.data_ptr<double>();
+  for (int64_t i = 0; i < R * T; ++i)
+    if (!is_finite_bits(p[i])) return 1;
+  std::vector<int64_t> valid(R, T);
+  if (lengths.has_value() && lengths->numel() > 0) {
+    const Tensor l = lengths->to(at::kLong).contiguous();
+    const int64_t* lp = l.data_ptr<int64_t>();
+    TORCH_CHECK(l.numel() == R || R == 1, "times_status: ", l.numel(), " lengths for ", R, " rows of times");
+    if (R == 1) valid[0] = std::min(T, *std::max_element(lp, lp + l.numel()));
+    else
+      for (int64_t r = 0; r < R; ++r) valid[r] = std::min(T, lp[r]);
+  }
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t j = 1; j < valid[r]; ++j)
+      if (p[r * T + j] < p[r * T + j - 1]) return 2;
+  return 0;
+}
+
+// Whether every value of every tensor (floating point) is finite.
+bool all_finite(at::TensorList tensors) {
+  for (const Tensor& x : tensors) {
+    const Tensor c = x.contiguous();
+    bool ok = true;
+    AT_DISPATCH_FLOATING_TYPES(c.scalar_type(), "all_finite", [&] {
+      const scalar_t* p = c.data_ptr<scalar_t>();
+      for (int64_t i = 0; i < c.numel() && ok; ++i) ok = is_finite_bits(p[i]);
+    });
+    if (!ok) return false;
+  }
+  return true;
+}
+
 #pragma GCC pop_options
 
 Tensor time_gate_forward(const Tensor& times, const Tensor& tau, const Tensor& s, const Tensor& r_on, double leak) {
