@@ -294,10 +294,10 @@ void ln_forward_loop(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, co
   const RecurrentProduct rec(w_hh, /*transpose=*/true, /*pack=*/!units);
   // zhh (T, B, 8H): per row the recurrent term h_{t-1} W_hh^T, then the input term x_t W_ih^T, both
   // normalised in place below and kept for the backward. The input terms: with the batch split and
-  // the micro-kernel each thread's per step (still in cache when normalised); otherwise those of all
-  // steps in one (multi-threaded) GEMM here.
-  const RecurrentProduct rin(w_ih, /*transpose=*/true, /*pack=*/!units);
-  const bool per_step_in = !units && rin.use_packed;
+  // the micro-kernel each thread's per step (still in cache when normalised) where I is small
+  // (inputs_per_step); otherwise those of all steps in one (multi-threaded) GEMM here.
+  const bool per_step_in = !units && inputs_per_step(I, H) && RecurrentProduct::packable(w_ih, /*transpose=*/true);
+  const RecurrentProduct rin(w_ih, /*transpose=*/true, /*pack=*/per_step_in);
   if (!per_step_in) {
     Tensor zi_all = zhh.view({T * B, 8 * H}).narrow(1, 4 * H, 4 * H);
     at::mm_out(zi_all, x.reshape({T * B, I}).detach(), w_ih.t().detach());
@@ -381,9 +381,10 @@ void ln_infer_loop(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, cons
   const RecurrentProduct rec(w_hh, /*transpose=*/true, /*pack=*/!units);
   // With the batch split and the micro-kernel, each thread also multiplies its rows' inputs per
   // step (x_t W_ih^T, K = I), into a buffer still in cache when the row is normalised, instead of
-  // one GEMM per chunk of steps whose result is read back from memory.
-  const RecurrentProduct rin(w_ih, /*transpose=*/true, /*pack=*/!units);
-  const bool per_step_in = !units && rin.use_packed;
+  // one GEMM per chunk of steps whose result is read back from memory; not where I is large
+  // (inputs_per_step).
+  const bool per_step_in = !units && inputs_per_step(I, H) && RecurrentProduct::packable(w_ih, /*transpose=*/true);
+  const RecurrentProduct rin(w_ih, /*transpose=*/true, /*pack=*/per_step_in);
   const Tensor W = units ? w_hh.detach() : Tensor();
   const UnitPacks up(units ? w_hh : Tensor(), units ? T : 0);
   scalar_t* HS = hbuf.data_ptr<scalar_t>();

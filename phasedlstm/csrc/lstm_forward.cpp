@@ -83,11 +83,8 @@ void forward_loop(const Tensor& x, const Tensor& w_ih, const Tensor& bias, const
   // With the packed kernel the input projection is done per step inside the loop too, in the
   // same GEMM as the recurrent product: [x_t | h_{t-1}] (K = I + H) times [W_ih | W_hh]^T packed
   // together. No separate large GEMM, one pass over the gate rows, and they stay in cache. Not
-  // where I is large and [W_ih | W_hh] (16 (I + H) H bytes) outgrows half a core's L2 while W_hh
-  // alone would not: every thread streams all of it at every step, where one GEMM over all steps
-  // reads W_ih once (docs/speed.md).
-  const bool fused_in = !units && RecurrentProduct::packable(w_hh, /*transpose=*/true) &&
-                        (4 * I <= H || 16 * (I + H) * H <= (int64_t(1) << 20));
+  // where I is large (inputs_per_step).
+  const bool fused_in = !units && RecurrentProduct::packable(w_hh, /*transpose=*/true) && inputs_per_step(I, H);
   const int64_t* run_len = running_rows_enabled() ? len : nullptr;  // (products on the running rows)
   const RecurrentProduct rec(w_hh, /*transpose=*/true, /*pack=*/!fused_in && !units);  // (batch split without fused_in)
   // (grad mode is per thread: a worker's view of a weight that requires grad would be tracked)

@@ -118,6 +118,13 @@ inline void scatter_rows(const scalar_t* src, const std::vector<int64_t>& rows, 
   for (size_t i = 0; i < rows.size(); ++i) copy_row(src + i * n, dst + (rows[i] - off) * ldd, n);
 }
 
+// Whether the batch split multiplies each step's inputs by W_ih inside the loop (with the recurrent
+// product, or beside it) rather than the input terms of all steps in one GEMM before it: where I is
+// small next to H, or both weights (16 (I + H) H bytes) fit in half a core's L2. Otherwise every
+// thread would stream W_ih and W_hh at every step, where one GEMM over all steps reads W_ih once
+// (docs/speed.md).
+inline bool inputs_per_step(int64_t I, int64_t H) { return 4 * I <= H || 16 * (I + H) * H <= (int64_t(1) << 20); }
+
 // Inference computes the input terms of a chunk of steps at a time: about 2^22 gate values (16 MiB
 // in float32) per chunk, so long sequences need no (T, B, 4H) buffer. Each chunk is one
 // multi-threaded GEMM that packs W_ih again; chunks of 1 MiB made that a tenth of the call
