@@ -311,13 +311,13 @@ def _same_without_gradients(ref, fst, x, **tol):
         torch.testing.assert_close(v, u, **tol)
 
 
-@pytest.mark.parametrize("kind", ["lstm", "peephole", "phased"])
+@pytest.mark.parametrize("kind", list(LAYERS))
 def test_batch_split_with_a_wide_input_equals_the_reference(kind, tune):
     """By sequences, the micro-kernel multiplies [x_t | h_{t-1}] by [W_ih | W_hh] in one product per
-    step, except where I is large and the two weights together outgrow half a core's L2 (here I = H
-    = 256): then the input terms of all steps are one GEMM first and each step multiplies h_{t-1}
-    alone. Outputs, states and gradients equal the reference's, with lengths (the running rows
-    only), and 30 steps without gradients."""
+    step (the LN-LSTM: x_t W_ih^T beside h_{t-1} W_hh^T), except where I is large and the two weights
+    together outgrow half a core's L2 (here I = H = 256): then the input terms of all steps are one
+    GEMM first and each step multiplies h_{t-1} alone. Outputs, states and gradients equal the
+    reference's, with lengths (the running rows only), and 30 steps without gradients."""
     tune(split="batch")
     before = torch.get_num_threads()
     torch.set_num_threads(2)
