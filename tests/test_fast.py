@@ -411,3 +411,48 @@ def test_products_on_the_running_rows_only_equal_the_reference(kind, dtype, thre
             _assert_same(_run(ref, x, h0, c0, **call), _run(fst, x, h0, c0, **call), dtype)
     finally:
         torch.set_num_threads(prev)
+
+
+def test_one_pass_value_checks_equal_the_tensor_checks(monkeypatch):
+    """The kernels' one-pass checks of timestamps (finite; non-decreasing within each sequence's valid
+    steps, a shared row within the longest one's) and of time parameters (finite) decide as the
+    tensor operations that word the errors do, over random cases with NaN, ±inf, steps back in the
+    valid part and in the padding, per-sample and shared rows, with and without lengths."""
+    from phasedlstm import _checks
+
+    assert fast.load()
+    gen = torch.Generator().manual_seed(0)
+
+    def verdicts(times, lengths, params):
+        out = []
+        for check in (lambda: _checks._check_times_values(times, lengths),
+                      lambda: _checks.check_time_parameters(params, lambda q: "tau")):
+            try:
+                check()
+                out.append(None)
+            except ValueError as e:
+                out.append(str(e))
+        return out
+
+    seen = set()
+    for case in range(300):
+        R, T = (1 if case % 3 == 0 else 4), int(torch.randint(1, 9, (1,), generator=gen))
+        times = torch.rand(R, T, generator=gen, dtype=torch.float64).cumsum(1)
+        lengths = torch.randint(1, T + 1, (4,), generator=gen) if case % 2 else None
+        kind = case % 5
+        r, t = int(torch.randint(0, R, (1,), generator=gen)), int(torch.randint(0, T, (1,), generator=gen))
+        if kind == 1:
+            times[r, t] = [float("nan"), float("inf"), -float("inf")][case % 3]
+        elif kind == 2:
+            times[r, t] -= 2.0  # back in time (in the valid part or the padding)
+        params = [torch.rand(5, generator=gen) + 0.5 for _ in range(3)]
+        if kind == 3:
+            params[case % 3][int(torch.randint(0, 5, (1,), generator=gen))] = float("nan")
+        with monkeypatch.context() as m:
+            m.setattr(_checks, "_kernel_checks", lambda: None)
+            want = verdicts(times, lengths, params)
+        got = verdicts(times, lengths, params)
+        assert got == want, (case, times, lengths)
+        seen.update(i for i, v in enumerate(want) if v is not None)
+        seen.add("ok" if want == [None, None] else "refused")
+    assert seen == {0, 1, "ok", "refused"}
