@@ -171,7 +171,9 @@ def _kernel_checks():
     """The kernels' one-pass value checks (``times_status``, ``all_finite``; csrc/time_gate.cpp) where
     the kernels are loaded, else None. A check as tensor operations costs several operator calls (about
     5 µs each), a tenth of a short sequence's forward; these take one."""
-    return torch.ops.phasedlstm_fused if _build_state["loaded"] else None
+    if not _build_state["loaded"] or torch.jit.is_tracing():  # (torch.jit.trace records no int or bool results)
+        return None
+    return torch.ops.phasedlstm_fused
 
 
 def _check_times_values(times: Tensor, lengths: Tensor | None) -> None:
