@@ -94,13 +94,14 @@ inline void pack_rows(const float* s, int64_t sk, int64_t sn, int64_t k_begin, i
   }
 }
 
+// An unwritten pack of a K x N B, in dst (packed_size(K, N) floats) or new memory
+inline PackedB empty_pack(int64_t K, int64_t N, const at::TensorOptions& opts, const Tensor& dst = Tensor()) {
+  return PackedB{dst.defined() ? dst : at::empty({packed_size(K, N)}, opts), K, N, packed_tail(N)};
+}
+
 // Pack B (K x N) where B[k][n] = src[n * sn + k * sk], into dst (packed_size(K, N) floats) or new memory.
 inline PackedB pack_b(const Tensor& src, int64_t K, int64_t N, int64_t sk, int64_t sn, const Tensor& dst = Tensor()) {
-  PackedB p;
-  p.K = K;
-  p.N = N;
-  p.tail = packed_tail(N);
-  p.data = dst.defined() ? dst : at::empty({packed_size(K, N)}, src.options());  // (every value written below)
+  PackedB p = empty_pack(K, N, src.options(), dst);
   pack_rows(src.data_ptr<float>(), sk, sn, 0, K, K, N, p.tail, p.data.data_ptr<float>());
   return p;
 }
@@ -108,14 +109,10 @@ inline PackedB pack_b(const Tensor& src, int64_t K, int64_t N, int64_t sk, int64
 // Pack [A | B]^T for row-major A (N x Ka) and B (N x Kb), both contiguous: K = Ka + Kb (the input and
 // recurrent weights of one product, without concatenating them first)
 inline PackedB pack_b_cat(const Tensor& a, const Tensor& b) {
-  PackedB p;
-  const int64_t Ka = a.size(1), Kb = b.size(1);
-  p.K = Ka + Kb;
-  p.N = a.size(0);
-  p.tail = packed_tail(p.N);
-  p.data = at::empty({packed_size(p.K, p.N)}, a.options());
-  pack_rows(a.data_ptr<float>(), 1, Ka, 0, Ka, p.K, p.N, p.tail, p.data.data_ptr<float>());
-  pack_rows(b.data_ptr<float>(), 1, Kb, Ka, p.K, p.K, p.N, p.tail, p.data.data_ptr<float>());
+  const int64_t Ka = a.size(1), Kb = b.size(1), N = a.size(0);
+  PackedB p = empty_pack(Ka + Kb, N, a.options());
+  pack_rows(a.data_ptr<float>(), 1, Ka, 0, Ka, p.K, N, p.tail, p.data.data_ptr<float>());
+  pack_rows(b.data_ptr<float>(), 1, Kb, Ka, p.K, p.K, N, p.tail, p.data.data_ptr<float>());
   return p;
 }
 

@@ -272,10 +272,10 @@ void ln_units_steps(const UnitPacks& up, int64_t B, int64_t H, int64_t t0, int64
     const int64_t q0 = tid * nb / nth, q1 = (tid + 1) * nb / nth, b0 = tid * B / nth, b1 = (tid + 1) * B / nth;
     auto rows = make_rows();
     for (int64_t t = t0; t < t1; ++t) {
-      const bool back = t % 2 == 1;  // odd steps read the packs backwards (as units_steps, lstm_forward.cpp)
+      const bool back = backwards(t);
       for (int64_t j = q0; j < q1; ++j)
         for (int64_t i = 0; i < 4; ++i) {
-          const int64_t q = back ? q0 + q1 - 1 - j : j, gate = back ? 3 - i : i;
+          const int64_t q = in_step_order(j, q0, q1, back), gate = in_step_order(i, 0, 4, back);
           up.acc(4 * q + gate, B, hprev(t), H, z(t) + gate * H + q * blk, ldz, /*set=*/true, back);
         }
       barrier();  // every unit's recurrent terms, before the rows normalise them
@@ -358,11 +358,12 @@ void ln_forward_loop(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, co
     for (int64_t t = 0; t < T; ++t) {
       // z = h_{t-1} W_hh^T for this thread's rows (the first 4H of their zhh rows)
       scalar_t* zr = Z + (t * B + b0) * 8 * H;  // this thread's zhh rows of step t
-      // odd steps read the weights backwards (gemm_acc): what one step read last is read first in the next
-      const bool back = t % 2 == 1;
-      if (per_step_in && !back) rin.set_rows<scalar_t>(Bt, XP + (t * B + b0) * I, I, zr + 4 * H, 8 * H);
+      // the input product and the recurrent one, the latter first on a backwards step
+      const bool back = backwards(t);
+      auto input = [&] { if (per_step_in) rin.set_rows<scalar_t>(Bt, XP + (t * B + b0) * I, I, zr + 4 * H, 8 * H, back); };
+      if (!back) input();
       rec.set_rows<scalar_t>(Bt, HS + (t * B + b0) * H, H, zr, 8 * H, back);
-      if (per_step_in && back) rin.set_rows<scalar_t>(Bt, XP + (t * B + b0) * I, I, zr + 4 * H, 8 * H, back);
+      if (back) input();
       rows(t, b0, b1, act);
     }
   });
@@ -449,11 +450,13 @@ void ln_infer_loop(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, cons
       Tensor z_rows = at::empty({Bt, 4 * H}, x.options());
       Tensor zi_rows = per_step_in ? at::empty({Bt, 4 * H}, x.options()) : Tensor();
       for (int64_t t = t0; t < t0 + n; ++t) {
-        const bool back = t % 2 == 1;  // (as in the training loop: odd steps read the weights backwards)
-        if (per_step_in && !back) rin.set_rows<scalar_t>(Bt, XP + (t * B + b0) * I, I, zi_rows.data_ptr<scalar_t>(), 4 * H);
+        const bool back = backwards(t);  // (as in the training loop)
+        auto input = [&] {
+          if (per_step_in) rin.set_rows<scalar_t>(Bt, XP + (t * B + b0) * I, I, zi_rows.data_ptr<scalar_t>(), 4 * H, back);
+        };
+        if (!back) input();
         rec.set_rows<scalar_t>(Bt, HS + ((t % 2) * B + b0) * H, H, z_rows.data_ptr<scalar_t>(), 4 * H, back);
-        if (per_step_in && back)
-          rin.set_rows<scalar_t>(Bt, XP + (t * B + b0) * I, I, zi_rows.data_ptr<scalar_t>(), 4 * H, back);
+        if (back) input();
         rows(t, b0, b1, z_rows.data_ptr<scalar_t>(),
              per_step_in ? zi_rows.data_ptr<scalar_t>() : zi_of(t) + b0 * 4 * H, b0, act, zc);
       }

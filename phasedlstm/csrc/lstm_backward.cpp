@@ -138,9 +138,9 @@ void units_backward(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, con
         for (int64_t t = T - 1; t >= 0; --t) {
           elementwise(t, tid, q0, q1);
           barrier();  // every unit's dG_t, before the products read it
-          const bool back = t % 2 == 1;  // odd steps read the packs backwards (as the forward)
+          const bool back = backwards(t);
           for (int64_t j = q0; j < q1; ++j) {  // dh_{t-1} += dG_t W_hh, this thread's columns of dh
-            const int64_t q = back ? q0 + q1 - 1 - j : j;
+            const int64_t q = in_step_order(j, q0, q1, back);
             up.acc(q, B, DGA + t * 4 * BH, 4 * H, DHB + (t % 2) * BH + q * blk, H, /*set=*/false, back);
           }
         }
@@ -234,7 +234,7 @@ void backward_loop(const Tensor& grad_out, const Tensor& x, const Tensor& w_ih, 
       }
       if (deferred) {  // dh_{t-1} += dG_t W_hh only
         if (compact) products.dh_running(rows, DGA + t * 4 * BH, DHB + prv * BH);
-        else rec.acc_rows<scalar_t>(Bt, DGA + (t * B + b0) * 4 * H, DHB + prv * BH + b0 * H, 0, 0, false, t % 2 == 1);
+        else rec.acc_rows<scalar_t>(Bt, DGA + (t * B + b0) * 4 * H, DHB + prv * BH + b0 * H, 0, 0, false, backwards(t));
       } else if (compact) {
         products.running(t, rows, DG, DHB + prv * BH, dx[t].narrow(0, b0, Bt), dwhh, dwih);
       } else {

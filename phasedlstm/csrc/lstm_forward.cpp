@@ -41,13 +41,11 @@ void units_steps(Tensor& gbuf, Tensor& hbuf, Tensor& cbuf, const Tensor& W, cons
         for (int64_t t = t0; t < t0 + n; ++t) {
           float* G = GB + (save ? t : t - t0) * B * 4 * H;
           const float* hprev = HS + (save ? t : t % 2) * BH;
-          // odd steps read the thread's packs backwards: what one step read last, still in the core's
-          // L2, is read first in the next (a thread's packs can exceed its L2)
-          const bool back = t % 2 == 1;
+          const bool back = backwards(t);
           for (int64_t j = q0; j < q1; ++j) {
-            const int64_t q = back ? q0 + q1 - 1 - j : j;
+            const int64_t q = in_step_order(j, q0, q1, back);
             for (int64_t i = 0; i < 4; ++i) {
-              const int64_t gate = back ? 3 - i : i;
+              const int64_t gate = in_step_order(i, 0, 4, back);
               up.acc(4 * q + gate, B, hprev, H, G + gate * H + q * blk, 4 * H, /*set=*/false, back);
             }
             update(t, q, G);
@@ -135,7 +133,7 @@ void forward_loop(const Tensor& x, const Tensor& w_ih, const Tensor& bias, const
         const int64_t sp = save ? t : t % 2, sn = save ? t + 1 : (t + 1) % 2;  // state rows: previous, next
         scalar_t* G = GB + (slot * B + b0) * 4 * H;  // this thread's gate rows of the step
         const bool compact = running_rows(run_len, t, b0, b1, rows);
-        const bool back = t % 2 == 1;  // odd steps read the weight's panels backwards (gemm_acc)
+        const bool back = backwards(t);
         const int64_t m = compact ? int64_t(rows.size()) : Bt;
         if (compact && !gc.defined()) {
           hc = at::empty({Bt, H}, x.options());

@@ -118,6 +118,13 @@ inline void scatter_rows(const scalar_t* src, const std::vector<int64_t>& rows, 
   for (size_t i = 0; i < rows.size(); ++i) copy_row(src + i * n, dst + (rows[i] - off) * ldd, n);
 }
 
+// The per-step loops read the weights forwards on even steps and backwards on odd ones (gemm_acc's
+// reverse; the unit split's blocks and gates in reverse order too): what one step read last, still
+// in the core's L2, is read first by the next (a thread's share of W_hh can exceed its L2).
+inline bool backwards(int64_t t) { return t % 2 == 1; }
+// the i-th of lo .. hi-1 in a step's order
+inline int64_t in_step_order(int64_t i, int64_t lo, int64_t hi, bool back) { return back ? lo + hi - 1 - i : i; }
+
 // Whether the batch split multiplies each step's inputs by W_ih inside the loop (with the recurrent
 // product, or beside it) rather than the input terms of all steps in one GEMM before it: where I is
 // small next to H, or both weights (16 (I + H) H bytes) fit in half a core's L2. Otherwise every
@@ -247,10 +254,10 @@ class ReusedBuffer {
 };
 
 struct UnitPacks {
+  std::unique_ptr<ReusedBuffer> memory;  // where the packs are (declared first: given back after them)
   std::vector<PackedB> p;
   Tensor zeros;  // the starting sums of set()
   int64_t kblock = kUnitKBlock;
-  std::unique_ptr<ReusedBuffer> memory;  // where the packs are
 
   UnitPacks(const Tensor& w_hh, int64_t T, bool backward = false) {
     if (T < 8 || !RecurrentProduct::packable(w_hh, /*transpose=*/true)) return;
@@ -273,9 +280,6 @@ struct UnitPacks {
       }
     });
   }
-  UnitPacks(const UnitPacks&) = delete;
-  UnitPacks& operator=(const UnitPacks&) = delete;
-  ~UnitPacks() { p.clear(); }  // (the packs' views go before their memory is given back)
   bool on() const { return !p.empty(); }
   // out (M rows of stride ldc) += in (M x K, rows of stride lda) times pack i (forward: 4 q + gate;
   // backward: q); with set, out = that product (not read)
