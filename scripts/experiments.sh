@@ -40,10 +40,11 @@ rows() {  # the lecture's model on sequential MNIST by rows: projection 64 -> la
         --pooling mean --batch-size 128 --out "runs/lecture/$out" "${COMMON[@]}" $(periods_1_6 "$models") "$@"
 }
 
-combo() {  # superimposed frequencies: as freq, 100 epochs (the authors ran 300)
+combo() {  # superimposed frequencies: as freq, 300 epochs as the authors ran (COMBO_EPOCHS=100 stops at
+    # 100; a run is extended later by running again with more), COMBO_SEEDS, COMBO_MODELS
     local task=$1
-    $P compare --task "$task" --models "${COMBO_MODELS:-phased,lstm}" --seeds 0 --epochs 100 --n-test 10000 --test-every 5 \
-        --out "runs/paper/$task" "${COMMON[@]}"
+    $P compare --task "$task" --models "${COMBO_MODELS:-phased,lstm}" --seeds "${COMBO_SEEDS:-0,1,2}" \
+        --epochs "${COMBO_EPOCHS:-300}" --n-test 10000 --test-every 5 --out "runs/paper/$task" "${COMMON[@]}"
 }
 
 tricks() {  # the lecture's tricks, one at a time against the LSTM of rows-10
