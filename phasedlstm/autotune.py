@@ -12,7 +12,9 @@ input and hidden sizes, the projection, the layers and directions, whether lengt
 dtype, the threads, training (forward and backward) or not — the candidates are timed on a copy of
 the call (one warm-up and five alternating runs each, the median kept), and the fastest serves
 every later call of that class, if it beats the kernels' fixed rule by 10% (below that, the
-difference is within the noise of one measurement and the rule stays). The choices live in memory
+difference is within the noise of one measurement and the rule stays); torch's LSTM serves wherever
+it is faster at all, so that a plain LSTM is not left a few per cent behind torch.nn.LSTM. It runs
+every layer in one call, as torch.nn.LSTM does, except in training with dropout between layers. The choices live in memory
 and in a JSON file beside the kernels' build (``choices_file()``), so a new process reuses them.
 
 Every candidate computes the same equations on the same parameters: a choice changes the numbers
@@ -35,6 +37,8 @@ _enabled = os.environ.get("PHASEDLSTM_AUTOTUNE", "1") != "0"
 #: the candidates' names: the kernels sharing a step by their fixed rule (the default), by units or by
 #: sequences; the layer's own path where the kernels do not run; torch's LSTM (a plain LSTM)
 NAMES = ("rule", "units", "batch", "own", "torch")
+#: in the choices file's name: choices made by another version of the candidates are measured again
+VERSION = 2
 _choices: dict[str, str] | None = None  # loaded from the file at first use
 
 
@@ -51,7 +55,7 @@ def enabled() -> bool:
 def choices_file():
     from phasedlstm._build import ext_dir
 
-    return ext_dir().parent / f"autotune-{ext_dir().name}.json"
+    return ext_dir().parent / f"autotune-{VERSION}-{ext_dir().name}.json"
 
 
 def choices() -> dict[str, str]:
@@ -113,6 +117,9 @@ def shape_class(layer, x, lengths, grad: bool) -> str:
 #: median is at least this much faster (the run-to-run noise of a small call is several per cent)
 RUNS = 5
 MARGIN = 0.9
+#: candidates that replace the default wherever they are faster at all: torch's LSTM, so that a plain
+#: LSTM is not left a few per cent slower than torch.nn.LSTM (both compute the same equations)
+NO_MARGIN = ("torch",)
 
 
 def choose(key: str, candidates: dict, measure, default: str | None = None) -> str:
@@ -131,7 +138,7 @@ def choose(key: str, candidates: dict, measure, default: str | None = None) -> s
             times[name].append(measure(name))
     median = {n: statistics.median(times[n]) for n in names}
     best = min(names, key=median.get)
-    if default in median and median[best] > MARGIN * median[default]:
+    if default in median and best not in NO_MARGIN and median[best] > MARGIN * median[default]:
         best = default
     _choices[key] = best
     _save()

@@ -242,7 +242,8 @@ class RecurrentLayer(Pretrained, nn.Module):
         else:
             out = {"own": own}
         if self._torch_equivalent:
-            out["torch"] = paths.torch_lstm.run
+            stack = self.dropout == 0 or not self.training or self.num_layers == 1
+            out["torch"] = paths.torch_lstm.run_stack if stack else paths.torch_lstm.run
         return out
 
     def _tuned(self, own, steps, h0, c0, grad: bool):
@@ -366,6 +367,8 @@ class RecurrentLayer(Pretrained, nn.Module):
         sequence reversed within its length, dropout between layers in training; the open unit-steps
         of sparse inference counted into ``last_open_fraction`` (a Phased LSTM). -> output
         (T, B, D * H'), h_n, c_n (L * D, B, ...)."""
+        if getattr(run, "whole_stack", False):
+            return run(self, steps, h0, c0)
         D = 2 if self.bidirectional else 1
         x = steps.x
         LD = self.num_layers * D

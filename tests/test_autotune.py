@@ -28,17 +28,21 @@ def _grads(m, x, **kw):
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(num_layers=2, bidirectional=True), dict(proj_size=3),
+                                dict(num_layers=3, bidirectional=True, proj_size=3, bias=False),
                                 dict(batch_first=True, learn_initial_state=True, dropout=0.0)],
-                         ids=["plain", "2-layer bidirectional", "projection", "batch_first, learnt h0"])
+                         ids=["plain", "2-layer bidirectional", "projection", "3-layer bidirectional projection",
+                              "batch_first, learnt h0"])
 @pytest.mark.parametrize("with_lengths", [False, True])
-def test_torch_path_equals_the_reference(kw, with_lengths):
+@pytest.mark.parametrize("stack", [False, True], ids=["per layer", "whole stack"])
+def test_torch_path_equals_the_reference(kw, with_lengths, stack):
     torch.manual_seed(0)
     ref = LSTM(4, 6, impl="reference", dtype=torch.float64, **kw)
     fst = copy.deepcopy(ref)
     fst.impl = "auto"
     x = torch.randn(5, 7, 4, dtype=torch.float64) if kw.get("batch_first") else torch.randn(7, 5, 4, dtype=torch.float64)
     call = {"lengths": torch.tensor([7, 3, 5, 1, 7])} if with_lengths else {}
-    object.__setattr__(fst, "_path", lambda steps, h0, c0: paths.torch_lstm.run)
+    run = paths.torch_lstm.run_stack if stack else paths.torch_lstm.run
+    object.__setattr__(fst, "_path", lambda steps, h0, c0: run)
     for a, b in zip(_grads(ref, x, **call), _grads(fst, x, **call)):
         torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-11)
 
@@ -47,11 +51,13 @@ def test_the_choice_is_measured_once_per_shape_class_and_kept_on_disk(tuner, mon
     """A clock under which torch's LSTM is faster for batches of up to 8 and slower above: each class
     gets its own choice, measured once, and a new process reads the choices back from the file."""
     used_torch, timed = [False], []
-    real_run = paths.torch_lstm.run
+    real_run = paths.torch_lstm.run_stack
 
-    def torch_run(layer, steps, h, c, p):
+    def torch_run(layer, steps, h0, c0):
         used_torch[0] = steps.x.shape[1]
-        return real_run(layer, steps, h, c, p)
+        return real_run(layer, steps, h0, c0)
+
+    torch_run.whole_stack = True
 
     def clock(fn):
         used_torch[0] = 0
@@ -60,7 +66,7 @@ def test_the_choice_is_measured_once_per_shape_class_and_kept_on_disk(tuner, mon
         timed.append(B)
         return 1.5 if not B else (1.0 if B <= 8 else 2.0)
 
-    monkeypatch.setattr(paths.torch_lstm, "run", torch_run)
+    monkeypatch.setattr(paths.torch_lstm, "run_stack", torch_run)
     monkeypatch.setattr(autotune, "timer", clock)
     m = LSTM(3, 5)
     with torch.no_grad():
@@ -110,6 +116,23 @@ def test_a_candidate_replaces_the_default_only_by_the_margin(tuner):
     assert autotune.choose("a", clocks, clocks.get, default="rule") == "batch"
     clocks = {"rule": 1.0, "units": 0.95, "batch": 0.92}
     assert autotune.choose("b", clocks, clocks.get, default="rule") == "rule"
+    # torch's LSTM wherever it is faster at all: a plain LSTM is never left behind torch.nn.LSTM
+    clocks = {"rule": 1.0, "units": 0.99, "batch": 1.1, "torch": 0.97}
+    assert autotune.choose("c", clocks, clocks.get, default="rule") == "torch"
+    clocks = {"rule": 1.0, "units": 0.99, "batch": 1.1, "torch": 1.01}
+    assert autotune.choose("d", clocks, clocks.get, default="rule") == "rule"
+
+
+def test_torch_runs_the_whole_stack_in_one_call_unless_dropout_draws_masks_between_layers():
+    """All layers in one torch LSTM call (as torch.nn.LSTM makes it), except in training with dropout
+    between layers, whose masks torch would draw in another order than every other path."""
+    m = LSTM(3, 5, num_layers=2, dropout=0.3)
+    x = torch.randn(4, 2, 3)
+    assert m._candidates(m._own_path(x, True))["torch"] is paths.torch_lstm.run
+    m.eval()
+    assert m._candidates(m._own_path(x, False))["torch"] is paths.torch_lstm.run_stack
+    m = LSTM(3, 5, num_layers=2)
+    assert m._candidates(m._own_path(x, True))["torch"] is paths.torch_lstm.run_stack
 
 
 @pytest.mark.parametrize("cls", [LSTM, PhasedLSTM, "layernorm"])
