@@ -4,13 +4,15 @@
 
 namespace phasedlstm {
 
-// Steps t0 .. t0+n-1 of the unit split (gbuf[slot] holds x_t W_ih^T + b): per step, each thread
-// its block of units: + h_{t-1} W_hh^T on its units' columns of the four gates, then their update.
+// Steps t0 .. t0+n-1 of the unit split (gbuf[slot] holds x_t W_ih^T): per step, each thread its
+// block of units: + h_{t-1} W_hh^T on its units' columns of the four gates, + b (bi: null without a
+// bias), then their update.
 // With the micro-kernel's packs, one parallel region runs all steps, a barrier between them (the
 // next step reads every unit's h); otherwise a fork/join per step around at::addmm_.
 template <typename scalar_t, bool PEEP, bool PHASED, bool OUT>
 void units_steps(Tensor& gbuf, Tensor& hbuf, Tensor& cbuf, const Tensor& W, const UnitPacks& up, const scalar_t* kgate,
-                 int64_t kB, const scalar_t* wci, scalar_t* O, const int64_t* len, bool save, int64_t t0, int64_t n) {
+                 int64_t kB, const scalar_t* wci, const scalar_t* bi, scalar_t* O, const int64_t* len, bool save,
+                 int64_t t0, int64_t n) {
   const int64_t B = hbuf.size(1), H = hbuf.size(2), BH = B * H;
   const int64_t blk = unit_block(H), nb = (H + blk - 1) / blk;
   scalar_t* HS = hbuf.data_ptr<scalar_t>();
@@ -29,6 +31,8 @@ void units_steps(Tensor& gbuf, Tensor& hbuf, Tensor& cbuf, const Tensor& W, cons
         continue;
       }
       const scalar_t* kk = PHASED ? kgate + t * kB * H + (kB == 1 ? u0 : r) : nullptr;
+      if (bi != nullptr)
+        for (int64_t gate = 0; gate < 4; ++gate) add_row(bi + gate * H + u0, g + gate * H, hb);
       forward_row<scalar_t, PEEP, PHASED, OUT>(g, g + H, g + 2 * H, g + 3 * H, hp, cp, hn, cn,
                                                OUT ? O + t * BH + r : nullptr, PEEP ? wci + u0 : nullptr,
                                                PEEP ? wci + H + u0 : nullptr, PEEP ? wci + 2 * H + u0 : nullptr, kk, hb);
@@ -98,6 +102,11 @@ void forward_loop(const Tensor& x, const Tensor& w_ih, const Tensor& bias, const
   const scalar_t* kgate = PHASED ? k.data_ptr<scalar_t>() : nullptr;
   const Tensor bias_vec = fused_in ? (bias.numel() > 0 ? bias.contiguous() : at::zeros({4 * H}, x.options())) : bias;
   const float* bias_or_zero = fused_in ? reinterpret_cast<const float*>(bias_vec.data_ptr()) : nullptr;
+  // Without fused_in the bias is added to each gate row just before its update (in cache then), not
+  // by the input GEMM: at::addmm_out would first write it into every row of the gate buffer, a pass
+  // over T x B x 4H values (docs/speed.md).
+  const Tensor bias_c = !fused_in && bias.numel() > 0 ? bias.contiguous() : Tensor();
+  const scalar_t* BI = bias_c.defined() ? bias_c.data_ptr<scalar_t>() : nullptr;
   scalar_t* O = OUT ? out.data_ptr<scalar_t>() : nullptr;
   // training: gates and states of every step are kept; inference: the gates of a chunk of
   // steps (one step's when the projection is fused), and two state rows (ping-pong)
@@ -115,11 +124,10 @@ void forward_loop(const Tensor& x, const Tensor& w_ih, const Tensor& bias, const
     if (!fused_in) {  // input projection of steps t0 .. t0+n-1 in one (multi-threaded) GEMM
       Tensor g2 = gbuf.narrow(0, save ? t0 : 0, n).view({n * B, 4 * H});
       const Tensor x2 = x.narrow(0, t0, n).reshape({n * B, I});
-      if (bias.numel() > 0) at::addmm_out(g2, bias, x2, w_ih_t);
-      else at::mm_out(g2, x2, w_ih_t);
+      at::mm_out(g2, x2, w_ih_t);
     }
     if (units) {
-      units_steps<scalar_t, PEEP, PHASED, OUT>(gbuf, hbuf, cbuf, W, up, kgate, kB, wci, O, len, save, t0, n);
+      units_steps<scalar_t, PEEP, PHASED, OUT>(gbuf, hbuf, cbuf, W, up, kgate, kB, wci, BI, O, len, save, t0, n);
       continue;
     }
     at::parallel_for(0, B, batch_grain(B), [&](int64_t b0, int64_t b1) {
@@ -169,6 +177,7 @@ void forward_loop(const Tensor& x, const Tensor& w_ih, const Tensor& bias, const
             continue;
           }
           const scalar_t* kk = PHASED ? kgate + t * kB * H + (kB == 1 ? 0 : r) : nullptr;
+          if (BI != nullptr) add_row(BI, g, 4 * H);
           forward_row<scalar_t, PEEP, PHASED, OUT>(g, g + H, g + 2 * H, g + 3 * H, hp, cp, hn, cn,
                                                    OUT ? O + t * BH + r : nullptr, wci, wcf, wco, kk, H);
         }
