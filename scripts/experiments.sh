@@ -91,8 +91,10 @@ experiments() {  # (one function, read whole before it runs)
     for name in "$@"; do
         case "$name" in
             freq-async|freq-standard|freq-highres)
+                # (FREQ_MODELS: some of the three-seed models first; the BN-LSTM's reference loop is the
+                # slowest, several times the others at high resolution)
                 c=${name#freq-}
-                freq "$c" phased,lstm,batchnorm 0,1,2
+                freq "$c" "${FREQ_MODELS:-phased,lstm,batchnorm}" 0,1,2
                 freq "$c" peephole,layernorm 0 ;;
             freq-async-others|freq-standard-others|freq-highres-others)  # the peephole and LN-LSTM of a
                 # condition alone, in their own folder (results/paper/freq-COND-others)
