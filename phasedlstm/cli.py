@@ -149,7 +149,9 @@ def _add_training_args(p: argparse.ArgumentParser, single: bool = True, epochs: 
     g.add_argument("--dropout", type=_fraction, default=0.0, help="dropout between recurrent layers (default: 0)")
     g.add_argument("--epochs", type=_int_at_least(1), default=epochs, help=f"(default: {epochs})")
     g.add_argument("--batch-size", type=_int_at_least(1), default=32, help="(default: 32)")
-    g.add_argument("--lr", type=_in_range(0.0, 10.0, True, False), default=1e-3, help="Adam learning rate (default: 1e-3)")
+    g.add_argument("--lr", type=_in_range(0.0, 10.0, True, False), default=1e-3, help="learning rate (default: 1e-3)")
+    g.add_argument("--optimizer", default="adam", choices=["adam", "rmsprop"],
+                   help="adam, or rmsprop (squared-gradient average 0.9) (default: adam)")
     g.add_argument("--lr-decay", type=_finite(0.0, True), default=1.0,
                    help="multiply the learning rate by this every --lr-decay-every epochs, in (0, 1] (default: 1, "
                         "constant)")
@@ -375,7 +377,7 @@ def _config(args, task: str, model: str, seed: int, others: tuple = ()):
     return TrainConfig(task=task, model=model, hidden_size=args.hidden_size, layers=args.layers,
                        proj_size=args.proj_size, pooling=args.pooling, dropout=args.dropout, epochs=args.epochs,
                        batch_size=args.batch_size, lr=args.lr, lr_decay=args.lr_decay,
-                       weight_decay=args.weight_decay, noise=args.noise,
+                       weight_decay=args.weight_decay, optimizer=args.optimizer, noise=args.noise,
                        compute_penalty=args.compute_penalty if model == "phased" else 0.0,
                        lr_decay_every=args.lr_decay_every, clip=args.clip, seed=seed, device=args.device,
                        time_feature=args.time_feature, task_options=task_opts, rnn_options=rnn,

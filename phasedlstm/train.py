@@ -129,6 +129,7 @@ class TrainConfig:
     lr_decay_every: int = 10
     clip: float = 10.0  # gradient-norm clipping (0: none)
     weight_decay: float = 0.0  # decoupled weight decay (AdamW) when > 0; Adam without
+    optimizer: str = "adam"  # OPTIMIZERS: Adam (AdamW with weight_decay) or RMSprop
     noise: float = 0.0  # s.d. of Gaussian noise added to the inputs of training batches (augmentation)
     compute_penalty: float = 0.0  # a Phased LSTM's loss += this x its expected open fraction (mean r_on)
     seed: int = 0
@@ -188,6 +189,9 @@ class TrainConfig:
         need(is_int(self.lr_decay_every) and self.lr_decay_every >= 1, "lr_decay_every", "an integer >= 1")
         need(is_num(self.clip) and self.clip >= 0, "clip", "a finite number >= 0 (0: no clipping)")
         need(is_num(self.weight_decay) and 0 <= self.weight_decay <= 1, "weight_decay", "a number in [0, 1]")
+        need(self.optimizer in OPTIMIZERS, "optimizer", f"one of {list(OPTIMIZERS)}")
+        if self.weight_decay and self.optimizer != "adam":
+            raise ConfigError("configuration: weight_decay (decoupled, AdamW) applies to optimizer adam only")
         need(is_num(self.noise) and 0 <= self.noise <= 100, "noise", "a number in [0, 100]")
         need(is_num(self.compute_penalty) and 0 <= self.compute_penalty <= 1e6, "compute_penalty",
              "a number in [0, 1e6]")
@@ -266,8 +270,15 @@ def build_model(cfg: TrainConfig, task: Task, derived: dict | None = None) -> Se
                          cfg.pooling, cfg.dropout, embedding=task.info.get("embedding", 0), **rnn)
 
 
-def make_optimizer(params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """Adam, or AdamW (decoupled weight decay) where ``weight_decay`` > 0."""
+#: the optimizers a run can use: Adam (the default), RMSprop (the optimizer of the sequential-MNIST
+#: anchors of Cooijmans et al.; here torch.optim.RMSprop with a squared-gradient average of 0.9)
+OPTIMIZERS = ("adam", "rmsprop")
+
+
+def make_optimizer(params, lr: float, weight_decay: float, name: str = "adam") -> torch.optim.Optimizer:
+    """Adam, or AdamW (decoupled weight decay) where ``weight_decay`` > 0; or RMSprop."""
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr, alpha=0.9)
     if weight_decay > 0:
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     return torch.optim.Adam(params, lr=lr)
@@ -785,7 +796,7 @@ class _Run:
         self.derived = derived_options(cfg, self.task)  # (measured once: the model and config.json use it)
         self.model = build_model(cfg, self.task, self.derived).to(self.device)
         self.ddp_model = nn.parallel.DistributedDataParallel(self.model) if self.dist.active else self.model
-        self.optimizer = make_optimizer(self.model.parameters(), cfg.lr, cfg.weight_decay)
+        self.optimizer = make_optimizer(self.model.parameters(), cfg.lr, cfg.weight_decay, cfg.optimizer)
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.history: list[dict] = []
         self.start_epoch, self.start_step = 0, 0

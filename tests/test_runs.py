@@ -277,6 +277,8 @@ def test_new_options_reach_the_configuration():
         p.parse_args(["train", "--task", "freq-async", "--gate-bias", "0,1"])
     with pytest.raises(ConfigError, match="must be t, dt or no"):
         resolve_task_options(TrainConfig(task="watch", time_feature="yes"))
+    assert cli._config(p.parse_args(["train", "--task", "watch", "--optimizer", "rmsprop"]), "watch", "lstm",
+                       0).optimizer == "rmsprop"
 
 
 @pytest.mark.slow

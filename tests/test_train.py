@@ -38,3 +38,23 @@ def test_seeded_runs_repeat(tmp_path):
 def test_config_rejects_unknown_keys():
     with pytest.raises(ValueError, match=r"unknown configuration keys \['colour'\]"):
         TrainConfig.from_dict({"task": "adding", "colour": "red"})
+
+
+def test_rmsprop_trains_and_resumes_with_its_own_state(tmp_path):
+    """--optimizer rmsprop: the run steps with RMSprop (its square averages in the checkpoint, so a
+    resumed run continues it); a configuration saved without the key is Adam's; RMSprop with
+    AdamW's decoupled weight decay, or an unknown name, is refused."""
+    from phasedlstm.train import ConfigError
+
+    cfg = TrainConfig(**{**CFG, "epochs": 1}, optimizer="rmsprop")
+    train(cfg, tmp_path / "r", progress=False, log=lambda *a: None)
+    state = load_checkpoint(tmp_path / "r" / "last.pt")["optimizer"]["state"]
+    assert state and all("square_avg" in s for s in state.values())
+    adam = train(TrainConfig(**{**CFG, "epochs": 1}), tmp_path / "a", progress=False, log=lambda *a: None)
+    rms = train(cfg, tmp_path / "r2", progress=False, log=lambda *a: None)
+    assert adam["train_loss"] != rms["train_loss"]
+    assert TrainConfig.from_dict({"task": "adding"}).optimizer == "adam"
+    with pytest.raises(ConfigError, match="applies to optimizer adam only"):
+        TrainConfig.from_dict({"task": "adding", "optimizer": "rmsprop", "weight_decay": 0.1})
+    with pytest.raises(ConfigError, match=r"optimizer must be one of \['adam', 'rmsprop'\], got 'sgd'"):
+        TrainConfig.from_dict({"task": "adding", "optimizer": "sgd"})
