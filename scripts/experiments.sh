@@ -163,6 +163,13 @@ experiments() {  # (one function, read whole before it runs)
                     for t in ${PIXEL_TASKS:-smnist-pixels psmnist}; do
                         pixels "$t" "$t-mean" "${PIXEL_MODELS:-lstm,phased}" "${PIXEL_EPOCHS:-30}"
                     done ;;
+            pixels-anchors)  # the anchors' setup (Cooijmans et al.: RMSProp 1e-3, 100 units, clip 1, no input
+                # projection; the last step read), batch 128 as the lecture's; PIXEL_TASKS / PIXEL_MODELS /
+                # PIXEL_EPOCHS as for pixels, every model the same number of epochs
+                for t in ${PIXEL_TASKS:-smnist-pixels psmnist}; do
+                    pixels "$t" "$t-anchors" "${PIXEL_MODELS:-lstm,phased,batchnorm}" "${PIXEL_EPOCHS:-30}" \
+                        --optimizer rmsprop --hidden-size 100 --proj-size 0 --pooling last
+                done ;;
             pixels-decay)  # the unpermuted pixels' Phased LSTM with the rate halved every 4 of 16 epochs
                 # (against the constant rate of `pixels`, chosen on validation)
                 pixels smnist-pixels smnist-pixels-decay phased 16 --lr-decay 0.5 --lr-decay-every 4 ;;
