@@ -39,26 +39,29 @@ _SPLITS = {"auto": 0, "units": 1, "batch": 2}
 
 @contextlib.contextmanager
 def tuning(*, packed: bool | None = None, running_rows: bool | None = None, split: str | None = None,
-           kblock: int | None = None):
+           kblock: int | None = None, flush_denormals: bool | None = None):
     """The kernels' tuning switches for the duration of a block (tests and benchmarks; the defaults
-    are the strategies of docs/speed.md, or what the PHASEDLSTM_PACKED, _RUNNING_ROWS, _SPLIT and _KBLOCK
-    environment variables said when the kernels loaded). ``packed``: the micro-kernel (False:
-    at::addmm); ``running_rows``: with lengths, multiply only the sequences still running; ``split``: "auto",
-    "units" or "batch"; ``kblock``: the unit split's products by blocks of this many rows of K (0:
-    whole). Restored on exit."""
+    are the strategies of docs/speed.md, or what the PHASEDLSTM_PACKED, _RUNNING_ROWS, _SPLIT, _KBLOCK
+    and _FLUSH_DENORMALS environment variables said when the kernels loaded). ``packed``: the
+    micro-kernel (False: at::addmm); ``running_rows``: with lengths, multiply only the sequences still
+    running; ``split``: "auto", "units" or "batch"; ``kblock``: the unit split's products by blocks of
+    this many rows of K (0: whole); ``flush_denormals``: the backward flushes denormal floats to zero.
+    Restored on exit."""
     if not load():
         raise RuntimeError(f"the fused kernels are not available: {_state['error']}")
     ops = torch.ops.phasedlstm_testing
     before = tuple(ops.get_options())
-    now = dict(zip(("packed", "running_rows", "split", "kblock"), before))
-    for name, value in (("packed", packed), ("running_rows", running_rows), ("kblock", kblock)):
+    now = dict(zip(("packed", "running_rows", "split", "kblock", "flush_denormals"), before))
+    for name, value in (("packed", packed), ("running_rows", running_rows), ("kblock", kblock),
+                        ("flush_denormals", flush_denormals)):
         if value is not None:
             now[name] = value
     if split is not None:
         if split not in _SPLITS:
             raise ValueError(f"split must be one of {sorted(_SPLITS)}, got {split!r}")
         now["split"] = _SPLITS[split]
-    ops.set_options(bool(now["packed"]), bool(now["running_rows"]), int(now["split"]), int(now["kblock"]))
+    ops.set_options(bool(now["packed"]), bool(now["running_rows"]), int(now["split"]), int(now["kblock"]),
+                    bool(now["flush_denormals"]))
     try:
         yield
     finally:

@@ -54,6 +54,9 @@
 #if defined(__AVX2__) || defined(__AVX512F__)
 #include <immintrin.h>
 #endif
+#if defined(__SSE__)
+#include <xmmintrin.h>
+#endif
 #include <vector>
 
 using at::Tensor;
@@ -63,12 +66,13 @@ namespace phasedlstm {
 // The kernels' tuning switches. The defaults are the strategies docs/speed.md describes; tests and
 // benchmarks change them through phasedlstm_testing::set_options (phasedlstm.fast.tuning in Python).
 // Read once from the environment when first used: PHASEDLSTM_PACKED=0, PHASEDLSTM_RUNNING_ROWS=0,
-// PHASEDLSTM_SPLIT=units|batch, PHASEDLSTM_KBLOCK=N.
+// PHASEDLSTM_SPLIT=units|batch, PHASEDLSTM_KBLOCK=N, PHASEDLSTM_FLUSH_DENORMALS=0.
 struct Options {
   bool packed = true;        // the register-blocked micro-kernel where it serves (false: at::addmm)
   bool running_rows = true;  // with lengths, multiply only the sequences still running
   int split = 0;             // how a step is shared among threads: 0 by shape, 1 units, 2 batch
   int64_t kblock = 128;      // the unit split's products by blocks of this many rows of K (0: whole)
+  bool flush_denormals = true;  // the backward flushes denormal floats to zero (FlushDenormals)
 };
 
 inline Options options_from_env() {
@@ -81,6 +85,7 @@ inline Options options_from_env() {
   o.running_rows = !off("PHASEDLSTM_RUNNING_ROWS");
   if (const char* e = std::getenv("PHASEDLSTM_SPLIT")) o.split = std::strcmp(e, "units") == 0 ? 1 : std::strcmp(e, "batch") == 0 ? 2 : 0;
   if (const char* e = std::getenv("PHASEDLSTM_KBLOCK")) o.kblock = std::max<int64_t>(0, std::atoll(e));
+  o.flush_denormals = !off("PHASEDLSTM_FLUSH_DENORMALS");
   return o;
 }
 
@@ -237,5 +242,50 @@ static inline void ended_row(const scalar_t* __restrict hp, const scalar_t* __re
     ob[j] = 0;
   }
 }
+
+// Denormal floats (below 1.2e-38 in float32, 2.2e-308 in float64) make x86 arithmetic many times
+// slower. A backward over many steps whose gradient enters at the last step only (a last-step
+// readout, a loss on h_n) shrinks it step after step into them (docs/speed.md). While a
+// FlushDenormals lives, every thread of the pool flushes denormal results and operands to zero (FTZ
+// and DAZ in MXCSR); its end restores each thread's own setting. What changes: values below those
+// bounds become 0, and so do their products with anything, however large (a weight gradient
+// dG^T x with |x| ~ 1e36 loses the dG that were denormal). Options::flush_denormals = false
+// (PHASEDLSTM_FLUSH_DENORMALS=0) keeps them.
+class FlushDenormals {
+ public:
+  FlushDenormals() : on_(options().flush_denormals) {
+    if (on_) apply(true);
+  }
+  ~FlushDenormals() {
+    if (on_) apply(false);
+  }
+  FlushDenormals(const FlushDenormals&) = delete;
+  FlushDenormals& operator=(const FlushDenormals&) = delete;
+
+ private:
+  const bool on_;
+
+  static void apply(bool on) {
+#if defined(__SSE__)
+    constexpr unsigned kBits = 0x8040;  // FTZ (bit 15) | DAZ (bit 6)
+    auto set = [on] {  // once per thread and region: at::parallel_for gives each thread one chunk
+      thread_local unsigned saved = 0;
+      if (on) {
+        saved = _mm_getcsr();
+        _mm_setcsr(saved | kBits);
+      } else {
+        _mm_setcsr((_mm_getcsr() & ~kBits) | (saved & kBits));
+      }
+    };
+    if (at::in_parallel_region() || at::get_num_threads() == 1) {
+      set();
+      return;
+    }
+    at::parallel_for(0, at::get_num_threads(), 1, [&](int64_t, int64_t) { set(); });
+#else
+    (void)on;
+#endif
+  }
+};
 
 }  // namespace phasedlstm

@@ -686,6 +686,7 @@ std::vector<Tensor> ln_backward(const OptTensor& grad_out_opt, const OptTensor& 
                                 const OptTensor& b_c_opt, const OptTensor& lengths_opt, const Tensor& rih,
                                 const Tensor& zhh, const Tensor& rhh, const Tensor& zc, const Tensor& rc,
                                 const Tensor& hs, const Tensor& cs) {
+  const FlushDenormals flush;  // (a gradient shrinking over many steps: common.h)
   const Tensor grad_out = or_empty(grad_out_opt, x.options());
   const Tensor grad_hn = or_empty(grad_hn_opt, x.options());
   const Tensor grad_cn = or_empty(grad_cn_opt, x.options());

@@ -252,6 +252,7 @@ std::vector<Tensor> lstm_backward(const OptTensor& grad_out_opt, const OptTensor
                                   const Tensor& w_hh, const OptTensor& peep_opt, const OptTensor& k_opt,
                                   const OptTensor& lengths_opt, const Tensor& acts, const Tensor& hs,
                                   const Tensor& cs) {
+  const FlushDenormals flush;  // (a gradient shrinking over many steps: common.h)
   const Tensor grad_out = or_empty(grad_out_opt, x.options());
   const Tensor grad_hn = or_empty(grad_hn_opt, x.options());
   const Tensor grad_cn = or_empty(grad_cn_opt, x.options());
