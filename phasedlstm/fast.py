@@ -174,10 +174,10 @@ def _split(split: int):
     """The backward in the split its forward ran in (a split chosen for a call, phasedlstm.autotune,
     holds for the call's forward only: its backward runs later, outside it)."""
     now = tuple(torch.ops.phasedlstm_testing.get_options())
-    if now[2] == split:  # (packed, running_rows, split, kblock)
+    if now[2] == split:  # (packed, running_rows, split, kblock, flush_denormals)
         yield
         return
-    torch.ops.phasedlstm_testing.set_options(*now[:2], split, now[3])
+    torch.ops.phasedlstm_testing.set_options(*now[:2], split, *now[3:])
     try:
         yield
     finally:
