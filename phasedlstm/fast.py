@@ -35,6 +35,16 @@ from phasedlstm._build import (CSRC, _state, build_dir, ext_dir, load, load_buil
                                unavailable_reason)
 
 _SPLITS = {"auto": 0, "units": 1, "batch": 2}
+#: the kernels' options (csrc/common.h's Options) in the order of set_options / get_options, with their types
+_OPTIONS = {"packed": bool, "running_rows": bool, "split": int, "kblock": int, "flush_denormals": bool}
+
+
+def _options() -> dict:
+    return dict(zip(_OPTIONS, torch.ops.phasedlstm_testing.get_options()))
+
+
+def _set_options(now: dict) -> None:
+    torch.ops.phasedlstm_testing.set_options(*(kind(now[name]) for name, kind in _OPTIONS.items()))
 
 
 @contextlib.contextmanager
@@ -49,9 +59,8 @@ def tuning(*, packed: bool | None = None, running_rows: bool | None = None, spli
     Restored on exit."""
     if not load():
         raise RuntimeError(f"the fused kernels are not available: {_state['error']}")
-    ops = torch.ops.phasedlstm_testing
-    before = tuple(ops.get_options())
-    now = dict(zip(("packed", "running_rows", "split", "kblock", "flush_denormals"), before))
+    before = _options()
+    now = dict(before)
     for name, value in (("packed", packed), ("running_rows", running_rows), ("kblock", kblock),
                         ("flush_denormals", flush_denormals)):
         if value is not None:
@@ -60,12 +69,11 @@ def tuning(*, packed: bool | None = None, running_rows: bool | None = None, spli
         if split not in _SPLITS:
             raise ValueError(f"split must be one of {sorted(_SPLITS)}, got {split!r}")
         now["split"] = _SPLITS[split]
-    ops.set_options(bool(now["packed"]), bool(now["running_rows"]), int(now["split"]), int(now["kblock"]),
-                    bool(now["flush_denormals"]))
+    _set_options(now)
     try:
         yield
     finally:
-        ops.set_options(*before)
+        _set_options(before)
 
 
 def usable(x: Tensor) -> tuple[bool, str]:
@@ -166,22 +174,22 @@ def _needs_grad(*tensors) -> bool:
 
 def _split_in_force() -> int:
     """How the kernels share a step among threads now (0: by shape, 1: units, 2: batch)."""
-    return int(torch.ops.phasedlstm_testing.get_options()[2])
+    return _options()["split"]
 
 
 @contextlib.contextmanager
 def _split(split: int):
     """The backward in the split its forward ran in (a split chosen for a call, phasedlstm.autotune,
     holds for the call's forward only: its backward runs later, outside it)."""
-    now = tuple(torch.ops.phasedlstm_testing.get_options())
-    if now[2] == split:  # (packed, running_rows, split, kblock, flush_denormals)
+    now = _options()
+    if now["split"] == split:
         yield
         return
-    torch.ops.phasedlstm_testing.set_options(*now[:2], split, *now[3:])
+    _set_options({**now, "split": split})
     try:
         yield
     finally:
-        torch.ops.phasedlstm_testing.set_options(*now)
+        _set_options(now)
 
 
 class _FusedLSTM(torch.autograd.Function):
