@@ -100,13 +100,12 @@ void forward_loop(const Tensor& x, const Tensor& w_ih, const Tensor& bias, const
   const scalar_t* wcf = PEEP ? wci + H : nullptr;
   const scalar_t* wco = PEEP ? wci + 2 * H : nullptr;
   const scalar_t* kgate = PHASED ? k.data_ptr<scalar_t>() : nullptr;
-  const Tensor bias_vec = fused_in ? (bias.numel() > 0 ? bias.contiguous() : at::zeros({4 * H}, x.options())) : bias;
-  const float* bias_or_zero = fused_in ? reinterpret_cast<const float*>(bias_vec.data_ptr()) : nullptr;
-  // Without fused_in the bias is added to each gate row just before its update (in cache then), not
-  // by the input GEMM: at::addmm_out would first write it into every row of the gate buffer, a pass
-  // over T x B x 4H values (docs/speed.md).
-  const Tensor bias_c = !fused_in && bias.numel() > 0 ? bias.contiguous() : Tensor();
-  const scalar_t* BI = bias_c.defined() ? bias_c.data_ptr<scalar_t>() : nullptr;
+  // The bias: with fused_in it starts the per-step GEMM's sums (zeros without one); otherwise each
+  // gate row gets it just before its update (in cache then), not the input GEMM: at::addmm_out would
+  // first write it into every row of the gate buffer, a pass over T x B x 4H values (docs/speed.md).
+  const Tensor bias_c = bias.numel() > 0 ? bias.contiguous() : (fused_in ? at::zeros({4 * H}, x.options()) : Tensor());
+  const float* bias_or_zero = fused_in ? reinterpret_cast<const float*>(bias_c.data_ptr()) : nullptr;
+  const scalar_t* BI = !fused_in && bias_c.defined() ? bias_c.data_ptr<scalar_t>() : nullptr;
   scalar_t* O = OUT ? out.data_ptr<scalar_t>() : nullptr;
   // training: gates and states of every step are kept; inference: the gates of a chunk of
   // steps (one step's when the projection is fused), and two state rows (ping-pong)
