@@ -177,10 +177,12 @@ def batch_norm(z: Tensor, weight: Tensor, bias: Tensor | None, mean: Tensor, var
     with torch.no_grad():  # (apart from the normalisation: the buffers may be stepped again before a backward)
         if z.shape[0] == 1:
             mean.mul_(1 - BN_MOMENTUM).add_(z[0], alpha=BN_MOMENTUM)
-            return z.new_zeros(z.shape) if bias is None else bias.expand_as(z)
-        v, m = torch.var_mean(z, 0, unbiased=True)
-        mean.mul_(1 - BN_MOMENTUM).add_(m, alpha=BN_MOMENTUM)
-        var.mul_(1 - BN_MOMENTUM).add_(v, alpha=BN_MOMENTUM)
+        else:
+            v, m = torch.var_mean(z, 0, unbiased=True)
+            mean.mul_(1 - BN_MOMENTUM).add_(m, alpha=BN_MOMENTUM)
+            var.mul_(1 - BN_MOMENTUM).add_(v, alpha=BN_MOMENTUM)
+    if z.shape[0] == 1:  # (outside no_grad: the shift's gradient)
+        return z.new_zeros(z.shape) if bias is None else bias.expand_as(z)
     return F.batch_norm(z, None, None, weight, bias, True, 0.0, BN_EPS)
 
 
