@@ -298,6 +298,85 @@ def _ln_grads(saved, has_bias, g_out, g_hn, g_cn, copy=False) -> tuple:
             d[10] if bc else None, None)
 
 
+def reference_batchnorm_lstm(wx, w_hh, g_ih, b_ih, g_hh, b_hh, g_c, b_c, h0, c0, lengths, population, eps):
+    """bn_forward's equations in plain PyTorch, with its arguments: each step's input term wx_t
+    (= x_t W_ih^T), recurrent term and cell state normalised per feature by the statistics of the
+    sequences running at that step (``population`` None) or by ``population`` (T, 18H) =
+    [mean_ih | var_ih | mean_hh | var_hh | mean_c | var_c]. The population statistics are not
+    moved (the layer's reference loop, paths.batchnorm.run, moves them)."""
+    from phasedlstm import cells
+
+    H = w_hh.shape[1]
+    T = wx.shape[0]
+    valid = None if lengths is None else torch.arange(T, device=wx.device)[:, None] < lengths[None, :]
+
+    def bn(z, t, at, width, gain, shift):
+        """z (B, F) normalised per feature: by the running rows' mean and biased variance, or by the
+        population statistics of step t at columns at (means) and at + width (variances)."""
+        if population is None:
+            v = torch.ones(z.shape[0], 1, dtype=z.dtype, device=z.device) if valid is None else \
+                valid[t].unsqueeze(1).to(z.dtype)
+            n = v.sum()
+            mean = (z * v).sum(0) / n
+            var = ((z - mean) * v).square().sum(0) / n
+        else:
+            mean, var = population[t, at:at + width], population[t, at + width:at + 2 * width]
+        out = (z - mean) * torch.rsqrt(var + eps) * gain
+        return out if shift is None else out + shift
+
+    def step(t, h, c):
+        a = bn(wx[t], t, 0, 4 * H, g_ih, b_ih) + bn(F.linear(h, w_hh), t, 8 * H, 4 * H, g_hh, b_hh)
+        i, f, g, o = cells.gates(a)
+        c = f * c + i * g
+        return o * torch.tanh(bn(c, t, 16 * H, H, g_c, b_c)), c
+
+    return _reference_loop(wx, h0, c0, lengths, step)
+
+
+class _FusedBatchNormLSTM(torch.autograd.Function):
+    """The BN-LSTM over all steps of one direction from its input products wx = x W_ih^T (T, B, 4H);
+    outputs, final state, and the batch statistics of every step (not differentiable: the layer
+    moves its population statistics with them)."""
+
+    @staticmethod
+    def forward(ctx, wx, w_hh, g_ih, b_ih, g_hh, b_hh, g_c, b_c, h0, c0, lengths, population, eps):
+        out, hn, cn, xn, zn, kept, rstd, hs, cs, stats, n = torch.ops.phasedlstm_fused.bn_forward(
+            wx, w_hh, g_ih, b_ih, g_hh, b_hh, g_c, b_c, h0, c0, lengths, population, eps, True)
+        ctx.save_for_backward(wx, w_hh, g_ih, b_ih, g_hh, b_hh, g_c, b_c, h0, c0, lengths, population,
+                              xn, zn, kept, rstd, hs, cs, n)
+        ctx.eps = eps
+        ctx.mark_non_differentiable(stats, n)
+        return out, hn, cn, stats, n
+
+    @staticmethod
+    def backward(ctx, g_out, g_hn, g_cn, _g_stats, _g_n):
+        *inputs, xn, zn, kept, rstd, hs, cs, n = ctx.saved_tensors
+        wx, w_hh, g_ih, b_ih, g_hh, b_hh, g_c, b_c, h0, c0, lengths, population = inputs
+        if _through_reference(g_out, g_hn, g_cn):
+            return _reference_grads(reference_batchnorm_lstm, (*inputs, ctx.eps), ctx.needs_input_grad,
+                                    (g_out, g_hn, g_cn))
+        d = torch.ops.phasedlstm_fused.bn_backward(
+            _contiguous(g_out), _contiguous(g_hn), _contiguous(g_cn), w_hh, g_ih, g_hh, g_c, lengths,
+            population is None, xn, zn, kept, rstd, hs, cs, n)
+        # d wx, dW_hh, d g_ih, d b_ih, d g_hh, d b_hh, d g_c, d b_c, dh0, dc0
+        return (d[0], d[1], d[2], d[3] if b_ih is not None else None, d[4], d[5] if b_hh is not None else None,
+                d[6], d[7] if b_c is not None else None, d[8], d[9], None, None, None)
+
+
+def batchnorm_lstm(wx, w_hh, g_ih, b_ih, g_hh, b_hh, g_c, b_c, h0, c0, lengths, population, eps):
+    """Run the BN-LSTM over its input products wx (T, B, 4H) = x W_ih^T; ``population`` (T, 18H) or
+    None for the batch's statistics. -> (output (T, B, H), h_n, c_n, the batch statistics (T, 18H) =
+    [mean_ih | var_ih | mean_hh | var_hh | mean_c | var_c], variances biased (empty with
+    ``population``), the number of running sequences per step (T,))."""
+    c = _contiguous
+    args = (wx.contiguous(), w_hh.contiguous(), g_ih.contiguous(), c(b_ih), g_hh.contiguous(), c(b_hh),
+            g_c.contiguous(), c(b_c), h0.contiguous(), c0.contiguous(), _lengths(lengths), c(population), float(eps))
+    if _needs_grad(wx, w_hh, g_ih, b_ih, g_hh, b_hh, g_c, b_c, h0, c0):
+        return _FusedBatchNormLSTM.apply(*args)
+    out, hn, cn, *_, stats, n = torch.ops.phasedlstm_fused.bn_forward(*args, False)  # (keeps nothing)
+    return out, hn, cn, stats, n
+
+
 def lstm(x: Tensor, w_ih: Tensor, bias: Tensor | None, w_hh: Tensor, h0: Tensor, c0: Tensor,
          peep: Tensor | None, k: Tensor | None, lengths: Tensor | None):
     """Run one direction over x (T, B, I). bias (4H,) = b_ih + b_hh or None; peep (3, H) or None;

@@ -781,9 +781,11 @@ class BatchNormLSTM(_NormalisedLSTM):
     ``bn_ih_mean_l{k}``, ``bn_ih_var_l{k}``, ``bn_hh_mean_l{k}``, ``bn_hh_var_l{k}``
     (max_length, 4H), ``bn_c_mean_l{k}``, ``bn_c_var_l{k}`` (max_length, H).
 
-    It runs the reference loop (plain PyTorch, any device and dtype, any derivative); ``impl``
-    "fast", "scan" and "onnx" are refused. Training mode needs at least two sequences per batch for its
-    statistics to mean anything, as batch normalisation does.
+    On the CPU in float32 and float64 it runs a fused native loop with a hand-written backward (the
+    input term's normalisation computed for all steps before it); elsewhere, with ``impl="reference"``
+    and under torch.compile / torch.export, the reference loop (plain PyTorch, any device and dtype,
+    any derivative). ``impl`` "scan" and "onnx" are refused. Training mode needs at least two
+    sequences per batch for its statistics to mean anything, as batch normalisation does.
 
     Extra args: ``max_length`` (default 1000): the time steps with their own statistics.
     """ + _LAYER_DOC
@@ -796,8 +798,8 @@ class BatchNormLSTM(_NormalisedLSTM):
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
                  bidirectional=False, *, max_length=1000, **kwargs):
         _checks.check_int("max_length", max_length, 1)
-        if kwargs.get("impl", "auto") in ("fast", "scan", "onnx"):
-            raise ValueError(f"BatchNormLSTM runs the reference loop only: impl must be 'auto' or 'reference', "
+        if kwargs.get("impl", "auto") in ("scan", "onnx"):
+            raise ValueError(f"BatchNormLSTM has no scan or ONNX form: impl must be 'auto', 'fast' or 'reference', "
                              f"got {kwargs['impl']!r}")
         self.max_length = max_length
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, **kwargs)
@@ -833,7 +835,9 @@ class BatchNormLSTM(_NormalisedLSTM):
         return out
 
     def _path(self, steps, h0, c0):
-        return paths.batchnorm.run
+        if _checks.tracing() or not self._fast_path(steps.x):  # (no graph form of its kernel)
+            return paths.batchnorm.run
+        return paths.batchnorm.run_fused
 
     def extra_repr(self) -> str:
         s = super().extra_repr()

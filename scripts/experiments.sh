@@ -91,8 +91,8 @@ experiments() {  # (one function, read whole before it runs)
     for name in "$@"; do
         case "$name" in
             freq-async|freq-standard|freq-highres)
-                # (FREQ_MODELS: some of the three-seed models first; the BN-LSTM's reference loop is the
-                # slowest, several times the others at high resolution)
+                # (FREQ_MODELS: some of the three-seed models first; the BN-LSTM is the slowest, about
+                # twice the LSTM's time)
                 c=${name#freq-}
                 freq "$c" "${FREQ_MODELS:-phased,lstm,batchnorm}" 0,1,2
                 freq "$c" peephole,layernorm 0 ;;

@@ -6,6 +6,7 @@
 //   schedule.h      how a step's work is shared among threads (batch or unit split, running rows)
 //   lstm_forward.cpp, lstm_backward.cpp   the LSTM, peephole LSTM and Phased LSTM over all steps
 //   layernorm.cpp   the layer-normalised LSTM, forward and backward
+//   batchnorm.cpp   the batch-normalised LSTM, forward and backward (a step shared by units)
 //   time_gate.h, time_gate.cpp            the Phased LSTM's time gate of all steps
 //   infer.cpp       inference without gradients (the time gate inline; sparse at evaluation)
 //   register.cpp    the operators phasedlstm_fused::* and their graph variants

@@ -25,6 +25,15 @@ std::vector<Tensor> ln_backward(const OptTensor& grad_out_opt, const OptTensor& 
                                 const OptTensor& b_c_opt, const OptTensor& lengths_opt, const Tensor& rih,
                                 const Tensor& zhh, const Tensor& rhh, const Tensor& zc, const Tensor& rc,
                                 const Tensor& hs, const Tensor& cs);
+std::vector<Tensor> bn_forward(const Tensor& wx, const Tensor& w_hh, const Tensor& g_ih, const OptTensor& b_ih_opt,
+                               const Tensor& g_hh, const OptTensor& b_hh_opt, const Tensor& g_c,
+                               const OptTensor& b_c_opt, const Tensor& h0, const Tensor& c0,
+                               const OptTensor& lengths_opt, const OptTensor& population_opt, double eps, bool save);
+std::vector<Tensor> bn_backward(const OptTensor& grad_out_opt, const OptTensor& grad_hn_opt,
+                                const OptTensor& grad_cn_opt, const Tensor& w_hh, const Tensor& g_ih,
+                                const Tensor& g_hh, const Tensor& g_c, const OptTensor& lengths_opt, bool batch,
+                                const Tensor& xn, const Tensor& zn, const Tensor& kept, const Tensor& rstd,
+                                const Tensor& hs, const Tensor& cs, const Tensor& n);
 Tensor time_gate_forward(const Tensor& times, const Tensor& tau, const Tensor& s, const Tensor& r_on, double leak);
 int64_t times_status(const Tensor& times, const c10::optional<Tensor>& lengths);
 bool all_finite(at::TensorList tensors);

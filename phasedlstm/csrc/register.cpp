@@ -73,6 +73,11 @@ TORCH_LIBRARY(phasedlstm_fused, m) {
   m.def("infer_forward(Tensor x, Tensor? times, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
         "Tensor? b_hh, Tensor? w_ci, Tensor? w_cf, Tensor? w_co, Tensor? tau, Tensor? s, Tensor? r_on, float leak, "
         "Tensor? lengths, bool sparse, float[] bounds) -> (Tensor[], int, int)");
+  m.def("bn_forward(Tensor wx, Tensor w_hh, Tensor g_ih, Tensor? b_ih, Tensor g_hh, Tensor? b_hh, Tensor g_c, "
+        "Tensor? b_c, Tensor h0, Tensor c0, Tensor? lengths, Tensor? population, float eps, bool save) -> Tensor[]");
+  m.def("bn_backward(Tensor? grad_out, Tensor? grad_hn, Tensor? grad_cn, Tensor w_hh, Tensor g_ih, Tensor g_hh, "
+        "Tensor g_c, Tensor? lengths, bool batch, Tensor xn, Tensor zn, Tensor kept, Tensor rstd, Tensor hs, "
+        "Tensor cs, Tensor n) -> Tensor[]");
   m.def("ln_backward(Tensor? grad_out, Tensor? grad_hn, Tensor? grad_cn, Tensor x, Tensor w_ih, Tensor g_ih, "
         "Tensor? b_ih, Tensor w_hh, Tensor g_hh, Tensor? b_hh, Tensor g_c, Tensor? b_c, Tensor? lengths, "
         "Tensor rih, Tensor zhh, Tensor rhh, Tensor zc, Tensor rc, Tensor hs, Tensor cs) -> Tensor[]");
@@ -90,4 +95,6 @@ TORCH_LIBRARY_IMPL(phasedlstm_fused, CPU, m) {
   m.impl("lstm_forward_graph", &lstm_forward_graph);
   m.impl("ln_forward_graph", &ln_forward_graph);
   m.impl("infer_forward", &infer_forward);
+  m.impl("bn_forward", &bn_forward);
+  m.impl("bn_backward", &bn_backward);
 }

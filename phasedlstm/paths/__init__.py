@@ -15,7 +15,8 @@ where ``steps`` is :class:`Steps` (the direction's input, time-major), ``h`` (1,
 - :mod:`.fused`: the fused native loop with its hand-written backward (CPU, float32 and float64);
 - :mod:`.infer`: inference without gradients, the time gate inside the loop; a Phased LSTM at
   evaluation computes only its open units. Where its kernel declines, the fused loop runs;
-- :mod:`.batchnorm`: the BN-LSTM's reference loop, with per-step batch or population statistics;
+- :mod:`.batchnorm`: the BN-LSTM's loops, reference and fused (csrc/batchnorm.cpp), with per-step
+  batch or population statistics;
 - :mod:`.torch_lstm`: a plain LSTM by torch's own LSTM on the same parameters, where
   :mod:`phasedlstm.autotune` measured it faster than the layer's own path.
 """
