@@ -287,3 +287,25 @@ def test_export_to_graphs_and_streaming_are_refused_with_what_to_do_instead(tmp_
             export(m, tmp_path / f"m.{fmt}", fmt)
     with pytest.raises(ValueError, match="Stream cannot feed a BatchNormLSTM"):
         Stream(BatchNormLSTM(2, 3))
+
+
+@pytest.mark.skipif(not fast.load(), reason="no fused kernels")
+@pytest.mark.parametrize("value", [1e4, 1e30, float("inf")])
+def test_the_fused_loop_at_huge_and_infinite_inputs(value):
+    """Inputs of +-1e4, +-1e30 and +-inf in float32: NaN where the reference loop has NaN, and
+    elsewhere the numbers of the float64 reference (the statistics are summed in double, as
+    torch's batch norm does, so squares near float32's limit do not overflow)."""
+    torch.manual_seed(0)
+    ref = BatchNormLSTM(I, 5, impl="reference")
+    fused = copy.deepcopy(ref)
+    fused.impl = "fast"
+    x = torch.randn(T, 4, I)
+    x[2, 1, 0], x[3, 2, 1] = value, -value
+    got = []
+    for layer, xs in ((ref, x), (fused, x), (copy.deepcopy(ref).double(), x.double())):
+        xs = xs.clone().requires_grad_()
+        out, _ = layer(xs)
+        got.append([out, *torch.autograd.grad(out.sum(), [xs, *layer.parameters()])])
+    for r, f, t in zip(*got):
+        assert torch.equal(f.isnan(), r.isnan())
+        torch.testing.assert_close(f.double().nan_to_num(), t.nan_to_num(), rtol=1e-3, atol=1e-4)

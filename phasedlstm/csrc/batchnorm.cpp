@@ -35,15 +35,18 @@ inline bool running(const int64_t* len, int64_t t, int64_t b) { return len == nu
 // (activations included: -ffast-math lets GCC call the vector exp and tanh).
 
 // s += x
-template <typename T>
-inline void add_to(T* __restrict s, const T* __restrict x, int64_t w) {
-  for (int64_t j = 0; j < w; ++j) s[j] += x[j];
+template <typename A, typename T>
+inline void add_to(A* __restrict s, const T* __restrict x, int64_t w) {
+  for (int64_t j = 0; j < w; ++j) s[j] += A(x[j]);
 }
 
 // s += (x - m)^2
-template <typename T>
-inline void add_sq_dev(T* __restrict s, const T* __restrict x, const T* __restrict m, int64_t w) {
-  for (int64_t j = 0; j < w; ++j) s[j] += (x[j] - m[j]) * (x[j] - m[j]);
+template <typename A, typename T>
+inline void add_sq_dev(A* __restrict s, const T* __restrict x, const A* __restrict m, int64_t w) {
+  for (int64_t j = 0; j < w; ++j) {
+    const A d = A(x[j]) - m[j];
+    s[j] += d * d;
+  }
 }
 
 // xn = (wx - mi) ri, z = (z - mh) rh in place; a = gi xn + bi + gh z + bh
@@ -156,18 +159,24 @@ inline void bn_back_norm(T* __restrict dz, const T* __restrict z, const T* __res
     dz[j] = batch ? rs[j] * (dz[j] - t1[j] * inv_n - z[j] * t2[j] * inv_n) : rs[j] * dz[j];
 }
 
-// The statistics of one step's features [f0, f0 + w) of the running rows' values (row b at
-// V + b * ld): means into m, biased variances into v.
+// The statistics of w features of the running rows at step t (row b at V + b * ld), over n rows:
+// means into m, biased variances into v, 1 / sqrt(variance + eps) into rs. Summed in double, as
+// ATen's batch norm sums float32, so that the squares of values near float32's limit stay finite.
 template <typename T>
-void batch_stats(const T* V, int64_t ld, int64_t B, const int64_t* len, int64_t t, T inv_n, T* m, T* v, int64_t w) {
-  std::fill(m, m + w, T(0));
-  std::fill(v, v + w, T(0));
+void batch_stats(const T* V, int64_t ld, int64_t B, const int64_t* len, int64_t t, int64_t n, double eps, T* m, T* v,
+                 T* rs, int64_t w) {
+  std::vector<double> sm(w, 0.0), sv(w, 0.0);
+  const double inv_n = n > 0 ? 1.0 / double(n) : 0.0;
   for (int64_t b = 0; b < B; ++b)
-    if (running(len, t, b)) add_to(m, V + b * ld, w);
-  for (int64_t j = 0; j < w; ++j) m[j] *= inv_n;
+    if (running(len, t, b)) add_to(sm.data(), V + b * ld, w);
+  for (int64_t j = 0; j < w; ++j) sm[j] *= inv_n;
   for (int64_t b = 0; b < B; ++b)
-    if (running(len, t, b)) add_sq_dev(v, V + b * ld, m, w);
-  for (int64_t j = 0; j < w; ++j) v[j] *= inv_n;
+    if (running(len, t, b)) add_sq_dev(sv.data(), V + b * ld, sm.data(), w);
+  for (int64_t j = 0; j < w; ++j) {
+    m[j] = T(sm[j]);
+    v[j] = T(sv[j] * inv_n);
+    rs[j] = T(1.0 / std::sqrt(sv[j] * inv_n + eps));
+  }
 }
 
 // The normalisations' gains and shifts of one direction, as raw pointers (absent shifts are zeros).
@@ -197,7 +206,6 @@ void bn_forward_loop(const Tensor& wx, const Tensor& w_hh, const BnParams<scalar
     int64_t n = 0;
     for (int64_t b = 0; b < B; ++b) n += running(len, t, b);
     N[t] = n;
-    const scalar_t inv_n = n > 0 ? scalar_t(1) / scalar_t(n) : scalar_t(0);
     // where step t's kept values and states are: every step's with save, else one step's and two state rows
     const int64_t sk = save ? t : 0, sp = save ? t : t % 2, sn = save ? t + 1 : (t + 1) % 2;
     scalar_t* Zt = Z + sk * B * G;
@@ -225,15 +233,15 @@ void bn_forward_loop(const Tensor& wx, const Tensor& w_hh, const BnParams<scalar
           scalar_t* mq = m.data() + (4 * part + q) * w;
           scalar_t* vq = v.data() + (4 * part + q) * w;
           const int64_t at_m = 2 * part * G + q * H + u0, at_v = at_m + G;  // (in stats / population)
+          scalar_t* rq = RSt + part * G + q * H + u0;
           if (pop == nullptr) {
-            batch_stats((part == 0 ? WXt : Zt) + q * H + u0, G, B, len, t, inv_n, mq, vq, w);
+            batch_stats((part == 0 ? WXt : Zt) + q * H + u0, G, B, len, t, n, eps, mq, vq, rq, w);
             std::copy(mq, mq + w, ST + t * S + at_m);
             std::copy(vq, vq + w, ST + t * S + at_v);
           } else {
             std::copy(pop + t * S + at_m, pop + t * S + at_m + w, mq);
-            std::copy(pop + t * S + at_v, pop + t * S + at_v + w, vq);
+            for (int64_t j = 0; j < w; ++j) rq[j] = scalar_t(1) / std::sqrt(pop[t * S + at_v + j] + e);
           }
-          for (int64_t j = 0; j < w; ++j) RSt[part * G + q * H + u0 + j] = scalar_t(1) / std::sqrt(vq[j] + e);
         }
       // the gates and the cell state of every running row (the kept row holds the pre-activations first)
       for (int64_t b = 0; b < B; ++b) {
@@ -258,15 +266,15 @@ void bn_forward_loop(const Tensor& wx, const Tensor& w_hh, const BnParams<scalar
       // the cell state's statistics
       scalar_t* mc = m.data() + 8 * w;
       scalar_t* vc = v.data() + 8 * w;
+      scalar_t* rc = RSt + 8 * H + u0;
       if (pop == nullptr) {
-        batch_stats(CS + sn * BH + u0, H, B, len, t, inv_n, mc, vc, w);
+        batch_stats(CS + sn * BH + u0, H, B, len, t, n, eps, mc, vc, rc, w);
         std::copy(mc, mc + w, ST + t * S + 16 * H + u0);
         std::copy(vc, vc + w, ST + t * S + 17 * H + u0);
       } else {
         std::copy(pop + t * S + 16 * H + u0, pop + t * S + 16 * H + u0 + w, mc);
-        std::copy(pop + t * S + 17 * H + u0, pop + t * S + 17 * H + u0 + w, vc);
+        for (int64_t j = 0; j < w; ++j) rc[j] = scalar_t(1) / std::sqrt(pop[t * S + 17 * H + u0 + j] + e);
       }
-      for (int64_t j = 0; j < w; ++j) RSt[8 * H + u0 + j] = scalar_t(1) / std::sqrt(vc[j] + e);
       // the outputs
       for (int64_t b = 0; b < B; ++b) {
         if (!running(len, t, b)) continue;
