@@ -36,7 +36,8 @@ from phasedlstm._build import (CSRC, _state, build_dir, ext_dir, load, load_buil
 
 _SPLITS = {"auto": 0, "units": 1, "batch": 2}
 #: the kernels' options (csrc/common.h's Options) in the order of set_options / get_options, with their types
-_OPTIONS = {"packed": bool, "running_rows": bool, "split": int, "kblock": int, "flush_denormals": bool}
+_OPTIONS = {"packed": bool, "running_rows": bool, "split": int, "kblock": int, "flush_denormals": bool,
+            "pool_mib": int}
 
 
 def _options() -> dict:
@@ -49,20 +50,21 @@ def _set_options(now: dict) -> None:
 
 @contextlib.contextmanager
 def tuning(*, packed: bool | None = None, running_rows: bool | None = None, split: str | None = None,
-           kblock: int | None = None, flush_denormals: bool | None = None):
+           kblock: int | None = None, flush_denormals: bool | None = None, pool_mib: int | None = None):
     """The kernels' tuning switches for the duration of a block (tests and benchmarks; the defaults
     are the strategies of docs/speed.md, or what the PHASEDLSTM_PACKED, _RUNNING_ROWS, _SPLIT, _KBLOCK
-    and _FLUSH_DENORMALS environment variables said when the kernels loaded). ``packed``: the
+    _FLUSH_DENORMALS and _POOL_MIB environment variables said when the kernels loaded). ``packed``: the
     micro-kernel (False: at::addmm); ``running_rows``: with lengths, multiply only the sequences still
     running; ``split``: "auto", "units" or "batch"; ``kblock``: the unit split's products by blocks of
-    this many rows of K (0: whole); ``flush_denormals``: the backward flushes denormal floats to zero.
-    Restored on exit."""
+    this many rows of K (0: whole); ``flush_denormals``: the backward flushes denormal floats to zero;
+    ``pool_mib``: the most memory of freed large buffers kept for the next calls (0: none, and what is
+    kept is freed). Restored on exit."""
     if not load():
         raise RuntimeError(f"the fused kernels are not available: {_state['error']}")
     before = _options()
     now = dict(before)
     for name, value in (("packed", packed), ("running_rows", running_rows), ("kblock", kblock),
-                        ("flush_denormals", flush_denormals)):
+                        ("flush_denormals", flush_denormals), ("pool_mib", pool_mib)):
         if value is not None:
             now[name] = value
     if split is not None:

@@ -456,3 +456,35 @@ def test_one_pass_value_checks_equal_the_tensor_checks(monkeypatch):
         seen.update(i for i, v in enumerate(want) if v is not None)
         seen.add("ok" if want == [None, None] else "refused")
     assert seen == {0, 1, "ok", "refused"}
+
+
+@pytest.mark.parametrize("kind", list(LAYERS) + ["batchnorm"])
+def test_buffers_on_pooled_blocks_give_the_numbers_of_fresh_memory(kind):
+    """The large buffers of a call (kept for the backward, the backward's scratch) on blocks freed by
+    earlier calls: training steps of decreasing and increasing lengths (a block serves any request of
+    half its size or more), with and without lengths, give bit for bit the numbers the same steps
+    give with the pool off, and the pool keeps no more than it is allowed."""
+    from phasedlstm import BatchNormLSTM
+
+    def steps(pool_mib):
+        torch.manual_seed(0)
+        layer = BatchNormLSTM(8, 96) if kind == "batchnorm" else LAYERS[kind](8, 96)
+        got = []
+        with fast.tuning(pool_mib=pool_mib):
+            for T, lengths in ((400, None), (260, torch.tensor([260, 100, 7, 260, 3, 60, 200, 260])), (300, None),
+                               (420, torch.tensor([420, 1, 420, 5, 400, 9, 30, 420]))):
+                x = torch.randn(T, 8, 8, requires_grad=True)  # (a (T, 8, 4H) float32 buffer: over 1 MiB)
+                out, (h, c) = layer(x, lengths=lengths)
+                grads = torch.autograd.grad(out.sin().sum() + h.sum() + c.sum(), [x, *layer.parameters()])
+                got.append([out.detach(), h.detach(), c.detach(), *grads])
+            held = torch.ops.phasedlstm_testing.pool_held()
+        return got, held
+
+    pooled, held = steps(64)
+    fresh, held_off = steps(0)
+    assert 0 < held <= 64 << 20 and held_off == 0
+    for a, b in zip(pooled, fresh):
+        for u, v in zip(a, b):
+            assert torch.equal(u, v)
+    _, held_small = steps(2)  # (room for one of the smaller blocks at most)
+    assert held_small <= 2 << 20

@@ -411,9 +411,9 @@ std::vector<Tensor> bn_forward(const Tensor& wx, const Tensor& w_hh, const Tenso
   const Tensor popc = batch ? pop : pop.contiguous();
   // (without save, for inference: one step of the kept values and two rows of states)
   const int64_t Tk = save ? T : 1, Ts = save ? T + 1 : 2;
-  Tensor xn = at::empty({Tk, B, 4 * H}, opts), zn = at::empty({Tk, B, 4 * H}, opts),
-         kept = at::empty({Tk, B, 6 * H}, opts), rstd = at::empty({T, 9 * H}, opts);
-  Tensor hs = at::empty({Ts, B, H}, opts), cs = at::empty({Ts, B, H}, opts), out = at::empty({T, B, H}, opts);
+  Tensor xn = pooled_empty({Tk, B, 4 * H}, opts), zn = pooled_empty({Tk, B, 4 * H}, opts),
+         kept = pooled_empty({Tk, B, 6 * H}, opts), rstd = at::empty({T, 9 * H}, opts);
+  Tensor hs = pooled_empty({Ts, B, H}, opts), cs = pooled_empty({Ts, B, H}, opts), out = at::empty({T, B, H}, opts);
   Tensor stats = at::zeros({batch ? T : 0, 18 * H}, opts), n = at::zeros({T}, opts.dtype(at::kLong));
   hs[0].copy_(h0);
   cs[0].copy_(c0);
@@ -441,10 +441,10 @@ std::vector<Tensor> bn_backward(const OptTensor& grad_out_opt, const OptTensor& 
   const Tensor lengths = or_empty(lengths_opt, opts.dtype(at::kLong));
   Tensor dh = has_values(grad_hn) ? grad_hn.contiguous().clone() : at::zeros({B, H}, opts);
   Tensor dc = has_values(grad_cn) ? grad_cn.contiguous().clone() : at::zeros({B, H}, opts);
-  const Tensor go = has_values(grad_out) ? grad_out.contiguous() : at::zeros({T, B, H}, opts);
+  const Tensor go = has_values(grad_out) ? grad_out.contiguous() : pooled_zeros({T, B, H}, opts);
   const Tensor w = w_hh.contiguous(), gih = g_ih.contiguous(), ghh = g_hh.contiguous(), gc = g_c.contiguous(),
                nc = n.contiguous();
-  Tensor dwx = at::empty({T, B, 4 * H}, opts), dz = at::empty({T, B, 4 * H}, opts), acc = at::zeros({18 * H}, opts);
+  Tensor dwx = pooled_empty({T, B, 4 * H}, opts), dz = pooled_empty({T, B, 4 * H}, opts), acc = at::zeros({18 * H}, opts);
   const int64_t* len = has_values(lengths) ? lengths.data_ptr<int64_t>() : nullptr;
   AT_DISPATCH_FLOATING_TYPES(zn.scalar_type(), "bn_backward", [&] {
     bn_backward_loop<scalar_t>(go, w, gih.data_ptr<scalar_t>(), ghh.data_ptr<scalar_t>(), gc.data_ptr<scalar_t>(), len,

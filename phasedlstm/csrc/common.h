@@ -48,8 +48,11 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <limits>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <tuple>
 #include <type_traits>
 #if defined(__AVX2__) || defined(__AVX512F__)
@@ -67,13 +70,15 @@ namespace phasedlstm {
 // The kernels' tuning switches. The defaults are the strategies docs/speed.md describes; tests and
 // benchmarks change them through phasedlstm_testing::set_options (phasedlstm.fast.tuning in Python).
 // Read once from the environment when first used: PHASEDLSTM_PACKED=0, PHASEDLSTM_RUNNING_ROWS=0,
-// PHASEDLSTM_SPLIT=units|batch, PHASEDLSTM_KBLOCK=N, PHASEDLSTM_FLUSH_DENORMALS=0.
+// PHASEDLSTM_SPLIT=units|batch, PHASEDLSTM_KBLOCK=N, PHASEDLSTM_FLUSH_DENORMALS=0,
+// PHASEDLSTM_POOL_MIB=N (0: no pool).
 struct Options {
   bool packed = true;        // the register-blocked micro-kernel where it serves (false: at::addmm)
   bool running_rows = true;  // with lengths, multiply only the sequences still running
   int split = 0;             // how a step is shared among threads: 0 by shape, 1 units, 2 batch
   int64_t kblock = 128;      // the unit split's products by blocks of this many rows of K (0: whole)
   bool flush_denormals = true;  // the backward flushes denormal floats to zero (FlushDenormals)
+  int64_t pool_mib = 1024;      // the most memory BlockPool keeps between calls, MiB (0: none)
 };
 
 inline Options options_from_env() {
@@ -87,6 +92,7 @@ inline Options options_from_env() {
   if (const char* e = std::getenv("PHASEDLSTM_SPLIT")) o.split = std::strcmp(e, "units") == 0 ? 1 : std::strcmp(e, "batch") == 0 ? 2 : 0;
   if (const char* e = std::getenv("PHASEDLSTM_KBLOCK")) o.kblock = std::max<int64_t>(0, std::atoll(e));
   o.flush_denormals = !off("PHASEDLSTM_FLUSH_DENORMALS");
+  if (const char* e = std::getenv("PHASEDLSTM_POOL_MIB")) o.pool_mib = std::max<int64_t>(0, std::atoll(e));
   return o;
 }
 
@@ -94,6 +100,83 @@ inline Options options_from_env() {
 inline Options& options() {
   static Options o = options_from_env();
   return o;
+}
+
+// The large buffers of a call (what the forward keeps for the backward, the backward's per-step
+// gradients of all steps) come from here and go back here when their tensors are freed. malloc
+// serves blocks this large by mmap and returns them to the system at free (or trims the heap),
+// so a call would touch fresh pages: a page fault per 4 KiB, each zeroing its page (how many per
+// call depends on malloc's history in the process: scripts/bench_pool.py). A training loop asks for the same
+// sizes call after call: a freed block serves the next request of at most its size and at least
+// half of it. Up to options().pool_mib MiB are kept; beyond, a freed block goes back to malloc.
+// Only for buffers that stay inside the library (saved for the backward, scratch): a tensor on a
+// pooled block cannot be resized.
+class BlockPool {
+ public:
+  static constexpr size_t kMinBytes = size_t(1) << 20;  // smaller buffers come from malloc's heap
+
+  static BlockPool& get() {
+    static BlockPool* pool = new BlockPool();  // (never destroyed: tensors may be freed at exit)
+    return *pool;
+  }
+  // A block of at least `bytes`, and its size
+  std::pair<void*, size_t> take(size_t bytes) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = free_.lower_bound(bytes);
+      if (it != free_.end() && it->first <= 2 * bytes) {
+        const auto got = *it;
+        free_.erase(it);
+        held_ -= got.first;
+        return {got.second, got.first};
+      }
+    }
+    const size_t size = (bytes + 63) / 64 * 64;
+    void* p = std::aligned_alloc(64, size);
+    TORCH_CHECK(p != nullptr, "phasedlstm: out of memory allocating ", size, " bytes");
+    return {p, size};
+  }
+  void give(void* p, size_t size) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (held_ + size <= size_t(std::max<int64_t>(0, options().pool_mib)) << 20) {
+        free_.emplace(size, p);
+        held_ += size;
+        return;
+      }
+    }
+    std::free(p);
+  }
+  size_t held() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return held_;
+  }
+  void clear() {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& [size, p] : free_) std::free(p);
+    free_.clear();
+    held_ = 0;
+  }
+
+ private:
+  std::mutex mu_;
+  std::multimap<size_t, void*> free_;
+  size_t held_ = 0;
+};
+
+// at::empty for a buffer that stays inside the library, on a pooled block where it is large (BlockPool)
+inline Tensor pooled_empty(at::IntArrayRef sizes, const at::TensorOptions& opts) {
+  int64_t numel = 1;
+  for (const int64_t s : sizes) numel *= s;
+  const size_t bytes = size_t(numel) * opts.dtype().itemsize();
+  if (bytes < BlockPool::kMinBytes || options().pool_mib <= 0 || opts.device().type() != at::kCPU)
+    return at::empty(sizes, opts);
+  const auto [p, size] = BlockPool::get().take(bytes);
+  return at::from_blob(p, sizes, [size = size](void* q) { BlockPool::get().give(q, size); }, opts);
+}
+
+inline Tensor pooled_zeros(at::IntArrayRef sizes, const at::TensorOptions& opts) {
+  return pooled_empty(sizes, opts).zero_();
 }
 
 constexpr double kLnEps = 1e-5;

@@ -393,7 +393,7 @@ void ln_infer_loop(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, cons
   scalar_t* O = out.data_ptr<scalar_t>();
   const scalar_t* XP = x.data_ptr<scalar_t>();
   const int64_t chunk = per_step_in ? T : infer_chunk(T, BH);
-  Tensor zi_all = per_step_in ? Tensor() : at::empty({chunk, B, 4 * H}, x.options());
+  Tensor zi_all = per_step_in ? Tensor() : pooled_empty({chunk, B, 4 * H}, x.options());
   Tensor z_all = units ? at::empty({B, 4 * H}, x.options()) : Tensor();  // (the unit split's recurrent terms)
   // rows b0..b1 of step t; Z: their recurrent terms, ZI their input terms, row b at 4 (b - zb) H of each
   auto rows = [&](int64_t t, int64_t b0, int64_t b1, scalar_t* Z, scalar_t* ZI, int64_t zb, std::vector<scalar_t>& act,
@@ -487,12 +487,13 @@ std::vector<Tensor> ln_forward(const Tensor& x, const Tensor& w_ih, const Tensor
     });
     return {out, hbuf[T % 2].clone(), cbuf[T % 2].clone()};
   }
-  Tensor zhh = at::empty({T, B, 8 * H}, opts);  // the recurrent and the input term of every row
-  Tensor rih = at::empty({T, B}, opts), rhh = at::empty({T, B}, opts), zc = at::empty({T, B, H}, opts),
-         rc = at::empty({T, B}, opts);
-  Tensor hs = at::empty({T + 1, B, H}, opts), cs = at::empty({T + 1, B, H}, opts);
-  // without lengths the output is the saved states h_1..h_T themselves
+  // without lengths the output is the saved states h_1..h_T themselves (then not on a pooled block)
   const bool own_out = has_values(lengths);
+  Tensor zhh = pooled_empty({T, B, 8 * H}, opts);  // the recurrent and the input term of every row
+  Tensor rih = at::empty({T, B}, opts), rhh = at::empty({T, B}, opts), zc = pooled_empty({T, B, H}, opts),
+         rc = at::empty({T, B}, opts);
+  Tensor hs = own_out ? pooled_empty({T + 1, B, H}, opts) : at::empty({T + 1, B, H}, opts),
+         cs = pooled_empty({T + 1, B, H}, opts);
   Tensor out = own_out ? at::empty({T, B, H}, opts) : hs.narrow(0, 1, T);
   hs[0].copy_(h0);
   cs[0].copy_(c0);
@@ -627,7 +628,7 @@ void ln_backward_loop(const Tensor& grad_out, const Tensor& x, const Tensor& w_i
     // dh_{t-1} += dZ_t W_hh by columns of dh (each thread its units' columns of W_hh: no thread
     // streams all of it), two parallel regions per step; the gradients of all steps' terms are
     // kept, and dx and the weight gradients are one GEMM each at the end (grads_over_steps).
-    Tensor dzall = at::empty({T, B, 4 * H}, zhh.options()), dxall = at::empty({T, B, 4 * H}, zhh.options());
+    Tensor dzall = pooled_empty({T, B, 4 * H}, zhh.options()), dxall = pooled_empty({T, B, 4 * H}, zhh.options());
     scalar_t* DZA = dzall.data_ptr<scalar_t>();
     scalar_t* DXA = dxall.data_ptr<scalar_t>();
     const Tensor W = w_hh.detach();
@@ -647,7 +648,7 @@ void ln_backward_loop(const Tensor& grad_out, const Tensor& x, const Tensor& w_i
     // Few sequences per thread (as lstm_backward.cpp): per step the rows and dh_{t-1} += dZ W_hh
     // only; the gradients of all steps' terms are kept, and dx and the weight gradients are one
     // product each over the valid steps at the end.
-    Tensor dzall = at::empty({T, B, 4 * H}, zhh.options()), dxall = at::empty({T, B, 4 * H}, zhh.options());
+    Tensor dzall = pooled_empty({T, B, 4 * H}, zhh.options()), dxall = pooled_empty({T, B, 4 * H}, zhh.options());
     scalar_t* DZA = dzall.data_ptr<scalar_t>();
     scalar_t* DXA = dxall.data_ptr<scalar_t>();
     at::parallel_for(0, B, batch_grain(B), [&](int64_t b0, int64_t b1) {
@@ -707,7 +708,7 @@ std::vector<Tensor> ln_backward(const OptTensor& grad_out_opt, const OptTensor& 
   Tensor dwhh_t = at::zeros({np, H, 4 * H}, opts), dwih_t = at::zeros({np, I, 4 * H}, opts);
   Tensor dw_hh = at::empty({at_end ? 4 * H : 0, H}, opts), dw_ih = at::empty({at_end ? 4 * H : 0, I}, opts);
   Tensor parts = at::zeros({nt, 18 * H}, opts);
-  const Tensor go = has_values(grad_out) ? grad_out.contiguous() : at::zeros({T, B, H}, opts);
+  const Tensor go = has_values(grad_out) ? grad_out.contiguous() : pooled_zeros({T, B, H}, opts);
   const Tensor xc = x.contiguous(), wi = w_ih.contiguous(), w = w_hh.contiguous();
   const LnTensors ln(g_ih, b_ih, g_hh, b_hh, g_c, b_c, H);
   const int64_t* len = has_values(lengths) ? lengths.data_ptr<int64_t>() : nullptr;

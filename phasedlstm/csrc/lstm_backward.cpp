@@ -95,7 +95,7 @@ void units_backward(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, con
   const int64_t T = acts.size(0), B = acts.size(1), H = w_hh.size(1), BH = B * H;
   scalar_t* DHB = dhb.data_ptr<scalar_t>();
   scalar_t* DCB = dcb.data_ptr<scalar_t>();
-  Tensor dgall = at::empty({T, B, 4 * H}, acts.options());
+  Tensor dgall = pooled_empty({T, B, 4 * H}, acts.options());
   scalar_t* DGA = dgall.data_ptr<scalar_t>();
   const scalar_t* A = acts.data_ptr<scalar_t>();
   const scalar_t* HS = hs.data_ptr<scalar_t>();
@@ -194,7 +194,7 @@ void backward_loop(const Tensor& grad_out, const Tensor& x, const Tensor& w_ih, 
   const scalar_t* GO = grad_out.data_ptr<scalar_t>();
   scalar_t* DK = PHASED ? dk.data_ptr<scalar_t>() : nullptr;
   const bool deferred = !units && defer_weight_grads(B, H);
-  Tensor dgall = deferred ? at::empty({T, B, 4 * H}, acts.options()) : Tensor();
+  Tensor dgall = deferred ? pooled_empty({T, B, 4 * H}, acts.options()) : Tensor();
   scalar_t* DGA = deferred ? dgall.data_ptr<scalar_t>() : nullptr;
   if (units)
     units_backward<scalar_t, PEEP, PHASED>(x, w_ih, w_hh, wci, kgate, kB, GO, len, acts, hs, cs, dhb, dcb, dx, dw_hh,
@@ -278,9 +278,9 @@ std::vector<Tensor> lstm_backward(const OptTensor& grad_out_opt, const OptTensor
   Tensor db = at::empty({at_end ? 4 * H : 0}, opts);
   const bool shared_k = phased && k.size(1) == 1;
   // dk accumulates: zeros, per sequence (T, B, H), or per thread (threads, T, H) when shared
-  Tensor dk = !phased ? at::empty({0}, opts) : (shared_k ? at::zeros({nt, T, H}, opts) : at::zeros({T, B, H}, opts));
+  Tensor dk = !phased ? at::empty({0}, opts) : (shared_k ? pooled_zeros({nt, T, H}, opts) : pooled_zeros({T, B, H}, opts));
   Tensor dpeep_parts = peephole ? at::zeros({nt, 3, H}, opts) : at::empty({0}, opts);
-  const Tensor go = has_values(grad_out) ? grad_out.contiguous() : at::zeros({T, B, H}, opts);
+  const Tensor go = has_values(grad_out) ? grad_out.contiguous() : pooled_zeros({T, B, H}, opts);
   const Tensor xc = x.contiguous(), wi = w_ih.contiguous(), w = w_hh.contiguous();
   const Tensor kc = phased ? k.contiguous() : k;
   const int64_t* len = has_values(lengths) ? lengths.data_ptr<int64_t>() : nullptr;

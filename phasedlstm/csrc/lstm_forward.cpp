@@ -110,7 +110,7 @@ void forward_loop(const Tensor& x, const Tensor& w_ih, const Tensor& bias, const
   // training: gates and states of every step are kept; inference: the gates of a chunk of
   // steps (one step's when the projection is fused), and two state rows (ping-pong)
   const int64_t chunk = save || fused_in ? T : infer_chunk(T, BH);
-  Tensor gbuf = save ? acts : at::empty({fused_in ? 1 : chunk, B, 4 * H}, x.options());
+  Tensor gbuf = save ? acts : pooled_empty({fused_in ? 1 : chunk, B, 4 * H}, x.options());
   Tensor hbuf = save ? hs : at::empty({2, B, H}, x.options());
   Tensor cbuf = save ? cs : at::empty({2, B, H}, x.options());
   hbuf[0].copy_(h0);
@@ -201,12 +201,13 @@ std::vector<Tensor> lstm_forward(const Tensor& x, const Tensor& w_ih, const OptT
   TORCH_CHECK(w_ih.size(0) == 4 * H && w_hh.size(0) == 4 * H && w_ih.size(1) == x.size(2), "weights do not fit");
   auto opts = x.options();
   const bool peephole = has_values(peep), phased = has_values(k);
-  Tensor acts = save ? at::empty({T, B, 4 * H}, opts) : at::empty({0}, opts);
-  // saved states: hs[0] = h0, hs[t + 1] = h_t; in inference only the final state (B, H)
-  Tensor hs = save ? at::empty({T + 1, B, H}, opts) : at::empty({B, H}, opts);
-  Tensor cs = save ? at::empty({T + 1, B, H}, opts) : at::empty({B, H}, opts);
-  // training without lengths: the output is the saved states h_1..h_T themselves
+  // training without lengths: the output is the saved states h_1..h_T themselves (then not on a
+  // pooled block: the caller gets it)
   const bool own_out = !save || has_values(lengths);
+  Tensor acts = save ? pooled_empty({T, B, 4 * H}, opts) : at::empty({0}, opts);
+  // saved states: hs[0] = h0, hs[t + 1] = h_t; in inference only the final state (B, H)
+  Tensor hs = save ? (own_out ? pooled_empty({T + 1, B, H}, opts) : at::empty({T + 1, B, H}, opts)) : at::empty({B, H}, opts);
+  Tensor cs = save ? pooled_empty({T + 1, B, H}, opts) : at::empty({B, H}, opts);
   Tensor out = own_out ? at::empty({T, B, H}, opts) : hs.narrow(0, 1, T);
   const Tensor xc = x.contiguous(), wi = w_ih.contiguous(), w = w_hh.contiguous();
   const Tensor pp = peephole ? peep.contiguous() : peep;

@@ -22,24 +22,30 @@ double micro_kernel_gflops(int64_t M, int64_t K, int64_t N, int64_t repeats) {
   return 2.0 * M * K * N / best / 1e9;
 }
 
-// The tuning options (common.h): set all five, or read them.
-void set_options(bool packed, bool running_rows, int64_t split, int64_t kblock, bool flush_denormals) {
+// The tuning options (common.h): set all six, or read them.
+void set_options(bool packed, bool running_rows, int64_t split, int64_t kblock, bool flush_denormals, int64_t pool_mib) {
   TORCH_CHECK(split >= 0 && split <= 2, "set_options: split must be 0 (by shape), 1 (units) or 2 (batch), got ", split);
   TORCH_CHECK(kblock >= 0, "set_options: kblock must be >= 0, got ", kblock);
-  options() = Options{packed, running_rows, static_cast<int>(split), kblock, flush_denormals};
+  TORCH_CHECK(pool_mib >= 0, "set_options: pool_mib must be >= 0, got ", pool_mib);
+  options() = Options{packed, running_rows, static_cast<int>(split), kblock, flush_denormals, pool_mib};
+  if (pool_mib == 0) BlockPool::get().clear();
 }
 
-std::tuple<bool, bool, int64_t, int64_t, bool> get_options() {
+std::tuple<bool, bool, int64_t, int64_t, bool, int64_t> get_options() {
   const Options& o = options();
-  return {o.packed, o.running_rows, o.split, o.kblock, o.flush_denormals};
+  return {o.packed, o.running_rows, o.split, o.kblock, o.flush_denormals, o.pool_mib};
 }
+
+// The bytes BlockPool keeps now (freed blocks waiting for the next call)
+int64_t pool_held() { return static_cast<int64_t>(BlockPool::get().held()); }
 
 }  // namespace phasedlstm
 
 // Not for users: the switches and probes of the tests and the benchmark.
 TORCH_LIBRARY(phasedlstm_testing, m) {
   m.def("micro_kernel_gflops(int M, int K, int N, int repeats) -> float", &phasedlstm::micro_kernel_gflops);
-  m.def("set_options(bool packed, bool running_rows, int split, int kblock, bool flush_denormals) -> ()",
+  m.def("set_options(bool packed, bool running_rows, int split, int kblock, bool flush_denormals, int pool_mib) -> ()",
         &phasedlstm::set_options);
-  m.def("get_options() -> (bool, bool, int, int, bool)", &phasedlstm::get_options);
+  m.def("get_options() -> (bool, bool, int, int, bool, int)", &phasedlstm::get_options);
+  m.def("pool_held() -> int", &phasedlstm::pool_held);
 }
