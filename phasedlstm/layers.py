@@ -782,7 +782,7 @@ class BatchNormLSTM(_NormalisedLSTM):
     (max_length, 4H), ``bn_c_mean_l{k}``, ``bn_c_var_l{k}`` (max_length, H).
 
     On the CPU in float32 and float64 it runs a fused native loop with a hand-written backward (the
-    input term's normalisation computed for all steps before it); elsewhere, with ``impl="reference"``
+    three normalisations inside it); elsewhere, with ``impl="reference"``
     and under torch.compile / torch.export, the reference loop (plain PyTorch, any device and dtype,
     any derivative). ``impl`` "scan" and "onnx" are refused. Training mode needs at least two
     sequences per batch for its statistics to mean anything, as batch normalisation does.

@@ -1,7 +1,7 @@
 """The BN-LSTM's loops (:class:`phasedlstm.layers.BatchNormLSTM`) with the statistics of each time
 step: the reference loop (:func:`run`) and the fused native loop (:func:`run_fused`,
-csrc/batchnorm.cpp, with its hand-written backward). Both compute the input term's normalisation
-for all steps before the loop.
+csrc/batchnorm.cpp, with its hand-written backward). Both compute the input products x_t W_ih^T of
+all steps before the loop; the reference loop normalises them there too, the fused loop per step.
 
 In training, each step normalises with the batch statistics of the sequences still running at
 that step (padding takes no part) and moves that step's population statistics towards them; at
@@ -50,14 +50,19 @@ def _update_stats(p, name, slot, mean, var, n):
                 buf[slot[t]].mul_(1 - BN_MOMENTUM).add_(value[t], alpha=BN_MOMENTUM)
 
 
+def _slots(p, T, lengths):
+    """The steps up to the longest sequence's end, T_run, and the population statistics' slot of each
+    (every step from max_length - 1 on shares the last)."""
+    last = p["bn_ih_mean"].shape[0] - 1
+    T_run = T if lengths is None else int(lengths.max())
+    return [min(t, last) for t in range(T_run)], T_run
+
+
 def _input_term(layer, x, lengths, p):
     """BN_ih(W_ih x_t) + b_ih of the steps up to the longest sequence's end (T_run, B, 4H), the
     population statistics' slot of each of those steps, and T_run; in training the input term's
     population statistics move towards the batch's."""
-    T = x.shape[0]
-    last = p["bn_ih_mean"].shape[0] - 1  # the slot of every step from max_length - 1 on
-    T_run = T if lengths is None else int(lengths.max())
-    slot = [min(t, last) for t in range(T_run)]
+    slot, T_run = _slots(p, x.shape[0], lengths)
     wx = F.linear(x[:T_run], p["weight_ih"])  # (T_run, B, 4H)
     if layer.training:
         m_ih, v_ih, n = _input_stats(wx, lengths)
@@ -96,9 +101,7 @@ def run_fused(layer, steps, h, c, p):
     lengths = steps.lengths
     x = zero_padding(steps.x, lengths)
     T, B = x.shape[:2]
-    last = p["bn_ih_mean"].shape[0] - 1  # the slot of every step from max_length - 1 on
-    T_run = T if lengths is None else int(lengths.max())
-    slot = [min(t, last) for t in range(T_run)]
+    slot, T_run = _slots(p, T, lengths)
     H = p["weight_hh"].shape[1]
     population = None
     if not layer.training:
