@@ -10,12 +10,17 @@ candidate: torch's own LSTM on the same parameters (:mod:`phasedlstm.paths.torch
 At the first call of a shape class — the batch and the length rounded up to powers of two, the
 input and hidden sizes, the projection, the layers and directions, whether lengths are given, the
 dtype, the threads, training (forward and backward) or not — the candidates are timed on a copy of
-the call (one warm-up and five alternating runs each, the median kept), and the fastest serves
-every later call of that class, if it beats the kernels' fixed rule by 10% (below that, the
-difference is within the noise of one measurement and the rule stays); torch's LSTM serves wherever
-it is faster at all, so that a plain LSTM is not left a few per cent behind torch.nn.LSTM. It runs
-every layer in one call, as torch.nn.LSTM does, except in training with dropout between layers. The choices live in memory
-and in a JSON file beside the kernels' build (``choices_file()``), so a new process reuses them.
+the call (one warm-up and five alternating runs each, the median kept). A difference of less than
+10% is within the noise of one measurement, so every candidate within 10% of the fastest counts as
+fast, and among those torch's LSTM serves first (a plain LSTM then runs at torch.nn.LSTM's speed
+whichever way the noise fell), then the kernels' fixed rule, then the fastest; it serves every
+later call of the class. Torch's LSTM runs every layer in one call, as torch.nn.LSTM does, except
+in training with dropout between layers.
+
+The choices live in memory, and those that won by the margin (faster than every other candidate
+by 10%) also in a JSON file beside the kernels' build (``choices_file()``), so a new process
+reuses them. A choice within the noise is measured again by each process: a measurement taken
+while the machine was busy (another run beside it) does not decide for later processes.
 
 Every candidate computes the same equations on the same parameters: a choice changes the numbers
 by float rounding only (tests compare every candidate with the reference loop). Turn it off with
@@ -38,8 +43,9 @@ _enabled = os.environ.get("PHASEDLSTM_AUTOTUNE", "1") != "0"
 #: sequences; the layer's own path where the kernels do not run; torch's LSTM (a plain LSTM)
 NAMES = ("rule", "units", "batch", "own", "torch")
 #: in the choices file's name: choices made by another version of the candidates are measured again
-VERSION = 2
+VERSION = 3
 _choices: dict[str, str] | None = None  # loaded from the file at first use
+_decisive: set[str] = set()  # the keys chosen in this process by the margin: written to the file
 
 
 def enable(on: bool = True) -> None:
@@ -67,6 +73,7 @@ def forget() -> None:
     """Drop every choice (in memory and on disk): the next call of each class measures again."""
     global _choices
     _choices = {}
+    _decisive.clear()
     try:
         choices_file().unlink()
     except OSError:
@@ -94,7 +101,7 @@ def _save() -> None:
             merged = {}
     except (OSError, ValueError):
         merged = {}
-    merged.update(_choices)
+    merged.update({k: _choices[k] for k in _decisive if k in _choices})
     try:
         with atomic_path(path) as tmp:
             tmp.write_text(json.dumps(merged, indent=1, sort_keys=True) + "\n")
@@ -113,19 +120,29 @@ def shape_class(layer, x, lengths, grad: bool) -> str:
             f"{str(x.dtype).removeprefix('torch.')} thr{torch.get_num_threads()} {'train' if grad else 'infer'}")
 
 
-#: timed runs of each candidate (after one warm-up); a candidate replaces the default only where its
-#: median is at least this much faster (the run-to-run noise of a small call is several per cent)
+#: timed runs of each candidate (after one warm-up); medians within this factor of the fastest are
+#: alike (the run-to-run noise of a small call is several per cent)
 RUNS = 5
 MARGIN = 0.9
-#: candidates that replace the default wherever they are faster at all: torch's LSTM, so that a plain
-#: LSTM is not left a few per cent slower than torch.nn.LSTM (both compute the same equations)
-NO_MARGIN = ("torch",)
+#: served first wherever it is within the margin of the fastest: torch's LSTM, so that a plain LSTM is
+#: not left a few per cent behind torch.nn.LSTM (both compute the same equations)
+PREFERRED = ("torch",)
+
+
+def pick(median: dict, default: str | None = None) -> tuple[str, bool]:
+    """The candidate to serve, from the measured ``median`` seconds of each, and whether it won by the
+    margin: among those within MARGIN of the fastest, a PREFERRED one, else ``default``, else the
+    fastest."""
+    fastest = min(median, key=median.get)
+    alike = [n for n in median if MARGIN * median[n] <= median[fastest]]
+    best = next((n for n in (*PREFERRED, default) if n in alike), fastest)
+    return best, len(alike) == 1
 
 
 def choose(key: str, candidates: dict, measure, default: str | None = None) -> str:
-    """The name among ``candidates`` that serves the class ``key``: the cached choice, or the fastest
-    by ``measure(name) -> seconds`` (called alternately, one warm-up and RUNS runs each); ``default``
-    keeps the class unless another is faster by the MARGIN."""
+    """The name among ``candidates`` that serves the class ``key``: the cached choice, or the one
+    :func:`pick` takes from ``measure(name) -> seconds`` (called alternately, one warm-up and RUNS
+    runs each)."""
     known = _load().get(key)
     if known in candidates:
         return known
@@ -137,11 +154,11 @@ def choose(key: str, candidates: dict, measure, default: str | None = None) -> s
         for name in names:
             times[name].append(measure(name))
     median = {n: statistics.median(times[n]) for n in names}
-    best = min(names, key=median.get)
-    if default in median and best not in NO_MARGIN and median[best] > MARGIN * median[default]:
-        best = default
+    best, decisive = pick(median, default)
     _choices[key] = best
-    _save()
+    if decisive:
+        _decisive.add(key)
+        _save()
     return best
 
 
