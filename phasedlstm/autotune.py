@@ -2,7 +2,7 @@
 
 The fused kernels share each step among threads in one of two ways: by units (each thread its
 block of W_hh's rows, all sequences; the weight gradients as one product over all steps at the
-end) or by sequences (each thread its rows, all units). Which is faster depends on the batch, the
+end) or by sequences (each thread its rows, all units); with one thread there is one way. Which is faster depends on the batch, the
 hidden size, the threads and whether gradients are needed, and no fixed threshold is right at
 every shape (``phasedlstm bench --grid`` shows it). A plain :class:`phasedlstm.LSTM` has a third
 candidate: torch's own LSTM on the same parameters (:mod:`phasedlstm.paths.torch_lstm`).

@@ -235,10 +235,11 @@ class RecurrentLayer(Pretrained, nn.Module):
 
     def _candidates(self, own) -> dict:
         """The paths that compute this call alike: the kernels with their fixed rule of sharing a step
-        among threads (the default) and with each way forced (by units, by sequences) where they run,
-        else the layer's own path; torch's LSTM for a plain LSTM."""
+        among threads (the default) and, with more than one thread, with each way forced (by units, by
+        sequences) where they run, else the layer's own path; torch's LSTM for a plain LSTM."""
         if own is paths.fused.run or own is paths.infer.run:
-            out = {"rule": own, **{split: autotune.with_split(own, split) for split in ("units", "batch")}}
+            splits = ("units", "batch") if torch.get_num_threads() > 1 else ()  # (one thread: one way)
+            out = {"rule": own, **{split: autotune.with_split(own, split) for split in splits}}
         else:
             out = {"own": own}
         if self._torch_equivalent:

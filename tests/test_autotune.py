@@ -111,10 +111,22 @@ def test_off_switch_and_only_a_plain_lstm_delegates(tuner, monkeypatch):
     real = autotune.choose
     monkeypatch.setattr(autotune, "choose", lambda key, cands, measure, default=None: (
         names.append(sorted(cands)), real(key, cands, measure, default))[1])
-    with torch.no_grad():
-        PhasedLSTM(3, 5)(torch.randn(4, 2, 3))
-        m(torch.randn(4, 2, 3))
-    assert names == [["batch", "rule", "units"], ["batch", "rule", "torch", "units"]]  # no torch for a Phased LSTM
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with torch.no_grad():
+            PhasedLSTM(3, 5)(torch.randn(4, 2, 3))
+            m(torch.randn(4, 2, 3))
+        assert names == [["batch", "rule", "units"], ["batch", "rule", "torch", "units"]]  # no torch for a Phased LSTM
+        # one thread: one way to share a step, so nothing to measure but torch's LSTM against it
+        names.clear()
+        torch.set_num_threads(1)
+        with torch.no_grad():
+            PhasedLSTM(3, 5)(torch.randn(4, 2, 3))
+            m(torch.randn(4, 2, 3))
+        assert names == [["rule", "torch"]]
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_a_candidate_replaces_the_default_only_by_the_margin(tuner):
