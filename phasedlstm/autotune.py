@@ -2,10 +2,11 @@
 
 The fused kernels share each step among threads in one of two ways: by units (each thread its
 block of W_hh's rows, all sequences; the weight gradients as one product over all steps at the
-end) or by sequences (each thread its rows, all units); with one thread there is one way. Which is faster depends on the batch, the
-hidden size, the threads and whether gradients are needed, and no fixed threshold is right at
-every shape (``phasedlstm bench --grid`` shows it). A plain :class:`phasedlstm.LSTM` has a third
-candidate: torch's own LSTM on the same parameters (:mod:`phasedlstm.paths.torch_lstm`).
+end) or by sequences (each thread its rows, all units); with one thread there is one way. Which
+is faster depends on the batch, the hidden size, the threads and whether gradients are needed, and
+no fixed threshold is right at every shape (``phasedlstm bench --grid`` shows it). A plain
+:class:`phasedlstm.LSTM` has a third candidate: torch's own LSTM on the same parameters
+(:mod:`phasedlstm.paths.torch_lstm`).
 
 At the first call of a shape class — the batch and the length rounded up to powers of two, the
 input and hidden sizes, the projection, the layers and directions, whether lengths are given, the
@@ -45,7 +46,6 @@ NAMES = ("rule", "units", "batch", "own", "torch")
 #: in the choices file's name: choices made by another version of the candidates are measured again
 VERSION = 3
 _choices: dict[str, str] | None = None  # loaded from the file at first use
-_decisive: set[str] = set()  # the keys chosen in this process by the margin: written to the file
 
 
 def enable(on: bool = True) -> None:
@@ -73,7 +73,6 @@ def forget() -> None:
     """Drop every choice (in memory and on disk): the next call of each class measures again."""
     global _choices
     _choices = {}
-    _decisive.clear()
     try:
         choices_file().unlink()
     except OSError:
@@ -91,7 +90,8 @@ def _load() -> dict:
     return _choices
 
 
-def _save() -> None:
+def _save(key: str, name: str) -> None:
+    """Add one choice to the file (beside the other processes' choices there)."""
     from phasedlstm._files import atomic_path
 
     path = choices_file()
@@ -101,7 +101,7 @@ def _save() -> None:
             merged = {}
     except (OSError, ValueError):
         merged = {}
-    merged.update({k: _choices[k] for k in _decisive if k in _choices})
+    merged[key] = name
     try:
         with atomic_path(path) as tmp:
             tmp.write_text(json.dumps(merged, indent=1, sort_keys=True) + "\n")
@@ -156,9 +156,8 @@ def choose(key: str, candidates: dict, measure, default: str | None = None) -> s
     median = {n: statistics.median(times[n]) for n in names}
     best, decisive = pick(median, default)
     _choices[key] = best
-    if decisive:
-        _decisive.add(key)
-        _save()
+    if decisive:  # (a choice within the noise is measured again by the next process)
+        _save(key, best)
     return best
 
 
